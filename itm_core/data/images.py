@@ -1,0 +1,75 @@
+"""Safe image loading: paths stay inside the dataset root; bad files are named, then skipped or fatal."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from itm_core.data.pairs import DataError, ImageTextSet
+
+DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300: larger is treated as a decompression bomb
+OnError = Literal["fail", "skip"]
+
+
+@dataclass
+class SkippedImage:
+    path: str
+    reason: str
+
+
+def resolve_inside(root: Path, relative: str | Path) -> Path:
+    """``root / relative``, refusing a path that escapes ``root`` (``..``, absolute, symlinks out)."""
+    root_resolved = Path(root).resolve()
+    candidate = (root_resolved / relative).resolve()
+    if not candidate.is_relative_to(root_resolved):
+        raise DataError(f"image path {str(relative)!r} escapes the dataset root {str(root_resolved)!r}")
+    return candidate
+
+
+def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` fully as RGB; raise :class:`DataError` naming the file when it cannot be used."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise DataError(f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
+                img.load()
+                return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: not a usable image ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def load_images(paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Image.Image]:
+    return [open_image(p, max_pixels) for p in paths]
+
+
+def check_images(
+    data: ImageTextSet, on_error: OnError = "fail", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[ImageTextSet, list[SkippedImage]]:
+    """Decode every image once. With ``on_error="skip"`` drop bad ones and report them; else fail on the first."""
+    if on_error not in ("fail", "skip"):
+        raise DataError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    keep: list[int] = []
+    skipped: list[SkippedImage] = []
+    for i, rel in enumerate(data.images):
+        try:
+            open_image(resolve_inside(data.root, rel), max_pixels)
+        except DataError as exc:
+            if on_error == "fail":
+                raise DataError(f"{data.name}: {exc}. Pass on_error='skip' to leave bad images out.") from None
+            skipped.append(SkippedImage(rel, str(exc)))
+            continue
+        keep.append(i)
+    if not keep:
+        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
+    return (data if len(keep) == len(data) else data.subset(keep)), skipped

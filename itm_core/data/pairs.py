@@ -1,0 +1,90 @@
+"""The in-memory form of an image-text dataset: images, captions, which caption describes which image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, column or row at fault."""
+
+
+@dataclass
+class ImageTextSet:
+    """Images (paths relative to ``root``) with one or more captions each, and a split per image.
+
+    ``caption_image[j]`` is the index of the image that caption ``j`` describes.
+    ``image_extras`` holds optional per-image lists (for example hard-negative captions).
+    """
+
+    root: Path
+    images: list[str]
+    captions: list[str]
+    caption_image: list[int]
+    image_split: list[str]
+    name: str = "dataset"
+    image_extras: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if len(self.image_split) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.image_split)} split labels")
+        if len(self.caption_image) != len(self.captions):
+            raise DataError(f"{self.name}: {len(self.captions)} captions but {len(self.caption_image)} image links")
+        for key, values in self.image_extras.items():
+            if len(values) != len(self.images):
+                raise DataError(f"{self.name}: extra column {key!r} has {len(values)} values for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(set(self.image_split))
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.images[i]
+
+    def image_paths(self) -> list[Path]:
+        return [self.root / p for p in self.images]
+
+    def captions_of(self, i: int) -> list[str]:
+        return [c for c, k in zip(self.captions, self.caption_image) if k == i]
+
+    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageTextSet":
+        """The images at ``indices`` (in that order) with their captions and extras."""
+        position = {old: new for new, old in enumerate(indices)}
+        caps = [(c, position[k]) for c, k in zip(self.captions, self.caption_image) if k in position]
+        caps.sort(key=lambda ck: ck[1])
+        return replace(
+            self,
+            images=[self.images[i] for i in indices],
+            captions=[c for c, _ in caps],
+            caption_image=[k for _, k in caps],
+            image_split=[self.image_split[i] for i in indices],
+            image_extras={key: [v[i] for i in indices] for key, v in self.image_extras.items()},
+            name=name or self.name,
+        )
+
+    def split(self, name: str) -> "ImageTextSet":
+        """The images of one split; an unknown split fails with the splits this dataset has."""
+        indices = [i for i, s in enumerate(self.image_split) if s == name]
+        if not indices:
+            raise DataError(f"{self.name} has no images in split {name!r}; its splits are: {', '.join(self.splits)}")
+        return self.subset(indices, name=f"{self.name}:{name}")
+
+    def head(self, n: int) -> "ImageTextSet":
+        """The first ``n`` images (all when ``n`` is 0 or larger than the set)."""
+        return self if n <= 0 or n >= len(self) else self.subset(range(n))
+
+    def fingerprint(self) -> str:
+        """A short hash of the paths, captions and links: two sets with equal fingerprints hold the same pairs."""
+        h = hashlib.sha256()
+        h.update(json.dumps([str(self.root.resolve()), self.images, self.captions, self.caption_image]).encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,114 @@
+"""Batched encoding with a content-addressed embedding cache.
+
+A cached row is keyed by the content of its input (the image file's bytes, the caption's text) and by
+the encoder's identity (name, options and fitted state), so a second run, or another flow over the
+same data, never encodes an item twice. Shards live in ``<cache>/<encoder key>/<shard>.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from itm_core.data.images import DEFAULT_MAX_PIXELS, load_images
+
+
+def default_cache_dir() -> Path:
+    """``$ITM_CACHE_DIR``, else ``$ITM_HOME/cache`` (``ITM_HOME`` defaults to ``./.itm``)."""
+    if os.environ.get("ITM_CACHE_DIR"):
+        return Path(os.environ["ITM_CACHE_DIR"])
+    return Path(os.environ.get("ITM_HOME", ".itm")) / "cache"
+
+
+def encoder_key(encoder: Any) -> str:
+    """A hash of the encoder's name, options and fitted state."""
+    state = encoder.get_state() if hasattr(encoder, "get_state") else None
+    ident = {
+        "name": getattr(encoder, "name", type(encoder).__name__),
+        "options": getattr(encoder, "options", {}),
+        "state": hashlib.sha256(pickle.dumps(state)).hexdigest() if state is not None else None,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def content_keys(items: Sequence[Any], modality: str) -> list[str]:
+    """One hash per item: the bytes of an image file, the UTF-8 of a text."""
+    if modality == "image":
+        return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in items]
+    return [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in items]
+
+
+class EmbeddingCache:
+    """Shards of embeddings per encoder key, looked up by content key."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+
+    def _shards(self, enc_key: str) -> list[Path]:
+        return sorted((self.folder / enc_key).glob("*.pt"))
+
+    def get(self, enc_key: str, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Cached rows for whichever of ``keys`` are present."""
+        wanted = set(keys)
+        found: dict[str, torch.Tensor] = {}
+        for shard in self._shards(enc_key):
+            data = torch.load(shard, weights_only=True)
+            for k, row in zip(data["keys"], data["emb"]):
+                if k in wanted:
+                    found[k] = row
+        return found
+
+    def put(self, enc_key: str, keys: Sequence[str], emb: torch.Tensor) -> None:
+        folder = self.folder / enc_key
+        folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+        tmp = folder / f".{name}.tmp"
+        torch.save({"keys": list(keys), "emb": emb.detach().cpu().contiguous()}, tmp)
+        tmp.replace(folder / f"{name}.pt")
+
+
+def encode(
+    encoder: Any,
+    items: Sequence[Any],
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 64,
+    desc: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Encode ``items`` (image paths for image encoders, strings for text) into ``(N, dim)``.
+
+    Only items missing from ``cache`` are encoded; duplicates are encoded once.
+    """
+    modality = encoder.modality
+    keys = content_keys(items, modality)
+    enc_key = encoder_key(encoder)
+    known = cache.get(enc_key, keys) if cache is not None else {}
+    todo: dict[str, Any] = {}
+    for k, item in zip(keys, items):
+        if k not in known and k not in todo:
+            todo[k] = item
+    if todo:
+        todo_keys = list(todo)
+        rows: list[torch.Tensor] = []
+        bar = tqdm(total=len(todo_keys), desc=desc or f"encoding with {getattr(encoder, 'name', 'encoder')}", unit=modality, leave=False)
+        with torch.inference_mode():
+            for start in range(0, len(todo_keys), batch_size):
+                batch = [todo[k] for k in todo_keys[start : start + batch_size]]
+                inputs = load_images([Path(p) for p in batch], max_pixels) if modality == "image" else list(batch)
+                rows.append(encoder.encode(inputs).float().cpu())
+                bar.update(len(batch))
+        bar.close()
+        fresh = torch.cat(rows)
+        if cache is not None:
+            cache.put(enc_key, todo_keys, fresh)
+        known.update(zip(todo_keys, fresh))
+    if not keys:
+        return torch.zeros(0, int(encoder.dim))
+    return torch.stack([known[k] for k in keys])

@@ -1,0 +1,141 @@
+"""The matcher: two encoder towers, a projection head on each, and a learned temperature.
+
+Towers are locked (the LiT recipe, with both towers frozen): the heads learn from cached features.
+A matcher saves to and loads from a folder (``matcher.json``, ``heads.pt``, fitted encoder states),
+which is what the retrain flow logs to MLflow and the evaluate and generate flows load back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from itm_core.embed import EmbeddingCache, encode
+
+CONFIG_FILE = "matcher.json"
+WEIGHTS_FILE = "heads.pt"
+
+
+class ProjectionHead(nn.Module):
+    """Standardise features with training statistics, then an MLP (or a linear map when ``hidden`` is 0)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        if hidden > 0:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+        else:
+            self.net = nn.Linear(in_dim, out_dim)
+
+    def set_statistics(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones_like(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+class Matcher(nn.Module):
+    """Scores images against texts as the cosine of their projected embeddings.
+
+    ``image_encoder`` / ``text_encoder`` describe the towers as ``{"name": ..., "options": {...}}``;
+    the built components are attached with :meth:`attach_encoders` (``load`` does it for you).
+    """
+
+    def __init__(
+        self,
+        image_encoder: dict[str, Any],
+        text_encoder: dict[str, Any],
+        image_dim: int,
+        text_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 1024,
+        dropout: float = 0.1,
+        init_temperature: float = 0.07,
+    ) -> None:
+        super().__init__()
+        self.config = dict(
+            image_encoder=image_encoder, text_encoder=text_encoder, image_dim=image_dim, text_dim=text_dim,
+            embed_dim=embed_dim, hidden_dim=hidden_dim, dropout=dropout, init_temperature=init_temperature,
+        )
+        self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
+        self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.encoders: dict[str, Any] = {}
+
+    # --- features -> joint space --------------------------------------------------------------
+    def embed_image_features(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(features.float()), dim=-1)
+
+    def embed_text_features(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_head(features.float()), dim=-1)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return scale * self.embed_image_features(image_features) @ self.embed_text_features(text_features).T
+
+    # --- raw inputs -> joint space ------------------------------------------------------------
+    def attach_encoders(self, image_encoder: Any, text_encoder: Any) -> "Matcher":
+        self.encoders = {"image": image_encoder, "text": text_encoder}
+        return self
+
+    def _encoder(self, modality: str) -> Any:
+        if modality not in self.encoders:
+            raise RuntimeError("this matcher has no encoders attached; use Matcher.load or attach_encoders")
+        return self.encoders[modality]
+
+    @torch.no_grad()
+    def embed_images(self, paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> torch.Tensor:
+        """Joint-space embeddings of image files (features come from the cache when present)."""
+        self.eval()
+        return self.embed_image_features(encode(self._encoder("image"), [str(p) for p in paths], cache))
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:
+        self.eval()
+        return self.embed_text_features(encode(self._encoder("text"), list(texts), cache))
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
+        torch.save(self.state_dict(), folder / WEIGHTS_FILE)
+        for modality, enc in self.encoders.items():
+            state = enc.get_state() if hasattr(enc, "get_state") else None
+            if state is not None:
+                (folder / f"{modality}_encoder_state.pkl").write_bytes(pickle.dumps(state))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, attach: bool = True) -> "Matcher":
+        """Rebuild a saved matcher, with its encoders created from the registry and their fitted state."""
+        from itm_core.registry import create
+
+        folder = Path(folder)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a saved matcher (no {CONFIG_FILE})")
+        config = json.loads(config_path.read_text())
+        matcher = cls(**config)
+        matcher.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        matcher.eval()
+        if attach:
+            encoders = {}
+            for modality in ("image", "text"):
+                spec = config[f"{modality}_encoder"]
+                enc = create("encoder", spec["name"], **spec.get("options", {}))
+                state_file = folder / f"{modality}_encoder_state.pkl"
+                if state_file.is_file():
+                    enc.set_state(pickle.loads(state_file.read_bytes()))
+                encoders[modality] = enc
+            matcher.attach_encoders(encoders["image"], encoders["text"])
+        return matcher

