@@ -1,0 +1,23 @@
+"""Prefect flows: thin orchestration over ``itm_core``. ``FLOWS`` maps each flow to its parameter model."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any, Callable
+
+from itm_core.config import EvaluateParams, GenerateParams, Params, RetrainParams
+
+FLOWS: dict[str, tuple[str, type[Params]]] = {
+    "retrain": ("flows.retrain:retrain", RetrainParams),
+    "evaluate": ("flows.evaluate:evaluate", EvaluateParams),
+    "generate": ("flows.generate:generate", GenerateParams),
+}
+
+
+def get_flow(name: str) -> tuple[Callable[..., Any], type[Params]]:
+    """The flow function and its parameter model; an unknown name fails with the known ones."""
+    if name not in FLOWS:
+        raise KeyError(f"unknown flow {name!r}; the flows are: {', '.join(FLOWS)}")
+    target, model = FLOWS[name]
+    module, attr = target.split(":")
+    return getattr(import_module(module), attr), model

@@ -14,10 +14,13 @@ import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
 from itm_core.data.images import DEFAULT_MAX_PIXELS, load_images
+from itm_core.data.pairs import ImageTextSet
 
 
 def default_cache_dir() -> Path:
@@ -112,3 +115,21 @@ def encode(
     if not keys:
         return torch.zeros(0, int(encoder.dim))
     return torch.stack([known[k] for k in keys])
+
+
+@dataclass
+class FeatureSplit:
+    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index."""
+
+    image: torch.Tensor
+    text: torch.Tensor
+    caption_image: torch.Tensor
+
+
+def encode_split(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None = None) -> FeatureSplit:
+    """Both towers' features for every image and caption of ``data``."""
+    return FeatureSplit(
+        image=encode(image_encoder, [str(p) for p in data.image_paths()], cache, desc=f"{data.name}: {getattr(image_encoder, 'name', 'image')}"),
+        text=encode(text_encoder, data.captions, cache, desc=f"{data.name}: {getattr(text_encoder, 'name', 'text')}"),
+        caption_image=torch.tensor(data.caption_image, dtype=torch.long),
+    )

@@ -23,6 +23,20 @@ CONFIG_FILE = "matcher.json"
 WEIGHTS_FILE = "heads.pt"
 
 
+class JointSimilarity:
+    """Similarity in a matcher's joint space: embeddings are unit vectors, so the dot product is the cosine."""
+
+    name = "joint-cosine"
+
+    @staticmethod
+    def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b.T
+
+    @staticmethod
+    def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(-1)
+
+
 class ProjectionHead(nn.Module):
     """Standardise features with training statistics, then an MLP (or a linear map when ``hidden`` is 0)."""
 
@@ -70,6 +84,7 @@ class Matcher(nn.Module):
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.encoders: dict[str, Any] = {}
+        self.similarity = JointSimilarity()
 
     # --- features -> joint space --------------------------------------------------------------
     def embed_image_features(self, features: torch.Tensor) -> torch.Tensor:
@@ -97,6 +112,12 @@ class Matcher(nn.Module):
         """Joint-space embeddings of image files (features come from the cache when present)."""
         self.eval()
         return self.embed_image_features(encode(self._encoder("image"), [str(p) for p in paths], cache))
+
+    @torch.no_grad()
+    def embed_image_objects(self, images: Sequence[Any]) -> torch.Tensor:
+        """Joint-space embeddings of PIL images held in memory (not cached)."""
+        self.eval()
+        return self.embed_image_features(self._encoder("image").encode(list(images)).float())
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:

@@ -17,17 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from itm_core.embed import FeatureSplit
 from itm_core.matcher import Matcher
 from itm_core.retrieval import ranks, recall_metrics
-
-
-@dataclass
-class FeatureSplit:
-    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index."""
-
-    image: torch.Tensor
-    text: torch.Tensor
-    caption_image: torch.Tensor
 
 
 @dataclass
@@ -61,28 +53,13 @@ def clip_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-class _Joint:
-    """The matcher's joint space seen as a similarity measure (cosine of normalised embeddings)."""
-
-    @staticmethod
-    def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a @ b.T
-
-    @staticmethod
-    def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a * b).sum(-1)
-
-
-JOINT = _Joint()
-
-
 @torch.no_grad()
 def evaluate_features(matcher: Matcher, split: FeatureSplit) -> dict[str, float]:
     """Retrieval metrics of ``matcher`` on pre-computed tower features."""
     matcher.eval()
     img = matcher.embed_image_features(split.image)
     txt = matcher.embed_text_features(split.text)
-    return recall_metrics(ranks(img, txt, split.caption_image, JOINT))
+    return recall_metrics(ranks(img, txt, split.caption_image, matcher.similarity))
 
 
 def _caption_lists(caption_image: torch.Tensor, n_images: int) -> list[list[int]]:

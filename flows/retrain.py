@@ -1,0 +1,87 @@
+"""The ``retrain`` flow: train a matcher, test it, register it, promote it when it beats the champion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import encode_features, load_data, log_dataset
+from itm_core.config import RetrainParams
+from itm_core.data import ImageTextSet
+from itm_core.embed import EmbeddingCache, FeatureSplit
+from itm_core.evaluation import build_encoders, evaluate_retrieval
+from itm_core.matcher import Matcher
+from itm_core.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
+from itm_core.training import ContrastiveConfig, TrainResult, evaluate_features, train_contrastive
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_matcher(params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit) -> tuple[Matcher, TrainResult]:
+    """Fit projection heads on cached features; per-epoch curves go to MLflow."""
+    import torch
+
+    t = params.training
+    torch.manual_seed(t.seed)
+    matcher = Matcher(
+        params.image_encoder.model_dump(), params.text_encoder.model_dump(), dims[0], dims[1],
+        embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout,
+    )
+    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=t.seed)
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}")
+
+    result = train_contrastive(matcher, train, val, config, on_epoch)
+    mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+    return matcher, result
+
+
+@task(name="register-and-promote", cache_policy=NO_CACHE)
+def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache) -> dict[str, Any]:
+    """Log and register the matcher; move ``champion`` only if it beats the champion on the same test data."""
+    previous = champion_version(params.registered_model)
+    info = log_matcher(matcher, params.registered_model)
+    version = str(info.registered_model_version)
+    metric = params.promote_metric
+    champion_value = None
+    if previous is not None:
+        champion = load_matcher(f"models:/{params.registered_model}/{previous.version}")
+        champion_value = evaluate_retrieval(champion, test, cache)[metric]
+        mlflow.log_metric(f"champion_test_{metric}", champion_value)
+    decision = promote_if_better(params.registered_model, version, metric, test_metrics[metric], champion_value, previous)
+    mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted), "model_version": version})
+    print(decision.reason())
+    return {"model_version": version, "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
+    """Train projection heads over two locked encoder towers with a contrastive loss, test on the
+    test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better."""
+    data, skipped = load_data(params.dataset)
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"].captions)
+    cache = EmbeddingCache()
+    run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
+    with tracked_run(params.experiment, run_name, params.model_dump()) as run:
+        log_dataset(data, skipped)
+        features = {s: encode_features(image_encoder, text_encoder, d, cache) for s, d in splits.items()}
+        matcher, result = train_matcher(params, (int(image_encoder.dim), int(text_encoder.dim)), features["train"], features["val"])
+        test_metrics = evaluate_features(matcher, features["test"])
+        mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+        matcher.attach_encoders(image_encoder, text_encoder)
+        outcome = register_and_promote(matcher, params, test_metrics, splits["test"], cache)
+        create_markdown_artifact(
+            key="retrain-summary",
+            markdown=(
+                f"# retrain: {run_name}\n\n| metric | test |\n|---|---|\n"
+                + "".join(f"| {k} | {v:.4f} |\n" for k, v in test_metrics.items())
+                + f"\nbest epoch {result.best_epoch} of {len(result.history)}; {outcome['decision']}\n"
+            ),
+        )
+    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, **outcome}

@@ -1,0 +1,118 @@
+"""The ``itm`` command: list plugins, run flows with a parameters file, run the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Prefect's ephemeral server needs longer than its default to start on small machines.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbench: image-text matching and fusion as plugins and flows.")
+plugins_app = typer.Typer(help="List the installed plugins and their components.")
+app.add_typer(plugins_app, name="plugins")
+console = Console()
+err = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from itm_core.components import ContractError
+    from itm_core.config import ParamsFileError
+    from itm_core.data import DataError
+    from itm_core.registry import RegistryError
+
+    return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+def plugin_listing() -> list[dict[str, Any]]:
+    """Every plugin (loaded or failed) with its version, hooks and the components it registered."""
+    from itm_core.plugins import get_plugin_manager
+    from itm_core.registry import collect
+
+    pm = get_plugin_manager()
+    by_plugin: dict[str, list[dict[str, Any]]] = {}
+    for specs in collect().values():
+        for s in specs.values():
+            by_plugin.setdefault(s.plugin, []).append(s.describe())
+    listing = []
+    for info in sorted(pm.info.values(), key=lambda i: (not i.builtin, i.name)):
+        entry: dict[str, Any] = {"name": info.name, "version": info.version, "hooks": info.hooks, "components": by_plugin.get(info.name, [])}
+        entry["builtin"] = info.builtin
+        if info.error:
+            entry["error"] = info.error
+        listing.append(entry)
+    return listing
+
+
+@plugins_app.callback(invoke_without_command=True)
+def plugins(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")) -> None:
+    """List plugins: name, version, hooks and components."""
+    if ctx.invoked_subcommand:
+        return
+    try:
+        listing = plugin_listing()
+    except _user_errors() as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2, default=str))
+        return
+    table = Table(title="itm plugins")
+    for col in ("plugin", "version", "components", "status"):
+        table.add_column(col)
+    for p in listing:
+        comps = ", ".join(f"{c['kind']}:{c['name']}" for c in p["components"]) or "-"
+        status = f"[red]failed: {p['error']}[/]" if "error" in p else ("built-in" if p["builtin"] else "external")
+        table.add_row(p["name"], str(p["version"]), comps, status)
+    console.print(table)
+
+
+@app.command("run")
+def run_flow(
+    flow: str = typer.Argument(..., help="retrain, evaluate or generate"),
+    params: Optional[Path] = typer.Option(None, "--params", "-p", help="JSON or YAML file validated by the flow's parameter model"),
+) -> None:
+    """Run a flow locally, its parameters read from FILE (defaults otherwise)."""
+    from flows import get_flow
+    from itm_core.config import load_params
+
+    try:
+        fn, model = get_flow(flow)
+        values = load_params(params, model) if params else model()
+    except (KeyError, *_user_errors()) as exc:
+        _fail(exc.args[0] if isinstance(exc, KeyError) else exc)
+    try:
+        result = fn(values)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def demo(
+    train_images: int = typer.Option(2000, help="Training images of the shapes dataset"),
+    eval_images: int = typer.Option(500, help="Validation and test images each"),
+) -> None:
+    """Build shapes, retrain twice, evaluate a leaderboard and caption test images; all in MLflow."""
+    from flows.demo import run_demo
+    from itm_core.config import DatasetParams
+
+    options = {} if (train_images, eval_images) == (2000, 500) else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
+    try:
+        run_demo(DatasetParams(options=options), console=console)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,126 @@
+"""Parameter models shared by the flows. They validate ``itm run --params FILE`` and render as the
+Prefect UI's run forms (names, defaults, descriptions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECALL_KEYS = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetParams(Params):
+    name: str = Field("shapes", description="A registered dataset: `shapes`, `manifest`, or one from a plugin")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options for the dataset, e.g. {'path': 'pairs.csv'} for `manifest`")
+    on_bad_image: Literal["fail", "skip"] = Field("skip", description="Missing or corrupt images: skip them (and report which) or fail")
+    max_images: int = Field(0, ge=0, description="Use only the first N images of each split (0: all)")
+
+
+class ComponentParams(Params):
+    name: str = Field(description="Registered component name")
+    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the component's factory")
+
+
+class TrainingParams(Params):
+    epochs: int = Field(40, ge=1, description="Maximum epochs")
+    batch_size: int = Field(256, ge=2, description="Images per contrastive batch")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(6, ge=1, description="Stop after this many epochs without validation improvement")
+    monitor: RECALL_KEYS = Field("rsum", description="Validation metric for early stopping and the best checkpoint")
+    embed_dim: int = Field(256, ge=2, description="Joint embedding dimension")
+    hidden_dim: int = Field(1024, ge=0, description="Hidden width of the projection heads (0: linear heads)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, description="Seed for weights, batches and caption sampling")
+
+
+class RetrainParams(Params):
+    """Train a matcher (projection heads over locked towers), test it, register it, maybe promote it."""
+
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
+    text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    registered_model: str = Field("itm-matcher", description="Registered model name in MLflow")
+    promote_metric: RECALL_KEYS = Field("rsum", description="Test metric that decides whether the new model becomes `champion`")
+    experiment: str = Field("itm-retrain", description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (default: the encoder pair)")
+
+
+class MatcherRef(Params):
+    """A matcher to evaluate: a model URI, or a pair of encoders (compared directly, or through untrained heads)."""
+
+    model_uri: str | None = Field(None, description="e.g. models:/itm-matcher@champion, runs:/<id>/matcher, or a saved matcher folder")
+    image_encoder: ComponentParams | None = None
+    text_encoder: ComponentParams | None = None
+    untrained_heads: bool = Field(False, description="With an encoder pair: score through randomly initialised heads (a chance reference)")
+    similarity: str = Field("cosine", description="Similarity for an encoder pair compared directly")
+    label: str | None = Field(None, description="Name in the leaderboard")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "MatcherRef":
+        pair = self.image_encoder is not None and self.text_encoder is not None
+        if bool(self.model_uri) == pair:
+            raise ValueError("give either model_uri or both image_encoder and text_encoder")
+        return self
+
+    def display_name(self) -> str:
+        if self.label:
+            return self.label
+        if self.model_uri:
+            return self.model_uri
+        suffix = " (untrained heads)" if self.untrained_heads else ""
+        return f"{self.image_encoder.name} + {self.text_encoder.name}{suffix}"
+
+
+class EvaluateParams(Params):
+    """Evaluate one or several matchers on a dataset split; several give a leaderboard."""
+
+    matchers: list[MatcherRef] = Field(default_factory=lambda: [MatcherRef(model_uri="models:/itm-matcher@champion")], min_length=1)
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    split: str = Field("test", description="Split to evaluate on")
+    experiment: str = Field("itm-evaluate", description="MLflow experiment")
+    run_name: str | None = None
+
+
+class GenerateParams(Params):
+    """Generate outputs (captions) for a set of images with a generator plugin."""
+
+    generator: str = Field("retrieval-captioner", description="A registered generator")
+    generator_options: dict[str, Any] = Field(default_factory=dict, description="Options for the generator, e.g. {'matcher': 'models:/itm-matcher@champion'}")
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    split: str = Field("test")
+    images: list[str] = Field(default_factory=list, description="Image files to caption instead of a dataset split")
+    num_images: int = Field(16, ge=1, description="How many images of the split")
+    experiment: str = Field("itm-generate", description="MLflow experiment")
+    run_name: str | None = None
+
+
+class ParamsFileError(ValueError):
+    """A parameters file that cannot be read or does not validate; the message names the file and fields."""
+
+
+def load_params(path: str | Path, model: type[Params]) -> Params:
+    """Read a JSON or YAML file and validate it against ``model``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ParamsFileError(f"cannot read parameters file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ParamsFileError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems}") from None

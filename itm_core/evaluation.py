@@ -1,0 +1,70 @@
+"""Score a dataset split with any matcher: a trained one, or a pair of encoders (directly or through untrained heads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from itm_core.config import MatcherRef
+from itm_core.data import ImageTextSet
+from itm_core.embed import EmbeddingCache, encode
+from itm_core.matcher import Matcher
+from itm_core.registry import create
+
+
+@dataclass
+class EncoderPair:
+    """Two encoders whose outputs already share a space (e.g. CLIP towers), compared by a similarity."""
+
+    image_encoder: Any
+    text_encoder: Any
+    similarity: Any
+
+    def embed_images(self, paths: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:
+        return encode(self.image_encoder, [str(p) for p in paths], cache)
+
+    def embed_texts(self, texts: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:
+        return encode(self.text_encoder, list(texts), cache)
+
+
+def build_encoders(image: Any, text: Any, fit_texts: Sequence[str]) -> tuple[Any, Any]:
+    """Create an image and a text encoder from their params, fitting those that need it on ``fit_texts``."""
+    encoders = []
+    for params, modality in ((image, "image"), (text, "text")):
+        enc = create("encoder", params.name, **params.options)
+        if enc.modality != modality:
+            raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
+        if getattr(enc, "requires_fit", False):
+            if modality != "text":
+                raise ValueError(f"encoder {params.name!r} needs fitting on images, which this flow does not provide")
+            enc.fit(list(fit_texts))
+        encoders.append(enc)
+    return encoders[0], encoders[1]
+
+
+def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:
+    """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``'s captions."""
+    from itm_core.tracking import load_matcher
+
+    if ref.model_uri:
+        return load_matcher(ref.model_uri)
+    image, text = build_encoders(ref.image_encoder, ref.text_encoder, train.captions if train is not None else [])
+    if ref.untrained_heads:
+        torch.manual_seed(0)
+        matcher = Matcher(ref.image_encoder.model_dump(), ref.text_encoder.model_dump(), int(image.dim), int(text.dim))
+        return matcher.attach_encoders(image, text).eval()
+    if int(image.dim) != int(text.dim):
+        raise ValueError(
+            f"encoders {ref.image_encoder.name!r} (dim {image.dim}) and {ref.text_encoder.name!r} (dim {text.dim}) "
+            "do not share an embedding space; evaluate a trained matcher or set untrained_heads"
+        )
+    return EncoderPair(image, text, create("similarity", ref.similarity))
+
+
+def evaluate_retrieval(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None) -> dict[str, float]:
+    """Retrieval metrics (both directions) of ``scorer`` on every image and caption of ``data``."""
+    image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
+    text_emb = scorer.embed_texts(data.captions, cache)
+    return create("metric", "retrieval").compute(image_emb, text_emb, data.caption_image, similarity=scorer.similarity)

@@ -1,0 +1,176 @@
+"""MLflow: runs tagged with their Prefect flow run, the matcher as a registered model, champion promotion.
+
+The tracking store is whatever MLflow is configured with: ``MLFLOW_TRACKING_URI`` when set, else
+MLflow's default (a SQLite database in the working directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from itm_core.matcher import Matcher
+
+CHAMPION = "champion"
+DEFAULT_UI = "http://127.0.0.1:5000"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested parameter dicts as MLflow's flat ``a.b.c`` keys (values truncated to MLflow's limit)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def prefect_context() -> dict[str, str]:
+    """Tags that link an MLflow run to the Prefect flow run it belongs to (empty outside a flow)."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return {}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "prefect.flow_name": str(flow_run.flow_name)}
+    if flow_run.ui_url:
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def run_url(run: Any) -> str:
+    """The MLflow UI page of ``run``: on the tracking server when there is one, else where ``mlflow ui`` serves."""
+    uri = mlflow.get_tracking_uri()
+    base = uri if uri.startswith(("http://", "https://")) else os.environ.get("ITM_MLFLOW_UI_URL", DEFAULT_UI)
+    return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+@contextlib.contextmanager
+def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False) -> Iterator[Any]:
+    """An MLflow run with flattened params, tagged with the Prefect flow run; links back from Prefect."""
+    if not nested:
+        mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+        mlflow.set_tags(prefect_context())
+        if params:
+            mlflow.log_params(flatten(params))
+        if not nested:
+            _link_artifact(run)
+        yield run
+
+
+def _link_artifact(run: Any) -> None:
+    from prefect.artifacts import create_link_artifact
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        create_link_artifact(
+            link=run_url(run),
+            link_text=f"MLflow run {run.info.run_name}",
+            description=f"MLflow run `{run.info.run_id}` (tracking store: `{mlflow.get_tracking_uri()}`)",
+        )
+
+
+def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
+    """A pandas table as a CSV artifact of the active run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / artifact_file
+        frame.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
+class MatcherModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a matcher: a DataFrame with ``image`` (file path) and ``text`` columns in,
+    a ``score`` column (cosine in the joint space) out."""
+
+    def load_context(self, context: Any) -> None:
+        self.matcher = Matcher.load(context.artifacts["matcher"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        missing = {"image", "text"} - set(model_input.columns)
+        if missing:
+            raise ValueError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
+        img = self.matcher.embed_images(list(model_input["image"]))
+        txt = self.matcher.embed_texts(list(model_input["text"]))
+        return pd.DataFrame({"score": self.matcher.similarity.pairwise(img, txt).tolist()})
+
+
+def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
+    """Log ``matcher`` as the pyfunc model ``matcher`` of the active run, registering it when asked."""
+    from importlib.metadata import version
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = matcher.save(Path(tmp) / "matcher")
+        return mlflow.pyfunc.log_model(
+            name="matcher",
+            python_model=MatcherModel(),
+            artifacts={"matcher": str(folder)},
+            pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
+            registered_model_name=registered_model,
+        )
+
+
+def load_matcher(uri: str) -> Matcher:
+    """A matcher from a saved folder, or from any MLflow model URI (``models:/name@alias``, ``runs:/id/matcher``)."""
+    if Path(uri).is_dir():
+        return Matcher.load(uri)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise LookupError(f"cannot load matcher {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+    python_model = model.unwrap_python_model()
+    if not isinstance(python_model, MatcherModel):
+        raise LookupError(f"{uri!r} is an MLflow model but not an itm matcher")
+    return python_model.matcher
+
+
+def champion_version(registered_model: str) -> Any | None:
+    """The model version holding the ``champion`` alias, or ``None``."""
+    try:
+        return MlflowClient().get_model_version_by_alias(registered_model, CHAMPION)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Promotion:
+    promoted: bool
+    metric: str
+    new_value: float
+    champion_value: float | None
+    previous_version: str | None
+    new_version: str
+
+    def reason(self) -> str:
+        if self.previous_version is None:
+            return f"promoted v{self.new_version}: first model, {self.metric}={self.new_value:.4f}"
+        verb = "promoted" if self.promoted else "kept champion"
+        cmp = ">" if self.promoted else "<="
+        return (
+            f"{verb} v{self.new_version if self.promoted else self.previous_version}: "
+            f"new {self.metric}={self.new_value:.4f} {cmp} champion v{self.previous_version} {self.metric}={self.champion_value:.4f} on the same test data"
+        )
+
+
+def promote_if_better(registered_model: str, new_version: str, metric: str, new_value: float, champion_value: float | None, previous: Any | None) -> Promotion:
+    """Move ``champion`` to ``new_version`` when there is none or the new model scores strictly higher."""
+    decision = Promotion(
+        promoted=previous is None or new_value > (champion_value if champion_value is not None else float("-inf")),
+        metric=metric, new_value=new_value, champion_value=champion_value,
+        previous_version=None if previous is None else str(previous.version), new_version=str(new_version),
+    )
+    client = MlflowClient()
+    if decision.promoted:
+        client.set_registered_model_alias(registered_model, CHAMPION, str(new_version))
+    client.set_model_version_tag(registered_model, str(new_version), "promotion", decision.reason())
+    return decision
