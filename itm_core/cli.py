@@ -13,6 +13,8 @@ from rich.table import Table
 
 # Prefect's ephemeral server needs longer than its default to start on small machines.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+# Nothing leaves the machine unless the user configured it: no usage telemetry.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbench: image-text matching and fusion as plugins and flows.")
 plugins_app = typer.Typer(help="List the installed plugins and their components.")

@@ -100,7 +100,7 @@ def encode(
     if todo:
         todo_keys = list(todo)
         rows: list[torch.Tensor] = []
-        bar = tqdm(total=len(todo_keys), desc=desc or f"encoding with {getattr(encoder, 'name', 'encoder')}", unit=modality, leave=False)
+        bar = tqdm(total=len(todo_keys), desc=desc or f"encoding with {getattr(encoder, 'name', 'encoder')}", unit=modality, leave=False, disable=None)
         with torch.inference_mode():
             for start in range(0, len(todo_keys), batch_size):
                 batch = [todo[k] for k in todo_keys[start : start + batch_size]]

@@ -109,6 +109,13 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
     """Log ``matcher`` as the pyfunc model ``matcher`` of the active run, registering it when asked."""
     from importlib.metadata import version
 
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text")]),
+        outputs=Schema([ColSpec("double", "score")]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = matcher.save(Path(tmp) / "matcher")
         return mlflow.pyfunc.log_model(
@@ -117,6 +124,7 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
             artifacts={"matcher": str(folder)},
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,
+            signature=signature,
         )
 
 

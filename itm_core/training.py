@@ -109,7 +109,7 @@ def train_contrastive(
                 if scheduler.last_epoch < scheduler.total_steps - 1:
                     scheduler.step()
                 losses.append(loss.item())
-        metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "temperature": float(1 / matcher.logit_scale.exp())}
+        metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "temperature": 1.0 / matcher.logit_scale.exp().item()}
         metrics.update({f"val_{k}": v for k, v in evaluate_features(matcher, val).items()})
         result.history.append({"epoch": epoch, **metrics})
         if on_epoch is not None:

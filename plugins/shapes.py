@@ -216,7 +216,7 @@ def build(
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     total = n_train + n_val + n_test
-    with tqdm(total=total, desc="building shapes", unit="image", leave=False) as bar:
+    with tqdm(total=total, desc="building shapes", unit="image", leave=False, disable=None) as bar:
         for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
             rng = random.Random(f"shapes:{seed}:{split}")
             (folder / split).mkdir(exist_ok=True)

@@ -1,0 +1,161 @@
+"""Manifests, safe image loading and the shapes dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from itm_core import create
+from itm_core.data import DataError, check_images, load_manifest, open_image
+from itm_core.data.manifest import assign_splits
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    for name, colour in (("a.png", "red"), ("b.png", "green"), ("c.png", "blue")):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name)
+    return tmp_path
+
+
+def test_csv_one_row_per_pair_groups_captions(image_folder):
+    pd.DataFrame(
+        {"image": ["a.png", "a.png", "b.png", "c.png"], "caption": ["red", "a red square", "green", "blue"], "split": ["train", "train", "val", "test"]}
+    ).to_csv(image_folder / "pairs.csv", index=False)
+    ds = load_manifest(image_folder / "pairs.csv")
+    assert ds.images == ["a.png", "b.png", "c.png"]
+    assert ds.captions_of(0) == ["red", "a red square"]
+    assert ds.caption_image == [0, 0, 1, 2]
+    assert ds.image_split == ["train", "val", "test"]
+    assert ds.split("val").captions == ["green"]
+
+
+def test_jsonl_and_parquet_with_caption_lists_and_custom_columns(image_folder):
+    rows = [{"file": "a.png", "texts": ["red", "crimson"]}, {"file": "b.png", "texts": ["green"]}, {"file": "c.png", "texts": ["blue"]}]
+    (image_folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame(rows).to_parquet(image_folder / "m.parquet")
+    for name in ("m.jsonl", "m.parquet"):
+        ds = load_manifest(image_folder / name, image_column="file", caption_column="texts", split_column=None, split_ratios=(1, 1, 1))
+        assert ds.captions == ["red", "crimson", "green", "blue"] and ds.caption_image == [0, 0, 1, 2]
+        assert sorted(ds.image_split) == ["test", "train", "val"]
+
+
+def test_karpathy_json(image_folder):
+    (image_folder / "val2014").mkdir()
+    doc = {
+        "images": [
+            {"filepath": "val2014", "filename": "x.jpg", "split": "restval", "sentences": [{"raw": "A cat."}, {"raw": "A kitten."}]},
+            {"filename": "a.png", "split": "test", "sentences": [{"raw": "Red."}]},
+        ]
+    }
+    (image_folder / "dataset_coco.json").write_text(json.dumps(doc))
+    ds = load_manifest(image_folder / "dataset_coco.json")
+    assert ds.images == ["val2014/x.jpg", "a.png"]
+    assert ds.image_split == ["train", "test"]  # restval joins train, as in the Karpathy convention
+    assert ds.captions_of(0) == ["A cat.", "A kitten."]
+
+
+def test_missing_column_names_file_and_columns(image_folder):
+    pd.DataFrame({"path": ["a.png"], "caption": ["x"]}).to_csv(image_folder / "bad.csv", index=False)
+    with pytest.raises(DataError) as e:
+        load_manifest(image_folder / "bad.csv")
+    assert "bad.csv" in str(e.value) and "'image'" in str(e.value) and "path, caption" in str(e.value)
+
+
+def test_empty_caption_and_unknown_format(image_folder):
+    pd.DataFrame({"image": ["a.png"], "caption": [""]}).to_csv(image_folder / "empty.csv", index=False)
+    with pytest.raises(DataError, match=r"empty.csv, row 2: column 'caption'"):
+        load_manifest(image_folder / "empty.csv")
+    (image_folder / "m.txt").write_text("x")
+    with pytest.raises(DataError, match="cannot tell the manifest format"):
+        load_manifest(image_folder / "m.txt")
+    with pytest.raises(DataError, match="does not exist"):
+        load_manifest(image_folder / "nope.csv")
+
+
+def test_path_escaping_the_root_is_rejected(image_folder):
+    for bad in ("../outside.png", "/etc/passwd"):
+        pd.DataFrame({"image": ["a.png", bad], "caption": ["x", "y"]}).to_csv(image_folder / "esc.csv", index=False)
+        with pytest.raises(DataError, match="escapes the dataset root"):
+            load_manifest(image_folder / "esc.csv")
+
+
+@pytest.fixture
+def bad_images(image_folder):
+    (image_folder / "corrupt.png").write_bytes(b"not an image at all")
+    big = Image.new("RGB", (256, 256), "white")
+    big.save(image_folder / "big.png")
+    full = (image_folder / "big.png").read_bytes()
+    (image_folder / "truncated.png").write_bytes(full[: len(full) // 2])
+    rows = [("a.png", "ok"), ("missing.png", "gone"), ("corrupt.png", "junk"), ("truncated.png", "half"), ("big.png", "large")]
+    pd.DataFrame(rows, columns=["image", "caption"]).to_csv(image_folder / "mixed.csv", index=False)
+    return load_manifest(image_folder / "mixed.csv", split_ratios=(1, 0, 0))
+
+
+def test_bad_images_skipped_with_report(bad_images):
+    kept, skipped = check_images(bad_images, on_error="skip", max_pixels=100 * 100)
+    assert kept.images == ["a.png"] and kept.captions == ["ok"]
+    reasons = {s.path: s.reason for s in skipped}
+    assert set(reasons) == {"missing.png", "corrupt.png", "truncated.png", "big.png"}
+    assert "not found" in reasons["missing.png"]
+    assert "not a usable image" in reasons["corrupt.png"]
+    assert "truncated" in reasons["truncated.png"]
+    assert "decompression bomb" in reasons["big.png"]
+
+
+def test_bad_images_fail_names_the_file(bad_images):
+    with pytest.raises(DataError, match="missing.png: image file not found.*on_error='skip'"):
+        check_images(bad_images, on_error="fail")
+
+
+def test_open_image_converts_grayscale_and_rgba(tmp_path):
+    Image.new("L", (4, 4), 128).save(tmp_path / "g.png")
+    Image.new("RGBA", (4, 4), (1, 2, 3, 4)).save(tmp_path / "t.png")
+    assert open_image(tmp_path / "g.png").mode == "RGB" and open_image(tmp_path / "t.png").mode == "RGB"
+
+
+def test_assign_splits_is_deterministic_and_proportional():
+    a = assign_splits(100, (0.8, 0.1, 0.1), seed=1)
+    assert a == assign_splits(100, (0.8, 0.1, 0.1), seed=1) and a != assign_splits(100, (0.8, 0.1, 0.1), seed=2)
+    assert (a.count("train"), a.count("val"), a.count("test")) == (80, 10, 10)
+    with pytest.raises(DataError, match="split_ratios"):
+        assign_splits(10, (1, -1, 0), seed=0)
+
+
+def test_unknown_split_lists_the_splits(tiny_shapes):
+    with pytest.raises(DataError, match="no images in split 'dev'; its splits are: test, train, val"):
+        tiny_shapes.split("dev")
+
+
+def test_shapes_is_deterministic_with_hard_negatives(tiny_shapes, tiny_shapes_options, tmp_path):
+    assert [len(tiny_shapes.split(s)) for s in ("train", "val", "test")] == [48, 16, 16]
+    assert len(tiny_shapes.captions) == 5 * len(tiny_shapes)
+    again = create("dataset", "shapes", root=str(tmp_path), **tiny_shapes_options).load()
+    assert again.captions == tiny_shapes.captions
+    assert (again.root / again.images[5]).read_bytes() == (tiny_shapes.root / tiny_shapes.images[5]).read_bytes()
+    other_seed = create("dataset", "shapes", root=str(tmp_path), **{**tiny_shapes_options, "seed": 4}).load()
+    assert other_seed.captions != tiny_shapes.captions
+    for i in range(len(tiny_shapes)):
+        truths = set(tiny_shapes.captions_of(i))
+        negatives = [tiny_shapes.image_extras[k][i] for k in ("neg_color", "neg_shape", "neg_position")]
+        assert all(n and n not in truths for n in negatives)
+
+
+def test_shapes_hard_negatives_swap_one_thing():
+    import random
+
+    from plugins.shapes import Obj, Scene, canonical, hard_negatives
+
+    scene = Scene((Obj("circle", "red", "small"), Obj("square", "blue", "large")))
+    negs = hard_negatives(scene, random.Random(0))
+    assert canonical(scene) == "a small red circle to the left of a large blue square"
+    assert negs["neg_color"] == "a small blue circle to the left of a large red square"
+    assert negs["neg_shape"] == "a small red square to the left of a large blue circle"
+    assert negs["neg_position"] == "a large blue square to the left of a small red circle"
+
+
+def test_shapes_rejects_bad_options():
+    with pytest.raises(ValueError, match="n_test must be at least 1"):
+        create("dataset", "shapes", n_test=0)
