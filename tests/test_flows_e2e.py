@@ -1,0 +1,132 @@
+"""End to end: the three flows as real Prefect flow runs against a real MLflow store, on tiny shapes."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, GenerateParams, MatcherRef, RetrainParams, TrainingParams
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CLASSIC = dict(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}))
+PRETRAINED = dict(image_encoder=ComponentParams(name="efficientnet-lite0", options={"image_size": 64}), text_encoder=ComponentParams(name="minilm"))
+
+
+def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+    from flows.evaluate import evaluate
+    from flows.generate import generate
+    from flows.retrain import retrain
+
+    dataset = DatasetParams(options=tiny_shapes_options)
+    training = TrainingParams(epochs=4, batch_size=16, patience=4)
+    first = retrain(RetrainParams(dataset=dataset, training=training, **PRETRAINED))
+    second = retrain(RetrainParams(dataset=dataset, training=training, **CLASSIC))
+    client = MlflowClient()
+
+    # registry: two versions, the champion is whichever scored higher on the same test data
+    versions = {str(v.version): v for v in client.search_model_versions("name='itm-matcher'")}
+    assert set(versions) == {"1", "2"}
+    champion = client.get_model_version_by_alias("itm-matcher", "champion")
+    assert first["promoted"] and first["model_version"] == "1"
+    expected = "2" if second["test"]["rsum"] > first["test"]["rsum"] else "1"
+    assert str(champion.version) == expected and second["promoted"] == (expected == "2")
+    assert "on the same test data" in client.get_model_version("itm-matcher", "2").tags["promotion"]
+
+    # the retrain run: params, per-epoch curves, test metrics, Prefect link tags, the decision
+    run = client.get_run(second["run_id"])
+    assert run.data.params["image_encoder.name"] == "color-histogram"
+    assert run.data.params["training.epochs"] == "4"
+    assert run.data.tags["prefect.flow_name"] == "retrain" and run.data.tags["prefect.flow_run_id"]
+    assert run.data.tags["promotion.metric"] == "rsum" and run.data.tags["promotion.decision"].startswith(("promoted", "kept"))
+    curve = client.get_metric_history(run.info.run_id, "val_rsum")
+    assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
+    assert run.data.metrics["test_rsum"] == pytest.approx(second["test"]["rsum"])
+    assert "champion_test_rsum" in run.data.metrics
+
+    # the logged model scores pairs through pyfunc, from the registry
+    model = mlflow.pyfunc.load_model("models:/itm-matcher@champion")
+    from itm_core import create
+
+    data = create("dataset", "shapes", **tiny_shapes_options).load().split("test")
+    frame = pd.DataFrame({"image": [str(data.image_path(0))] * 2, "text": [data.captions_of(0)[0], "tax law of 1987"]})
+    scores = model.predict(frame)["score"].tolist()
+    assert len(scores) == 2 and all(-1.0 <= s <= 1.0 for s in scores)
+
+    # evaluate: a leaderboard of three, as nested runs plus a table
+    board = evaluate(
+        EvaluateParams(
+            dataset=dataset,
+            matchers=[
+                MatcherRef(model_uri="models:/itm-matcher@champion", label="champion"),
+                MatcherRef(model_uri="models:/itm-matcher/2"),
+                MatcherRef(untrained_heads=True, label="chance", **PRETRAINED),
+            ],
+        )
+    )
+    assert [r["matcher"] for r in board][-1] == "chance"
+    by_name = {r["matcher"]: r for r in board}
+    assert by_name["models:/itm-matcher/2"]["rsum"] == pytest.approx(second["test"]["rsum"], abs=1e-3)
+    assert by_name["champion"]["rsum"] == pytest.approx(max(first["test"]["rsum"], second["test"]["rsum"]), abs=1e-3)
+    assert by_name["champion"]["rsum"] > by_name["chance"]["rsum"]
+    exp = client.get_experiment_by_name("itm-evaluate")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent[0].info.run_id}
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="leaderboard.csv"))
+    assert list(table["matcher"]) == [r["matcher"] for r in board]
+
+    # generate: captions by the champion, a table and a grid in MLflow
+    rows = generate(GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options}))
+    assert len(rows) == 4
+    bank = set(create("dataset", "shapes", **tiny_shapes_options).load().split("train").captions)
+    assert all(r["caption"] in bank for r in rows)
+    gen = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]
+    names = {a.path for a in client.list_artifacts(gen.info.run_id)}
+    assert {"generations.csv", "caption_grid.png"} <= names
+
+    # every flow run left a link artifact pointing at its MLflow run (Prefect stores links as markdown)
+    import anyio
+    from prefect import get_client
+
+    async def artifact_texts():
+        async with get_client() as c:
+            return [str(a.data) for a in await c.read_artifacts()]
+
+    texts = anyio.run(artifact_texts)
+    for run_id in (first["run_id"], second["run_id"], parent[0].info.run_id, gen.info.run_id):
+        assert any(f"/runs/{run_id})" in t and "MLflow run" in t for t in texts), run_id
+
+
+def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, tiny_shapes_options):
+    from itm_core.cli import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  name: shapes\n  on_bad_image: ignore\ntraining:\n  epochs: 0\n")
+    result = CliRunner().invoke(app, ["run", "retrain", "--params", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.output and "dataset.on_bad_image" in result.output and "training.epochs" in result.output
+
+    result = CliRunner().invoke(app, ["run", "nonsense"])
+    assert result.exit_code == 2 and "retrain, evaluate, generate" in result.output
+
+    missing_model = tmp_path / "eval.json"
+    missing_model.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "matchers": [{"model_uri": "models:/no-such-model@champion"}]}))
+    result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(missing_model)])
+    assert result.exit_code == 2 and "no-such-model" in result.output
+
+    good = tmp_path / "eval.yaml"
+    good.write_text(
+        "dataset:\n  options: " + json.dumps(tiny_shapes_options) + "\n"
+        "matchers:\n  - image_encoder: {name: color-histogram}\n    text_encoder: {name: tfidf}\n    untrained_heads: true\n"
+    )
+    result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(good)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("[") :])[0]["matcher"] == "color-histogram + tfidf (untrained heads)"
