@@ -16,7 +16,7 @@ from itm_core.embed import EmbeddingCache, FeatureSplit, encode_split
 from itm_core.tracking import log_table
 
 
-@task(name="load-data", cache_policy=NO_CACHE, retries=1)
+@task(name="load-data", cache_policy=NO_CACHE)
 def load_data(params: DatasetParams) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build or read the dataset and decode every image once."""
     data, skipped = load_dataset(params)

@@ -130,3 +130,32 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
     result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(good)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout[result.stdout.index("[") :])[0]["matcher"] == "color-histogram + tfidf (untrained heads)"
+
+
+def test_user_manifest_with_bad_images(prefect_server, mlflow_store, tmp_path):
+    """A user's CSV with a corrupt and a missing image: skipped and reported, or a failure naming the file."""
+    from PIL import Image
+
+    from flows.evaluate import evaluate
+    from itm_core.data import DataError
+
+    rows = []
+    for i, colour in enumerate(["red", "green", "blue", "yellow", "white", "black"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{colour}.png")
+        rows.append({"image": f"{colour}.png", "caption": f"a {colour} square", "split": "train" if i < 3 else "test"})
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows += [{"image": "broken.png", "caption": "broken", "split": "test"}, {"image": "gone.png", "caption": "gone", "split": "test"}]
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    dataset = DatasetParams(name="manifest", options={"path": str(tmp_path / "pairs.csv")}, on_bad_image="skip")
+    ref = MatcherRef(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf"), untrained_heads=True)
+
+    board = evaluate(EvaluateParams(dataset=dataset, matchers=[ref]))
+    assert len(board) == 1
+    client = MlflowClient()
+    run = [r for r in client.search_runs([client.get_experiment_by_name("itm-evaluate").experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    assert run.data.params["data.skipped_images"] == "2" and run.data.params["data.test.images"] == "3"
+    report = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+    assert sorted(report["path"]) == ["broken.png", "gone.png"]
+
+    with pytest.raises(DataError, match="broken.png"):
+        evaluate(EvaluateParams(dataset=dataset.model_copy(update={"on_bad_image": "fail"}), matchers=[ref]))
