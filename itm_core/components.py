@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from itm_core.data.pairs import ImageTextSet
 

@@ -11,11 +11,12 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from itm_core.embed import FeatureSplit
 from itm_core.matcher import Matcher
@@ -91,7 +92,8 @@ def train_contrastive(
     result = TrainResult()
     best_state = copy.deepcopy(matcher.state_dict())
     stale = 0
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", leave=False, disable=None)
+    for epoch in bar:
         matcher.train()
         losses: list[float] = []
         for _ in range(passes):
@@ -115,6 +117,7 @@ def train_contrastive(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         value = metrics[f"val_{config.monitor}"]
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{config.monitor: f"{value:.3f}"})
         if value > result.best_value:
             result.best_value, result.best_epoch, stale = value, epoch, 0
             best_state = copy.deepcopy(matcher.state_dict())
@@ -122,6 +125,7 @@ def train_contrastive(
             stale += 1
             if stale >= config.patience:
                 break
+    bar.close()
     matcher.load_state_dict(best_state)
     matcher.eval()
     result.seconds = time.perf_counter() - start

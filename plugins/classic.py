@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TfidfEncoder(Encoder):

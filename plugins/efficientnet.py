@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
+
+if TYPE_CHECKING:
+    import torch
 
 POOLS = {"avg": 1, "grid": 5}  # feature blocks: global mean, or global mean + 2x2 grid means
 CHANNELS = 1280

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Sequence
 
 from itm_core import hookimpl
 from itm_core.components import Metric
-from itm_core.retrieval import KS, ranks, recall_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+KS = (1, 5, 10)
 
 
 class RetrievalMetric(Metric):
@@ -22,9 +24,10 @@ class RetrievalMetric(Metric):
         self.chunk = chunk
 
     def compute(self, image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: Sequence[int], similarity: Any = None, **_: Any) -> dict[str, float]:
-        if similarity is None:
-            from itm_core import create
+        from itm_core import create
+        from itm_core.retrieval import ranks, recall_metrics
 
+        if similarity is None:
             similarity = create("similarity", "cosine")
         return recall_metrics(ranks(image_emb, text_emb, caption_image, similarity, self.chunk), self.ks)
 

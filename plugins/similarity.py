@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from itm_core import hookimpl
 from itm_core.components import Similarity
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Cosine(Similarity):
     """Cosine of the angle between embeddings, in [-1, 1]."""
 
     def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
+        from torch.nn.functional import normalize
+
+        return normalize(a.float(), dim=-1) @ normalize(b.float(), dim=-1).T
 
     def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
+        from torch.nn.functional import normalize
+
+        return (normalize(a.float(), dim=-1) * normalize(b.float(), dim=-1)).sum(-1)
 
 
 class Dot(Similarity):

@@ -159,3 +159,44 @@ def test_user_manifest_with_bad_images(prefect_server, mlflow_store, tmp_path):
 
     with pytest.raises(DataError, match="broken.png"):
         evaluate(EvaluateParams(dataset=dataset.model_copy(update={"on_bad_image": "fail"}), matchers=[ref]))
+
+
+def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes_options):
+    """A text-to-image generator from a plugin: prompts from the split, images into a grid artifact."""
+    from PIL import Image
+
+    from flows.generate import generate
+    from itm_core import hookimpl
+    from itm_core.components import Generator
+    from itm_core.plugins import temporary_plugin
+
+    class Painter(Generator):
+        task = "text-to-image"
+
+        def generate(self, inputs, **options):
+            return [Image.new("RGB", (16, 16), "red" if "red" in p else "gray") for p in inputs]
+
+    class PainterPlugin:
+        @hookimpl
+        def register_generators(self, register):
+            register("painter", Painter, task="text-to-image")
+
+    with temporary_plugin(PainterPlugin(), "painter"):
+        rows = generate(GenerateParams(generator="painter", dataset=DatasetParams(options=tiny_shapes_options), num_images=3))
+    assert len(rows) == 3 and all(r["prompt"] for r in rows)
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]
+    assert {"generations.csv", "image_grid.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
+    """`itm demo` end to end (small data): two retrains, a leaderboard of four, captions, a champion."""
+    from itm_core.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--train-images", "40", "--eval-images", "12"])
+    assert result.exit_code == 0, result.output
+    for text in ("ITM demo", "champion", "untrained heads (chance)", "classic", "mlflow ui --backend-store-uri"):
+        assert text in result.output
+    client = MlflowClient()
+    assert client.get_model_version_by_alias("itm-matcher", "champion") is not None
+    assert {e.name for e in client.search_experiments()} >= {"itm-retrain", "itm-evaluate", "itm-generate"}
