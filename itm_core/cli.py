@@ -15,6 +15,7 @@ from rich.table import Table
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # Nothing leaves the machine unless the user configured it: no usage telemetry.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbench: image-text matching and fusion as plugins and flows.")
 plugins_app = typer.Typer(help="List the installed plugins and their components.")
