@@ -74,10 +74,59 @@ def plugins(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
     for col in ("plugin", "version", "components", "status"):
         table.add_column(col)
     for p in listing:
-        comps = ", ".join(f"{c['kind']}:{c['name']}" for c in p["components"]) or "-"
+        comps = ", ".join(
+            f"{c['kind']}:{c['name']}" + ("" if c.get("available", True) else f" [yellow](unavailable: {c['install']})[/]") for c in p["components"]
+        ) or "-"
         status = f"[red]failed: {p['error']}[/]" if "error" in p else ("built-in" if p["builtin"] else "external")
         table.add_row(p["name"], str(p["version"]), comps, status)
     console.print(table)
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@plugins_app.command("check")
+def check(
+    name: str = typer.Argument(..., help="Component name, e.g. minilm"),
+    kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Component kind, when the name exists under several"),
+    option: list[str] = typer.Option([], "--option", "-o", help="Factory option KEY=VALUE (VALUE parsed as JSON when it can be)"),
+) -> None:
+    """Run the conformance checks on a component; exit status 0 only when it passes."""
+    from itm_core.components import KINDS
+    from itm_core.registry import collect
+    from itm_core.testing import check_component
+
+    try:
+        registered = collect()
+    except _user_errors() as exc:
+        _fail(exc)
+    kinds = [k for k in KINDS if name in registered[k] and (kind is None or k == kind)]
+    if not kinds:
+        _fail(LookupError(f"no component named {name!r}{f' of kind {kind!r}' if kind else ''}; see `itm plugins`"))
+    if len(kinds) > 1:
+        _fail(LookupError(f"{name!r} is registered as {' and '.join(kinds)}; choose one with --kind"))
+    options = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(ValueError(f"--option expects KEY=VALUE, got {item!r}"))
+        options[key] = _option_value(value)
+    report = check_component(kinds[0], name, **options)
+    table = Table(title=f"{report.kind} {report.name!r} (plugin {report.plugin!r})")
+    for col in ("rule", "result", "detail"):
+        table.add_column(col)
+    colour = {"pass": "green", "fail": "red", "skip": "yellow"}
+    for r in report.results:
+        table.add_row(r.rule, f"[{colour[r.status]}]{r.status}[/]", r.detail)
+    console.print(table)
+    if not report.ok:
+        err.print(f"[bold red]failed:[/] {report.summary()}", highlight=False)
+        raise typer.Exit(1)
+    console.print(report.summary())
 
 
 @app.command("run")

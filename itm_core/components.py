@@ -68,8 +68,14 @@ class Similarity(ABC):
 
 
 class Fusion(ABC):
-    """Fuses image features ``(N, Di)`` and text features ``(N, Dt)`` into ``(N, dim)``."""
+    """Fuses image features ``(N, image_dim)`` and text features ``(N, text_dim)`` into ``(N, dim)``.
 
+    Trainable fusions are ``torch.nn.Module`` subclasses as well; their parameters are trained by
+    the flows that use them.
+    """
+
+    image_dim: int
+    text_dim: int
     dim: int
 
     @abstractmethod
@@ -173,7 +179,7 @@ _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "encoder": ("modality", "dim", "encode"),
     "similarity": ("score",),
-    "fusion": ("dim", "fuse"),
+    "fusion": ("image_dim", "text_dim", "dim", "fuse"),
     "generator": ("task", "generate"),
     "metric": ("compute",),
     "dataset": ("load",),

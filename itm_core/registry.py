@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.metadata as md
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,8 +34,24 @@ class ComponentSpec:
     plugin: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def missing(self) -> list[str]:
+        """The distributions named in ``metadata["requires"]`` that are not installed."""
+        absent = []
+        for requirement in self.metadata.get("requires", []):
+            try:
+                md.distribution(requirement)
+            except md.PackageNotFoundError:
+                absent.append(requirement)
+        return absent
+
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, **self.metadata}
+        """Metadata for listings, with availability: a missing dependency comes with its install command."""
+        out = {"kind": self.kind, "name": self.name, **self.metadata}
+        missing = self.missing()
+        out["available"] = not missing
+        if missing:
+            out["install"] = "pip install " + " ".join(missing)
+        return out
 
 
 def collect() -> dict[str, dict[str, ComponentSpec]]:
@@ -87,6 +104,11 @@ def names(kind: str) -> list[str]:
 def create(kind: str, name: str, **options: Any) -> Any:
     """Build the component ``kind``/``name`` from keyword ``options``, wrapped in its contract checks."""
     s = spec(kind, name)
+    missing = s.missing()
+    if missing:
+        raise RegistryError(
+            f"{kind} {name!r} (plugin {s.plugin!r}) needs {', '.join(missing)}, which is not installed: pip install {' '.join(missing)}"
+        )
     try:
         component = s.factory(**options)
     except TypeError as exc:

@@ -200,7 +200,7 @@ def test_cli_plugins_json(external_plugins, fresh_plugins):
     by_name = {p["name"]: p for p in listing}
     assert set(by_name["similarity"]) >= {"name", "version", "hooks", "components"}
     assert by_name["similarity"]["hooks"] == ["register_similarities"]
-    assert {"kind": "similarity", "name": "cosine", "description": "Cosine similarity"} in by_name["similarity"]["components"]
+    assert {"kind": "similarity", "name": "cosine", "description": "Cosine similarity", "available": True} in by_name["similarity"]["components"]
     minilm = by_name["minilm"]["components"][0]
     assert minilm["modality"] == "text" and minilm["dim"] == 384
     assert by_name["goodpkg"]["version"] == "1.2.3"
@@ -208,3 +208,20 @@ def test_cli_plugins_json(external_plugins, fresh_plugins):
 
     table = CliRunner().invoke(app, ["plugins"])
     assert table.exit_code == 0 and "goodpkg" in table.stdout and "failed" in table.stdout
+
+
+def test_component_with_missing_dependency_is_listed_unavailable():
+    from itm_core.cli import plugin_listing
+
+    class Needy:
+        @hookimpl
+        def register_encoders(self, register):
+            register("needy", _Constant, modality="text", requires=["itm-no-such-package", "torch"])
+
+    with temporary_plugin(Needy(), "needy-plugin"):
+        listing = {p["name"]: p for p in plugin_listing()}
+        component = listing["needy-plugin"]["components"][0]
+        assert component["available"] is False and component["install"] == "pip install itm-no-such-package"
+        assert all(c["available"] for c in listing["minilm"]["components"])
+        with pytest.raises(RegistryError, match="needs itm-no-such-package, which is not installed: pip install itm-no-such-package"):
+            create("encoder", "needy")

@@ -1,0 +1,126 @@
+"""The conformance kit: every built-in component passes; broken components are caught by rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from itm_core import hookimpl
+from itm_core.components import Encoder, Fusion
+from itm_core.plugins import temporary_plugin
+from itm_core.testing import assert_conforms, check_component
+
+
+@pytest.fixture(scope="module")
+def saved_matcher(tmp_path_factory):
+    from itm_core import create
+    from itm_core.matcher import Matcher
+
+    folder = tmp_path_factory.mktemp("matcher") / "m"
+    tfidf = create("encoder", "tfidf", max_features=64)
+    tfidf.fit(["a red circle", "a blue square", "a green star"])
+    torch.manual_seed(0)
+    m = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 64}}, 6**3 * 4, 64, embed_dim=8, hidden_dim=0)
+    m.attach_encoders(create("encoder", "color-histogram"), tfidf).save(folder)
+    return str(folder)
+
+
+BUILTINS = [
+    ("encoder", "efficientnet-lite0", {"image_size": 64}),
+    ("encoder", "minilm", {}),
+    ("encoder", "tfidf", {}),
+    ("encoder", "color-histogram", {}),
+    ("similarity", "cosine", {}),
+    ("similarity", "dot", {"scale": 10.0}),
+    ("metric", "retrieval", {}),
+    ("dataset", "shapes", {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "options"), BUILTINS, ids=[b[1] for b in BUILTINS])
+def test_builtin_components_conform(kind, name, options):
+    report = assert_conforms(kind, name, **options)
+    assert sum(r.status == "pass" for r in report.results) >= 4
+
+
+def test_builtin_manifest_dataset_conforms(tiny_shapes):
+    assert_conforms("dataset", "manifest", path=str(tiny_shapes.root / "manifest.jsonl"))
+
+
+def test_retrieval_captioner_conforms(saved_matcher):
+    assert_conforms("generator", "retrieval-captioner", matcher=saved_matcher, captions=["a red circle", "a blue square", "a green star"])
+
+
+class BatchNormalised(Encoder):
+    """Broken on purpose: each output depends on the rest of the batch, and empty batches crash."""
+
+    modality = "text"
+    dim = 4
+
+    def encode(self, items):
+        x = torch.tensor([[len(t), t.count("a"), 1.0, 2.0] for t in items])
+        return x - x.mean(0)
+
+
+class Noisy(Encoder):
+    """Broken on purpose: random output for the same input."""
+
+    modality = "image"
+    dim = 3
+
+    def encode(self, items):
+        return torch.rand(len(items), 3)
+
+
+class NoGradFusion(Fusion):
+    image_dim, text_dim, dim = 4, 6, 10
+
+    def fuse(self, image, text):
+        return torch.cat([image, text], 1)
+
+
+class Broken:
+    @hookimpl
+    def register_encoders(self, register):
+        register("batch-normalised", BatchNormalised, modality="text")
+        register("noisy", Noisy, modality="image")
+
+    @hookimpl
+    def register_fusions(self, register):
+        register("plain-concat", NoGradFusion)
+
+
+def test_broken_components_are_caught_by_rule():
+    with temporary_plugin(Broken(), "broken-plugin"):
+        report = check_component("encoder", "batch-normalised")
+        failed = {r.rule: r.detail for r in report.failures()}
+        assert set(failed) == {"batch-size independent", "empty batch"}
+        assert "a batch vs. one item at a time" in failed["batch-size independent"]
+        assert "returned shape (0,), expected (0, 4)" in failed["empty batch"]
+        assert "plugin 'broken-plugin'" in report.summary() and "rule 'batch-size independent'" in report.summary()
+
+        noisy = check_component("encoder", "noisy")
+        assert [r.rule for r in noisy.failures()] == ["deterministic", "batch-size independent"]
+
+        fusion = check_component("fusion", "plain-concat")
+        assert fusion.ok and {r.rule: r.status for r in fusion.results}["trainable"] == "skip"
+        with pytest.raises(AssertionError, match="rule 'deterministic'"):
+            assert_conforms("encoder", "noisy")
+
+
+def test_cli_check_exit_status():
+    from itm_core.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plugins", "check", "color-histogram", "-o", "bins=4", "-o", "grid=1"])
+    assert ok.exit_code == 0, ok.output
+    assert "conforms" in ok.output
+    with temporary_plugin(Broken(), "broken-plugin"):
+        bad = runner.invoke(app, ["plugins", "check", "noisy"])
+    assert bad.exit_code == 1
+    assert "broken-plugin" in bad.output and "rule 'deterministic'" in bad.output
+    unknown = runner.invoke(app, ["plugins", "check", "shapes", "--kind", "encoder"])
+    assert unknown.exit_code == 2 and "no component named 'shapes' of kind 'encoder'" in unknown.output
+    wrong = runner.invoke(app, ["plugins", "check", "shapes", "-o", "n_test=0"])
+    assert wrong.exit_code == 1 and "rule 'builds'" in wrong.output and "n_test must be at least 1" in wrong.output
