@@ -65,7 +65,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better."""
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
-    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"].captions)
+    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
     cache = EmbeddingCache()
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:

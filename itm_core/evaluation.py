@@ -29,28 +29,38 @@ class EncoderPair:
         return encode(self.text_encoder, list(texts), cache)
 
 
-def build_encoders(image: Any, text: Any, fit_texts: Sequence[str]) -> tuple[Any, Any]:
-    """Create an image and a text encoder from their params, fitting those that need it on ``fit_texts``."""
+MAX_FIT_IMAGES = 1000
+
+
+def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[Any, Any]:
+    """Create an image and a text encoder from their params; those that need fitting are fitted on
+    ``train``: its captions, or up to ``MAX_FIT_IMAGES`` of its images spread evenly."""
+    from itm_core.data import load_images
+
     encoders = []
     for params, modality in ((image, "image"), (text, "text")):
         enc = create("encoder", params.name, **params.options)
         if enc.modality != modality:
             raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
         if getattr(enc, "requires_fit", False):
-            if modality != "text":
-                raise ValueError(f"encoder {params.name!r} needs fitting on images, which this flow does not provide")
-            enc.fit(list(fit_texts))
+            if train is None:
+                raise ValueError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
+            if modality == "text":
+                enc.fit(list(train.captions))
+            else:
+                paths = train.image_paths()
+                enc.fit(load_images(paths[:: max(1, len(paths) // MAX_FIT_IMAGES)][:MAX_FIT_IMAGES]))
         encoders.append(enc)
     return encoders[0], encoders[1]
 
 
 def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:
-    """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``'s captions."""
+    """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``."""
     from itm_core.tracking import load_matcher
 
     if ref.model_uri:
         return load_matcher(ref.model_uri)
-    image, text = build_encoders(ref.image_encoder, ref.text_encoder, train.captions if train is not None else [])
+    image, text = build_encoders(ref.image_encoder, ref.text_encoder, train)
     if ref.untrained_heads:
         torch.manual_seed(0)
         matcher = Matcher(ref.image_encoder.model_dump(), ref.text_encoder.model_dump(), int(image.dim), int(text.dim))

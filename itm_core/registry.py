@@ -35,13 +35,15 @@ class ComponentSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def missing(self) -> list[str]:
-        """The distributions named in ``metadata["requires"]`` that are not installed."""
+        """The distributions named in ``metadata["requires"]`` that are not installed.
+
+        ``"a|b"`` is satisfied by either distribution; the first is the one to install.
+        """
         absent = []
         for requirement in self.metadata.get("requires", []):
-            try:
-                md.distribution(requirement)
-            except md.PackageNotFoundError:
-                absent.append(requirement)
+            choices = requirement.split("|")
+            if not any(_installed(c) for c in choices):
+                absent.append(choices[0])
         return absent
 
     def describe(self) -> dict[str, Any]:
@@ -52,6 +54,14 @@ class ComponentSpec:
         if missing:
             out["install"] = "pip install " + " ".join(missing)
         return out
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        md.distribution(distribution)
+    except md.PackageNotFoundError:
+        return False
+    return True
 
 
 def collect() -> dict[str, dict[str, ComponentSpec]]:

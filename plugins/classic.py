@@ -11,18 +11,16 @@ if TYPE_CHECKING:
     import torch
 
 
-class TfidfEncoder(Encoder):
-    """TF-IDF over word n-grams (scikit-learn), fitted on training captions; output dimension fixed at ``max_features``."""
+class _VectorizerEncoder(Encoder):
+    """A scikit-learn text vectorizer fitted on training captions; output dimension fixed at ``max_features``."""
 
     modality = "text"
     requires_fit = True
 
-    def __init__(self, max_features: int = 2048, ngram_max: int = 2, sublinear_tf: bool = True) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
+    def __init__(self, vectorizer: Any, max_features: int) -> None:
         if max_features < 1:
-            raise ValueError(f"tfidf: max_features must be positive, got {max_features}")
-        self.vectorizer = TfidfVectorizer(max_features=max_features, ngram_range=(1, ngram_max), sublinear_tf=sublinear_tf)
+            raise ValueError(f"{self.label}: max_features must be positive, got {max_features}")
+        self.vectorizer = vectorizer
         self.dim = max_features
         self.fitted = False
 
@@ -41,12 +39,39 @@ class TfidfEncoder(Encoder):
         import torch
 
         if not self.fitted:
-            raise RuntimeError("tfidf must be fitted on training captions before encoding (call fit)")
+            raise RuntimeError(f"{self.label} must be fitted on training captions before encoding (call fit)")
         out = torch.zeros(len(items), self.dim)
         if len(items):
             m = self.vectorizer.transform(list(items)).toarray()
             out[:, : m.shape[1]] = torch.from_numpy(m).float()
         return out
+
+
+class TfidfEncoder(_VectorizerEncoder):
+    """TF-IDF over word n-grams (L2-normalised rows)."""
+
+    label = "tfidf"
+
+    def __init__(self, max_features: int = 2048, ngram_max: int = 2, sublinear_tf: bool = True) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        super().__init__(TfidfVectorizer(max_features=max_features, ngram_range=(1, ngram_max), sublinear_tf=sublinear_tf), max_features)
+
+
+class BagOfWords(_VectorizerEncoder):
+    """Word counts (or presence with ``binary``), rows L2-normalised: the plain bag-of-words model."""
+
+    label = "bow"
+
+    def __init__(self, max_features: int = 1024, binary: bool = False, ngram_max: int = 1) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        super().__init__(CountVectorizer(max_features=max_features, binary=binary, ngram_range=(1, ngram_max)), max_features)
+
+    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+        import torch.nn.functional as F
+
+        return F.normalize(super().encode(items), dim=-1)
 
 
 class ColorHistogram(Encoder):
@@ -85,5 +110,7 @@ class ColorHistogram(Encoder):
 def register_encoders(register):
     register("tfidf", TfidfEncoder, modality="text", dim="max_features", trainable=False, requires_fit=True,
              requires=["scikit-learn"], description="TF-IDF of word uni- and bi-grams (fitted on training captions)")
+    register("bow", BagOfWords, modality="text", dim="max_features", trainable=False, requires_fit=True,
+             requires=["scikit-learn"], description="Bag of words: word counts or presence (fitted on training captions)")
     register("color-histogram", ColorHistogram, modality="image", dim="bins^3 * grid^2", trainable=False,
              description="RGB colour histograms over a spatial grid")

@@ -62,3 +62,8 @@ def tiny_shapes(tiny_shapes_options):
     from itm_core import create
 
     return create("dataset", "shapes", **tiny_shapes_options).load()
+
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model builders in tests/tiny_models.py

@@ -1,0 +1,73 @@
+"""``clip``: either tower of a transformers ``CLIPModel``; both towers embed into one space.
+
+Use ``modality="image"`` and ``modality="text"`` with the same ``model`` for a zero-shot matcher;
+``evaluate`` scores such a pair directly (cosine), ``retrain`` trains heads over either tower.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from itm_core import hookimpl
+from itm_core.components import Encoder
+from plugins.hub import HUB_METADATA, features, load_pretrained, load_processor, rgb
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+
+class ClipEncoder(Encoder):
+    """L2-normalised projected CLIP embeddings of images or texts."""
+
+    def __init__(self, modality: str = "image", model: str = DEFAULT_MODEL, revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        if modality not in ("image", "text"):
+            raise ValueError(f"clip: modality must be 'image' or 'text', got {modality!r}")
+        self.modality = modality
+        self.model = load_pretrained(CLIPModel, model, revision, dtype, device)
+        if modality == "image":
+            self.processor = load_processor(AutoImageProcessor, model, revision)
+        else:
+            self.processor = load_processor(AutoTokenizer, model, revision)
+        self.device = device
+        self.dim = int(self.model.config.projection_dim)
+        self.max_length = int(self.model.config.text_config.max_position_embeddings)
+
+    def inputs(self, items: Sequence[Any]) -> dict[str, Any]:
+        """The model inputs for ``items`` (what CLIPModel's own forward takes)."""
+        if self.modality == "image":
+            batch = self.processor(images=rgb(items), return_tensors="pt")
+        else:
+            batch = self.processor(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def encode(self, items: Sequence[Any]) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        if len(items) == 0:
+            return torch.zeros(0, self.dim)
+        with torch.inference_mode():
+            batch = self.inputs(items)
+            if self.modality == "image":
+                out = self.model.get_image_features(pixel_values=batch["pixel_values"].to(self.model.dtype))
+            else:
+                out = self.model.get_text_features(**batch)
+        return F.normalize(features(out).float(), dim=-1).cpu()
+
+
+@hookimpl
+def register_encoders(register):
+    register(
+        "clip",
+        ClipEncoder,
+        modality="image|text",
+        dim="projection_dim",
+        trainable=False,
+        description="CLIP image or text tower (transformers CLIPModel); both share one space",
+        checkpoints=["openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"],
+        **HUB_METADATA,
+    )

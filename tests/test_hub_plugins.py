@@ -1,0 +1,189 @@
+"""Hub-model plugins on tiny models saved locally: the real loading path, conformance, and parity with
+the library's own model on the same weights (so published numbers reproduce with real checkpoints)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny_models
+from itm_core import create
+from itm_core.testing import assert_conforms
+
+IMAGES = [Image.new("RGB", (40, 50), "red"), Image.new("RGB", (32, 32), "blue"), Image.new("L", (20, 30), 200)]
+TEXTS = ["a red circle", "two blue squares on the left", "a small white star at the top"]
+
+
+def _built(tmp_path_factory, name, builder):
+    return str(builder(tmp_path_factory.mktemp(name)))
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return _built(tmp_path_factory, "clip", tiny_models.clip)
+
+
+@pytest.fixture(scope="module")
+def blip_itm_dir(tmp_path_factory):
+    return _built(tmp_path_factory, "blip-itm", tiny_models.blip_itm)
+
+
+def test_clip_parity_with_clipmodel(clip_dir):
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    image = create("encoder", "clip", modality="image", model=clip_dir)
+    text = create("encoder", "clip", modality="text", model=clip_dir)
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    tok, proc = AutoTokenizer.from_pretrained(clip_dir), AutoImageProcessor.from_pretrained(clip_dir)
+    with torch.no_grad():
+        out = model(**tok(TEXTS, padding=True, return_tensors="pt"), **proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt"))
+    ours = image.encode(IMAGES) @ text.encode(TEXTS).T
+    assert torch.allclose(ours, out.logits_per_image / model.logit_scale.exp(), atol=1e-5)
+    assert torch.allclose(image.encode(IMAGES), torch.nn.functional.normalize(out.image_embeds, dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_clip_conforms(clip_dir, modality):
+    assert_conforms("encoder", "clip", modality=modality, model=clip_dir)
+
+
+def test_clip_pair_is_a_zero_shot_matcher_for_evaluate(clip_dir, tiny_shapes):
+    from itm_core.config import ComponentParams, MatcherRef
+    from itm_core.evaluation import EncoderPair, build_scorer, evaluate_retrieval
+
+    ref = MatcherRef(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
+                     text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}))
+    scorer = build_scorer(ref)
+    assert isinstance(scorer, EncoderPair)
+    metrics = evaluate_retrieval(scorer, tiny_shapes.split("test"))
+    assert 0.0 <= metrics["i2t_r1"] <= 1.0 and metrics["rsum"] > 0
+
+
+def test_hf_text_parity_and_pooling(tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = str(tiny_models.bert(tmp_path))
+    model, tok = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+    assert torch.allclose(create("encoder", "hf-text", model=folder).encode(TEXTS), mean, atol=1e-5)
+    cls = create("encoder", "hf-text", model=folder, pooling="cls", normalize=False).encode(TEXTS)
+    assert torch.allclose(cls, states[:, 0], atol=1e-5)
+    assert_conforms("encoder", "hf-text", model=folder)
+
+
+def test_hf_image_parity_and_pooling(tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    folder = str(tiny_models.vit(tmp_path))
+    model, proc = AutoModel.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        out = model(**proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt"))
+    assert torch.allclose(create("encoder", "hf-image", model=folder).encode(IMAGES), out.pooler_output, atol=1e-5)
+    assert torch.allclose(create("encoder", "hf-image", model=folder, pooling="cls").encode(IMAGES), out.last_hidden_state[:, 0], atol=1e-5)
+    for pooling in ("pooler", "cls", "mean"):
+        assert_conforms("encoder", "hf-image", model=folder, pooling=pooling)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        create("encoder", "hf-image", model=folder, pooling="max")
+
+
+def test_blip_itm_parity_both_scores(blip_itm_dir):
+    from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
+
+    image = create("encoder", "blip-itm", modality="image", model=blip_itm_dir)
+    text = create("encoder", "blip-itm", modality="text", model=blip_itm_dir)
+    model = BlipForImageTextRetrieval.from_pretrained(blip_itm_dir).eval()
+    tok, proc = AutoTokenizer.from_pretrained(blip_itm_dir), AutoImageProcessor.from_pretrained(blip_itm_dir)
+    pixels = proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"]
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        contrastive = model(pixel_values=pixels, use_itm_head=False, **batch).itm_score
+        itm = model(pixel_values=pixels, use_itm_head=True, **batch).itm_score.softmax(-1)[:, 1]
+    assert torch.allclose(image.encode(IMAGES) @ text.encode(TEXTS).T, contrastive, atol=1e-5)
+    assert torch.allclose(image.itm_scores(IMAGES, TEXTS), itm, atol=1e-5)
+    with pytest.raises(ValueError, match="aligned pairs"):
+        image.itm_scores(IMAGES, TEXTS[:1])
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_blip_itm_conforms(blip_itm_dir, modality):
+    assert_conforms("encoder", "blip-itm", modality=modality, model=blip_itm_dir)
+
+
+def test_blip_caption_parity(tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer, BlipForConditionalGeneration
+
+    folder = str(tiny_models.blip_caption(tmp_path))
+    captioner = create("generator", "blip-caption", model=folder, max_new_tokens=6)
+    model = BlipForConditionalGeneration.from_pretrained(folder).eval()
+    tok, proc = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        ids = model.generate(pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"], max_new_tokens=6, do_sample=False)
+    assert captioner.generate(IMAGES) == [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    assert_conforms("generator", "blip-caption", model=folder, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_vision_encoder_decoder_parity_greedy_and_beam(tmp_path, num_beams):
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    folder = str(tiny_models.vit_gpt2(tmp_path))
+    captioner = create("generator", "vision-encoder-decoder", model=folder, max_new_tokens=6, num_beams=num_beams)
+    model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
+    tok, proc = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        ids = model.generate(pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"], max_new_tokens=6, num_beams=num_beams, do_sample=False)
+    assert captioner.generate(IMAGES) == [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    assert_conforms("generator", "vision-encoder-decoder", model=folder, max_new_tokens=4, num_beams=num_beams)
+
+
+def test_stable_diffusion_parity_and_options(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    folder = str(tiny_models.stable_diffusion(tmp_path))
+    gen = create("generator", "stable-diffusion", model=folder, steps=2, height=32, width=32, seed=5, guidance_scale=3.0, negative_prompt="blurry")
+    images = gen.generate(["a red circle", "a blue square"])
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(prompt=["a red circle", "a blue square"], negative_prompt=["blurry"] * 2, num_inference_steps=2, guidance_scale=3.0,
+               height=32, width=32, generator=torch.Generator().manual_seed(5), output_type="pil").images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, ref))
+    other_seed = gen.generate(["a red circle"], seed=6)[0]
+    assert not np.array_equal(np.asarray(other_seed), np.asarray(images[0]))
+    assert_conforms("generator", "stable-diffusion", model=folder, steps=1, height=32, width=32)
+
+
+def test_missing_local_model_fails_clearly(tmp_path):
+    with pytest.raises(OSError, match="cannot load CLIPModel from"):
+        create("encoder", "clip", modality="image", model=str(tmp_path / "nowhere"))
+
+
+def test_bag_of_visual_words_orb_and_sift(tiny_shapes):
+    from itm_core.data import load_images
+
+    images = load_images(tiny_shapes.split("train").image_paths())
+    for descriptor in ("orb", "sift"):
+        enc = create("encoder", "bovw", descriptor=descriptor, vocabulary=16)
+        enc.fit(images)
+        out = enc.encode(images[:4])
+        assert out.shape == (4, 16) and torch.allclose(out.norm(dim=1), torch.ones(4), atol=1e-5)
+        other = create("encoder", "bovw", descriptor=descriptor, vocabulary=16)
+        other.set_state(enc.get_state())
+        assert torch.equal(other.encode(images[:4]), out)
+    with pytest.raises(RuntimeError, match="must be fitted"):
+        create("encoder", "bovw").encode(images[:1])
+    assert_conforms("encoder", "bovw", vocabulary=4, descriptor="sift")
+
+
+def test_bag_of_words():
+    enc = create("encoder", "bow", max_features=8, binary=True)
+    enc.fit(["red circle", "blue square", "red square"])
+    out = enc.encode(["red red square", "green"])
+    assert out.shape == (2, 8) and out[1].sum() == 0
+    assert torch.allclose(out[0][out[0] > 0], torch.full((2,), 2**-0.5))
