@@ -13,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
-from itm_core.config import GenerateParams
+from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
 from itm_core.registry import create
 from itm_core.tracking import log_table, tracked_run
@@ -43,6 +43,18 @@ def run_generator(params: GenerateParams, inputs: list[Any]) -> list[Any]:
     return generator.generate(inputs)
 
 
+@task(name="score", cache_policy=NO_CACHE)
+def score_captions(metrics: list[ComponentParams], predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Every metric (task ``captioning``) on the captions against all references of each image."""
+    values: dict[str, float] = {}
+    for params in metrics:
+        metric = create("metric", params.name, **params.options)
+        if metric.task != "captioning":
+            raise ValueError(f"metric {params.name!r} has task {metric.task!r}; generated captions are scored by 'captioning' metrics")
+        values.update(metric.compute(predictions=predictions, references=references))
+    return values
+
+
 @flow(name="generate", log_prints=True)
 def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
     """Captions for images (or images for prompts) by a generator, saved as a table and a grid in MLflow."""
@@ -55,18 +67,18 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
         missing = [p for p in params.images if not Path(p).is_file()]
         if missing:
             raise DataError(f"generate: image files not found: {', '.join(missing)}")
-        paths, references = list(params.images), [""] * len(params.images)
+        paths, references = list(params.images), [[] for _ in params.images]
         data = skipped = None
     else:
         data, skipped = load_data(params.dataset)
         split = data.split(params.split).head(params.num_images)
         paths = [str(p) for p in split.image_paths()]
-        references = [split.captions_of(i)[0] for i in range(len(split))]
+        references = [split.captions_of(i) for i in range(len(split))]
     with tracked_run(params.experiment, params.run_name or params.generator, params.model_dump()):
         if data is not None:
             log_dataset(split, skipped)
         if task_kind == "text-to-image":
-            prompts = references if not params.images else []
+            prompts = [refs[0] for refs in references if refs]
             if not prompts:
                 raise DataError("generate: a text-to-image generator needs prompts from a dataset split, not image files")
             outputs = run_generator(params, prompts)
@@ -76,9 +88,15 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
         else:
             images = load_images([Path(p) for p in paths])
             outputs = run_generator(params, images)
-            rows = [{"image": path, "caption": c, "reference": r} for path, c, r in zip(paths, outputs, references)]
+            rows = [{"image": path, "caption": c, "reference": refs[0] if refs else ""} for path, c, refs in zip(paths, outputs, references)]
             fig = caption_grid(images, [str(c) for c in outputs])
             artifact = "caption_grid.png"
+            if params.metrics:
+                if params.images:
+                    raise DataError("generate: metrics need references; take the images from a dataset split instead of image files")
+                scores = score_captions(params.metrics, [str(c) for c in outputs], references)
+                mlflow.log_metrics(scores)
+                print(f"scores: {scores}")
         table = pd.DataFrame(rows)
         log_table(table, "generations.csv")
         mlflow.log_figure(fig, artifact)

@@ -100,6 +100,7 @@ class GenerateParams(Params):
     split: str = Field("test")
     images: list[str] = Field(default_factory=list, description="Image files to caption instead of a dataset split")
     num_images: int = Field(16, ge=1, description="How many images of the split")
+    metrics: list[ComponentParams] = Field(default_factory=list, description="Metrics that score captions against the split's references (task 'captioning')")
     experiment: str = Field("itm-generate", description="MLflow experiment")
     run_name: str | None = None
 
