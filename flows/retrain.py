@@ -16,12 +16,31 @@ from itm_core.embed import EmbeddingCache, FeatureSplit
 from itm_core.evaluation import build_encoders, evaluate_retrieval
 from itm_core.matcher import Matcher
 from itm_core.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
-from itm_core.training import ContrastiveConfig, TrainResult, evaluate_features, train_contrastive
+from itm_core.training import ContrastiveConfig, LiveTower, TrainResult, evaluate_features, train_contrastive
+
+
+def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:
+    """The towers ``training.unlock`` names, checked to be trainable, with their raw train and val items."""
+    towers = {}
+    for modality in params.training.unlock:
+        enc = encoders[modality]
+        if not getattr(enc, "trainable", False) or not hasattr(enc, "train_module"):
+            raise ValueError(
+                f"training.unlock: the {modality} encoder {enc.name!r} is not trainable; keep it locked or use a trainable encoder such as clip"
+            )
+
+        def items(data: ImageTextSet, m: str = modality) -> list[str]:
+            return [str(p) for p in data.image_paths()] if m == "image" else list(data.captions)
+
+        towers[modality] = LiveTower(enc, items(splits["train"]), items(splits["val"]))
+    return towers
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_matcher(params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit) -> tuple[Matcher, TrainResult]:
-    """Fit projection heads on cached features; per-epoch curves go to MLflow."""
+def train_matcher(
+    params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit, unlocked: dict[str, LiveTower]
+) -> tuple[Matcher, TrainResult]:
+    """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
     import torch
 
     t = params.training
@@ -30,13 +49,16 @@ def train_matcher(params: RetrainParams, dims: tuple[int, int], train: FeatureSp
         params.image_encoder.model_dump(), params.text_encoder.model_dump(), dims[0], dims[1],
         embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout,
     )
-    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=t.seed)
+    config = ContrastiveConfig(
+        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor,
+        seed=t.seed, tower_lr=t.tower_lr,
+    )
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)
         print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}")
 
-    result = train_contrastive(matcher, train, val, config, on_epoch)
+    result = train_contrastive(matcher, train, val, config, on_epoch, unlocked)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
 
@@ -66,12 +88,16 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
+    unlocked = unlocked_towers(params, {"image": image_encoder, "text": text_encoder}, splits)
     cache = EmbeddingCache()
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
         log_dataset(data, skipped)
         features = {s: encode_features(image_encoder, text_encoder, d, cache) for s, d in splits.items()}
-        matcher, result = train_matcher(params, (int(image_encoder.dim), int(text_encoder.dim)), features["train"], features["val"])
+        dims = (int(image_encoder.dim), int(text_encoder.dim))
+        matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked)
+        if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
+            features["test"] = encode_features(image_encoder, text_encoder, splits["test"], cache)
         test_metrics = evaluate_features(matcher, features["test"])
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         matcher.attach_encoders(image_encoder, text_encoder)

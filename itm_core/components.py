@@ -33,6 +33,11 @@ class Encoder(ABC):
     ``modality`` is ``"image"`` or ``"text"``. An encoder whose output depends on data it has seen
     (TF-IDF, a visual vocabulary) sets ``requires_fit`` and implements ``fit``, ``get_state`` and
     ``set_state`` so a trained matcher can be saved and reloaded with it.
+
+    A ``trainable`` encoder can be fine-tuned (an unlocked tower): it also implements
+    ``train_module()`` (the ``torch.nn.Module`` whose parameters to update) and
+    ``forward_features(items)`` (``encode`` with gradients), and returns its tuned weights from
+    ``get_state`` once ``train_module`` has been called.
     """
 
     modality: ClassVar[str]

@@ -40,6 +40,8 @@ class TrainingParams(Params):
     hidden_dim: int = Field(1024, ge=0, description="Hidden width of the projection heads (0: linear heads)")
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, description="Seed for weights, batches and caption sampling")
+    unlock: list[Literal["image", "text"]] = Field(default_factory=list, description="Towers to fine-tune with the heads (trainable encoders only, e.g. clip); locked by default")
+    tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
 
 
 class RetrainParams(Params):

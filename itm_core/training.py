@@ -11,7 +11,8 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +33,31 @@ class ContrastiveConfig:
     patience: int = 6
     monitor: str = "rsum"
     seed: int = 0
+    tower_lr: float = 1e-5
+
+
+@dataclass
+class LiveTower:
+    """An unlocked tower: features come from ``encoder.forward_features`` on the raw items, with gradients.
+
+    ``train_items`` / ``val_items`` are image paths or caption strings, aligned with the feature rows.
+    """
+
+    encoder: Any
+    train_items: Sequence[Any]
+    val_items: Sequence[Any]
+    batch_size: int = 64
+
+    def features(self, items: Sequence[Any]) -> torch.Tensor:
+        from itm_core.data import load_images
+
+        inputs = load_images([Path(p) for p in items]) if self.encoder.modality == "image" else list(items)
+        return self.encoder.forward_features(inputs).float()
+
+    @torch.no_grad()
+    def all_features(self, items: Sequence[Any]) -> torch.Tensor:
+        self.encoder.train_module().eval()
+        return torch.cat([self.features(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)])
 
 
 @dataclass
@@ -76,25 +102,46 @@ def train_contrastive(
     val: FeatureSplit,
     config: ContrastiveConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    unlocked: dict[str, LiveTower] | None = None,
 ) -> TrainResult:
-    """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``."""
+    """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``.
+
+    Towers named in ``unlocked`` (``"image"``, ``"text"``) are fine-tuned too, at ``config.tower_lr``:
+    their batches are encoded live, and validation re-encodes them every epoch.
+    """
+    unlocked = unlocked or {}
     seed_everything(config.seed)
     start = time.perf_counter()
     matcher.image_head.set_statistics(train.image)
     matcher.text_head.set_statistics(train.text)
-    optimizer = torch.optim.AdamW(matcher.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    modules = {m: t.encoder.train_module() for m, t in unlocked.items()}
+    groups = [{"params": list(matcher.parameters()), "lr": config.lr}]
+    groups += [{"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     captions = _caption_lists(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
     passes = max(1, round(len(train.text) / max(1, len(usable))))
     steps_per_epoch = passes * max(1, len(usable) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=config.epochs * steps_per_epoch, pct_start=0.1
+    )
     rng = random.Random(config.seed)
     result = TrainResult()
-    best_state = copy.deepcopy(matcher.state_dict())
+
+    def snapshot() -> dict[str, Any]:
+        return copy.deepcopy({"matcher": matcher.state_dict(), **{m: mod.state_dict() for m, mod in modules.items()}})
+
+    def batch_features(modality: str, rows: list[int], cached: torch.Tensor) -> torch.Tensor:
+        tower = unlocked.get(modality)
+        return cached[rows] if tower is None else tower.features([tower.train_items[i] for i in rows])
+
+    best_state = snapshot()
     stale = 0
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", leave=False, disable=None)
     for epoch in bar:
         matcher.train()
+        for mod in modules.values():
+            mod.train()
         losses: list[float] = []
         for _ in range(passes):
             order = usable[:]
@@ -104,7 +151,7 @@ def train_contrastive(
                 if len(batch) < 2:
                     continue
                 picked = [rng.choice(captions[i]) for i in batch]
-                loss = clip_loss(matcher.logits(train.image[batch], train.text[picked]))
+                loss = clip_loss(matcher.logits(batch_features("image", batch, train.image), batch_features("text", picked, train.text)))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -112,6 +159,12 @@ def train_contrastive(
                     scheduler.step()
                 losses.append(loss.item())
         metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "temperature": 1.0 / matcher.logit_scale.exp().item()}
+        if unlocked:
+            val = FeatureSplit(
+                image=unlocked["image"].all_features(unlocked["image"].val_items) if "image" in unlocked else val.image,
+                text=unlocked["text"].all_features(unlocked["text"].val_items) if "text" in unlocked else val.text,
+                caption_image=val.caption_image,
+            )
         metrics.update({f"val_{k}": v for k, v in evaluate_features(matcher, val).items()})
         result.history.append({"epoch": epoch, **metrics})
         if on_epoch is not None:
@@ -120,13 +173,16 @@ def train_contrastive(
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{config.monitor: f"{value:.3f}"})
         if value > result.best_value:
             result.best_value, result.best_epoch, stale = value, epoch, 0
-            best_state = copy.deepcopy(matcher.state_dict())
+            best_state = snapshot()
         else:
             stale += 1
             if stale >= config.patience:
                 break
     bar.close()
-    matcher.load_state_dict(best_state)
+    matcher.load_state_dict(best_state["matcher"])
+    for m, mod in modules.items():
+        mod.load_state_dict(best_state[m])
+        mod.eval()
     matcher.eval()
     result.seconds = time.perf_counter() - start
     return result

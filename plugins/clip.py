@@ -19,7 +19,13 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
 class ClipEncoder(Encoder):
-    """L2-normalised projected CLIP embeddings of images or texts."""
+    """L2-normalised projected CLIP embeddings of images or texts.
+
+    Trainable: ``retrain`` can unlock the tower (``training.unlock``); the fine-tuned tower's
+    weights are then the encoder's state, saved with the matcher.
+    """
+
+    trainable = True
 
     def __init__(self, modality: str = "image", model: str = DEFAULT_MODEL, revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -33,6 +39,7 @@ class ClipEncoder(Encoder):
         else:
             self.processor = load_processor(AutoTokenizer, model, revision)
         self.device = device
+        self.tuned = False
         self.dim = int(self.model.config.projection_dim)
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
 
@@ -44,19 +51,43 @@ class ClipEncoder(Encoder):
             batch = self.processor(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def forward_features(self, items: Sequence[Any]) -> "torch.Tensor":
+        """Normalised embeddings with gradients, on ``device`` (what fine-tuning back-propagates through)."""
+        import torch.nn.functional as F
+
+        batch = self.inputs(items)
+        if self.modality == "image":
+            out = self.model.get_image_features(pixel_values=batch["pixel_values"].to(self.model.dtype))
+        else:
+            out = self.model.get_text_features(**batch)
+        return F.normalize(features(out).float(), dim=-1)
+
     def encode(self, items: Sequence[Any]) -> "torch.Tensor":
         import torch
-        import torch.nn.functional as F
 
         if len(items) == 0:
             return torch.zeros(0, self.dim)
         with torch.inference_mode():
-            batch = self.inputs(items)
-            if self.modality == "image":
-                out = self.model.get_image_features(pixel_values=batch["pixel_values"].to(self.model.dtype))
-            else:
-                out = self.model.get_text_features(**batch)
-        return F.normalize(features(out).float(), dim=-1).cpu()
+            return self.forward_features(items).cpu()
+
+    def train_module(self) -> "torch.nn.Module":
+        """This tower and its projection: the parameters that fine-tuning updates."""
+        import torch
+
+        self.tuned = True
+        m = self.model
+        parts = [m.vision_model, m.visual_projection] if self.modality == "image" else [m.text_model, m.text_projection]
+        return torch.nn.ModuleList(parts)
+
+    def get_state(self) -> Any:
+        if not self.tuned:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in self.train_module().state_dict().items()}
+
+    def set_state(self, state: Any) -> None:
+        if state is not None:
+            self.train_module().load_state_dict(state)
+            self.model.eval()
 
 
 @hookimpl

@@ -187,3 +187,34 @@ def test_bag_of_words():
     out = enc.encode(["red red square", "green"])
     assert out.shape == (2, 8) and out[1].sum() == 0
     assert torch.allclose(out[0][out[0] > 0], torch.full((2,), 2**-0.5))
+
+
+@pytest.mark.timeout(900)
+def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflow_store, tiny_shapes_options):
+    """Unlocked towers change, are saved with the matcher, and the registered model reproduces its test score."""
+    from transformers import CLIPModel
+
+    from flows.evaluate import evaluate
+    from flows.retrain import retrain
+    from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, MatcherRef, RetrainParams, TrainingParams
+    from itm_core.tracking import load_matcher
+
+    dataset = DatasetParams(options=tiny_shapes_options)
+    towers = dict(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
+                  text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}))
+    training = TrainingParams(epochs=2, batch_size=16, hidden_dim=0, embed_dim=16, unlock=["image", "text"], tower_lr=1e-3)
+    result = retrain(RetrainParams(dataset=dataset, training=training, **towers))
+
+    matcher = load_matcher(f"models:/itm-matcher/{result['model_version']}")
+    original = CLIPModel.from_pretrained(clip_dir)
+    tuned_vision = matcher.encoders["image"].model.vision_model.embeddings.patch_embedding.weight
+    tuned_text = matcher.encoders["text"].model.text_model.embeddings.token_embedding.weight
+    assert not torch.allclose(tuned_vision, original.vision_model.embeddings.patch_embedding.weight)
+    assert not torch.allclose(tuned_text, original.text_model.embeddings.token_embedding.weight)
+
+    board = evaluate(EvaluateParams(dataset=dataset, matchers=[MatcherRef(model_uri=f"models:/itm-matcher/{result['model_version']}")]))
+    assert board[0]["rsum"] == pytest.approx(result["test"]["rsum"], abs=1e-3)
+
+    locked_text = dict(towers, text_encoder=ComponentParams(name="minilm"))
+    with pytest.raises(ValueError, match="the text encoder 'minilm' is not trainable"):
+        retrain(RetrainParams(dataset=dataset, training=training, **locked_text))
