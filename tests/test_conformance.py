@@ -31,6 +31,7 @@ BUILTINS = [
     ("encoder", "minilm", {}),
     ("encoder", "tfidf", {}),
     ("encoder", "color-histogram", {}),
+    ("encoder", "bow", {}),
     ("similarity", "cosine", {}),
     ("similarity", "dot", {"scale": 10.0}),
     ("metric", "retrieval", {}),
@@ -124,3 +125,19 @@ def test_cli_check_exit_status():
     assert unknown.exit_code == 2 and "no component named 'shapes' of kind 'encoder'" in unknown.output
     wrong = runner.invoke(app, ["plugins", "check", "shapes", "-o", "n_test=0"])
     assert wrong.exit_code == 1 and "rule 'builds'" in wrong.output and "n_test must be at least 1" in wrong.output
+
+
+# Where each built-in component's conformance is checked; a new built-in must be added here.
+CHECKED_ELSEWHERE = {
+    "manifest", "retrieval-captioner",  # above, with their required options
+    "clip", "hf-text", "hf-image", "blip-itm", "blip-caption", "vision-encoder-decoder", "stable-diffusion", "bovw",  # test_hub_plugins.py
+}
+
+
+def test_every_builtin_component_has_a_conformance_test():
+    from itm_core.plugins import get_plugin_manager
+    from itm_core.registry import collect
+
+    builtin = {i.name for i in get_plugin_manager().info.values() if i.builtin}
+    names = {s.name for specs in collect().values() for s in specs.values() if s.plugin in builtin}
+    assert names == {b[1] for b in BUILTINS} | CHECKED_ELSEWHERE
