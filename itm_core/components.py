@@ -34,6 +34,10 @@ class Encoder(ABC):
     (TF-IDF, a visual vocabulary) sets ``requires_fit`` and implements ``fit``, ``get_state`` and
     ``set_state`` so a trained matcher can be saved and reloaded with it.
 
+    An encoder that can give token- or patch-level features (for cross-attention fusion) sets
+    ``token_dim`` and implements ``encode_tokens(items) -> (tokens (N, L, token_dim), mask (N, L))``
+    with a fixed ``L``.
+
     A ``trainable`` encoder can be fine-tuned (an unlocked tower): it also implements
     ``train_module()`` (the ``torch.nn.Module`` whose parameters to update) and
     ``forward_features(items)`` (``encode`` with gradients), and returns its tuned weights from
@@ -73,18 +77,21 @@ class Similarity(ABC):
 
 
 class Fusion(ABC):
-    """Fuses image features ``(N, image_dim)`` and text features ``(N, text_dim)`` into ``(N, dim)``.
+    """Fuses image and text features of aligned pairs into a joint representation ``(N, dim)``.
 
-    Trainable fusions are ``torch.nn.Module`` subclasses as well; their parameters are trained by
-    the flows that use them.
+    ``inputs = "pooled"``: ``fuse(image (N, image_dim), text (N, text_dim))``.
+    ``inputs = "tokens"``: ``fuse(image (N, P, image_dim), text (N, T, text_dim), image_mask (N, P),
+    text_mask (N, T))`` on patch- and token-level features (masks are ``True`` for real tokens).
+    Trainable fusions are ``torch.nn.Module`` subclasses as well; the flows that use them train them.
     """
 
     image_dim: int
     text_dim: int
     dim: int
+    inputs: ClassVar[str] = "pooled"
 
     @abstractmethod
-    def fuse(self, image: "torch.Tensor", text: "torch.Tensor") -> "torch.Tensor": ...
+    def fuse(self, image: "torch.Tensor", text: "torch.Tensor", image_mask: "torch.Tensor | None" = None, text_mask: "torch.Tensor | None" = None) -> "torch.Tensor": ...
 
 
 class Generator(ABC):
@@ -134,6 +141,22 @@ def _check_encode(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     _check_matrix(out, len(items), int(c.dim), "encode()")
 
 
+def _check_tokens(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    import torch
+
+    items = args[0] if args else kwargs["items"]
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ContractError("encode_tokens() must return a (tokens, mask) tuple")
+    tokens, mask = out
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or len(tokens) != len(items) or tokens.shape[2] != int(c.token_dim):
+        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ContractError(f"encode_tokens() returned tokens of shape {shape}, expected ({len(items)}, L, {c.token_dim})")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise ContractError(f"encode_tokens() must return a bool mask of shape {tuple(tokens.shape[:2])}")
+    if not bool(torch.isfinite(tokens).all()):
+        raise ContractError("encode_tokens() returned non-finite values (NaN or inf)")
+
+
 def _check_score(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     a = args[0] if len(args) > 0 else kwargs["a"]
     b = args[1] if len(args) > 1 else kwargs["b"]
@@ -173,7 +196,7 @@ def _check_load(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
 
 
 _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = {
-    "encoder": {"encode": _check_encode},
+    "encoder": {"encode": _check_encode, "encode_tokens": _check_tokens},
     "similarity": {"score": _check_score, "pairwise": _check_pairwise},
     "fusion": {"fuse": _check_fuse},
     "generator": {"generate": _check_generate},

@@ -127,3 +127,33 @@ def load_params(path: str | Path, model: type[Params]) -> Params:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
         raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems}") from None
+
+
+class HeadTrainingParams(Params):
+    epochs: int = Field(20, ge=1, description="Maximum epochs (one pass over the training images)")
+    batch_size: int = Field(64, ge=2, description="Images per batch")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(5, ge=1, description="Stop after this many epochs without validation improvement")
+    input_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout on the standardised input features")
+
+
+class FusionBenchmarkParams(Params):
+    """Train every fusion method (or the chosen ones) on the same data, seed and budget; compare them
+    on ITM, reranked retrieval, the compositional probe and VQA against plain contrastive similarity."""
+
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
+    text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm", options={"max_length": 24}))
+    fusions: list[str] = Field(default_factory=list, description="Fusion plugins to compare (empty: every registered fusion)")
+    fusion_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Extra options per fusion, e.g. {'bilinear': {'rank': 8}}")
+    dim: int = Field(256, ge=2, description="Output dimension of every fusion")
+    contrastive: TrainingParams = Field(default_factory=TrainingParams, description="The contrastive matcher: the similarity baseline and the hard-negative miner")
+    itm: HeadTrainingParams = Field(default_factory=HeadTrainingParams, description="ITM head training")
+    vqa: HeadTrainingParams = Field(default_factory=lambda: HeadTrainingParams(epochs=8, batch_size=128), description="VQA head training")
+    hard_pool: int = Field(16, ge=1, description="Hard negatives are sampled from each item's this many most similar non-matches")
+    dataset_negatives: bool = Field(True, description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) of the training images")
+    rerank_k: int = Field(16, ge=1, description="The ITM head reranks the contrastive top k")
+    seed: int = Field(0)
+    experiment: str = Field("itm-fusion-benchmark", description="MLflow experiment")
+    run_name: str | None = None

@@ -207,32 +207,42 @@ def _similarity_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[
 
 def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:
     g = torch.Generator().manual_seed(0)
-    image, text = torch.randn(4, int(c.image_dim), generator=g), torch.randn(4, int(c.text_dim), generator=g)
     module = c.unwrapped if isinstance(c.unwrapped, torch.nn.Module) else None
+    if getattr(c, "inputs", "pooled") == "tokens":
+        image, text = torch.randn(4, 5, int(c.image_dim), generator=g), torch.randn(4, 7, int(c.text_dim), generator=g)
+        image_mask = torch.ones(4, 5, dtype=torch.bool)
+        text_mask = torch.arange(7).expand(4, 7) < torch.tensor([[7], [3], [5], [1]])  # padded texts of several lengths
+    else:
+        image, text = torch.randn(4, int(c.image_dim), generator=g), torch.randn(4, int(c.text_dim), generator=g)
+        image_mask = text_mask = None
+
+    def fuse(rows: slice | list[int], device: str = "cpu") -> torch.Tensor:
+        masks = {} if image_mask is None else {"image_mask": image_mask[rows].to(device), "text_mask": text_mask[rows].to(device)}
+        return c.fuse(image[rows].to(device), text[rows].to(device), **masks)
 
     def output() -> str:
         if module is not None:
             module.eval()
-        c.fuse(image, text)
-        return f"({len(image)}, {c.dim})"
+        fuse(slice(None))
+        return f"({len(image)}, {c.dim}) from {getattr(c, 'inputs', 'pooled')} inputs"
 
     def deterministic() -> None:
         with torch.no_grad():
-            _close(c.fuse(image, text), c.fuse(image, text), "the same inputs fused twice (eval mode)")
+            _close(fuse(slice(None)), fuse(slice(None)), "the same inputs fused twice (eval mode)")
 
     def batch_independent() -> None:
         with torch.no_grad():
-            _close(c.fuse(image, text), torch.cat([c.fuse(image[i : i + 1], text[i : i + 1]) for i in range(4)]), "a batch vs. one item at a time")
+            _close(fuse(slice(None)), torch.cat([fuse(slice(i, i + 1)) for i in range(4)]), "a batch vs. one item at a time")
 
     def empty() -> None:
-        c.fuse(image[:0], text[:0])
+        fuse(slice(0, 0))
 
     def trainable() -> str:
         if module is None or not any(p.requires_grad for p in module.parameters()):
             raise RuleSkipped("no trainable parameters")
         module.train()
         module.zero_grad()
-        c.fuse(image, text).pow(2).sum().backward()
+        fuse(slice(None)).pow(2).sum().backward()
         if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters()):
             raise RuleFailed("no parameter receives a gradient from the fused output")
         module.eval()
@@ -245,10 +255,10 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
         if module is None:
             raise RuleSkipped("not a torch module")
         with torch.no_grad():
-            expected = c.fuse(image, text)
+            expected = fuse(slice(None))
             module.to(accel)
             try:
-                _close(c.fuse(image.to(accel), text.to(accel)), expected, f"outputs on {accel} vs. cpu")
+                _close(fuse(slice(None), accel), expected, f"outputs on {accel} vs. cpu")
             finally:
                 module.to("cpu")
         return f"same results on {accel}"

@@ -42,24 +42,40 @@ class EfficientNetLite0(Encoder):
         self.image_size = image_size
         self.pool = pool
         self.dim = CHANNELS * POOLS[pool]
+        self.token_dim = CHANNELS
 
-    def encode(self, items: Sequence) -> "torch.Tensor":
+    def _feature_map(self, items: Sequence) -> "torch.Tensor":
         import numpy as np
         import torch
-        import torch.nn.functional as F
 
-        if len(items) == 0:
-            return torch.zeros(0, self.dim)
         size = (self.image_size, self.image_size)
         arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) for img in items]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
         x = (x / 255.0 - 0.5) / 0.5  # the Lite models' preprocessing: scale to [-1, 1]
         with torch.inference_mode():
-            fmap = self.model.extract_features(x)
-            parts = [fmap.mean(dim=(2, 3))]
-            if self.pool == "grid":
-                parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
-        return torch.cat(parts, dim=1).float().cpu()
+            return self.model.extract_features(x).float()
+
+    def encode(self, items: Sequence) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        if len(items) == 0:
+            return torch.zeros(0, self.dim)
+        fmap = self._feature_map(items)
+        parts = [fmap.mean(dim=(2, 3))]
+        if self.pool == "grid":
+            parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
+        return torch.cat(parts, dim=1).cpu()
+
+    def encode_tokens(self, items: Sequence) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Patch features: the final feature map's cells, ``(N, (image_size/32)^2, 1280)``, in row-major order."""
+        import torch
+
+        side = max(1, -(-self.image_size // 32))
+        if len(items) == 0:
+            return torch.zeros(0, side * side, self.token_dim), torch.zeros(0, side * side, dtype=torch.bool)
+        tokens = self._feature_map(items).flatten(2).transpose(1, 2).cpu()
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
 
 
 @hookimpl

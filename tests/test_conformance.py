@@ -36,10 +36,11 @@ BUILTINS = [
     ("similarity", "dot", {"scale": 10.0}),
     ("metric", "retrieval", {}),
     ("dataset", "shapes", {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}),
+    *[("fusion", name, {"image_dim": 12, "text_dim": 10, "dim": 16}) for name in ("mean", "weighted", "concat-mlp", "gated", "bilinear", "cross-attention")],
 ]
 
 
-@pytest.mark.parametrize(("kind", "name", "options"), BUILTINS, ids=[b[1] for b in BUILTINS])
+@pytest.mark.parametrize(("kind", "name", "options"), BUILTINS, ids=[f"{b[0]}-{b[1]}" for b in BUILTINS])
 def test_builtin_components_conform(kind, name, options):
     report = assert_conforms(kind, name, **options)
     assert sum(r.status == "pass" for r in report.results) >= 4

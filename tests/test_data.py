@@ -159,3 +159,31 @@ def test_shapes_hard_negatives_swap_one_thing():
 def test_shapes_rejects_bad_options():
     with pytest.raises(ValueError, match="n_test must be at least 1"):
         create("dataset", "shapes", n_test=0)
+
+
+def test_shapes_questions_and_probe_caption(tiny_shapes):
+    from plugins.shapes import COLORS, QUESTION_TYPES, SHAPES, SIZES
+
+    answers = set(COLORS) | set(SHAPES) | set(SIZES) | {"one", "two", "left", "right", "top", "bottom", "center"}
+    for i in range(len(tiny_shapes)):
+        qa = tiny_shapes.image_extras["qa"][i]
+        assert {q["type"] for q in qa} <= set(QUESTION_TYPES) and len(qa) >= 4
+        assert all(q["answer"] in answers and q["question"].endswith("?") for q in qa)
+        objects = tiny_shapes.image_extras["objects"][i]
+        count = next(q["answer"] for q in qa if q["type"] == "count")
+        assert count == ("one" if len(objects) == 1 else "two")
+        truth = tiny_shapes.image_extras["probe_true"][i]
+        assert all(o["color"] in truth and o["shape"] in truth for o in objects)
+
+
+def test_shapes_question_answers_match_the_scene():
+    import random
+
+    from plugins.shapes import Obj, Scene, questions
+
+    qa = {q["type"]: q for q in questions(Scene((Obj("circle", "red", "small"), Obj("square", "blue", "large"))), random.Random(1))}
+    where = "left" if "left" in qa["colour"]["question"] else "right"
+    assert qa["colour"]["answer"] == ("red" if where == "left" else "blue")
+    assert qa["size"]["answer"] == ("small" if where == "left" else "large")
+    single = {q["type"]: q["answer"] for q in questions(Scene((Obj("star", "green", "medium"),), "top"), random.Random(0))}
+    assert single == {"count": "one", "colour": "green", "shape": "star", "size": "medium", "position": "top"}

@@ -17,7 +17,7 @@ def test_each_flow_has_a_default_deployment_that_loads():
     for d in doc["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         found[flow.name] = d["name"]
-    assert found == {"retrain": "default", "evaluate": "default", "generate": "default"}
+    assert found == {"retrain": "default", "evaluate": "default", "generate": "default", "fusion-benchmark": "default"}
 
 
 def test_parameter_forms_have_defaults_and_descriptions():

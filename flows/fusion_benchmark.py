@@ -1,0 +1,126 @@
+"""The ``fusion-benchmark`` flow: every fusion method on the same data, seed and budget, one leaderboard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import load_data, log_dataset
+from itm_core.benchmark import SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, similarity_results, uses_tokens
+from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
+from itm_core.embed import EmbeddingCache, FeatureSplit
+from itm_core.evaluation import build_encoders
+from itm_core.heads import HeadConfig
+from itm_core.matcher import Matcher
+from itm_core.registry import names
+from itm_core.retrieval import Ranks
+from itm_core.tracking import log_table, tracked_run
+from itm_core.training import ContrastiveConfig, train_contrastive
+
+COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
+           "probe_accuracy_position", "i2t_r1", "t2i_r1", "parameters", "train_seconds"]
+
+
+def head_config(p: HeadTrainingParams, hard_pool: int, seed: int) -> HeadConfig:
+    return HeadConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, patience=p.patience,
+                      input_dropout=p.input_dropout, hard_pool=hard_pool, seed=seed)
+
+
+@task(name="encode", cache_policy=NO_CACHE)
+def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: list[str]) -> dict[str, SplitFeatures]:
+    """Pooled (and, for token-level fusions, token) features of images, captions, probe captions and questions."""
+    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
+    cache, tokens = EmbeddingCache(), uses_tokens(methods)
+    return {s: encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True) for s, d in splits.items()}
+
+
+@task(name="train-similarity", cache_policy=NO_CACHE)
+def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFeatures]) -> tuple[Matcher, dict[str, float], Ranks]:
+    """The contrastive matcher (heads over the locked towers): the plain-similarity baseline and the miner."""
+    t = params.contrastive
+
+    def split(f: SplitFeatures) -> FeatureSplit:
+        return FeatureSplit(f.image.pooled, f.text.pooled, torch.tensor(f.data.caption_image))
+
+    torch.manual_seed(params.seed)
+    matcher = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), features["train"].image.pooled.shape[1],
+                      features["train"].text.pooled.shape[1], embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout)
+    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=params.seed)
+    train_contrastive(matcher, split(features["train"]), split(features["val"]), config)
+    metrics, base = similarity_results(matcher, features["test"])
+    return matcher, metrics, base
+
+
+@task(name="benchmark-fusion", cache_policy=NO_CACHE)
+def run_method(name: str, params: FusionBenchmarkParams, features: dict[str, SplitFeatures], matcher: Matcher, base: Ranks) -> dict[str, Any]:
+    """Train and judge one fusion in a nested MLflow run."""
+    options = {"dim": params.dim, **params.fusion_options.get(name, {})}
+    with tracked_run(params.experiment, name, {"fusion": name, **options}, nested=True):
+
+        def on_epoch(head: str, epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics({f"{head}_{k}": v for k, v in metrics.items()}, step=epoch)
+
+        vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(features["train"].data) else None
+        metrics = benchmark_fusion(name, options, features, matcher, base, head_config(params.itm, params.hard_pool, params.seed), vqa,
+                                   params.rerank_k, params.dataset_negatives, on_epoch)
+        mlflow.log_metrics(metrics)
+    print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "reranked_i2t_r1", "vqa_accuracy") if k in metrics))
+    return metrics
+
+
+def bar_chart(board: pd.DataFrame) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in ("probe_accuracy", "vqa_accuracy", "itm_auc", "i2t_r1", "t2i_r1") if c in board and board[c].notna().any()]
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(board), 4))
+    width = 0.8 / max(1, len(shown))
+    for n, col in enumerate(shown):
+        ax.bar([i + n * width for i in range(len(board))], board[col].fillna(0), width, label=col)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(board))], board["method"], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncol=len(shown))
+    ax.set_title("fusion benchmark (test split)")
+    fig.tight_layout()
+    return fig
+
+
+@flow(name="fusion-benchmark", log_prints=True)
+def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) -> list[dict[str, Any]]:
+    """Every fusion plugin (or ``fusions``) trained for ITM (with reranking and the probe) and VQA on
+    the same data, seed and budget; a leaderboard against plain contrastive similarity."""
+    import matplotlib.pyplot as plt
+
+    data, skipped = load_data(params.dataset)
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    methods = params.fusions or names("fusion")
+    with tracked_run(params.experiment, params.run_name or f"fusion benchmark on {data.name}", params.model_dump()):
+        log_dataset(data, skipped)
+        mlflow.set_tags({"tasks.vqa": str(has_qa(data)), "tasks.probe": str(has_probe(data))})
+        features = encode_all(params, splits, methods)
+        matcher, similarity, base = train_similarity(params, features)
+        mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
+        rows = [{"method": "similarity (contrastive)", "i2t_r1": similarity["test_i2t_r1"], "t2i_r1": similarity["test_t2i_r1"],
+                 **{k: v for k, v in similarity.items() if k.startswith("probe_")}}]
+        for name in methods:
+            m = run_method(name, params, features, matcher, base)
+            rows.append({"method": f"{name} + ITM", **m, "i2t_r1": m["reranked_i2t_r1"], "t2i_r1": m["reranked_t2i_r1"]})
+        board = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        log_table(board, "fusion_leaderboard.csv")
+        fig = bar_chart(board)
+        mlflow.log_figure(fig, "fusion_leaderboard.png")
+        plt.close(fig)
+        create_table_artifact(
+            key="fusion-leaderboard",
+            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
+            description="Test split. i2t_r1/t2i_r1: contrastive for similarity, ITM-reranked top-k for fusions.",
+        )
+    return board.to_dict("records")

@@ -1,0 +1,168 @@
+"""The fusion benchmark: every fusion method trained on the same data, seed and budget, for ITM
+(with reranking), the compositional probe and VQA, against plain contrastive similarity."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from itm_core.data import ImageTextSet
+from itm_core.embed import EmbeddingCache, ModalityFeatures, encode_features
+from itm_core.heads import (
+    FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_itm, evaluate_vqa, parameter_count, probe_pair_scores, reranked_metrics, train_itm, train_vqa,
+)
+from itm_core.matcher import Matcher
+from itm_core.registry import create
+from itm_core.retrieval import Ranks, ranks, recall_metrics
+
+PROBE_TRUE = "probe_true"
+PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
+QA = "qa"
+
+
+def has_probe(data: ImageTextSet) -> bool:
+    return PROBE_TRUE in data.image_extras and all(k in data.image_extras for k in PROBE_NEGATIVES)
+
+
+def has_qa(data: ImageTextSet) -> bool:
+    return QA in data.image_extras
+
+
+@dataclass
+class SplitFeatures:
+    """What the benchmark needs of one split, encoded once."""
+
+    data: ImageTextSet
+    image: ModalityFeatures
+    text: ModalityFeatures
+    probe: dict[str, ModalityFeatures] | None = None
+    questions: ModalityFeatures | None = None
+    question_image: torch.Tensor | None = None
+    answers: list[str] | None = None
+    kinds: list[str] | None = None
+
+
+def encode_split_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool, probe: bool) -> SplitFeatures:
+    """Images and captions (pooled, and tokens when a fusion needs them), probe captions and questions."""
+    out = SplitFeatures(
+        data=data,
+        image=encode_features(image_encoder, [str(p) for p in data.image_paths()], cache, tokens, desc=f"{data.name} images"),
+        text=encode_features(text_encoder, data.captions, cache, tokens, desc=f"{data.name} captions"),
+    )
+    if probe and has_probe(data):
+        out.probe = {k: encode_features(text_encoder, list(data.image_extras[k]), cache, tokens) for k in (PROBE_TRUE, *PROBE_NEGATIVES)}
+    if has_qa(data):
+        rows = [(i, q) for i, qa in enumerate(data.image_extras[QA]) for q in qa]
+        out.questions = encode_features(text_encoder, [q["question"] for _, q in rows], cache, tokens, desc=f"{data.name} questions")
+        out.question_image = torch.tensor([i for i, _ in rows], dtype=torch.long)
+        out.answers = [q["answer"] for _, q in rows]
+        out.kinds = [q.get("type", "all") for _, q in rows]
+    return out
+
+
+def pair_set(f: SplitFeatures, matcher: Matcher, dataset_negatives: bool = False) -> PairSet:
+    """The split with the contrastive matcher's embeddings (mined for hard negatives, and the ITM prior);
+    with ``dataset_negatives``, the images' own hard-negative captions follow the captions."""
+    parts, negatives, canonical = [f.text], None, None
+    if dataset_negatives and f.probe is not None:
+        n_img, n_cap = len(f.image), len(f.text)
+        parts += [f.probe[k] for k in (PROBE_TRUE, *PROBE_NEGATIVES)]
+        canonical = n_cap + torch.arange(n_img)
+        negatives = n_cap + (1 + torch.arange(len(PROBE_NEGATIVES))).unsqueeze(0) * n_img + torch.arange(n_img).unsqueeze(1)
+    text = ModalityFeatures.concat(parts) if len(parts) > 1 else f.text
+    with torch.no_grad():
+        matcher.eval()
+        return PairSet(
+            f.image, text, torch.tensor(f.data.caption_image), matcher.embed_image_features(f.image.pooled), matcher.embed_text_features(text.pooled),
+            negatives, canonical, image_groups(f.data),
+        )
+
+
+def image_groups(data: ImageTextSet) -> torch.Tensor | None:
+    """Duplicate images share an id: those with the same canonical caption (``probe_true``), when the data has one."""
+    if PROBE_TRUE not in data.image_extras:
+        return None
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(c, len(ids)) for c in data.image_extras[PROBE_TRUE]], dtype=torch.long)
+
+
+def probe_set(f: SplitFeatures, matcher: Matcher) -> PairSet:
+    """Each image with its true canonical caption (rows ``0..N-1``), then one block of ``N`` per negative kind."""
+    text = ModalityFeatures.concat([f.probe[k] for k in (PROBE_TRUE, *PROBE_NEGATIVES)])
+    with torch.no_grad():
+        matcher.eval()
+        return PairSet(
+            f.image, text, torch.arange(len(f.image)), matcher.embed_image_features(f.image.pooled), matcher.embed_text_features(text.pooled),
+            kinds=PROBE_NEGATIVES,
+        )
+
+
+def qa_set(f: SplitFeatures, vocabulary: dict[str, int]) -> QASet:
+    answers = torch.tensor([vocabulary.get(a, -1) for a in f.answers], dtype=torch.long)
+    return QASet(f.image, f.questions, f.question_image, answers, f.kinds)
+
+
+def similarity_results(matcher: Matcher, test: SplitFeatures) -> tuple[dict[str, float], Ranks]:
+    """Plain contrastive similarity: test retrieval and, when the data has it, the probe."""
+    pairs = pair_set(test, matcher)
+    base = ranks(pairs.image_emb, pairs.text_emb, pairs.caption_image, matcher.similarity)
+    metrics = {f"test_{k}": v for k, v in recall_metrics(base).items()}
+    if test.probe is not None:
+        probe = probe_set(test, matcher)
+        metrics.update(probe_pair_scores(lambda i, t: (probe.image_emb[i] * probe.text_emb[t]).sum(-1), probe))
+    return metrics, base
+
+
+def benchmark_fusion(
+    name: str,
+    options: dict[str, Any],
+    splits: dict[str, SplitFeatures],
+    matcher: Matcher,
+    base: Ranks,
+    config: HeadConfig,
+    vqa_config: HeadConfig | None,
+    rerank_k: int,
+    dataset_negatives: bool = True,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train and judge one fusion method: its ITM head (accuracy, AUC, probe, reranked retrieval)
+    and, when the data has questions and ``vqa_config`` is given, its VQA head."""
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    tokens = uses_tokens([name])
+
+    def fusion() -> Any:
+        image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
+        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1])
+        return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **options)
+
+    start = time.perf_counter()
+    itm = ITMHead(fusion(), input_dropout=config.input_dropout)
+    train_pairs = pair_set(train, matcher, dataset_negatives)
+    val_probe = probe_set(val, matcher) if val.probe is not None else None
+    result = train_itm(itm, train_pairs, pair_set(val, matcher), config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, val_probe)
+    test_pairs = pair_set(test, matcher)
+    metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch)}
+    metrics.update(evaluate_itm(itm, test_pairs))
+    metrics.update(reranked_metrics(itm, test_pairs, rerank_k, base))
+    if test.probe is not None:
+        probe = probe_set(test, matcher)
+        metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
+    if vqa_config is not None and train.questions is not None and test.questions is not None:
+        vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
+        vqa = FusionHead(fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout)
+        vqa_result = train_vqa(vqa, qa_set(train, vocabulary), qa_set(val, vocabulary), vqa_config, (lambda e, m: on_epoch("vqa", e, m)) if on_epoch else None)
+        metrics.update(evaluate_vqa(vqa, qa_set(test, vocabulary)))
+        metrics["vqa_best_epoch"] = float(vqa_result.best_epoch)
+        metrics["vqa_parameters"] = float(parameter_count(vqa))
+    metrics["train_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def uses_tokens(names: list[str]) -> bool:
+    """Whether any of these fusions needs token-level features (registered with ``inputs="tokens"``)."""
+    from itm_core.registry import spec
+
+    return any(spec("fusion", n).metadata.get("inputs", "pooled") == "tokens" for n in names)

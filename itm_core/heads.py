@@ -1,0 +1,386 @@
+"""Heads over a fusion plugin, and how they are trained and judged.
+
+- The ITM head: a binary match classifier over the fused pair, trained with hard negatives mined
+  from a contrastive matcher's similarities (the ALBEF/BLIP recipe); it reranks the contrastive
+  top-k at evaluation.
+- A task head: a classifier over the fused (image, question) pair, for visual question answering.
+- The compositional probe: does the true caption outscore captions that swap colours, shapes or sides?
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from itm_core.embed import ModalityFeatures
+from itm_core.retrieval import Ranks, recall_metrics
+from itm_core.training import seed_everything
+
+
+class Standardizer(nn.Module):
+    """Per-channel standardisation with statistics of the training features (pooled or tokens)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, features: ModalityFeatures, tokens: bool) -> None:
+        if tokens:
+            flat = features.tokens[features.mask].float()
+        else:
+            flat = features.pooled.float()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp(min=1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class FusionHead(nn.Module):
+    """A fusion plugin followed by an MLP with ``outputs`` logits (1 for ITM, the answer count for VQA)."""
+
+    def __init__(self, fusion: Any, outputs: int, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.fusion = fusion.unwrapped if hasattr(fusion, "unwrapped") else fusion
+        if not isinstance(self.fusion, nn.Module):
+            raise TypeError(f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained")
+        self._fuse = fusion.fuse  # through the contract checks
+        self.tokens = getattr(fusion, "inputs", "pooled") == "tokens"
+        self.image_norm = Standardizer(int(fusion.image_dim))
+        self.text_norm = Standardizer(int(fusion.text_dim))
+        self.classifier = nn.Sequential(nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
+
+    def fit_statistics(self, image: ModalityFeatures, text: ModalityFeatures) -> None:
+        self.image_norm.fit(image, self.tokens)
+        self.text_norm.fit(text, self.tokens)
+
+    def forward(self, image: ModalityFeatures, image_rows: Any, text: ModalityFeatures, text_rows: Any) -> torch.Tensor:
+        img, img_mask = image.rows(image_rows, self.tokens)
+        txt, txt_mask = text.rows(text_rows, self.tokens)
+        masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
+        img, txt = self.input_dropout(self.image_norm(img)), self.input_dropout(self.text_norm(txt))
+        return self.classifier(self._fuse(img, txt, **masks))
+
+    @torch.no_grad()
+    def predict(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int], batch: int = 1024) -> torch.Tensor:
+        """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
+        self.eval()
+        i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
+        outs = [self(image, i[s : s + batch], text, t[s : s + batch]) for s in range(0, len(i), batch)]
+        return torch.cat(outs) if outs else torch.zeros(0, self.classifier[-1].out_features)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# --- hard negatives -----------------------------------------------------------------------------
+
+
+def hard_negatives(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor, k: int, image_group: torch.Tensor | None = None, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most similar non-matching captions of each image ``(N_img, k)`` and images of each caption ``(N_txt, k)``.
+
+    Images in the same ``image_group`` (duplicates: the same scene drawn twice) never count as
+    negatives of each other, since no model could tell them apart.
+    """
+    owner = torch.as_tensor(caption_image, dtype=torch.long)
+    group = torch.arange(len(image_emb)) if image_group is None else torch.as_tensor(image_group, dtype=torch.long)
+    k_txt, k_img = min(k, len(text_emb) - 1), min(k, len(image_emb) - 1)
+    captions, images = [], []
+    for s in range(0, len(image_emb), chunk):
+        sim = image_emb[s : s + chunk] @ text_emb.T
+        sim[group[owner].unsqueeze(0) == group[s : s + len(sim)].unsqueeze(1)] = float("-inf")
+        captions.append(sim.topk(k_txt, dim=1).indices)
+    for s in range(0, len(text_emb), chunk):
+        sim = text_emb[s : s + chunk] @ image_emb.T
+        sim[group.unsqueeze(0) == group[owner[s : s + chunk]].unsqueeze(1)] = float("-inf")
+        images.append(sim.topk(k_img, dim=1).indices)
+    return torch.cat(captions), torch.cat(images)
+
+
+# --- ITM ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 3
+    hard_pool: int = 16
+    input_dropout: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class PairSet:
+    """One split for ITM: image and text features with the contrastive matcher's embeddings of both.
+
+    The first ``len(caption_image)`` text rows are captions (``caption_image`` links them to images);
+    rows after them are extra texts, e.g. the dataset's hard-negative captions, which ``negatives``
+    ``(N_img, K)`` points at for each image, and ``canonical`` ``(N_img,)`` at the true caption written
+    in the same template (so wording cannot give the negatives away). ``image_group`` marks duplicate
+    images (equal ids).
+    """
+
+    image: ModalityFeatures
+    text: ModalityFeatures
+    caption_image: torch.Tensor
+    image_emb: torch.Tensor
+    text_emb: torch.Tensor
+    negatives: torch.Tensor | None = None
+    canonical: torch.Tensor | None = None
+    image_group: torch.Tensor | None = None
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def caption_emb(self) -> torch.Tensor:
+        return self.text_emb[: len(self.caption_image)]
+
+
+class ITMHead(FusionHead):
+    """The match classifier: the fused pair's logit plus a learned multiple of the pair's contrastive
+    similarity, so the head corrects the matcher rather than starting from nothing."""
+
+    def __init__(self, fusion: Any, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0, prior_scale: float = 5.0) -> None:
+        super().__init__(fusion, outputs=1, hidden=hidden, dropout=dropout, input_dropout=input_dropout)
+        self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
+
+    def score(self, data: PairSet, image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        prior = (data.image_emb[image_rows] * data.text_emb[text_rows]).sum(-1)
+        return self(data.image, image_rows, data.text, text_rows)[:, 0] + self.prior_scale * prior
+
+    @torch.no_grad()
+    def predict_pairs(self, data: PairSet, image_rows: Sequence[int] | torch.Tensor, text_rows: Sequence[int] | torch.Tensor, batch: int = 1024) -> torch.Tensor:
+        """Match logits of the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
+        self.eval()
+        i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
+        outs = [self.score(data, i[s : s + batch], t[s : s + batch]) for s in range(0, len(i), batch)]
+        return torch.cat(outs) if outs else torch.zeros(0)
+
+
+@dataclass
+class HeadResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def _captions_per_image(caption_image: torch.Tensor, n: int) -> list[list[int]]:
+    lists: list[list[int]] = [[] for _ in range(n)]
+    for j, i in enumerate(caption_image.tolist()):
+        lists[i].append(j)
+    return lists
+
+
+def itm_pairs(data: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A balanced evaluation set: each image with its first caption (match) and its hardest non-matching caption."""
+    first = _captions_per_image(data.caption_image, len(data.image))
+    images = [i for i, caps in enumerate(first) if caps]
+    hardest, _ = hard_negatives(data.image_emb, data.caption_emb, data.caption_image, 1, data.image_group)
+    image_rows = torch.tensor(images + images)
+    text_rows = torch.tensor([first[i][0] for i in images] + [int(hardest[i, 0]) for i in images])
+    labels = torch.cat([torch.ones(len(images)), torch.zeros(len(images))])
+    return image_rows, text_rows, labels
+
+
+def evaluate_itm(head: ITMHead, data: PairSet) -> dict[str, float]:
+    """``itm_accuracy`` (threshold 0.5) and ``itm_auc`` on matches against hard non-matches."""
+    from sklearn.metrics import roc_auc_score
+
+    image_rows, text_rows, labels = itm_pairs(data)
+    logits = head.predict_pairs(data, image_rows, text_rows)
+    return {
+        "itm_accuracy": float(((logits > 0).float() == labels).float().mean()),
+        "itm_auc": float(roc_auc_score(labels.numpy(), logits.numpy())),
+    }
+
+
+def _fit(
+    head: FusionHead,
+    steps: Callable[[random.Random], Iterator[torch.Tensor]],
+    validate: Callable[[], dict[str, float]],
+    monitor: str,
+    config: HeadConfig,
+    desc: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> HeadResult:
+    """The loop both heads share: AdamW, an epoch of ``steps`` (losses), validation, early stopping, best weights kept."""
+    start = time.perf_counter()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
+    result = HeadResult()
+    best, best_state, stale = float("-inf"), copy.deepcopy(head.state_dict()), 0
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False, disable=None)
+    for epoch in bar:
+        head.train()
+        losses = []
+        for loss in steps(rng):
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        metrics = {"loss": float(np.mean(losses)) if losses else float("nan"), **validate()}
+        result.history.append({"epoch": epoch, **metrics})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{monitor: f"{metrics[monitor]:.3f}"})
+        if metrics[monitor] > best:
+            best, best_state, stale, result.best_epoch = metrics[monitor], copy.deepcopy(head.state_dict()), 0, epoch
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    bar.close()
+    head.load_state_dict(best_state)
+    head.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def train_itm(
+    head: ITMHead, train: PairSet, val: PairSet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    val_probe: PairSet | None = None,
+) -> HeadResult:
+    """Train the ITM head: for each image, its caption (match), a hard negative caption, and a hard
+    negative image for the caption, sampled from the ``hard_pool`` most similar by the contrastive
+    matcher; and, when ``train.negatives`` is set, the image's own hard-negative captions against its
+    true caption in the same template. The best epoch is chosen on ``val_probe`` (see
+    :func:`probe_pair_scores`) when given, else on the validation ITM AUC."""
+    seed_everything(config.seed)
+    head.fit_statistics(train.image, train.text)
+    neg_captions, neg_images = hard_negatives(train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group)
+    captions = _captions_per_image(train.caption_image, len(train.image))
+    usable = [i for i, c in enumerate(captions) if c]
+
+    def steps(rng: random.Random) -> Iterator[torch.Tensor]:
+        order = usable[:]
+        rng.shuffle(order)
+        for b in range(0, len(order), config.batch_size):
+            batch = order[b : b + config.batch_size]
+            pos = [rng.choice(captions[i]) for i in batch]
+            neg_c = [int(neg_captions[i, rng.randrange(neg_captions.shape[1])]) for i in batch]
+            neg_i = [int(neg_images[c, rng.randrange(neg_images.shape[1])]) for c in pos]
+            images, texts, labels = batch + batch + neg_i, pos + neg_c + pos, [1.0] * len(batch) + [0.0] * (2 * len(batch))
+            if train.negatives is not None:  # the true caption in the negatives' template, against every negative kind
+                kinds = train.negatives.shape[1]
+                images += batch * (1 + kinds)
+                texts += train.canonical[batch].tolist() + train.negatives[batch].T.flatten().tolist()
+                labels += [1.0] * len(batch) + [0.0] * (kinds * len(batch))
+            target = torch.tensor(labels)
+            logits = head.score(train, torch.tensor(images), torch.tensor(texts))
+            # weight the matches as much as the non-matches
+            balance = (target == 0).sum() / (target == 1).sum()
+            yield F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
+
+    def validate() -> dict[str, float]:
+        out = {f"val_{k}": v for k, v in evaluate_itm(head, val).items()}
+        if val_probe is not None:
+            out.update({f"val_{k}": v for k, v in probe_pair_scores(lambda i, t: head.predict_pairs(val_probe, i, t), val_probe).items()})
+        return out
+
+    monitor = "val_probe_accuracy" if val_probe is not None else "val_itm_auc"
+    return _fit(head, steps, validate, monitor, config, "ITM head", on_epoch)
+
+
+def rerank(head: ITMHead, data: PairSet, k: int, base: Ranks) -> Ranks:
+    """Ranks after the ITM head reorders each query's contrastive top ``k``; deeper ranks are unchanged."""
+    owner = data.caption_image
+    sim = data.image_emb @ data.caption_emb.T if len(data.image_emb) * len(owner) <= 50_000_000 else None
+    if sim is None:
+        raise ValueError("rerank: the gallery is too large for this evaluation; evaluate on a smaller split")
+    k_t, k_i = min(k, sim.shape[1]), min(k, sim.shape[0])
+    top_t = sim.topk(k_t, dim=1).indices  # (N_img, k) captions per image
+    top_i = sim.T.topk(k_i, dim=1).indices  # (N_txt, k) images per caption
+    i2t_logits = head.predict_pairs(data, torch.arange(len(sim)).repeat_interleave(k_t), top_t.flatten()).view(-1, k_t)
+    t2i_logits = head.predict_pairs(data, top_i.flatten(), torch.arange(sim.shape[1]).repeat_interleave(k_i)).view(-1, k_i)
+    i2t = base.i2t.clone()
+    reordered = top_t.gather(1, i2t_logits.argsort(dim=1, descending=True))
+    hits = owner[reordered] == torch.arange(len(sim)).unsqueeze(1)
+    inside = hits.any(1)
+    i2t[inside] = hits[inside].float().argmax(1) + 1
+    t2i = base.t2i.clone()
+    reordered = top_i.gather(1, t2i_logits.argsort(dim=1, descending=True))
+    hits = reordered == owner.unsqueeze(1)
+    inside = hits.any(1)
+    t2i[inside] = hits[inside].float().argmax(1) + 1
+    return Ranks(i2t=i2t, t2i=t2i)
+
+
+def reranked_metrics(head: ITMHead, data: PairSet, k: int, base: Ranks) -> dict[str, float]:
+    return {f"reranked_{key}": v for key, v in recall_metrics(rerank(head, data, k, base)).items()}
+
+
+# --- the compositional probe ------------------------------------------------------------------------
+
+
+def probe_pair_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], probe: PairSet) -> dict[str, float]:
+    """The probe over a probe set: text rows ``0..N-1`` are each image's true caption, then one block
+    of ``N`` rows per negative kind, named by ``probe.kinds``."""
+    n = len(probe.image)
+    rows = torch.arange(n)
+    return probe_accuracy(score(rows, rows), {k: score(rows, rows + (b + 1) * n) for b, k in enumerate(probe.kinds)})
+
+
+def probe_accuracy(true_scores: torch.Tensor, negative_scores: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How often the true caption outscores each kind of hard negative (ties count as failures):
+    ``probe_accuracy_<kind>`` per kind and ``probe_accuracy``, their mean."""
+    out = {f"probe_accuracy_{kind.removeprefix('neg_')}": float((true_scores > s).float().mean()) for kind, s in negative_scores.items()}
+    out["probe_accuracy"] = float(np.mean(list(out.values())))
+    return out
+
+
+# --- VQA --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QASet:
+    """Questions about images: question features, the image each asks about, answer ids, question types."""
+
+    image: ModalityFeatures
+    question: ModalityFeatures
+    question_image: torch.Tensor
+    answer: torch.Tensor
+    kind: list[str]
+
+
+def evaluate_vqa(head: FusionHead, data: QASet) -> dict[str, float]:
+    """``vqa_accuracy`` overall and ``vqa_accuracy_<type>`` per question type."""
+    predicted = head.predict(data.image, data.question_image, data.question, torch.arange(len(data.answer))).argmax(1)
+    correct = (predicted == data.answer).float()
+    out = {"vqa_accuracy": float(correct.mean())}
+    for kind in sorted(set(data.kind)):
+        rows = torch.tensor([k == kind for k in data.kind])
+        out[f"vqa_accuracy_{kind}"] = float(correct[rows].mean())
+    return out
+
+
+def train_vqa(head: FusionHead, train: QASet, val: QASet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> HeadResult:
+    """Train the answer classifier with cross-entropy; answers outside the answer set (-1) are ignored."""
+    seed_everything(config.seed)
+    head.fit_statistics(train.image, train.question)
+    rows = [n for n in range(len(train.answer)) if train.answer[n] >= 0]
+
+    def steps(rng: random.Random) -> Iterator[torch.Tensor]:
+        order = rows[:]
+        rng.shuffle(order)
+        for b in range(0, len(order), config.batch_size):
+            batch = torch.tensor(order[b : b + config.batch_size])
+            logits = head(train.image, train.question_image[batch], train.question, batch)
+            yield F.cross_entropy(logits, train.answer[batch])
+
+    return _fit(head, steps, lambda: {"val_vqa_accuracy": evaluate_vqa(head, val)["vqa_accuracy"]}, "val_vqa_accuracy", config, "VQA head", on_epoch)

@@ -1,0 +1,119 @@
+"""Fusion methods, the ITM and VQA heads, hard-negative mining, reranking and the probe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from itm_core import create
+from itm_core.embed import ModalityFeatures
+from itm_core.heads import (
+    FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_vqa, hard_negatives, probe_accuracy, rerank, train_itm, train_vqa,
+)
+from itm_core.retrieval import Ranks
+
+
+def test_weighted_fusion_fixed_or_learned():
+    learned = create("fusion", "weighted", image_dim=3, text_dim=2, dim=4, weight=0.25)
+    fixed = create("fusion", "weighted", image_dim=3, text_dim=2, dim=4, weight=0.25, learn_weight=False)
+    assert learned.weight == pytest.approx(0.25) and fixed.weight == pytest.approx(0.25)
+    assert "weight_logit" in dict(learned.unwrapped.named_parameters())
+    assert "weight_logit" not in dict(fixed.unwrapped.named_parameters())
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        create("fusion", "weighted", image_dim=3, text_dim=2, weight=1.0)
+
+
+def test_mean_fusion_is_the_average_of_projections():
+    f = create("fusion", "mean", image_dim=3, text_dim=2, dim=4)
+    x, y = torch.randn(5, 3), torch.randn(5, 2)
+    m = f.unwrapped
+    assert torch.allclose(f.fuse(x, y), (m.image_proj(x) + m.text_proj(y)) / 2)
+
+
+def test_cross_attention_ignores_padding_and_uses_patch_positions():
+    torch.manual_seed(0)
+    f = create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2, dropout=0.0)
+    f.unwrapped.eval()
+    image, text = torch.randn(1, 4, 6), torch.randn(1, 3, 5)
+    mask = torch.tensor([[True, True, False]])
+    padded = torch.cat([text[:, :2], torch.randn(1, 1, 5) * 100], 1)
+    with torch.no_grad():
+        assert torch.allclose(f.fuse(image, text, text_mask=mask), f.fuse(image, padded, text_mask=mask), atol=1e-5)
+        swapped = image[:, [1, 0, 2, 3]]
+        assert not torch.allclose(f.fuse(image, text), f.fuse(swapped, text), atol=1e-4)
+
+
+def test_hard_negatives_skip_positives_and_duplicates():
+    image_emb = torch.eye(3)
+    text_emb = torch.tensor([[1.0, 0.5, 0], [0.2, 1, 0], [0, 1, 0.3], [0.1, 0, 1]])
+    owner = torch.tensor([0, 1, 1, 2])
+    caps, imgs = hard_negatives(image_emb, text_emb, owner, k=1)
+    assert caps[:, 0].tolist() == [1, 0, 2] and imgs[:, 0].tolist() == [1, 0, 2, 0]
+    caps, _ = hard_negatives(image_emb, text_emb, owner, k=1, image_group=torch.tensor([0, 0, 1]))  # images 0 and 1 are the same scene
+    assert caps[0, 0] == 3 and caps[1, 0] == 3
+
+
+def test_probe_accuracy_by_hand():
+    out = probe_accuracy(torch.tensor([1.0, 1.0, 0.0, 2.0]), {"neg_color": torch.tensor([0.0, 2.0, 0.0, 1.0]), "neg_shape": torch.tensor([0.0, 0.0, -1.0, 1.0])})
+    assert out == {"probe_accuracy_color": 0.5, "probe_accuracy_shape": 1.0, "probe_accuracy": 0.75}  # ties fail
+
+
+class Oracle(ITMHead):
+    """An ITM head that knows the answer: for reranking tests."""
+
+    def __init__(self, owner):
+        super().__init__(create("fusion", "mean", image_dim=2, text_dim=2, dim=2))
+        self.owner = owner
+
+    def score(self, data, image_rows, text_rows):
+        return (self.owner[text_rows] == image_rows).float()
+
+
+def test_rerank_moves_true_matches_inside_top_k_only():
+    owner = torch.tensor([0, 1, 2])
+    # contrastive similarity ranks every caption second: its own image is each caption's second choice
+    image_emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]]), dim=-1)
+    text_emb = torch.nn.functional.normalize(torch.tensor([[0.8, 0.6], [0.6, 0.8], [1.0, 0.0]]), dim=-1)
+    feats = ModalityFeatures(torch.zeros(3, 2))
+    data = PairSet(feats, ModalityFeatures(torch.zeros(3, 2)), owner, image_emb, text_emb)
+    base = Ranks(i2t=torch.tensor([2, 2, 3]), t2i=torch.tensor([2, 2, 3]))
+    reranked = rerank(Oracle(owner), data, k=2, base=base)
+    top2_i2t = (image_emb @ text_emb.T).topk(2, dim=1).indices
+    for i in range(3):
+        inside = bool((owner[top2_i2t[i]] == i).any())
+        assert reranked.i2t[i] == (1 if inside else base.i2t[i])
+
+
+def _toy_pairs(n: int, seed: int) -> PairSet:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(n, 6, generator=g)
+    owner = torch.arange(n).repeat_interleave(2)
+    text = image[owner][:, :4] + 0.05 * torch.randn(2 * n, 4, generator=g)
+    emb_i = torch.nn.functional.normalize(image[:, :4], dim=-1)
+    emb_t = torch.nn.functional.normalize(text, dim=-1)
+    return PairSet(ModalityFeatures(image), ModalityFeatures(text), owner, emb_i, emb_t)
+
+
+def test_itm_head_learns_to_separate_matches():
+    from itm_core.heads import evaluate_itm
+
+    train, val = _toy_pairs(128, 1), _toy_pairs(32, 2)
+    head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)
+    before = evaluate_itm(head, val)["itm_auc"]
+    result = train_itm(head, train, val, HeadConfig(epochs=15, batch_size=16, hard_pool=4, lr=3e-3, patience=15, input_dropout=0.0))
+    after = evaluate_itm(head, val)
+    assert after["itm_auc"] > max(before, 0.8) and result.best_epoch >= 1
+
+
+def test_vqa_head_learns_and_reports_per_type():
+    g = torch.Generator().manual_seed(0)
+    image = ModalityFeatures(torch.randn(64, 5, generator=g))
+    questions = ModalityFeatures(torch.eye(2).repeat(64, 1))  # two question kinds per image
+    q_image = torch.arange(64).repeat_interleave(2)
+    answer = torch.where(torch.arange(128) % 2 == 0, (image.pooled[q_image, 0] > 0).long(), 2 + (image.pooled[q_image, 1] > 0).long())
+    kinds = ["sign0" if n % 2 == 0 else "sign1" for n in range(128)]
+    data = QASet(image, questions, q_image, answer, kinds)
+    head = FusionHead(create("fusion", "concat-mlp", image_dim=5, text_dim=2, dim=16), outputs=4)
+    train_vqa(head, data, data, HeadConfig(epochs=30, batch_size=32, lr=3e-3, patience=30, input_dropout=0.0))
+    out = evaluate_vqa(head, data)
+    assert set(out) == {"vqa_accuracy", "vqa_accuracy_sign0", "vqa_accuracy_sign1"} and out["vqa_accuracy"] > 0.9
