@@ -158,6 +158,18 @@ def _encoder_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
         _close(c.encode(items), other.encode(items), "a fresh instance with the saved state")
         return "get_state/set_state reproduce the outputs"
 
+    def token_features() -> str:
+        if not hasattr(c, "encode_tokens"):
+            raise RuleSkipped("the encoder gives no token-level features")
+        tokens, mask = c.encode_tokens(items)
+        for n, item in enumerate(items):
+            one, one_mask = c.encode_tokens([item])
+            if not torch.equal(one_mask[0], mask[n]):
+                raise RuleFailed("a token mask depends on the rest of the batch")
+            _close(one[0][one_mask[0]], tokens[n][mask[n]], "token features of a batch vs. one item at a time")
+        c.encode_tokens([])
+        return f"(N, {tokens.shape[1]}, {c.token_dim}) with masks, batch-size independent"
+
     def device() -> str:
         accel = _accelerator()
         if accel is None:
@@ -173,7 +185,7 @@ def _encoder_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
     return {
         "declares modality and dim": declares, "output contract": output, "empty batch": empty, "single item": single,
         "deterministic": deterministic, "batch-size independent": batch_independent, "odd inputs": odd_inputs,
-        "fitted state round-trip": state_roundtrip, "device": device,
+        "fitted state round-trip": state_roundtrip, "token features": token_features, "device": device,
     }
 
 

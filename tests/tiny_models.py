@@ -84,24 +84,24 @@ def _blip_images(folder: Path) -> None:
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
+def _blip(folder: Path, model_class: type) -> Path:
+    tok = tokenizer(folder, "bert")
+    torch.manual_seed(0)
+    model_class(_blip_config(tok)).save_pretrained(folder)
+    _blip_images(folder)
+    return folder
+
+
 def blip_itm(folder: Path) -> Path:
     from transformers import BlipForImageTextRetrieval
 
-    tok = tokenizer(folder, "bert")
-    torch.manual_seed(0)
-    BlipForImageTextRetrieval(_blip_config(tok)).save_pretrained(folder)
-    _blip_images(folder)
-    return folder
+    return _blip(folder, BlipForImageTextRetrieval)
 
 
 def blip_caption(folder: Path) -> Path:
     from transformers import BlipForConditionalGeneration
 
-    tok = tokenizer(folder, "bert")
-    torch.manual_seed(0)
-    BlipForConditionalGeneration(_blip_config(tok)).save_pretrained(folder)
-    _blip_images(folder)
-    return folder
+    return _blip(folder, BlipForConditionalGeneration)
 
 
 def vit_gpt2(folder: Path) -> Path:
