@@ -47,7 +47,8 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
         )
     )
     console.rule("generate: captions by the champion")
-    captions = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_options": dataset.options}))
+    metrics = [ComponentParams(name=m) for m in ("bleu", "rouge_l", "cider")]
+    captions = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_options": dataset.options}, metrics=metrics))
     seconds = time.perf_counter() - start
 
     table = Table(title=f"ITM demo: test-split retrieval ({seconds / 60:.1f} min)")
@@ -58,7 +59,9 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     console.print(table)
     for label, r in runs.items():
         console.print(f"retrain {label}: model v{r['model_version']} - {r['decision']}")
-    console.print(f"generate: {len(captions)} captions written (generations.csv, caption_grid.png)")
+    latest = mlflow.search_runs(experiment_names=[GenerateParams().experiment], max_results=1, order_by=["start_time DESC"])
+    scores = ", ".join(f"{k} {latest.iloc[0][f'metrics.{k}']:.3f}" for k in ("bleu4", "rouge_l", "cider") if f"metrics.{k}" in latest)
+    console.print(f"generate: {len(captions)} captions by the champion (generations.csv, caption_grid.png); {scores}")
     uri = mlflow.get_tracking_uri()
     ui = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000"
     console.print(f"MLflow store: {uri}\nBrowse it: {ui}")

@@ -131,6 +131,7 @@ def test_cli_check_exit_status():
 # Where each built-in component's conformance is checked; a new built-in must be added here.
 CHECKED_ELSEWHERE = {
     "manifest", "retrieval-captioner",  # above, with their required options
+    "bleu", "rouge_l", "cider",  # test_caption_metrics.py
     "clip", "hf-text", "hf-image", "blip-itm", "blip-caption", "vision-encoder-decoder", "stable-diffusion", "bovw",  # test_hub_plugins.py
 }
 

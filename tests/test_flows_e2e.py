@@ -195,7 +195,7 @@ def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
 
     result = CliRunner().invoke(app, ["demo", "--train-images", "40", "--eval-images", "12"])
     assert result.exit_code == 0, result.output
-    for text in ("ITM demo", "champion", "untrained heads (chance)", "classic", "mlflow ui --backend-store-uri"):
+    for text in ("ITM demo", "champion", "untrained heads (chance)", "classic", "mlflow ui --backend-store-uri", "bleu4", "cider"):
         assert text in result.output
     client = MlflowClient()
     assert client.get_model_version_by_alias("itm-matcher", "champion") is not None
