@@ -18,7 +18,7 @@ from itm_core.embed import EmbeddingCache, FeatureSplit
 from itm_core.evaluation import build_encoders
 from itm_core.heads import HeadConfig
 from itm_core.matcher import Matcher
-from itm_core.registry import names
+from itm_core.registry import names, spec
 from itm_core.retrieval import Ranks
 from itm_core.tracking import log_table, tracked_run
 from itm_core.training import ContrastiveConfig, train_contrastive
@@ -99,9 +99,11 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
     the same data, seed and budget; a leaderboard against plain contrastive similarity."""
     import matplotlib.pyplot as plt
 
+    methods = params.fusions or names("fusion")
+    for name in methods:  # an unknown name fails now, listing the known ones, not after the encoding
+        spec("fusion", name)
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
-    methods = params.fusions or names("fusion")
     with tracked_run(params.experiment, params.run_name or f"fusion benchmark on {data.name}", params.model_dump()):
         log_dataset(data, skipped)
         mlflow.set_tags({"tasks.vqa": str(has_qa(data)), "tasks.probe": str(has_probe(data))})

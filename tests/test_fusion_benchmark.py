@@ -74,3 +74,5 @@ def test_benchmark_on_a_dataset_without_questions_or_probe(prefect_server, mlflo
 
     with pytest.raises(ValueError, match="no token-level features"):
         fusion_benchmark(params.model_copy(update={"fusions": ["cross-attention"]}))
+    with pytest.raises(LookupError, match="unknown fusion 'gatd'.*Did you mean 'gated'"):
+        fusion_benchmark(params.model_copy(update={"fusions": ["gatd"]}))
