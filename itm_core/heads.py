@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from itm_core.embed import ModalityFeatures
 from itm_core.retrieval import Ranks, recall_metrics
-from itm_core.training import seed_everything
+from itm_core.training import captions_per_image, seed_everything
 
 
 class Standardizer(nn.Module):
@@ -180,16 +180,9 @@ class HeadResult:
     seconds: float = 0.0
 
 
-def _captions_per_image(caption_image: torch.Tensor, n: int) -> list[list[int]]:
-    lists: list[list[int]] = [[] for _ in range(n)]
-    for j, i in enumerate(caption_image.tolist()):
-        lists[i].append(j)
-    return lists
-
-
 def itm_pairs(data: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A balanced evaluation set: each image with its first caption (match) and its hardest non-matching caption."""
-    first = _captions_per_image(data.caption_image, len(data.image))
+    first = captions_per_image(data.caption_image, len(data.image))
     images = [i for i, caps in enumerate(first) if caps]
     hardest, _ = hard_negatives(data.image_emb, data.caption_emb, data.caption_image, 1, data.image_group)
     image_rows = torch.tensor(images + images)
@@ -264,7 +257,7 @@ def train_itm(
     seed_everything(config.seed)
     head.fit_statistics(train.image, train.text)
     neg_captions, neg_images = hard_negatives(train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group)
-    captions = _captions_per_image(train.caption_image, len(train.image))
+    captions = captions_per_image(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
 
     def steps(rng: random.Random) -> Iterator[torch.Tensor]:

@@ -89,7 +89,8 @@ def evaluate_features(matcher: Matcher, split: FeatureSplit) -> dict[str, float]
     return recall_metrics(ranks(img, txt, split.caption_image, matcher.similarity))
 
 
-def _caption_lists(caption_image: torch.Tensor, n_images: int) -> list[list[int]]:
+def captions_per_image(caption_image: torch.Tensor, n_images: int) -> list[list[int]]:
+    """For each image, the indices of its captions."""
     lists: list[list[int]] = [[] for _ in range(n_images)]
     for j, i in enumerate(caption_image.tolist()):
         lists[i].append(j)
@@ -118,7 +119,7 @@ def train_contrastive(
     groups = [{"params": list(matcher.parameters()), "lr": config.lr}]
     groups += [{"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    captions = _caption_lists(train.caption_image, len(train.image))
+    captions = captions_per_image(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
     passes = max(1, round(len(train.text) / max(1, len(usable))))
     steps_per_epoch = passes * max(1, len(usable) // config.batch_size)
