@@ -12,14 +12,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
-from itm_core.benchmark import SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, similarity_results, uses_tokens
+from itm_core.benchmark import BenchmarkData, SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
 from itm_core.embed import EmbeddingCache, FeatureSplit
 from itm_core.evaluation import build_encoders
 from itm_core.heads import HeadConfig
 from itm_core.matcher import Matcher
 from itm_core.registry import names, spec
-from itm_core.retrieval import Ranks
 from itm_core.tracking import log_table, tracked_run
 from itm_core.training import ContrastiveConfig, train_contrastive
 
@@ -41,8 +40,9 @@ def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: l
 
 
 @task(name="train-similarity", cache_policy=NO_CACHE)
-def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFeatures]) -> tuple[Matcher, dict[str, float], Ranks]:
-    """The contrastive matcher (heads over the locked towers): the plain-similarity baseline and the miner."""
+def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFeatures]) -> BenchmarkData:
+    """The contrastive matcher (heads over the locked towers), the plain-similarity baseline and hard-negative
+    miner, and the pair and probe sets built from its embeddings once for every method."""
     t = params.contrastive
 
     def split(f: SplitFeatures) -> FeatureSplit:
@@ -53,12 +53,11 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
                       features["train"].text.pooled.shape[1], embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout)
     config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=params.seed)
     train_contrastive(matcher, split(features["train"]), split(features["val"]), config)
-    metrics, base = similarity_results(matcher, features["test"])
-    return matcher, metrics, base
+    return prepare(features, matcher, params.dataset_negatives)
 
 
 @task(name="benchmark-fusion", cache_policy=NO_CACHE)
-def run_method(name: str, params: FusionBenchmarkParams, features: dict[str, SplitFeatures], matcher: Matcher, base: Ranks) -> dict[str, Any]:
+def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) -> dict[str, Any]:
     """Train and judge one fusion in a nested MLflow run."""
     options = {"dim": params.dim, **params.fusion_options.get(name, {})}
     with tracked_run(params.experiment, name, {"fusion": name, **options}, nested=True):
@@ -66,9 +65,8 @@ def run_method(name: str, params: FusionBenchmarkParams, features: dict[str, Spl
         def on_epoch(head: str, epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({f"{head}_{k}": v for k, v in metrics.items()}, step=epoch)
 
-        vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(features["train"].data) else None
-        metrics = benchmark_fusion(name, options, features, matcher, base, head_config(params.itm, params.hard_pool, params.seed), vqa,
-                                   params.rerank_k, params.dataset_negatives, on_epoch)
+        vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(data.features["train"].data) else None
+        metrics = benchmark_fusion(name, options, data, head_config(params.itm, params.hard_pool, params.seed), vqa, params.rerank_k, on_epoch)
         mlflow.log_metrics(metrics)
     print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "reranked_i2t_r1", "vqa_accuracy") if k in metrics))
     return metrics
@@ -108,12 +106,13 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         log_dataset(data, skipped)
         mlflow.set_tags({"tasks.vqa": str(has_qa(data)), "tasks.probe": str(has_probe(data))})
         features = encode_all(params, splits, methods)
-        matcher, similarity, base = train_similarity(params, features)
+        shared = train_similarity(params, features)
+        similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
         rows = [{"method": "similarity (contrastive)", "i2t_r1": similarity["test_i2t_r1"], "t2i_r1": similarity["test_t2i_r1"],
                  **{k: v for k, v in similarity.items() if k.startswith("probe_")}}]
         for name in methods:
-            m = run_method(name, params, features, matcher, base)
+            m = run_method(name, params, shared)
             rows.append({"method": f"{name} + ITM", **m, "i2t_r1": m["reranked_i2t_r1"], "t2i_r1": m["reranked_t2i_r1"]})
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "fusion_leaderboard.csv")

@@ -105,32 +105,55 @@ def qa_set(f: SplitFeatures, vocabulary: dict[str, int]) -> QASet:
     return QASet(f.image, f.questions, f.question_image, answers, f.kinds)
 
 
-def similarity_results(matcher: Matcher, test: SplitFeatures) -> tuple[dict[str, float], Ranks]:
+@dataclass
+class BenchmarkData:
+    """The splits as the heads see them, built once and shared by every method: the pair sets (with
+    the matcher's embeddings), the probe sets, and the matcher's own test ranks."""
+
+    features: dict[str, SplitFeatures]
+    train: PairSet
+    val: PairSet
+    test: PairSet
+    val_probe: PairSet | None
+    test_probe: PairSet | None
+    base: Ranks
+
+
+def prepare(features: dict[str, SplitFeatures], matcher: Matcher, dataset_negatives: bool = True) -> BenchmarkData:
+    """Everything the methods share; the train set carries the dataset's negatives when asked for."""
+    test = pair_set(features["test"], matcher)
+    return BenchmarkData(
+        features=features,
+        train=pair_set(features["train"], matcher, dataset_negatives),
+        val=pair_set(features["val"], matcher),
+        test=test,
+        val_probe=probe_set(features["val"], matcher) if features["val"].probe is not None else None,
+        test_probe=probe_set(features["test"], matcher) if features["test"].probe is not None else None,
+        base=ranks(test.image_emb, test.caption_emb, test.caption_image, matcher.similarity),
+    )
+
+
+def similarity_results(data: BenchmarkData) -> dict[str, float]:
     """Plain contrastive similarity: test retrieval and, when the data has it, the probe."""
-    pairs = pair_set(test, matcher)
-    base = ranks(pairs.image_emb, pairs.text_emb, pairs.caption_image, matcher.similarity)
-    metrics = {f"test_{k}": v for k, v in recall_metrics(base).items()}
-    if test.probe is not None:
-        probe = probe_set(test, matcher)
+    metrics = {f"test_{k}": v for k, v in recall_metrics(data.base).items()}
+    probe = data.test_probe
+    if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: (probe.image_emb[i] * probe.text_emb[t]).sum(-1), probe))
-    return metrics, base
+    return metrics
 
 
 def benchmark_fusion(
     name: str,
     options: dict[str, Any],
-    splits: dict[str, SplitFeatures],
-    matcher: Matcher,
-    base: Ranks,
+    data: BenchmarkData,
     config: HeadConfig,
     vqa_config: HeadConfig | None,
     rerank_k: int,
-    dataset_negatives: bool = True,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Train and judge one fusion method: its ITM head (accuracy, AUC, probe, reranked retrieval)
     and, when the data has questions and ``vqa_config`` is given, its VQA head."""
-    train, val, test = splits["train"], splits["val"], splits["test"]
+    train, val, test = (data.features[s] for s in ("train", "val", "test"))
     tokens = uses_tokens([name])
 
     def fusion() -> Any:
@@ -140,15 +163,12 @@ def benchmark_fusion(
 
     start = time.perf_counter()
     itm = ITMHead(fusion(), input_dropout=config.input_dropout)
-    train_pairs = pair_set(train, matcher, dataset_negatives)
-    val_probe = probe_set(val, matcher) if val.probe is not None else None
-    result = train_itm(itm, train_pairs, pair_set(val, matcher), config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, val_probe)
-    test_pairs = pair_set(test, matcher)
+    result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe)
     metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch)}
-    metrics.update(evaluate_itm(itm, test_pairs))
-    metrics.update(reranked_metrics(itm, test_pairs, rerank_k, base))
-    if test.probe is not None:
-        probe = probe_set(test, matcher)
+    metrics.update(evaluate_itm(itm, data.test))
+    metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base))
+    probe = data.test_probe
+    if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
     if vqa_config is not None and train.questions is not None and test.questions is not None:
         vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
