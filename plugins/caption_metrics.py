@@ -33,51 +33,57 @@ def _inputs(name: str, predictions: Sequence[str], references: Sequence[Sequence
     return gts, res
 
 
-class Bleu(Metric):
+class _CocoMetric(Metric):
+    """Checks the inputs, tokenises them and hands them to one pycocoevalcap scorer (``score``)."""
+
+    task = "captioning"
+    label: str
+    keys: tuple[str, ...]
+
+    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> dict[str, float]:
+        if not predictions:
+            return {k: 0.0 for k in self.keys}
+        return self.score(*_inputs(self.label, predictions, references))
+
+
+class Bleu(_CocoMetric):
     """Corpus BLEU-1..4 (``bleu1`` .. ``bleu4``) against several references, as in the COCO evaluation."""
 
-    task = "captioning"
+    label, keys = "bleu", ("bleu1", "bleu2", "bleu3", "bleu4")
 
-    def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> dict[str, float]:
+    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
         from pycocoevalcap.bleu.bleu import Bleu as CocoBleu
 
-        if not predictions:
-            return {f"bleu{n}": 0.0 for n in range(1, 5)}
-        scores, _ = CocoBleu(4).compute_score(*_inputs("bleu", predictions, references), verbose=0)
-        return {f"bleu{n + 1}": float(s) for n, s in enumerate(scores)}
+        scores, _ = CocoBleu(4).compute_score(gts, res, verbose=0)
+        return {k: float(v) for k, v in zip(self.keys, scores)}
 
 
-class RougeL(Metric):
+class RougeL(_CocoMetric):
     """ROUGE-L (longest common subsequence F-measure, beta 1.2, best reference), averaged over images."""
 
-    task = "captioning"
+    label, keys = "rouge_l", ("rouge_l",)
 
-    def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> dict[str, float]:
+    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
         from pycocoevalcap.rouge.rouge import Rouge
 
-        if not predictions:
-            return {"rouge_l": 0.0}
-        score, _ = Rouge().compute_score(*_inputs("rouge_l", predictions, references))
-        return {"rouge_l": float(score)}
+        return {"rouge_l": float(Rouge().compute_score(gts, res)[0])}
 
 
-class Cider(Metric):
+class Cider(_CocoMetric):
     """CIDEr-D over the evaluated set (its document frequencies come from these references, as in COCO)."""
 
-    task = "captioning"
+    label, keys = "cider", ("cider",)
 
-    def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> dict[str, float]:
+    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
         from pycocoevalcap.cider.cider import Cider as CocoCider
 
-        if not predictions:
-            return {"cider": 0.0}
-        score, _ = CocoCider().compute_score(*_inputs("cider", predictions, references))
-        return {"cider": float(score)}
+        return {"cider": float(CocoCider().compute_score(gts, res)[0])}
 
 
 @hookimpl
 def register_metrics(register):
-    register("bleu", Bleu, task="captioning", keys=["bleu1", "bleu2", "bleu3", "bleu4"], requires=REQUIRES,
-             description="BLEU-1..4 as the COCO caption evaluation computes them")
-    register("rouge_l", RougeL, task="captioning", keys=["rouge_l"], requires=REQUIRES, description="ROUGE-L (COCO caption evaluation)")
-    register("cider", Cider, task="captioning", keys=["cider"], requires=REQUIRES, description="CIDEr-D (COCO caption evaluation)")
+    for metric in (Bleu, RougeL, Cider):
+        register(metric.label, metric, task="captioning", keys=list(metric.keys), requires=REQUIRES, description=metric.__doc__.splitlines()[0])
