@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import textwrap
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
+from itm_core.plots import log_grid
 from itm_core.registry import create
 from itm_core.tracking import log_table, tracked_run
-
-
-def caption_grid(images: list[Any], texts: list[str], columns: int = 4) -> Any:
-    """A matplotlib figure: each image with its text beneath."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, text in zip(axes.flat, images, texts):
-        ax.imshow(img)
-        ax.set_title("\n".join(textwrap.wrap(text, 32)), fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 @task(name="generate", cache_policy=NO_CACHE)
@@ -44,32 +27,64 @@ def run_generator(params: GenerateParams, inputs: list[Any]) -> list[Any]:
 
 
 @task(name="score", cache_policy=NO_CACHE)
-def score_captions(metrics: list[ComponentParams], predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Every metric (task ``captioning``) on the captions against all references of each image."""
+def score_outputs(metrics: list[ComponentParams], task_kind: str, inputs: dict[str, Any]) -> dict[str, float]:
+    """Every metric on the outputs; a metric's task must match the generator's (``captioning`` for
+    image-to-text, ``text-to-image`` for text-to-image)."""
+    wanted = "captioning" if task_kind == "image-to-text" else "text-to-image"
     values: dict[str, float] = {}
     for params in metrics:
         metric = create("metric", params.name, **params.options)
-        if metric.task != "captioning":
-            raise ValueError(f"metric {params.name!r} has task {metric.task!r}; generated captions are scored by 'captioning' metrics")
-        values.update(metric.compute(predictions=predictions, references=references))
+        if metric.task != wanted:
+            raise ValueError(f"metric {params.name!r} has task {metric.task!r}; outputs of a {task_kind} generator are scored by {wanted!r} metrics")
+        values.update(metric.compute(**inputs))
     return values
+
+
+def read_prompts(params: GenerateParams) -> list[str]:
+    """``prompts`` plus the lines of ``prompts_file`` (blank lines skipped)."""
+    prompts = list(params.prompts)
+    if params.prompts_file:
+        path = Path(params.prompts_file)
+        try:
+            prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"generate: cannot read prompts_file {str(path)!r}: {exc}") from None
+        if not prompts:
+            raise DataError(f"generate: prompts_file {str(path)!r} has no prompts")
+    return prompts
+
+
+def save_images(images: list[Any], folder: str) -> list[str]:
+    """Each generated image as a PNG artifact under ``folder``; their artifact paths."""
+    names = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, img in enumerate(images):
+            name = f"{n:04d}.png"
+            img.save(Path(tmp) / name)
+            names.append(f"{folder}/{name}")
+        mlflow.log_artifacts(tmp, folder)
+    return names
 
 
 @flow(name="generate", log_prints=True)
 def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
-    """Captions for images (or images for prompts) by a generator, saved as a table and a grid in MLflow."""
-    import matplotlib.pyplot as plt
-
+    """Captions for images, or images for prompts, by a generator; saved as a table, a grid and files
+    in MLflow and scored with the chosen metrics."""
     from itm_core.registry import spec
 
     task_kind = spec("generator", params.generator).metadata.get("task", "image-to-text")
+    prompts = read_prompts(params)
+    if task_kind == "image-to-text" and prompts:
+        raise DataError(f"generate: {params.generator!r} captions images; prompts are for text-to-image generators")
+    if task_kind == "text-to-image" and params.images:
+        raise DataError(f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files")
+    data = skipped = split = None
     if params.images:
         missing = [p for p in params.images if not Path(p).is_file()]
         if missing:
             raise DataError(f"generate: image files not found: {', '.join(missing)}")
         paths, references = list(params.images), [[] for _ in params.images]
-        data = skipped = None
-    else:
+    elif not prompts:
         data, skipped = load_data(params.dataset)
         split = data.split(params.split).head(params.num_images)
         paths = [str(p) for p in split.image_paths()]
@@ -77,31 +92,42 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
     with tracked_run(params.experiment, params.run_name or params.generator, params.model_dump()):
         if data is not None:
             log_dataset(split, skipped)
+        scores: dict[str, float] = {}
         if task_kind == "text-to-image":
-            prompts = [refs[0] for refs in references if refs]
             if not prompts:
-                raise DataError("generate: a text-to-image generator needs prompts from a dataset split, not image files")
+                prompts = [refs[0] for refs in references]
             outputs = run_generator(params, prompts)
-            rows = [{"prompt": p, "reference_image": path} for p, path in zip(prompts, paths)]
-            fig = caption_grid(outputs, prompts)
-            artifact = "image_grid.png"
+            files = save_images(outputs, "images")
+            rows = [{"prompt": p, "image": f} for p, f in zip(prompts, files)]
+            if split is not None:
+                for row, path in zip(rows, paths):
+                    row["reference_image"] = path
+            log_grid(outputs[:32], prompts[:32], "image_grid.png")
+            if params.metrics:
+                inputs: dict[str, Any] = {"images": outputs, "prompts": prompts}
+                if split is not None:
+                    inputs.update(reference_images=load_images([Path(p) for p in paths]), equivalents=references,
+                                  distractors=data.split(params.split).captions)
+                scores = score_outputs(params.metrics, task_kind, inputs)
         else:
             images = load_images([Path(p) for p in paths])
             outputs = run_generator(params, images)
             rows = [{"image": path, "caption": c, "reference": refs[0] if refs else ""} for path, c, refs in zip(paths, outputs, references)]
-            fig = caption_grid(images, [str(c) for c in outputs])
-            artifact = "caption_grid.png"
+            log_grid(images[:32], [str(c) for c in outputs[:32]], "caption_grid.png")
             if params.metrics:
                 if params.images:
-                    raise DataError("generate: metrics need references; take the images from a dataset split instead of image files")
-                scores = score_captions(params.metrics, [str(c) for c in outputs], references)
-                mlflow.log_metrics(scores)
-                print(f"scores: {scores}")
+                    refless = [m.name for m in params.metrics if m.name != "clipscore"]
+                    if refless:
+                        raise DataError(f"generate: metrics {refless} need references; take the images from a dataset split instead of image files")
+                scores = score_outputs(params.metrics, task_kind, {"predictions": [str(c) for c in outputs], "references": references, "images": images})
+        if scores:
+            mlflow.log_metrics(scores)
+            print(f"scores: {scores}")
         table = pd.DataFrame(rows)
         log_table(table, "generations.csv")
-        mlflow.log_figure(fig, artifact)
-        plt.close(fig)
         create_table_artifact(key="generations", table=table.to_dict("records"), description=f"{params.generator} on {len(rows)} inputs")
+        if scores:
+            create_markdown_artifact(key="generation-scores", markdown="| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in scores.items()))
         for row in rows[:5]:
             print(row)
     return rows

@@ -9,6 +9,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.retrain_generation import retrain_captioner, retrain_text_to_image
 from flows.tasks import encode_features, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet
@@ -66,16 +67,16 @@ def train_matcher(
 @task(name="register-and-promote", cache_policy=NO_CACHE)
 def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache) -> dict[str, Any]:
     """Log and register the matcher; move ``champion`` only if it beats the champion on the same test data."""
-    previous = champion_version(params.registered_model)
-    info = log_matcher(matcher, params.registered_model)
+    previous = champion_version(params.model_name)
+    info = log_matcher(matcher, params.model_name)
     version = str(info.registered_model_version)
     metric = params.promote_metric
     champion_value = None
     if previous is not None:
-        champion = load_matcher(f"models:/{params.registered_model}/{previous.version}")
+        champion = load_matcher(f"models:/{params.model_name}/{previous.version}")
         champion_value = evaluate_retrieval(champion, test, cache)[metric]
         mlflow.log_metric(f"champion_test_{metric}", champion_value)
-    decision = promote_if_better(params.registered_model, version, metric, test_metrics[metric], champion_value, previous)
+    decision = promote_if_better(params.model_name, version, metric, test_metrics[metric], champion_value, previous)
     mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted), "model_version": version})
     print(decision.reason())
     return {"model_version": version, "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
@@ -84,7 +85,12 @@ def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: 
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     """Train projection heads over two locked encoder towers with a contrastive loss, test on the
-    test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better."""
+    test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better.
+    With ``task`` ``captioning`` or ``text-to-image`` it trains, registers and promotes a generator instead."""
+    if params.task == "captioning":
+        return retrain_captioner(params)
+    if params.task == "text-to-image":
+        return retrain_text_to_image(params)
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])

@@ -44,17 +44,82 @@ class TrainingParams(Params):
     tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
 
 
-class RetrainParams(Params):
-    """Train a matcher (projection heads over locked towers), test it, register it, maybe promote it."""
+class CaptioningParams(Params):
+    """The trained captioner: image-encoder features as a prefix to a small GPT-2 decoder trained from scratch."""
 
+    prefix_tokens: int = Field(4, ge=1, description="Decoder input embeddings the image features are projected to")
+    n_embd: int = Field(256, ge=8, description="GPT-2 width")
+    n_layer: int = Field(3, ge=1, description="GPT-2 layers")
+    n_head: int = Field(4, ge=1, description="GPT-2 attention heads (must divide n_embd)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(24, ge=2, description="Longest caption in tokens (longer ones are cut in training)")
+    epochs: int = Field(12, ge=1, description="Maximum epochs (each pass sees every caption)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(3, ge=1, description="Stop after this many epochs without a lower validation loss")
+    num_beams: int = Field(3, ge=1, description="Beam width for the test captions and the registered model (1: greedy)")
+    sample_every: int = Field(2, ge=1, description="Log captions of fixed validation images every this many epochs")
+    time_limit_s: float = Field(840, ge=0, description="End training after the epoch that passes this many seconds (0: no limit)")
+    seed: int = Field(0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "CaptioningParams":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        return self
+
+
+class TextToImageParams(Params):
+    """The trained text-to-image model, conditioned on the text encoder's features, at low resolution."""
+
+    model: Literal["cvae", "diffusion"] = Field("cvae", description="`cvae` (conditional VAE, fast) or `diffusion` (UNet2DConditionModel + DDPM/DDIM)")
+    resolution: int = Field(32, ge=8, le=128, description="Image side in pixels (a multiple of 8)")
+    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: 60 for cvae, 14 for diffusion)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    cond_dim: int = Field(128, ge=8, description="Width the text features are projected to")
+    latent_dim: int = Field(32, ge=2, description="cvae: latent size")
+    kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
+    block_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, description="diffusion: UNet channels per resolution level")
+    sample_steps: int = Field(30, ge=1, description="diffusion: DDIM steps when sampling")
+    guidance_scale: float = Field(3.0, ge=0, description="diffusion: classifier-free guidance scale")
+    sample_every: int = Field(5, ge=1, description="Log a grid of generated images for fixed validation prompts every this many epochs")
+    time_limit_s: float = Field(840, ge=0, description="End training after the epoch that passes this many seconds (0: no limit)")
+    matcher: str = Field("models:/itm-matcher@champion", description="The matcher that scores r_precision and alignment on the test prompts")
+    candidates: int = Field(100, ge=2, description="r_precision: the prompt is retrieved among this many candidate prompts")
+    test_prompts: int = Field(500, ge=1, description="Test images whose first caption is drawn and scored")
+    seed: int = Field(0)
+
+    @model_validator(mode="after")
+    def _resolution(self) -> "TextToImageParams":
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        return self
+
+
+REGISTERED_MODELS = {"matching": "itm-matcher", "captioning": "itm-captioner", "text-to-image": "itm-text-to-image"}
+
+
+class RetrainParams(Params):
+    """Train a model, test it, register it, maybe promote it. ``task``: a matcher (projection heads over
+    locked towers), a captioner (on the image encoder) or a text-to-image model (on the text encoder)."""
+
+    task: Literal["matching", "captioning", "text-to-image"] = Field("matching", description="What to train: a matcher, a captioner or a text-to-image model")
     dataset: DatasetParams = Field(default_factory=DatasetParams)
     image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
     text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
-    training: TrainingParams = Field(default_factory=TrainingParams)
-    registered_model: str = Field("itm-matcher", description="Registered model name in MLflow")
-    promote_metric: RECALL_KEYS = Field("rsum", description="Test metric that decides whether the new model becomes `champion`")
+    training: TrainingParams = Field(default_factory=TrainingParams, description="matching: the contrastive training")
+    captioning: CaptioningParams = Field(default_factory=CaptioningParams, description="captioning: the decoder and its training")
+    text_to_image: TextToImageParams = Field(default_factory=TextToImageParams, description="text-to-image: the model and its training")
+    registered_model: str | None = Field(None, description="Registered model name in MLflow (default: itm-matcher, itm-captioner or itm-text-to-image by task)")
+    promote_metric: RECALL_KEYS = Field("rsum", description="matching: test metric that decides whether the new model becomes `champion` (captioning uses bleu4, text-to-image r_precision)")
     experiment: str = Field("itm-retrain", description="MLflow experiment")
     run_name: str | None = Field(None, description="MLflow run name (default: the encoder pair)")
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or REGISTERED_MODELS[self.task]
 
 
 class MatcherRef(Params):
@@ -94,15 +159,17 @@ class EvaluateParams(Params):
 
 
 class GenerateParams(Params):
-    """Generate outputs (captions) for a set of images with a generator plugin."""
+    """Caption images, or draw images for prompts, with a generator plugin; score the outputs with metric plugins."""
 
     generator: str = Field("retrieval-captioner", description="A registered generator")
     generator_options: dict[str, Any] = Field(default_factory=dict, description="Options for the generator, e.g. {'matcher': 'models:/itm-matcher@champion'}")
     dataset: DatasetParams = Field(default_factory=DatasetParams)
     split: str = Field("test")
     images: list[str] = Field(default_factory=list, description="Image files to caption instead of a dataset split")
-    num_images: int = Field(16, ge=1, description="How many images of the split")
-    metrics: list[ComponentParams] = Field(default_factory=list, description="Metrics that score captions against the split's references (task 'captioning')")
+    prompts: list[str] = Field(default_factory=list, description="Prompts to draw instead of the split's captions (text-to-image)")
+    prompts_file: str | None = Field(None, description="A text file with one prompt per line (text-to-image)")
+    num_images: int = Field(16, ge=1, description="How many images (or prompts) of the split")
+    metrics: list[ComponentParams] = Field(default_factory=list, description="Metric plugins: task 'captioning' for captions, 'text-to-image' for images")
     experiment: str = Field("itm-generate", description="MLflow experiment")
     run_name: str | None = None
 

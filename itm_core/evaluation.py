@@ -32,26 +32,28 @@ class EncoderPair:
 MAX_FIT_IMAGES = 1000
 
 
-def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[Any, Any]:
-    """Create an image and a text encoder from their params; those that need fitting are fitted on
-    ``train``: its captions, or up to ``MAX_FIT_IMAGES`` of its images spread evenly."""
+def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any:
+    """Create an encoder from its params, check its modality, and fit it on ``train`` when it needs
+    fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its images spread evenly."""
     from itm_core.data import load_images
 
-    encoders = []
-    for params, modality in ((image, "image"), (text, "text")):
-        enc = create("encoder", params.name, **params.options)
-        if enc.modality != modality:
-            raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
-        if getattr(enc, "requires_fit", False):
-            if train is None:
-                raise ValueError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
-            if modality == "text":
-                enc.fit(list(train.captions))
-            else:
-                paths = train.image_paths()
-                enc.fit(load_images(paths[:: max(1, len(paths) // MAX_FIT_IMAGES)][:MAX_FIT_IMAGES]))
-        encoders.append(enc)
-    return encoders[0], encoders[1]
+    enc = create("encoder", params.name, **params.options)
+    if enc.modality != modality:
+        raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
+    if getattr(enc, "requires_fit", False):
+        if train is None:
+            raise ValueError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
+        if modality == "text":
+            enc.fit(list(train.captions))
+        else:
+            paths = train.image_paths()
+            enc.fit(load_images(paths[:: max(1, len(paths) // MAX_FIT_IMAGES)][:MAX_FIT_IMAGES]))
+    return enc
+
+
+def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[Any, Any]:
+    """The image and the text encoder of a pair, each built by :func:`build_encoder`."""
+    return build_encoder(image, "image", train), build_encoder(text, "text", train)
 
 
 def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:

@@ -317,7 +317,12 @@ def _metric_inputs(task: str) -> dict[str, Any]:
         image = torch.randn(4, 8, generator=g)
         return {"image_emb": image, "text_emb": image.repeat_interleave(2, 0) + 0.1 * torch.randn(8, 8, generator=g), "caption_image": [i // 2 for i in range(8)]}
     if task == "captioning":
-        return {"predictions": ["a red circle", "two blue squares", ""], "references": [["a red circle", "a crimson disc"], ["two squares"], ["a star"]]}
+        return {"predictions": ["a red circle", "two blue squares", ""], "references": [["a red circle", "a crimson disc"], ["two squares"], ["a star"]],
+                "images": sample_images()[:3]}
+    if task == "text-to-image":
+        images = sample_images()
+        return {"images": images[:3], "prompts": ["a red circle", "two blue squares", "a green star"],
+                "reference_images": images[-3:], "distractors": list(SAMPLE_TEXTS)}
     raise RuleSkipped(f"the kit has no sample inputs for metric task {task!r}; test it in the plugin's own suite")
 
 

@@ -142,6 +142,91 @@ def load_matcher(uri: str) -> Matcher:
     return python_model.matcher
 
 
+def load_trained_generator(folder: str | Path) -> Any:
+    """A saved captioner or text-to-image model, by the configuration file in ``folder``."""
+    from itm_core.captioning import CONFIG_FILE as CAPTIONER, Captioner
+    from itm_core.text_to_image import CONFIG_FILE as T2I, TextToImage
+
+    folder = Path(folder)
+    if (folder / CAPTIONER).is_file():
+        return Captioner.load(folder)
+    if (folder / T2I).is_file():
+        return TextToImage.load(folder)
+    raise FileNotFoundError(f"{folder} is neither a saved captioner ({CAPTIONER}) nor a saved text-to-image model ({T2I})")
+
+
+def _png_base64(image: Any) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a trained generator. A captioner takes an ``image`` column (file paths) and
+    returns ``caption``; a text-to-image model takes ``prompt`` and returns ``image`` (base64 PNG)."""
+
+    def load_context(self, context: Any) -> None:
+        self.generator = load_trained_generator(context.artifacts["generator"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from itm_core.captioning import Captioner
+        from itm_core.data import load_images
+
+        params = params or {}
+        if isinstance(self.generator, Captioner):
+            if "image" not in model_input.columns:
+                raise ValueError("a captioner's input needs an 'image' column of image file paths")
+            images = load_images([Path(p) for p in model_input["image"]])
+            return pd.DataFrame({"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))})
+        if "prompt" not in model_input.columns:
+            raise ValueError("a text-to-image model's input needs a 'prompt' column")
+        images = self.generator.generate(list(model_input["prompt"]), seed=int(params.get("seed", 0)))
+        return pd.DataFrame({"image": [_png_base64(img) for img in images]})
+
+
+def log_generator(generator: Any, registered_model: str | None, input_example: pd.DataFrame | None = None) -> Any:
+    """Log a trained captioner or text-to-image model as the pyfunc model ``generator``, registering it when asked."""
+    from importlib.metadata import version
+
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from itm_core.captioning import Captioner
+
+    if isinstance(generator, Captioner):
+        schema = (Schema([ColSpec("string", "image")]), Schema([ColSpec("string", "caption")]), ParamSpec("num_beams", "long", 1))
+    else:
+        schema = (Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "image")]), ParamSpec("seed", "long", 0))
+    signature = ModelSignature(inputs=schema[0], outputs=schema[1], params=ParamSchema([schema[2]]))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = generator.save(Path(tmp) / "generator")
+        return mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=GeneratorModel(),
+            artifacts={"generator": str(folder)},
+            pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
+            registered_model_name=registered_model,
+            signature=signature,
+        )
+
+
+def load_generator_model(uri: str) -> Any:
+    """A trained captioner or text-to-image model from a saved folder or an MLflow model URI."""
+    if Path(uri).is_dir():
+        return load_trained_generator(uri)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise LookupError(f"cannot load generator model {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+    python_model = model.unwrap_python_model()
+    if not isinstance(python_model, GeneratorModel):
+        raise LookupError(f"{uri!r} is an MLflow model but not a trained itm generator")
+    return python_model.generator
+
+
 def champion_version(registered_model: str) -> Any | None:
     """The model version holding the ``champion`` alias, or ``None``."""
     try:

@@ -132,6 +132,7 @@ def test_cli_check_exit_status():
 CHECKED_ELSEWHERE = {
     "manifest", "retrieval-captioner",  # above, with their required options
     "bleu", "rouge_l", "cider",  # test_caption_metrics.py
+    "clipscore", "alignment", "r_precision", "fd", "kid", "trained-captioner", "trained-text-to-image",  # test_generation.py
     "clip", "hf-text", "hf-image", "blip-itm", "blip-caption", "vision-encoder-decoder", "stable-diffusion", "bovw",  # test_hub_plugins.py
 }
 

@@ -1,0 +1,220 @@
+"""The generation tasks of the ``retrain`` flow: a captioner (task ``captioning``) or a text-to-image
+model (task ``text-to-image``), trained, tested, registered and promoted when better."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import torch
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import load_data, log_dataset
+from itm_core.config import RetrainParams
+from itm_core.data import ImageTextSet, load_images
+from itm_core.embed import EmbeddingCache, encode, encode_tokens
+from itm_core.evaluation import build_encoder
+from itm_core.plots import log_grid
+from itm_core.registry import create
+from itm_core.tracking import champion_version, load_generator_model, load_matcher, log_generator, promote_if_better, tracked_run
+
+SAMPLES = 8
+
+
+def _register(generator: Any, params: RetrainParams, metric: str, value: float, champion_score: Any) -> dict[str, Any]:
+    """Log and register ``generator``; ``champion_score(model)`` scores the current champion on the same test data."""
+    name = params.model_name
+    previous = champion_version(name)
+    info = log_generator(generator, name)
+    version = str(info.registered_model_version)
+    champion_value = None
+    if previous is not None:
+        champion_value = champion_score(load_generator_model(f"models:/{name}/{previous.version}"))
+        mlflow.log_metric(f"champion_test_{metric}", champion_value)
+    decision = promote_if_better(name, version, metric, value, champion_value, previous)
+    mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted), "model_version": version})
+    print(decision.reason())
+    return {"model_version": version, "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+
+
+def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> None:
+    create_markdown_artifact(
+        key=key,
+        markdown=f"# {title}\n\n| metric | test |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in metrics.items()) + f"\n{footer}\n",
+    )
+
+
+# --- captioning -------------------------------------------------------------------------------------
+
+
+def references(data: ImageTextSet) -> list[list[str]]:
+    return [data.captions_of(i) for i in range(len(data))]
+
+
+@task(name="train-captioner", cache_policy=NO_CACHE)
+def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor], splits: dict[str, ImageTextSet]) -> tuple[Any, Any]:
+    """Train the GPT-2 captioner on cached image features; log losses every epoch and sample captions
+    of fixed validation images every ``sample_every`` epochs."""
+    from itm_core.captioning import CaptionerConfig, train_captioner
+
+    c = params.captioning
+    config = CaptionerConfig(
+        prefix_tokens=c.prefix_tokens, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, dropout=c.dropout, max_length=c.max_length,
+        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, patience=c.patience, seed=c.seed, time_limit_s=c.time_limit_s,
+    )
+    val = splits["val"]
+    shown = list(range(min(SAMPLES, len(val))))
+    shown_images = load_images([val.image_path(i) for i in shown])
+
+    def on_epoch(epoch: int, metrics: dict[str, float], captioner: Any) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
+        if epoch % c.sample_every == 0 or epoch == 1:
+            captions = captioner.caption_features(features["val"][shown])
+            log_grid(shown_images, captions, f"samples/epoch_{epoch:03d}.png")
+
+    tr = splits["train"]
+    captioner, result = train_captioner(
+        params.image_encoder.model_dump(), features["train"], tr.captions, tr.caption_image,
+        features["val"], val.captions, val.caption_image, config, on_epoch,
+    )
+    mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+    mlflow.set_tag("training.stopped", result.stopped)
+    return captioner, result
+
+
+def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
+    data, skipped = load_data(params.dataset)
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    encoder = build_encoder(params.image_encoder, "image", splits["train"])
+    bleu = create("metric", "bleu")
+    cache = EmbeddingCache()
+    run_name = params.run_name or f"captioner on {params.image_encoder.name}"
+    with tracked_run(params.experiment, run_name, params.model_dump()) as run:
+        log_dataset(data, skipped)
+        features = {s: encode(encoder, [str(p) for p in d.image_paths()], cache, desc=f"{s}: {encoder.name}") for s, d in splits.items()}
+        captioner, result = train_captioner_task(params, features, splits)
+        captioner.encoder = encoder
+        test = splits["test"]
+        refs = references(test)
+        beams = params.captioning.num_beams
+        predictions = captioner.caption_features(features["test"], num_beams=beams)
+        test_metrics = bleu.compute(predictions=predictions, references=refs)
+        mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+        print(f"test: {test_metrics}")
+
+        def champion_bleu(champion: Any) -> float:
+            images = load_images(test.image_paths())
+            return bleu.compute(predictions=champion.caption_images(images, num_beams=beams), references=refs)["bleu4"]
+
+        outcome = _register(captioner, params, "bleu4", test_metrics["bleu4"], champion_bleu)
+        _summary("retrain-summary", f"retrain (captioning): {run_name}", test_metrics,
+                 f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); {outcome['decision']}")
+    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, "train_seconds": result.seconds, **outcome}
+
+
+# --- text to image ----------------------------------------------------------------------------------
+
+
+def text_features(encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool) -> Any:
+    from itm_core.text_to_image import TextFeatures
+
+    owners = torch.tensor(data.caption_image, dtype=torch.long)
+    if tokens:
+        tok, mask = encode_tokens(encoder, data.captions, cache, desc=f"{data.name}: {encoder.name} tokens")
+        return TextFeatures(tok, mask, owners)
+    return TextFeatures(encode(encoder, data.captions, cache, desc=f"{data.name}: {encoder.name}"), None, owners)
+
+
+def score_images(images: list[Any], prompts: list[str], matcher: str, candidates: int, distractors: list[str], equivalents: list[list[str]], seed: int) -> dict[str, float]:
+    scores = create("metric", "r_precision", matcher=matcher, candidates=candidates, seed=seed).compute(
+        images=images, prompts=prompts, distractors=distractors, equivalents=equivalents)
+    scores.update(create("metric", "alignment", matcher=matcher).compute(images=images, prompts=prompts))
+    return scores
+
+
+@task(name="train-text-to-image", cache_policy=NO_CACHE)
+def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], features: dict[str, Any], prompts: list[str]) -> tuple[Any, Any]:
+    """Train the text-to-image model; log losses every epoch and a grid for fixed validation prompts
+    every ``sample_every`` epochs."""
+    from itm_core.text_to_image import tensor_to_images, train_text_to_image
+
+    t = params.text_to_image
+    config = t2i_config(params)
+    shown = min(SAMPLES, len(prompts))
+    first = {}
+    for j, i in enumerate(features["val"].caption_image.tolist()):
+        first.setdefault(i, j)
+    rows = torch.tensor(list(first.values())[:shown])
+    shown_text = features["val"].text[rows].float()
+    shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
+
+    def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
+        if epoch % t.sample_every == 0 or epoch == 1:
+            grid = tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed))
+            log_grid(grid, prompts[:shown], f"samples/epoch_{epoch:03d}.png")
+
+    model, result = train_text_to_image(
+        params.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)
+    mlflow.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps})
+    mlflow.set_tag("training.stopped", result.stopped)
+    return model, result
+
+
+def t2i_config(params: RetrainParams) -> Any:
+    from itm_core.text_to_image import TextToImageConfig
+
+    t = params.text_to_image
+    epochs = t.epochs or (60 if t.model == "cvae" else 14)
+    return TextToImageConfig(
+        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, latent_dim=t.latent_dim, kl_weight=t.kl_weight,
+        block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale,
+        epochs=epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, time_limit_s=t.time_limit_s,
+    )
+
+
+def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
+    from itm_core.text_to_image import images_to_tensor, uses_tokens
+
+    t = params.text_to_image
+    if t.model == "diffusion":
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            raise ImportError("text_to_image.model 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
+    load_matcher(t.matcher)  # fail before training when the scoring matcher is missing
+    data, skipped = load_data(params.dataset)
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    encoder = build_encoder(params.text_encoder, "text", splits["train"])
+    cache = EmbeddingCache()
+    config = t2i_config(params)
+    tokens = uses_tokens(config, encoder)
+    run_name = params.run_name or f"{t.model} on {params.text_encoder.name}"
+    with tracked_run(params.experiment, run_name, params.model_dump()) as run:
+        log_dataset(data, skipped)
+        features = {s: text_features(encoder, d, cache, tokens) for s, d in splits.items()}
+        images = {s: images_to_tensor(load_images(d.image_paths()), t.resolution) for s, d in splits.items() if s != "test"}
+        val = splits["val"]
+        model, result = train_t2i_task(params, images, features, [val.captions_of(i)[0] for i in range(len(val))])
+        model.encoder = encoder
+        test = splits["test"].head(t.test_prompts)
+        prompts = [test.captions_of(i)[0] for i in range(len(test))]
+        equivalents = [test.captions_of(i) for i in range(len(test))]
+        distractors = splits["test"].captions
+
+        def score(generator: Any) -> dict[str, float]:
+            return score_images(generator.generate(prompts, seed=t.seed), prompts, t.matcher, t.candidates, distractors, equivalents, t.seed)
+
+        test_metrics = score(model)
+        mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
+        generated = model.generate(prompts[:16], seed=t.seed)
+        log_grid(generated, prompts[:16], "test_samples.png")
+        print(f"test: {test_metrics}")
+        outcome = _register(model, params, "r_precision", test_metrics["r_precision"], lambda champion: score(champion)["r_precision"])
+        _summary("retrain-summary", f"retrain (text-to-image): {run_name}", test_metrics,
+                 f"{result.steps} steps in {result.seconds:.0f} s ({result.stopped}); {outcome['decision']}")
+    return {"run_id": run.info.run_id, "test": test_metrics, "train_seconds": result.seconds, **outcome}

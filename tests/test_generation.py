@@ -1,0 +1,239 @@
+"""The trained generators (captioner, conditional VAE, diffusion) and the generation metrics, on
+solid-colour images whose captions name their colour: small enough to train in seconds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from itm_core import create
+from itm_core.testing import assert_conforms
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220)}
+
+
+def colour_images(per_colour: int, seed: int) -> tuple[list[Image.Image], list[str]]:
+    """Noisy solid-colour squares and the colour of each."""
+    rng = np.random.default_rng(seed)
+    images, names = [], []
+    for name, rgb in COLOURS.items():
+        for _ in range(per_colour):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 12, (16, 16, 3)), 0, 255).astype(np.uint8)
+            images.append(Image.fromarray(pixels))
+            names.append(name)
+    return images, names
+
+
+def mean_colour(image: Image.Image) -> str:
+    """The named colour nearest to the image's mean pixel."""
+    mean = np.asarray(image.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+    return min(COLOURS, key=lambda c: float(((mean - np.array(COLOURS[c])) ** 2).sum()))
+
+
+def test_tokenizer_is_trained_on_the_captions():
+    from itm_core.captioning import train_tokenizer
+
+    tok = train_tokenizer(["A red square", "a blue square on the left"])
+    vocab = tok.get_vocab()
+    assert {"red", "blue", "square", "left", "[PAD]", "[BOS]", "[EOS]", "[UNK]"} <= set(vocab)
+    assert tok.decode(tok.encode("a RED square").ids) == "a red square"
+    assert tok.encode("a purple square").tokens == ["a", "[UNK]", "square"]
+    with pytest.raises(ValueError, match="no captions"):
+        train_tokenizer([])
+
+
+def test_captioner_learns_colours_and_round_trips(tmp_path):
+    from itm_core.captioning import Captioner, CaptionerConfig, train_captioner
+
+    encoder = create("encoder", "color-histogram")
+    train_images, train_names = colour_images(10, seed=0)
+    val_images, val_names = colour_images(3, seed=1)
+    rng = random.Random(0)
+    train_captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in train_names]
+    config = CaptionerConfig(prefix_tokens=1, n_embd=32, n_layer=1, n_head=2, dropout=0.0, epochs=40, batch_size=10, lr=3e-3, patience=40)
+    captioner, result = train_captioner(
+        {"name": "color-histogram", "options": {}}, encoder.encode(train_images), train_captions, list(range(len(train_images))),
+        encoder.encode(val_images), [f"a {c} square" for c in val_names], list(range(len(val_images))), config,
+    )
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
+    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    captioner.encoder = encoder
+    test_images, test_names = colour_images(2, seed=2)
+    for beams in (1, 3):
+        captions = captioner.caption_images(test_images, num_beams=beams)
+        assert [next((c for c in COLOURS if c in caption.split()), None) for caption in captions] == test_names, captions
+    assert captioner.caption_images([]) == []
+
+    folder = captioner.save(tmp_path / "captioner")
+    loaded = Captioner.load(folder)
+    assert loaded.caption_images(test_images) == captioner.caption_images(test_images)
+    assert create("generator", "trained-captioner", model=str(folder), num_beams=1).generate(test_images) == captioner.caption_images(test_images)
+    assert_conforms("generator", "trained-captioner", model=str(folder))
+    with pytest.raises(FileNotFoundError, match="not a saved captioner"):
+        Captioner.load(tmp_path)
+
+
+def _text_features(prompts: list[str], encoder, tokens: bool = False):
+    from itm_core.text_to_image import TextFeatures
+
+    return TextFeatures(encoder.encode(prompts), None, torch.arange(len(prompts)))
+
+
+def test_conditional_vae_draws_the_prompted_colour(tmp_path):
+    from itm_core.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+
+    images, names = colour_images(12, seed=0)
+    prompts = [f"a {c} square" for c in names]
+    encoder = create("encoder", "bow")
+    encoder.fit(prompts)
+    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
+    val_images, val_names = colour_images(2, seed=1)
+    seen = []
+    model, result = train_text_to_image(
+        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
+        images_to_tensor(val_images, 16), _text_features([f"a {c} square" for c in val_names], encoder), config,
+        on_epoch=lambda epoch, metrics, m: seen.append(epoch),
+    )
+    assert seen == list(range(1, 61)) and result.steps == 60 * 3
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    model.encoder = encoder
+    asked = ["a red square", "a green square", "a blue square"] * 2
+    drawn = model.generate(asked, seed=5)
+    assert [img.size for img in drawn] == [(16, 16)] * 6
+    assert [mean_colour(img) for img in drawn] == [p.split()[1] for p in asked]
+    same = model.generate(asked, seed=5)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, same))
+
+    folder = model.save(tmp_path / "cvae")
+    loaded = TextToImage.load(folder)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=5), drawn))
+    plugin = create("generator", "trained-text-to-image", model=str(folder), seed=5, size=64)
+    assert [img.size for img in plugin.generate(asked[:2])] == [(64, 64)] * 2
+    assert_conforms("generator", "trained-text-to-image", model=str(folder))
+    with pytest.raises(ValueError, match="is a text-to-image model, not a captioner"):
+        create("generator", "trained-captioner", model=str(folder))
+
+
+def test_diffusion_trains_samples_and_round_trips(tmp_path):
+    from itm_core.text_to_image import ConditionalDiffusion, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+
+    images, names = colour_images(8, seed=0)
+    prompts = [f"a {c} square" for c in names]
+    encoder = create("encoder", "bow")
+    encoder.fit(prompts)
+    config = TextToImageConfig(model="diffusion", resolution=16, block_channels=(16, 32), cond_dim=16, sample_steps=4, epochs=3, batch_size=8, lr=1e-3)
+    model, result = train_text_to_image(
+        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
+        images_to_tensor(images[:6], 16), _text_features(prompts[:6], encoder), config,
+    )
+    assert isinstance(model.model, ConditionalDiffusion) and result.steps == 9
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
+    model.encoder = encoder
+    first = model.generate(["a red square", "a blue square"], seed=1)
+    assert [img.size for img in first] == [(16, 16)] * 2
+    again = model.generate(["a red square", "a blue square"], seed=1)
+    other = model.generate(["a red square", "a blue square"], seed=2)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(other[0]))
+    loaded = TextToImage.load(model.save(tmp_path / "diffusion"))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(["a red square", "a blue square"], seed=1), first))
+    assert model.generate([]) == []
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_an_eigenvalue_computation():
+    images, _ = colour_images(6, seed=0)
+    fd = create("metric", "fd", encoder="color-histogram", encoder_options={"bins": 2, "grid": 1})
+    other, _ = colour_images(6, seed=4)
+    a, b = fd.features(images).numpy(), fd.features(other[:9]).numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+    assert fd.compute(images=images, reference_images=other[:9])["fd"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert fd.compute(images=images, reference_images=images)["fd"] == pytest.approx(0.0, abs=1e-6)
+    reds = [img for img, n in zip(*colour_images(6, seed=7)) if n == "red"]
+    blues = [img for img, n in zip(*colour_images(6, seed=8)) if n == "blue"]
+    reds2 = [img for img, n in zip(*colour_images(6, seed=9)) if n == "red"]
+    assert fd.compute(images=reds, reference_images=blues)["fd"] > 10 * fd.compute(images=reds, reference_images=reds2)["fd"]
+    with pytest.raises(ValueError, match="reference_images"):
+        fd.compute(images=images)
+    with pytest.raises(ValueError, match="at least 2"):
+        fd.compute(images=images[:1], reference_images=images)
+
+
+def test_kid_is_the_unbiased_polynomial_mmd():
+    kid = create("metric", "kid", encoder="color-histogram", encoder_options={"bins": 2, "grid": 1}, subsets=1, subset_size=1000)
+    a_img, _ = colour_images(3, seed=0)
+    b_img, _ = colour_images(3, seed=5)
+    a, b = kid.features(a_img).numpy(), kid.features(b_img).numpy()
+    d, n, m = a.shape[1], len(a), len(b)
+
+    def k(x, y):
+        return (float(x @ y) / d + 1) ** 3
+
+    xx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a[i], b[j]) for i in range(n) for j in range(m)) / (n * m)
+    assert kid.compute(images=a_img, reference_images=b_img)["kid"] == pytest.approx(xx + yy - 2 * xy, rel=1e-6, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def colour_matcher(tmp_path_factory):
+    """A matcher trained on colour images and colour captions, saved to a folder."""
+    from itm_core.embed import FeatureSplit
+    from itm_core.matcher import Matcher
+    from itm_core.training import ContrastiveConfig, train_contrastive
+
+    images, names = colour_images(10, seed=0)
+    captions = [f"a {c} square" for c in names]
+    image_encoder, text_encoder = create("encoder", "color-histogram"), create("encoder", "bow")
+    text_encoder.fit(captions)
+    split = FeatureSplit(image_encoder.encode(images), text_encoder.encode(captions), torch.arange(len(images)))
+    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "bow", "options": {}}, int(image_encoder.dim), int(text_encoder.dim),
+                      embed_dim=16, hidden_dim=0, dropout=0.0)
+    train_contrastive(matcher, split, split, ContrastiveConfig(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0))
+    matcher.attach_encoders(image_encoder, text_encoder)
+    return str(matcher.save(tmp_path_factory.mktemp("matcher") / "matcher"))
+
+
+def test_r_precision_alignment_and_clipscore_follow_the_matcher(colour_matcher):
+    images, names = colour_images(2, seed=3)
+    right = [f"a {c} square" for c in names]
+    wrong = [f"a {'blue' if c != 'blue' else 'red'} square" for c in names]
+    r_precision = create("metric", "r_precision", matcher=colour_matcher, candidates=2, seed=0)
+    good = r_precision.compute(images=images, prompts=right, distractors=list(set(right)))
+    bad = r_precision.compute(images=images, prompts=wrong, distractors=list(set(right)))
+    assert good == {"r_precision": 1.0, "r_precision_chance": 0.5}
+    assert bad["r_precision"] == 0.0
+    # the distractors never repeat the prompt or a caption of the same image
+    with pytest.raises(ValueError, match="no distractor prompts"):
+        r_precision.compute(images=images[:1], prompts=right[:1], distractors=right[:1])
+    alone = r_precision.compute(images=images[:1], prompts=right[:1], distractors=["a red square", "a green square", "a blue square"],
+                                equivalents=[["a green square"]])
+    assert alone["r_precision_chance"] == 0.5
+
+    alignment = create("metric", "alignment", matcher=colour_matcher)
+    assert alignment.compute(images=images, prompts=right)["alignment"] > alignment.compute(images=images, prompts=wrong)["alignment"]
+    clipscore = create("metric", "clipscore", matcher=colour_matcher)
+    assert clipscore.compute(predictions=right, references=[[]] * len(right), images=images)["clipscore"] > \
+        clipscore.compute(predictions=wrong, references=[[]] * len(wrong), images=images)["clipscore"]
+    assert 0 <= clipscore.compute(predictions=right, images=images)["clipscore"] <= 2.5
+    with pytest.raises(ValueError, match="needs the input 'images'"):
+        clipscore.compute(predictions=right)
+    with pytest.raises(ValueError, match="6 images for 5 prompts"):
+        alignment.compute(images=images, prompts=right[:5])
+
+
+def test_generation_metrics_pass_the_conformance_kit(colour_matcher):
+    from itm_core.testing import assert_conforms
+
+    for name, options in [("clipscore", {"matcher": colour_matcher}), ("alignment", {"matcher": colour_matcher}),
+                          ("r_precision", {"matcher": colour_matcher, "candidates": 3}), ("fd", {"encoder": "color-histogram"}),
+                          ("kid", {"encoder": "color-histogram", "subset_size": 3})]:
+        assert_conforms("metric", name, **options)

@@ -1,0 +1,102 @@
+"""End to end: retrain a captioner and a text-to-image model, register and promote them, run them
+through the generate flow and score them, as real Prefect flow runs against a real MLflow store."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from itm_core.config import (
+    CaptioningParams, ComponentParams, DatasetParams, GenerateParams, RetrainParams, TextToImageParams, TrainingParams,
+)
+from itm_core.data import DataError
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CLASSIC = dict(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}))
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+    from flows.generate import generate
+    from flows.retrain import retrain
+
+    dataset = DatasetParams(options=tiny_shapes_options)
+    client = MlflowClient()
+    # a matcher first: it scores clipscore, alignment and r_precision
+    retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=3, batch_size=16), **CLASSIC))
+
+    # captioning: trained, tested with BLEU, registered as itm-captioner, samples logged during training
+    captioning = CaptioningParams(n_embd=32, n_layer=1, n_head=2, epochs=3, batch_size=32, sample_every=2, num_beams=2)
+    first = retrain(RetrainParams(task="captioning", dataset=dataset, captioning=captioning, **CLASSIC))
+    second = retrain(RetrainParams(task="captioning", dataset=dataset, captioning=captioning.model_copy(update={"epochs": 4}), **CLASSIC))
+    assert first["promoted"] and first["model_version"] == "1" and second["model_version"] == "2"
+    assert {"bleu1", "bleu4"} <= set(first["test"])
+    champion = client.get_model_version_by_alias("itm-captioner", "champion")
+    assert str(champion.version) == ("2" if second["test"]["bleu4"] > first["test"]["bleu4"] else "1")
+    run = client.get_run(second["run_id"])
+    assert run.data.tags["promotion.metric"] == "bleu4" and "on the same test data" in run.data.tags["promotion.decision"]
+    assert run.data.tags["prefect.flow_name"] == "retrain" and "champion_test_bleu4" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4][: len(client.get_metric_history(run.info.run_id, "val_loss"))]
+    assert {"samples/epoch_001.png", "samples/epoch_002.png"} <= artifacts(client, run.info.run_id)
+
+    # the registered captioner is a pyfunc: image paths in, captions out
+    from itm_core import create
+
+    test = create("dataset", "shapes", **tiny_shapes_options).load().split("test")
+    captions = mlflow.pyfunc.load_model("models:/itm-captioner@champion").predict(pd.DataFrame({"image": [str(test.image_path(0)), str(test.image_path(1))]}))
+    assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions["caption"])
+
+    # generate runs it and scores it with reference metrics and the reference-free clipscore
+    rows = generate(GenerateParams(generator="trained-captioner", dataset=dataset, num_images=8,
+                                   metrics=[ComponentParams(name="bleu"), ComponentParams(name="clipscore")]))
+    assert len(rows) == 8 and all(r["caption"] for r in rows)
+    gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
+    assert {"bleu4", "clipscore"} <= set(gen_run.data.metrics) and 0 <= gen_run.data.metrics["clipscore"] <= 2.5
+
+    # text to image: the conditional VAE at 16 pixels, scored by r_precision with the champion matcher
+    t2i = TextToImageParams(resolution=16, epochs=3, batch_size=16, sample_every=2, test_prompts=8, candidates=4)
+    drawn = retrain(RetrainParams(task="text-to-image", dataset=dataset, text_to_image=t2i, **CLASSIC))
+    assert drawn["promoted"] and {"r_precision", "r_precision_chance", "alignment"} <= set(drawn["test"])
+    assert drawn["test"]["r_precision_chance"] == pytest.approx(0.25)
+    run = client.get_run(drawn["run_id"])
+    assert run.data.tags["promotion.metric"] == "r_precision"
+    assert {"samples/epoch_001.png", "samples/epoch_002.png", "test_samples.png"} <= artifacts(client, run.info.run_id)
+    frame = mlflow.pyfunc.load_model("models:/itm-text-to-image@champion").predict(pd.DataFrame({"prompt": ["a red circle", "a blue star"]}))
+    images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in frame["image"]]
+    assert [img.size for img in images] == [(16, 16)] * 2
+
+    # generate: prompts from a file, scored by alignment and r_precision; a split's prompts also by fd and kid
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na big blue star at the top\na green square on the left\n")
+    rows = generate(GenerateParams(generator="trained-text-to-image", prompts_file=str(prompts),
+                                   metrics=[ComponentParams(name="alignment"), ComponentParams(name="r_precision", options={"candidates": 3})]))
+    assert [r["prompt"] for r in rows] == ["a red circle", "a big blue star at the top", "a green square on the left"]
+    gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
+    assert {"alignment", "r_precision"} <= set(gen_run.data.metrics)
+    assert {"images/0000.png", "images/0002.png", "image_grid.png", "generations.csv"} <= artifacts(client, gen_run.info.run_id)
+    generate(GenerateParams(generator="trained-text-to-image", dataset=dataset, num_images=8, generator_options={"size": 64},
+                            metrics=[ComponentParams(name="fd", options={"encoder": "color-histogram"}),
+                                     ComponentParams(name="kid", options={"encoder": "color-histogram", "subset_size": 8})]))
+    gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
+    assert gen_run.data.metrics["fd"] >= 0 and "kid" in gen_run.data.metrics
+
+    # wrong combinations fail with what would be accepted
+    with pytest.raises(ValueError, match="scored by 'text-to-image' metrics"):
+        generate(GenerateParams(generator="trained-text-to-image", prompts=["a red circle"], metrics=[ComponentParams(name="bleu")]))
+    with pytest.raises(DataError, match="prompts are for text-to-image generators"):
+        generate(GenerateParams(generator="trained-captioner", prompts=["a red circle"]))
+    with pytest.raises(DataError, match="cannot read prompts_file"):
+        generate(GenerateParams(generator="trained-text-to-image", prompts_file=str(tmp_path / "missing.txt")))
