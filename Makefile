@@ -12,7 +12,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean up down
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+up: $(STAMP)
+	$(VENV)/bin/itm up
+
+down:
+	$(VENV)/bin/itm down
 
 clean:
 	rm -rf .itm .prefect mlruns mlflow.db

@@ -166,5 +166,34 @@ def demo(
         _fail(exc)
 
 
+@app.command()
+def up(
+    prefect_port: int = typer.Option(4200, help="Port of the Prefect server and UI"),
+    mlflow_port: int = typer.Option(5000, help="Port of the MLflow tracking server and UI"),
+    timeout: float = typer.Option(240, help="Seconds to wait for each process to answer"),
+) -> None:
+    """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1."""
+    from itm_core.stack import StackError
+    from itm_core.stack import up as start
+
+    try:
+        stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print)
+    except StackError as exc:
+        _fail(exc)
+    table = Table("process", "where", "log")
+    for row in stack.describe():
+        table.add_row(*row)
+    console.print(table)
+    console.print("Use it from a shell:\n" + "".join(f"  export {k}={v}\n" for k, v in stack.env().items()) + "Stop it with: itm down")
+
+
+@app.command()
+def down() -> None:
+    """Stop the stack that ``itm up`` started here."""
+    from itm_core.stack import down as stop
+
+    stop(echo=console.print)
+
+
 if __name__ == "__main__":
     app()

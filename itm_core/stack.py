@@ -1,0 +1,227 @@
+"""``itm up`` / ``itm down``: a local stack of a Prefect server, an MLflow tracking server and a
+process that serves the deployments of ``prefect.yaml``, all bound to 127.0.0.1.
+
+State (process ids, ports, log files) lives in ``$ITM_HOME/stack`` (``./.itm/stack``); the MLflow
+store is ``$ITM_HOME/mlflow`` (a SQLite database and an artifact folder) and Prefect's database is
+in ``$ITM_HOME/prefect``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+
+def itm_home() -> Path:
+    return Path(os.environ.get("ITM_HOME", ".itm")).resolve()
+
+
+@dataclass
+class Stack:
+    home: str
+    prefect_port: int
+    mlflow_port: int
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prefect_ui(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}"
+
+    @property
+    def prefect_api(self) -> str:
+        return f"{self.prefect_ui}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.home) / "stack" / "stack.json"
+
+    def env(self) -> dict[str, str]:
+        """What a client of this stack needs: the Prefect API and the MLflow tracking server."""
+        return {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri, "ITM_MLFLOW_UI_URL": self.mlflow_uri}
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        return [
+            ("Prefect server + UI", self.prefect_ui, self.logs.get("prefect", "")),
+            ("MLflow tracking server + UI", self.mlflow_uri, self.logs.get("mlflow", "")),
+            ("deployments (serve)", "retrain/default, evaluate/default, generate/default, ... (see prefect.yaml)", self.logs.get("serve", "")),
+        ]
+
+
+class StackError(RuntimeError):
+    """A stack process that did not start or stop; the message names it and its log."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _http_ok(url: str, data: bytes | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}), timeout=5) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def load_stack(home: Path | None = None) -> Stack | None:
+    path = (home or itm_home()) / "stack" / "stack.json"
+    if not path.is_file():
+        return None
+    return Stack(**json.loads(path.read_text()))
+
+
+def running(stack: Stack) -> dict[str, bool]:
+    return {name: _alive(pid) for name, pid in stack.pids.items()}
+
+
+def _start(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> None:
+    log = Path(stack.home) / "stack" / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    stack.pids[name], stack.logs[name] = proc.pid, str(log)
+    stack.state_file.write_text(json.dumps(asdict(stack), indent=2))
+
+
+def _wait(stack: Stack, name: str, ready: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if not _alive(stack.pids[name]):
+            raise StackError(f"{name} exited while starting; see {stack.logs[name]}")
+        time.sleep(1)
+    raise StackError(f"{name} did not become ready in {timeout:.0f} s; see {stack.logs[name]}")
+
+
+def _deployments_ready(stack: Stack) -> bool:
+    return _http_ok(f"{stack.prefect_api}/deployments/name/evaluate/default")
+
+
+def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = None, timeout: float = 240,
+       echo: Callable[[str], None] = print) -> Stack:
+    """Start the three processes (or report the running stack) and wait until each answers."""
+    home = home or itm_home()
+    current = load_stack(home)
+    if current is not None and current.pids and all(running(current).values()):
+        echo("the stack is already running")
+        return current
+    if current is not None:
+        down(home, echo=lambda _: None)
+    (home / "stack").mkdir(parents=True, exist_ok=True)
+    (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    stack = Stack(str(home), prefect_port, mlflow_port)
+    base = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
+    base.pop("PREFECT_API_URL", None)
+    try:
+        _start(stack, "prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
+               {**base, "PREFECT_UI_API_URL": stack.prefect_api})
+        _start(stack, "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                                 "--artifacts-destination", str(home / "mlflow" / "artifacts")], base)
+        _wait(stack, "mlflow", lambda: _http_ok(f"{stack.mlflow_uri}/health"), timeout)
+        echo(f"MLflow tracking server and UI: {stack.mlflow_uri}")
+        _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api}/health"), timeout)
+        echo(f"Prefect server and UI: {stack.prefect_ui}")
+        _start(stack, "serve", [sys.executable, "-m", "itm_core.serve"], {**base, **stack.env(), "ITM_HOME": str(home)})
+        _wait(stack, "serve", lambda: _deployments_ready(stack), timeout)
+        echo("deployments served: " + ", ".join(deployment_names()))
+    except BaseException:
+        down(home, echo=lambda _: None)
+        raise
+    return stack
+
+
+def down(home: Path | None = None, timeout: float = 20, echo: Callable[[str], None] = print) -> list[str]:
+    """Stop every process of the stack (SIGTERM to its process group, SIGKILL after ``timeout``)."""
+    home = home or itm_home()
+    stack = load_stack(home)
+    if stack is None:
+        echo("no stack is running here")
+        return []
+    stopped = []
+    for name in ("serve", "prefect", "mlflow"):
+        pid = stack.pids.get(name)
+        if pid is None or not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        stopped.append(name)
+        echo(f"stopped {name} (pid {pid})")
+    stack.state_file.unlink(missing_ok=True)
+    return stopped
+
+
+# --- the served deployments -------------------------------------------------------------------------
+
+
+def deployment_specs(path: Path | None = None) -> list[dict[str, Any]]:
+    """The deployments of ``prefect.yaml``."""
+    import yaml
+
+    path = path or PROJECT_ROOT / "prefect.yaml"
+    return list(yaml.safe_load(path.read_text()).get("deployments", []))
+
+
+def deployment_names(path: Path | None = None) -> list[str]:
+    from prefect.flows import load_flow_from_entrypoint
+
+    return [f"{load_flow_from_entrypoint(str(PROJECT_ROOT / d['entrypoint'])).name}/{d['name']}" for d in deployment_specs(path)]
+
+
+def build_deployments(path: Path | None = None) -> list[Any]:
+    """A runner deployment per entry of ``prefect.yaml``, its form listing the registered plugins."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import ParameterSchema
+
+    from itm_core.forms import with_plugin_choices
+
+    deployments = []
+    for spec in deployment_specs(path):
+        flow = load_flow_from_entrypoint(str(PROJECT_ROOT / spec["entrypoint"]))
+        deployment = flow.to_deployment(
+            name=spec["name"], description=spec.get("description"), tags=spec.get("tags"), parameters=spec.get("parameters") or {},
+        )
+        schema = with_plugin_choices(deployment._parameter_openapi_schema.model_dump())
+        deployment._parameter_openapi_schema = ParameterSchema(**schema)
+        deployments.append(deployment)
+    return deployments
+
+
+def serve_deployments() -> None:
+    from prefect import serve
+
+    serve(*build_deployments(), print_starting_message=True)

@@ -1,0 +1,133 @@
+"""The local stack as users run it: ``itm up`` starts a real Prefect server, a real MLflow tracking
+server and the served deployments on loopback; flows are triggered through the Prefect API the way
+the UI triggers them; headless Chromium opens the Prefect and MLflow pages; ``itm down`` stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+
+ITM = str(Path(sys.executable).parent / "itm")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--virtual-time-budget=20000", "--dump-dom"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api(url: str, body: dict | None = None) -> dict | list:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("stack-home")
+    env = {**os.environ, "ITM_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ports = {"prefect": free_port(), "mlflow": free_port()}
+    started = subprocess.run([ITM, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])],
+                             env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert started.returncode == 0, started.stdout + started.stderr
+    state = json.loads((home / "stack" / "stack.json").read_text())
+    yield {"home": home, "env": env, "output": started.stdout, "state": state,
+           "prefect": f"http://127.0.0.1:{ports['prefect']}", "mlflow": f"http://127.0.0.1:{ports['mlflow']}"}
+    stopped = subprocess.run([ITM, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+
+
+def run_deployment(stack: dict, name: str, params: dict, timeout: float = 600) -> dict:
+    """Create a flow run of a deployment, as the UI's Run button does, and wait for its final state."""
+    deployment = api(f"{stack['prefect']}/api/deployments/name/{name}")
+    run = api(f"{stack['prefect']}/api/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params": params}})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api(f"{stack['prefect']}/api/flow_runs/{run['id']}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(2)
+    assert run["state"]["type"] == "COMPLETED", f"{name}: {run['state']}; serve log: {Path(stack['state']['logs']['serve']).read_text()[-3000:]}"
+    return {"run": run, "deployment": deployment}
+
+
+def chromium_dom(url: str, profile: Path) -> str:
+    out = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url], capture_output=True, text=True, timeout=120)
+    return out.stdout
+
+
+def test_up_prints_what_runs_where(stack):
+    assert stack["prefect"] in stack["output"] and stack["mlflow"] in stack["output"]
+    assert "evaluate/default" in stack["output"] and "itm down" in stack["output"]
+    assert api(f"{stack['prefect']}/api/health") is True
+    # a second `itm up` finds the running stack instead of starting another
+    again = subprocess.run([ITM, "up"], env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already running" in again.stdout
+
+
+def test_forms_offer_registered_plugins(stack):
+    deployment = api(f"{stack['prefect']}/api/deployments/name/retrain/default")
+    schema = deployment["parameter_openapi_schema"]
+    definitions = schema["definitions"]
+    retrain = definitions["RetrainParams"]["properties"]
+    image_def = retrain["image_encoder"]["$ref"].rsplit("/", 1)[-1]
+    text_def = retrain["text_encoder"]["$ref"].rsplit("/", 1)[-1]
+    assert {"efficientnet-lite0", "color-histogram"} <= set(definitions[image_def]["properties"]["name"]["enum"])
+    assert "minilm" not in definitions[image_def]["properties"]["name"]["enum"]
+    assert {"minilm", "tfidf"} <= set(definitions[text_def]["properties"]["name"]["enum"])
+    assert retrain["task"]["enum"] == ["matching", "captioning", "text-to-image"]
+    assert "description" in retrain["epochs" if "epochs" in retrain else "registered_model"]
+    generate = api(f"{stack['prefect']}/api/deployments/name/generate/default")["parameter_openapi_schema"]["definitions"]["GenerateParams"]
+    assert {"retrieval-captioner", "trained-captioner", "trained-text-to-image"} <= set(generate["properties"]["generator"]["enum"])
+
+
+def test_flows_triggered_through_the_api_land_in_mlflow_and_the_pages_show_them(stack, tiny_shapes_options, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    dataset = {"options": tiny_shapes_options}
+    run_deployment(stack, "retrain/default", {
+        "dataset": dataset, "image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
+        "training": {"epochs": 2, "batch_size": 16},
+    })
+    done = run_deployment(stack, "evaluate/default", {"dataset": dataset})
+    flow_run = done["run"]
+
+    # the MLflow run on the tracking server, tagged with the flow run
+    client = MlflowClient(tracking_uri=stack["mlflow"])
+    experiment = client.get_experiment_by_name("itm-evaluate")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'")
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1
+    mlflow_run = parent[0]
+    assert mlflow_run.data.tags["prefect.flow_name"] == "evaluate"
+    assert mlflow_run.data.tags["prefect.flow_run_url"].startswith(stack["prefect"])
+    assert client.get_model_version_by_alias("itm-matcher", "champion").version
+
+    # the flow run's link artifact points at that MLflow run on the tracking server
+    artifacts = api(f"{stack['prefect']}/api/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    links = [a for a in artifacts if a["type"] == "markdown" and "MLflow run" in (a["data"] or "")] + [a for a in artifacts if a["type"] == "link"]
+    run_page = f"{stack['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{mlflow_run.info.run_id}"
+    assert any(run_page in (a["data"] or "") for a in links), artifacts
+
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: .ci/run installs Debian's chromium for this test")
+    deployment_page = chromium_dom(f"{stack['prefect']}/deployments/deployment/{done['deployment']['id']}?tab=Runs", tmp_path / "chromium-1")
+    assert "evaluate" in deployment_page and flow_run["name"] in deployment_page and "Completed" in deployment_page
+    mlflow_page = chromium_dom(run_page, tmp_path / "chromium-2")
+    assert mlflow_run.info.run_name in mlflow_page and mlflow_run.info.run_id in mlflow_page
