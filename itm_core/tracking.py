@@ -90,32 +90,51 @@ def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
 
 
 class MatcherModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a matcher: a DataFrame with ``image`` (file path) and ``text`` columns in,
-    a ``score`` column (cosine in the joint space) out."""
+    """The pyfunc face of a matcher: a DataFrame with ``image`` (a file path, a ``data:`` URI or bare
+    base64 image bytes) and ``text`` columns in; ``score`` (cosine in the joint space) and both
+    joint-space embeddings out."""
 
     def load_context(self, context: Any) -> None:
         self.matcher = Matcher.load(context.artifacts["matcher"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from itm_core.data import image_from_reference
+
         missing = {"image", "text"} - set(model_input.columns)
         if missing:
             raise ValueError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
-        img = self.matcher.embed_images(list(model_input["image"]))
-        txt = self.matcher.embed_texts(list(model_input["text"]))
-        return pd.DataFrame({"score": self.matcher.similarity.pairwise(img, txt).tolist()})
+        img = self.matcher.embed_image_objects([image_from_reference(v) for v in model_input["image"]])
+        txt = self.matcher.embed_texts([str(t) for t in model_input["text"]])
+        return pd.DataFrame({
+            "score": self.matcher.similarity.pairwise(img, txt).tolist(),
+            "image_embedding": [row.tolist() for row in img],
+            "text_embedding": [row.tolist() for row in txt],
+        })
+
+
+def example_image_base64(size: int = 32) -> str:
+    """A small PNG (a red disc on grey) as base64: the input example of logged models."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(220, 30, 30))
+    return _png_base64(image)
 
 
 def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
-    """Log ``matcher`` as the pyfunc model ``matcher`` of the active run, registering it when asked."""
+    """Log ``matcher`` as the pyfunc model ``matcher`` of the active run, registering it when asked,
+    with a signature and an input example that a served model can be called with as it is."""
     from importlib.metadata import version
 
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("double", "score")]),
+        outputs=Schema([ColSpec("double", "score"), ColSpec(Array("double"), "image_embedding"), ColSpec(Array("double"), "text_embedding")]),
     )
+    example = pd.DataFrame({"image": [example_image_base64()], "text": ["a red circle in the middle"]})
     with tempfile.TemporaryDirectory() as tmp:
         folder = matcher.save(Path(tmp) / "matcher")
         return mlflow.pyfunc.log_model(
@@ -125,6 +144,7 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,
             signature=signature,
+            input_example=example,
         )
 
 
@@ -173,13 +193,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from itm_core.captioning import Captioner
-        from itm_core.data import load_images
+        from itm_core.data import image_from_reference
 
         params = params or {}
         if isinstance(self.generator, Captioner):
             if "image" not in model_input.columns:
-                raise ValueError("a captioner's input needs an 'image' column of image file paths")
-            images = load_images([Path(p) for p in model_input["image"]])
+                raise ValueError("a captioner's input needs an 'image' column (image file paths or base64 image data)")
+            images = [image_from_reference(v) for v in model_input["image"]]
             return pd.DataFrame({"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))})
         if "prompt" not in model_input.columns:
             raise ValueError("a text-to-image model's input needs a 'prompt' column")
@@ -187,7 +207,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"image": [_png_base64(img) for img in images]})
 
 
-def log_generator(generator: Any, registered_model: str | None, input_example: pd.DataFrame | None = None) -> Any:
+def log_generator(generator: Any, registered_model: str | None) -> Any:
     """Log a trained captioner or text-to-image model as the pyfunc model ``generator``, registering it when asked."""
     from importlib.metadata import version
 
@@ -198,8 +218,10 @@ def log_generator(generator: Any, registered_model: str | None, input_example: p
 
     if isinstance(generator, Captioner):
         schema = (Schema([ColSpec("string", "image")]), Schema([ColSpec("string", "caption")]), ParamSpec("num_beams", "long", 1))
+        example = pd.DataFrame({"image": [example_image_base64()]})
     else:
         schema = (Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "image")]), ParamSpec("seed", "long", 0))
+        example = pd.DataFrame({"prompt": ["a red circle in the middle"]})
     signature = ModelSignature(inputs=schema[0], outputs=schema[1], params=ParamSchema([schema[2]]))
     with tempfile.TemporaryDirectory() as tmp:
         folder = generator.save(Path(tmp) / "generator")
@@ -210,6 +232,7 @@ def log_generator(generator: Any, registered_model: str | None, input_example: p
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,
             signature=signature,
+            input_example=example,
         )
 
 

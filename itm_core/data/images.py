@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -30,23 +30,44 @@ def resolve_inside(root: Path, relative: str | Path) -> Path:
     return candidate
 
 
-def open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``path`` fully as RGB; raise :class:`DataError` naming the file when it cannot be used."""
+def open_image(path: Path | Any, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None) -> Image.Image:
+    """Decode ``path`` (or a binary file object) fully as RGB; raise :class:`DataError` naming the file
+    (or ``label``) when it cannot be used."""
+    label = label or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise DataError(f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
+                    raise DataError(f"{label}: {w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
                 img.load()
                 return img.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{label}: image file not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: not a usable image ({exc})") from None
+        raise DataError(f"{label}: not a usable image ({exc})") from None
     except OSError as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise DataError(f"{label}: corrupt or truncated image ({exc})") from None
+
+
+def image_from_reference(value: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image given as a file path, a ``data:image/...;base64,`` URI or bare base64 image bytes
+    (what a scoring request to a served model carries)."""
+    import base64
+    import binascii
+    import io
+
+    text = str(value).strip()
+    if text.startswith("data:"):
+        text = text.split(",", 1)[-1]
+    elif len(text) < 1024 and Path(text).is_file():
+        return open_image(Path(text), max_pixels)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError(f"{str(value)[:80]!r}: neither an image file that exists here nor base64-encoded image data") from None
+    return open_image(io.BytesIO(raw), max_pixels, label="base64 image")
 
 
 def load_images(paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Image.Image]:

@@ -1,0 +1,109 @@
+"""The registered matcher as MLflow serves it: ``mlflow models serve -m models:/itm-matcher@champion``
+answers a scoring request with the same scores and embeddings as the model loaded in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from itm_core import create
+from itm_core.data import DataError, image_from_reference
+from itm_core.matcher import Matcher
+from itm_core.tracking import example_image_base64, log_matcher
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def registered_matcher(mlflow_store, tiny_shapes):
+    """A matcher over fitted classic encoders, logged and registered as itm-matcher@champion."""
+    image_encoder, text_encoder = create("encoder", "color-histogram"), create("encoder", "tfidf", max_features=64)
+    text_encoder.fit(tiny_shapes.captions)
+    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 64}},
+                      int(image_encoder.dim), int(text_encoder.dim), embed_dim=8, hidden_dim=0)
+    matcher.attach_encoders(image_encoder, text_encoder)
+    mlflow.set_experiment("serving")
+    with mlflow.start_run():
+        info = log_matcher(matcher, "itm-matcher")
+    MlflowClient().set_registered_model_alias("itm-matcher", "champion", str(info.registered_model_version))
+    return info
+
+
+def test_logged_matcher_has_signature_and_input_example(registered_matcher):
+    from mlflow.models import Model
+
+    model = Model.load(registered_matcher.model_uri)
+    assert [c["name"] for c in model.signature.inputs.to_dict()] == ["image", "text"]
+    assert [c["name"] for c in model.signature.outputs.to_dict()] == ["score", "image_embedding", "text_embedding"]
+    assert model.saved_input_example_info is not None
+    example = pd.DataFrame({"image": [example_image_base64()], "text": ["a red circle in the middle"]})
+    out = mlflow.pyfunc.load_model("models:/itm-matcher@champion").predict(example)
+    assert len(out["image_embedding"][0]) == 8 and -1 <= out["score"][0] <= 1
+
+
+def test_images_by_path_data_uri_or_base64(tmp_path):
+    b64 = example_image_base64(16)
+    assert image_from_reference(b64).size == (16, 16)
+    assert image_from_reference(f"data:image/png;base64,{b64}").size == (16, 16)
+    image_from_reference(b64).save(tmp_path / "x.png")
+    assert image_from_reference(str(tmp_path / "x.png")).size == (16, 16)
+    with pytest.raises(DataError, match="neither an image file"):
+        image_from_reference("/no/such/file.png")
+    with pytest.raises(DataError, match="base64 image"):
+        image_from_reference("aGVsbG8gd29ybGQ=")  # valid base64, not an image
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
+    port = _free_port()
+    # mlflow runs `uvicorn` from PATH: the virtual environment's, as when it is activated
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/itm-matcher@champion", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        frame = pd.DataFrame({
+            "image": [example_image_base64(), str(tiny_shapes.image_path(0))],
+            "text": ["a red circle in the middle", tiny_shapes.captions_of(0)[0]],
+        })
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            served = json.loads(resp.read())["predictions"]
+        local = mlflow.pyfunc.load_model("models:/itm-matcher@champion").predict(frame)
+        assert [row["score"] for row in served] == pytest.approx(local["score"].tolist(), abs=1e-5)
+        assert len(served[0]["image_embedding"]) == 8 and len(served[1]["text_embedding"]) == 8
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(30)
+        log.close()
