@@ -7,33 +7,54 @@ from typing import Any
 import mlflow
 import pandas as pd
 from prefect import flow, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
 from itm_core.config import EvaluateParams, MatcherRef
-from itm_core.data import ImageTextSet
+from itm_core.data import ImageTextSet, load_images
 from itm_core.embed import EmbeddingCache
-from itm_core.evaluation import build_scorer, evaluate_retrieval
+from itm_core.evaluation import RetrievalReport, build_scorer, retrieval_report
+from itm_core.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.tracking import log_table, tracked_run
 
 LEADERBOARD_COLUMNS = ["matcher", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_medr", "t2i_medr", "rsum"]
 
 
-@task(name="evaluate-matcher", cache_policy=NO_CACHE)
+def log_retrieval_figures(report: RetrievalReport, data: ImageTextSet, label: str) -> None:
+    """The recall@K curve and the retrieval example grid of one matcher, in the active MLflow run."""
+    import matplotlib.pyplot as plt
+
+    fig = recall_at_k_figure({label: report.ranks})
+    mlflow.log_figure(fig, "recall_at_k.png")
+    plt.close(fig)
+    owners = data.caption_image
+    results = [load_images([data.image_path(i) for i in row]) for row in report.top_images]
+    hits = [[i == owners[q] for i in row] for q, row in zip(report.queries, report.top_images)]
+    fig = retrieval_examples_figure([data.captions[q] for q in report.queries], results, hits)
+    mlflow.log_figure(fig, "retrieval_examples.png")
+    plt.close(fig)
+
+
+@task(name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | None, experiment: str, cache: EmbeddingCache) -> dict[str, Any]:
-    """Score one matcher in a nested MLflow run."""
+    """Score one matcher in a nested MLflow run, with its recall@K curve and retrieval examples.
+    Retried once: loading a registered model from a tracking server can fail transiently."""
     name = ref.display_name()
     with tracked_run(experiment, name, ref.model_dump(exclude_none=True), nested=True):
-        metrics = evaluate_retrieval(build_scorer(ref, train), data, cache)
+        report = retrieval_report(build_scorer(ref, train), data, cache)
+        metrics = report.metrics
         mlflow.log_metrics(metrics)
+        log_retrieval_figures(report, data, name)
     print(f"{name}: i2t R@1 {metrics['i2t_r1']:.3f}, t2i R@1 {metrics['t2i_r1']:.3f}, rsum {metrics['rsum']:.1f}")
-    return {"matcher": name, **metrics}
+    return {"matcher": name, **metrics, "_ranks": report.ranks}
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     """Retrieval metrics for each matcher on ``split``, logged as nested runs and a leaderboard table."""
+    import matplotlib.pyplot as plt
+
     data, skipped = load_data(params.dataset)
     split = data.split(params.split)
     train = data.split("train") if "train" in data.splits else None
@@ -41,7 +62,14 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     with tracked_run(params.experiment, params.run_name or f"leaderboard on {split.name}", params.model_dump(exclude={"matchers"})):
         log_dataset(split, skipped)
         mlflow.log_param("matchers", ", ".join(m.display_name() for m in params.matchers))
-        rows = [evaluate_matcher(ref, split, train, params.experiment, cache) for ref in params.matchers]
+        rows = []
+        progress = create_progress_artifact(0.0, key="evaluate-progress", description="matchers evaluated")
+        for n, ref in enumerate(params.matchers, 1):
+            rows.append(evaluate_matcher(ref, split, train, params.experiment, cache))
+            update_progress_artifact(progress, 100.0 * n / len(params.matchers))
+        fig = recall_at_k_figure({r["matcher"]: r.pop("_ranks") for r in rows})
+        mlflow.log_figure(fig, "recall_at_k.png")
+        plt.close(fig)
         board = pd.DataFrame(rows)[LEADERBOARD_COLUMNS].sort_values("rsum", ascending=False).reset_index(drop=True)
         log_table(board, "leaderboard.csv")
         best = board.iloc[0]

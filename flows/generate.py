@@ -20,7 +20,7 @@ from itm_core.registry import create
 from itm_core.tracking import log_table, tracked_run
 
 
-@task(name="generate", cache_policy=NO_CACHE)
+@task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
 def run_generator(params: GenerateParams, inputs: list[Any]) -> list[Any]:
     generator = create("generator", params.generator, **params.generator_options)
     return generator.generate(inputs)

@@ -10,11 +10,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
-from flows.tasks import encode_features, load_data, log_dataset
+from flows.tasks import Progress, encode_features, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet
 from itm_core.embed import EmbeddingCache, FeatureSplit
-from itm_core.evaluation import build_encoders, evaluate_retrieval
+from flows.evaluate import log_retrieval_figures
+from itm_core.evaluation import build_encoders, evaluate_retrieval, retrieval_report
 from itm_core.matcher import Matcher
 from itm_core.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
 from itm_core.training import ContrastiveConfig, LiveTower, TrainResult, evaluate_features, train_contrastive
@@ -55,8 +56,11 @@ def train_matcher(
         seed=t.seed, tower_lr=t.tower_lr,
     )
 
+    progress = Progress("training-progress", f"epochs of {t.epochs} (early stopping may end sooner)")
+
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)
+        progress.update(epoch, t.epochs)
         print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}")
 
     result = train_contrastive(matcher, train, val, config, on_epoch, unlocked)
@@ -107,6 +111,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         test_metrics = evaluate_features(matcher, features["test"])
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         matcher.attach_encoders(image_encoder, text_encoder)
+        log_retrieval_figures(retrieval_report(matcher, splits["test"], cache), splits["test"], run_name)
         outcome = register_and_promote(matcher, params, test_metrics, splits["test"], cache)
         create_markdown_artifact(
             key="retrain-summary",

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset
+from flows.tasks import Progress, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, load_images
 from itm_core.embed import EmbeddingCache, encode, encode_tokens
@@ -68,8 +68,11 @@ def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor
     shown = list(range(min(SAMPLES, len(val))))
     shown_images = load_images([val.image_path(i) for i in shown])
 
+    progress = Progress("training-progress", f"epochs of {c.epochs} (early stopping or the time limit may end sooner)")
+
     def on_epoch(epoch: int, metrics: dict[str, float], captioner: Any) -> None:
         mlflow.log_metrics(metrics, step=epoch)
+        progress.update(epoch, c.epochs)
         print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
         if epoch % c.sample_every == 0 or epoch == 1:
             captions = captioner.caption_features(features["val"][shown])
@@ -151,8 +154,11 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
     shown_text = features["val"].text[rows].float()
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 
+    progress = Progress("training-progress", f"epochs of {config.epochs} (the time limit may end sooner)")
+
     def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
         mlflow.log_metrics(metrics, step=epoch)
+        progress.update(epoch, config.epochs)
         print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
         if epoch % t.sample_every == 0 or epoch == 1:
             grid = tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed))

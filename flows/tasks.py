@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
 from typing import Any
 
 import mlflow
@@ -12,17 +14,31 @@ from prefect.cache_policies import NO_CACHE
 from itm_core.config import DatasetParams
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.data.source import load_dataset
-from itm_core.embed import EmbeddingCache, FeatureSplit, encode_split
+from itm_core.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_key
 from itm_core.tracking import log_table
 
 
-@task(name="load-data", cache_policy=NO_CACHE)
+@task(name="load-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def load_data(params: DatasetParams) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build or read the dataset and decode every image once."""
     data, skipped = load_dataset(params)
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
     return data, skipped
+
+
+class Progress:
+    """A Prefect progress artifact for a long step (training epochs), shown on the flow run page."""
+
+    def __init__(self, key: str, description: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.id = create_progress_artifact(0.0, key=key, description=description)
+
+    def update(self, done: int, total: int) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.id, min(100.0, 100.0 * done / max(1, total)))
 
 
 def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> None:
@@ -33,7 +49,19 @@ def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "
         log_table(pd.DataFrame([vars(s) for s in skipped]), "skipped_images.csv")
 
 
-@task(name="encode", cache_policy=NO_CACHE)
+def encode_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect's cache key for the encoding step: the data (its pairs, and each image file's size and
+    modification time) and both encoders' identities (name, options, fitted state)."""
+    data: ImageTextSet = parameters["data"]
+    files = hashlib.sha256()
+    for path in data.image_paths():
+        stat = path.stat()
+        files.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return "encode-" + "-".join([data.fingerprint(), files.hexdigest()[:16], encoder_key(parameters["image_encoder"]), encoder_key(parameters["text_encoder"])])
+
+
+@task(name="encode", cache_key_fn=encode_cache_key, cache_expiration=timedelta(days=7), persist_result=True)
 def encode_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache) -> FeatureSplit:
-    """Tower features of one split (from the embedding cache where present)."""
+    """Tower features of one split. Prefect caches the result by data and encoders, so a rerun of a flow
+    skips the step (shown as ``Cached`` in the UI); below it, the embedding cache serves each item once."""
     return encode_split(image_encoder, text_encoder, data, cache)

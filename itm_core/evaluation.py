@@ -80,3 +80,30 @@ def evaluate_retrieval(scorer: Matcher | EncoderPair, data: ImageTextSet, cache:
     image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
     text_emb = scorer.embed_texts(data.captions, cache)
     return create("metric", "retrieval").compute(image_emb, text_emb, data.caption_image, similarity=scorer.similarity)
+
+
+@dataclass
+class RetrievalReport:
+    """Metrics, per-query ranks and the top ``k`` images of a few caption queries."""
+
+    metrics: dict[str, float]
+    ranks: Any
+    queries: list[int]
+    top_images: list[list[int]]
+
+
+def retrieval_report(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None,
+                     examples: int = 4, k: int = 5, seed: int = 0) -> RetrievalReport:
+    """:func:`evaluate_retrieval` plus the ranks (for recall@K curves) and the top ``k`` images of
+    ``examples`` captions picked with ``seed`` (for a retrieval example grid)."""
+    import random
+
+    from itm_core.retrieval import ranks, top_k
+
+    image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
+    text_emb = scorer.embed_texts(data.captions, cache)
+    metrics = create("metric", "retrieval").compute(image_emb, text_emb, data.caption_image, similarity=scorer.similarity)
+    r = ranks(image_emb, text_emb, data.caption_image, scorer.similarity)
+    queries = sorted(random.Random(seed).sample(range(len(data.captions)), min(examples, len(data.captions))))
+    _, best = top_k(text_emb[queries], image_emb, scorer.similarity, k) if queries else (None, torch.zeros(0, k, dtype=torch.long))
+    return RetrievalReport(metrics, r, queries, best.tolist())

@@ -55,12 +55,20 @@ def run_url(run: Any) -> str:
     return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
 
+def system_metrics_enabled() -> bool:
+    """On unless ``ITM_SYSTEM_METRICS=0`` (or psutil is missing)."""
+    import importlib.util
+
+    return os.environ.get("ITM_SYSTEM_METRICS", "1") != "0" and importlib.util.find_spec("psutil") is not None
+
+
 @contextlib.contextmanager
 def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False) -> Iterator[Any]:
     """An MLflow run with flattened params, tagged with the Prefect flow run; links back from Prefect."""
     if not nested:
         mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    # CPU, memory and disk use every few seconds (MLflow's system metrics), for top-level runs
+    with mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=not nested and system_metrics_enabled()) as run:
         mlflow.set_tags(prefect_context())
         if params:
             mlflow.log_params(flatten(params))

@@ -82,6 +82,13 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent[0].info.run_id}
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="leaderboard.csv"))
     assert list(table["matcher"]) == [r["matcher"] for r in board]
+    # figures: a recall@K curve per matcher and for all, a retrieval example grid per matcher
+    assert {"recall_at_k.png", "leaderboard.csv"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    for child in children:
+        assert {"recall_at_k.png", "retrieval_examples.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"recall_at_k.png", "retrieval_examples.png"} <= {a.path for a in client.list_artifacts(second["run_id"])}
+    # system metrics (MLflow samples CPU and memory while a top-level run is open)
+    assert any(key.startswith("system/") for key in client.get_run(parent[0].info.run_id).data.metrics)
 
     # generate: captions by the champion, a table and a grid in MLflow
     rows = generate(GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options}))
@@ -103,6 +110,36 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     texts = anyio.run(artifact_texts)
     for run_id in (first["run_id"], second["run_id"], parent[0].info.run_id, gen.info.run_id):
         assert any(f"/runs/{run_id})" in t and "MLflow run" in t for t in texts), run_id
+
+
+def test_prefect_artifacts_and_cached_encoding(prefect_server, mlflow_store, tiny_shapes_options):
+    """A training progress artifact and a results table; the second identical retrain finds the
+    encoding step in Prefect's cache (its task runs end in the Cached state)."""
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.retrain import retrain
+
+    params = RetrainParams(dataset=DatasetParams(options=tiny_shapes_options), training=TrainingParams(epochs=2, batch_size=16), **CLASSIC)
+    first = retrain.with_options(name="retrain")(params, return_state=True)
+    second = retrain(params, return_state=True)
+
+    async def runs_and_artifacts(flow_run_id):
+        async with get_client() as c:
+            tasks = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            artifacts = await c.read_artifacts()
+            return tasks, [a for a in artifacts if a.flow_run_id == flow_run_id]
+
+    tasks, artifacts = anyio.run(runs_and_artifacts, first.state_details.flow_run_id)
+    encodes = [t for t in tasks if t.name.startswith("encode")]
+    assert len(encodes) == 3
+    kinds = {a.type for a in artifacts}
+    assert {"progress", "markdown"} <= kinds
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress[0].data == pytest.approx(100.0)
+    tasks, _ = anyio.run(runs_and_artifacts, second.state_details.flow_run_id)
+    assert sorted(t.state.name for t in tasks if t.name.startswith("encode")) == ["Cached"] * 3
 
 
 def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, tiny_shapes_options):
