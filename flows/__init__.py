@@ -5,13 +5,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any, Callable
 
-from itm_core.config import EvaluateParams, FusionBenchmarkParams, GenerateParams, Params, RetrainParams
+from itm_core.config import EvaluateParams, ExplainParams, FusionBenchmarkParams, GenerateParams, Params, RetrainParams
 
 FLOWS: dict[str, tuple[str, type[Params]]] = {
     "retrain": ("flows.retrain:retrain", RetrainParams),
     "evaluate": ("flows.evaluate:evaluate", EvaluateParams),
     "generate": ("flows.generate:generate", GenerateParams),
     "fusion-benchmark": ("flows.fusion_benchmark:fusion_benchmark", FusionBenchmarkParams),
+    "explain": ("flows.explain:explain", ExplainParams),
 }
 
 

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset
+from flows.tasks import load_data, log_dataset, transient_only
 from itm_core.config import EvaluateParams, MatcherRef
 from itm_core.data import ImageTextSet, load_images
 from itm_core.embed import EmbeddingCache
@@ -36,7 +36,7 @@ def log_retrieval_figures(report: RetrievalReport, data: ImageTextSet, label: st
     plt.close(fig)
 
 
-@task(name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | None, experiment: str, cache: EmbeddingCache) -> dict[str, Any]:
     """Score one matcher in a nested MLflow run, with its recall@K curve and retrieval examples.
     Retried once: loading a registered model from a tracking server can fail transiently."""

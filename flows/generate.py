@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset
+from flows.tasks import load_data, log_dataset, transient_only
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
 from itm_core.plots import log_grid
@@ -20,7 +20,7 @@ from itm_core.registry import create
 from itm_core.tracking import log_table, tracked_run
 
 
-@task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+@task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
 def run_generator(params: GenerateParams, inputs: list[Any]) -> list[Any]:
     generator = create("generator", params.generator, **params.generator_options)
     return generator.generate(inputs)

@@ -18,7 +18,22 @@ from itm_core.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_k
 from itm_core.tracking import log_table
 
 
-@task(name="load-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry failures that may pass (a server, a file system, a download),
+    never bad input (unknown model, invalid value, missing file), which would fail the same way again."""
+    from itm_core.components import ContractError
+    from itm_core.registry import RegistryError
+
+    try:
+        state.result()
+    except (LookupError, ValueError, TypeError, FileNotFoundError, ContractError, RegistryError, ImportError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="load-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
 def load_data(params: DatasetParams) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build or read the dataset and decode every image once."""
     data, skipped = load_dataset(params)

@@ -166,6 +166,30 @@ def demo(
         _fail(exc)
 
 
+@app.command("explain")
+def explain_pair_command(
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Image file (default: the first test image of shapes)"),
+    text: Optional[str] = typer.Option(None, "--text", "-t", help="Text to explain with it (default: that image's first caption)"),
+    matcher: str = typer.Option("models:/itm-matcher@champion", "--matcher", "-m", help="Model URI or saved matcher folder"),
+    grid: int = typer.Option(8, help="Occlusion grid (grid x grid cells)"),
+) -> None:
+    """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions."""
+    from flows.explain import explain
+    from itm_core.config import ExplainParams, MatcherRef
+
+    try:
+        params = ExplainParams(matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid)
+        result = explain(params)
+    except _user_errors() as exc:
+        _fail(exc)
+    table = Table("word", "score drop without it")
+    for word, value in result["words"].items():
+        table.add_row(word, f"{value:+.4f}")
+    console.print(f"score {result['score']:.4f} for {result['text']!r} on {result['image']}")
+    console.print(table)
+    console.print(f"heat map: explanation.png in MLflow run {result['run_id']}")
+
+
 @app.command()
 def up(
     prefect_port: int = typer.Option(4200, help="Port of the Prefect server and UI"),

@@ -174,6 +174,19 @@ class GenerateParams(Params):
     run_name: str | None = None
 
 
+class ExplainParams(Params):
+    """Explain a matcher's score for one image-text pair: an occlusion heat map and per-word contributions."""
+
+    matcher: MatcherRef = Field(default_factory=lambda: MatcherRef(model_uri="models:/itm-matcher@champion"), description="The matcher to explain")
+    image: str | None = Field(None, description="An image file (default: the first image of the dataset split)")
+    text: str | None = Field(None, description="The text (default: the first caption of that image)")
+    dataset: DatasetParams = Field(default_factory=DatasetParams, description="Where the default pair comes from, and the training captions for encoders that need fitting")
+    split: str = Field("test")
+    grid: int = Field(8, ge=1, le=32, description="The image is occluded cell by cell on a grid x grid raster")
+    experiment: str = Field("itm-explain", description="MLflow experiment")
+    run_name: str | None = None
+
+
 class ParamsFileError(ValueError):
     """A parameters file that cannot be read or does not validate; the message names the file and fields."""
 

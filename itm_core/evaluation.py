@@ -28,6 +28,11 @@ class EncoderPair:
     def embed_texts(self, texts: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:
         return encode(self.text_encoder, list(texts), cache)
 
+    @torch.no_grad()
+    def embed_image_objects(self, images: Sequence[Any]) -> torch.Tensor:
+        """Embeddings of PIL images held in memory (not cached)."""
+        return self.image_encoder.encode(list(images)).float()
+
 
 MAX_FIT_IMAGES = 1000
 

@@ -4,7 +4,8 @@ Two models share the conditioning, the training loop and the save format:
 
 - ``diffusion``: a diffusers ``UNet2DConditionModel`` that cross-attends to the text encoder's token
   features (its pooled feature when it has no ``encode_tokens``), trained with a ``DDPMScheduler``
-  noise-prediction loss and sampled with ``DDIMScheduler`` and classifier-free guidance.
+  (predicting the clean image by default: on a CPU budget of a few hundred steps it gives cleaner
+  samples than noise prediction) and sampled with ``DDIMScheduler`` and classifier-free guidance.
 - ``cvae``: a conditional variational auto-encoder on the pooled text feature, the fast alternative.
 """
 
@@ -41,6 +42,7 @@ class TextToImageConfig:
     # diffusion
     block_channels: tuple[int, ...] = (32, 64, 64)
     train_timesteps: int = 1000
+    prediction_type: str = "sample"
     sample_steps: int = 30
     guidance_scale: float = 3.0
     uncond_prob: float = 0.1
@@ -148,7 +150,8 @@ class ConditionalDiffusion(nn.Module):
             layers_per_block=1, down_block_types=down, up_block_types=up, cross_attention_dim=config.cond_dim,
             attention_head_dim=8, norm_num_groups=min(32, min(config.block_channels) // 2),
         )
-        self.train_scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule="squaredcos_cap_v2")
+        self.train_scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule="squaredcos_cap_v2",
+                                             prediction_type=config.prediction_type)
 
     def _cond(self, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if text.dim() == 2:
@@ -163,7 +166,13 @@ class ConditionalDiffusion(nn.Module):
         t = torch.randint(0, self.config.train_timesteps, (len(images),))
         noisy = self.train_scheduler.add_noise(images, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=cond, encoder_attention_mask=mask.float()).sample
-        return F.mse_loss(pred, noise)
+        if self.config.prediction_type == "epsilon":
+            target = noise
+        elif self.config.prediction_type == "sample":
+            target = images
+        else:
+            target = self.train_scheduler.get_velocity(images, noise, t)
+        return F.mse_loss(pred, target)
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -178,9 +187,9 @@ class ConditionalDiffusion(nn.Module):
         both_mask = torch.cat([mask, mask]).float()
         g = self.config.guidance_scale
         for t in scheduler.timesteps:
-            eps = self.unet(torch.cat([x, x]), t, encoder_hidden_states=both_cond, encoder_attention_mask=both_mask).sample
-            cond_eps, uncond_eps = eps.chunk(2)
-            x = scheduler.step(uncond_eps + g * (cond_eps - uncond_eps), t, x).prev_sample
+            out = self.unet(torch.cat([x, x]), t, encoder_hidden_states=both_cond, encoder_attention_mask=both_mask).sample
+            cond_out, uncond_out = out.chunk(2)
+            x = scheduler.step(uncond_out + g * (cond_out - uncond_out), t, x).prev_sample
         return x
 
 

@@ -156,6 +156,11 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
         )
 
 
+def _missing(exc: MlflowException) -> bool:
+    """The model, version, alias or run does not exist (the user's URI), as opposed to a failing server."""
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
 def load_matcher(uri: str) -> Matcher:
     """A matcher from a saved folder, or from any MLflow model URI (``models:/name@alias``, ``runs:/id/matcher``)."""
     if Path(uri).is_dir():
@@ -163,6 +168,8 @@ def load_matcher(uri: str) -> Matcher:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
+        if not _missing(exc):
+            raise
         raise LookupError(f"cannot load matcher {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, MatcherModel):
@@ -251,6 +258,8 @@ def load_generator_model(uri: str) -> Any:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
+        if not _missing(exc):
+            raise
         raise LookupError(f"cannot load generator model {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, GeneratorModel):

@@ -152,7 +152,7 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
     assert "bad.yaml" in result.output and "dataset.on_bad_image" in result.output and "training.epochs" in result.output
 
     result = CliRunner().invoke(app, ["run", "nonsense"])
-    assert result.exit_code == 2 and "retrain, evaluate, generate" in result.output
+    assert result.exit_code == 2 and "retrain, evaluate, generate, fusion-benchmark, explain" in " ".join(result.output.split())
 
     missing_model = tmp_path / "eval.json"
     missing_model.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "matchers": [{"model_uri": "models:/no-such-model@champion"}]}))
@@ -237,3 +237,34 @@ def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
     client = MlflowClient()
     assert client.get_model_version_by_alias("itm-matcher", "champion") is not None
     assert {e.name for e in client.search_experiments()} >= {"itm-retrain", "itm-evaluate", "itm-generate"}
+
+
+def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+    """The occlusion map finds the shape; the colour and shape words matter more than filler words."""
+    from PIL import Image, ImageDraw
+
+    from flows.explain import explain
+    from flows.retrain import retrain
+    from itm_core.cli import app
+    from itm_core.config import ExplainParams
+
+    dataset = DatasetParams(options={**tiny_shapes_options, "n_train": 200})
+    retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=10, batch_size=32), **CLASSIC))
+    # a red square in the top-left cell of a 2x2 grid, on the shapes background grey
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    ImageDraw.Draw(image).rectangle((4, 4, 28, 28), fill=(220, 30, 30))
+    path = tmp_path / "red.png"
+    image.save(path)
+    result = explain(ExplainParams(image=str(path), text="a picture of a red square", grid=2, dataset=dataset))
+    heat = result["heat"]
+    assert heat[0][0] == max(max(row) for row in heat) and heat[0][0] > 0  # hiding the square costs the most
+    assert result["words"]["red"] > max(result["words"]["a"], result["words"]["of"])
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.metrics["score"] == pytest.approx(result["score"])
+    assert {"explanation.png", "word_contributions.csv", "occlusion_heat.csv"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+
+    out = CliRunner().invoke(app, ["explain", "--image", str(path), "--text", "a red square", "--grid", "2"])
+    assert out.exit_code == 0, out.output
+    assert "red" in out.output and "explanation.png" in out.output
+    out = CliRunner().invoke(app, ["explain", "--image", str(tmp_path / "none.png"), "--text", "x"])
+    assert out.exit_code == 2 and "image file not found" in out.output
