@@ -46,6 +46,22 @@ def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> No
     )
 
 
+def epoch_callback(total: int, sample_every: int, samples: Any) -> Any:
+    """Per epoch: the losses to MLflow, the progress artifact, and every ``sample_every`` epochs (and
+    the first) a grid of ``samples(model) -> (images, texts)`` as ``samples/epoch_NNN.png``."""
+    progress = Progress("training-progress", f"epochs of {total} (early stopping or the time limit may end sooner)")
+
+    def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
+        mlflow.log_metrics(metrics, step=epoch)
+        progress.update(epoch, total)
+        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
+        if epoch % sample_every == 0 or epoch == 1:
+            images, texts = samples(model)
+            log_grid(images, texts, f"samples/epoch_{epoch:03d}.png")
+
+    return on_epoch
+
+
 # --- captioning -------------------------------------------------------------------------------------
 
 
@@ -68,15 +84,7 @@ def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor
     shown = list(range(min(SAMPLES, len(val))))
     shown_images = load_images([val.image_path(i) for i in shown])
 
-    progress = Progress("training-progress", f"epochs of {c.epochs} (early stopping or the time limit may end sooner)")
-
-    def on_epoch(epoch: int, metrics: dict[str, float], captioner: Any) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
-        progress.update(epoch, c.epochs)
-        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
-        if epoch % c.sample_every == 0 or epoch == 1:
-            captions = captioner.caption_features(features["val"][shown])
-            log_grid(shown_images, captions, f"samples/epoch_{epoch:03d}.png")
+    on_epoch = epoch_callback(c.epochs, c.sample_every, lambda captioner: (shown_images, captioner.caption_features(features["val"][shown])))
 
     tr = splits["train"]
     captioner, result = train_captioner(
@@ -154,15 +162,8 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
     shown_text = features["val"].text[rows].float()
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 
-    progress = Progress("training-progress", f"epochs of {config.epochs} (the time limit may end sooner)")
-
-    def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
-        mlflow.log_metrics(metrics, step=epoch)
-        progress.update(epoch, config.epochs)
-        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
-        if epoch % t.sample_every == 0 or epoch == 1:
-            grid = tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed))
-            log_grid(grid, prompts[:shown], f"samples/epoch_{epoch:03d}.png")
+    on_epoch = epoch_callback(config.epochs, t.sample_every,
+                              lambda model: (tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed)), prompts[:shown]))
 
     model, result = train_text_to_image(
         params.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)

@@ -10,8 +10,6 @@ the training captions with the ``tokenizers`` library. Decoding is transformers'
 from __future__ import annotations
 
 import copy
-import json
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from itm_core.training import seed_everything
+from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
+from itm_core.training import TrainSchedule, seed_everything
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "captioner.json", "weights.pt", "tokenizer.json"
+CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
 
 
 def train_tokenizer(captions: Sequence[str], min_frequency: int = 1) -> Any:
@@ -44,22 +43,18 @@ def train_tokenizer(captions: Sequence[str], min_frequency: int = 1) -> Any:
 
 
 @dataclass
-class CaptionerConfig:
+class CaptionerConfig(TrainSchedule):
     """The decoder's shape and the training schedule."""
 
+    epochs: int = 12
+    weight_decay: float = 0.01
     prefix_tokens: int = 4
     n_embd: int = 256
     n_layer: int = 3
     n_head: int = 4
     dropout: float = 0.1
     max_length: int = 24
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
     patience: int = 4
-    seed: int = 0
-    time_limit_s: float = 0.0
 
 
 class CaptionModel(nn.Module):
@@ -149,36 +144,19 @@ class Captioner:
         return self.caption_features(features, num_beams)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "captioner", "feature_dim": self.model.feature_dim, "config": asdict(self.model.config), "image_encoder": self.image_encoder}
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        torch.save(self.model.state_dict(), folder / WEIGHTS_FILE)
+        folder = save_model_folder(folder, CONFIG_FILE, meta, self.model, self.encoder, "image_encoder")
         self.tokenizer.save(str(folder / TOKENIZER_FILE))
-        state = self.encoder.get_state() if self.encoder is not None and hasattr(self.encoder, "get_state") else None
-        if state is not None:
-            (folder / "image_encoder_state.pkl").write_bytes(pickle.dumps(state))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "Captioner":
         from tokenizers import Tokenizer
 
-        from itm_core.registry import create
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{folder} is not a saved captioner (no {CONFIG_FILE})")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        model = CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), CaptionerConfig(**meta["config"]))
-        model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        spec = meta["image_encoder"]
-        encoder = create("encoder", spec["name"], **spec.get("options", {}))
-        state_file = folder / "image_encoder_state.pkl"
-        if state_file.is_file():
-            encoder.set_state(pickle.loads(state_file.read_bytes()))
-        return cls(model, tokenizer, spec, encoder)
+        meta = read_meta(folder, CONFIG_FILE, "captioner")
+        tokenizer = Tokenizer.from_file(str(Path(folder) / TOKENIZER_FILE))
+        model = load_weights(folder, CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), CaptionerConfig(**meta["config"])))
+        return cls(model, tokenizer, meta["image_encoder"], restore_encoder(folder, meta["image_encoder"], "image_encoder"))
 
 
 @dataclass

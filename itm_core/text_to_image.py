@@ -12,8 +12,6 @@ Two models share the conditioning, the training loop and the save format:
 from __future__ import annotations
 
 import copy
-import json
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +23,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from itm_core.training import seed_everything
+from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
+from itm_core.training import TrainSchedule, seed_everything
 
-CONFIG_FILE, WEIGHTS_FILE = "text_to_image.json", "weights.pt"
+CONFIG_FILE = "text_to_image.json"
 
 
 @dataclass
-class TextToImageConfig:
+class TextToImageConfig(TrainSchedule):
     model: Literal["diffusion", "cvae"] = "cvae"
     resolution: int = 32
     cond_dim: int = 128
@@ -47,13 +46,7 @@ class TextToImageConfig:
     guidance_scale: float = 3.0
     uncond_prob: float = 0.1
     ema_decay: float = 0.995
-    # training
     epochs: int = 60
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    time_limit_s: float = 0.0
 
 
 def images_to_tensor(images: Sequence[Any], resolution: int) -> torch.Tensor:
@@ -238,34 +231,16 @@ class TextToImage:
         return tensor_to_images(self.generate_from_features(text, mask, seed))
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "text-to-image", "config": asdict(self.config), "text_encoder": self.text_encoder_spec, "text_dim": self.text_dim, "tokens": self.tokens}
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        torch.save(self.model.state_dict(), folder / WEIGHTS_FILE)
-        state = self.encoder.get_state() if self.encoder is not None and hasattr(self.encoder, "get_state") else None
-        if state is not None:
-            (folder / "text_encoder_state.pkl").write_bytes(pickle.dumps(state))
-        return folder
+        return save_model_folder(folder, CONFIG_FILE, meta, self.model, self.encoder, "text_encoder")
 
     @classmethod
     def load(cls, folder: str | Path) -> "TextToImage":
-        from itm_core.registry import create
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{folder} is not a saved text-to-image model (no {CONFIG_FILE})")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
         config = TextToImageConfig(**{**raw, "block_channels": tuple(raw["block_channels"])})
-        model = MODELS[config.model](meta["text_dim"], config)
-        model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        spec = meta["text_encoder"]
-        encoder = create("encoder", spec["name"], **spec.get("options", {}))
-        state_file = folder / "text_encoder_state.pkl"
-        if state_file.is_file():
-            encoder.set_state(pickle.loads(state_file.read_bytes()))
-        return cls(model, spec, meta["text_dim"], meta["tokens"], encoder)
+        model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
+        return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
 
 
 @dataclass

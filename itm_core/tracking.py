@@ -132,7 +132,6 @@ def example_image_base64(size: int = 32) -> str:
 def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
     """Log ``matcher`` as the pyfunc model ``matcher`` of the active run, registering it when asked,
     with a signature and an input example that a served model can be called with as it is."""
-    from importlib.metadata import version
 
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -143,12 +142,19 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
         outputs=Schema([ColSpec("double", "score"), ColSpec(Array("double"), "image_embedding"), ColSpec(Array("double"), "text_embedding")]),
     )
     example = pd.DataFrame({"image": [example_image_base64()], "text": ["a red circle in the middle"]})
+    return _log_pyfunc("matcher", MatcherModel(), matcher, registered_model, signature, example)
+
+
+def _log_pyfunc(name: str, python_model: Any, saveable: Any, registered_model: str | None, signature: Any, example: pd.DataFrame) -> Any:
+    """Save ``saveable`` to a folder and log it as the artifact ``name`` of ``python_model``."""
+    from importlib.metadata import version
+
     with tempfile.TemporaryDirectory() as tmp:
-        folder = matcher.save(Path(tmp) / "matcher")
+        folder = saveable.save(Path(tmp) / name)
         return mlflow.pyfunc.log_model(
-            name="matcher",
-            python_model=MatcherModel(),
-            artifacts={"matcher": str(folder)},
+            name=name,
+            python_model=python_model,
+            artifacts={name: str(folder)},
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,
             signature=signature,
@@ -165,16 +171,21 @@ def load_matcher(uri: str) -> Matcher:
     """A matcher from a saved folder, or from any MLflow model URI (``models:/name@alias``, ``runs:/id/matcher``)."""
     if Path(uri).is_dir():
         return Matcher.load(uri)
+    return _load_pyfunc(uri, MatcherModel, "matcher").matcher
+
+
+def _load_pyfunc(uri: str, model_class: type, what: str) -> Any:
+    """The python model behind an MLflow model URI, checked to be a ``model_class``."""
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
         if not _missing(exc):
             raise
-        raise LookupError(f"cannot load matcher {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+        raise LookupError(f"cannot load {what} {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
     python_model = model.unwrap_python_model()
-    if not isinstance(python_model, MatcherModel):
-        raise LookupError(f"{uri!r} is an MLflow model but not an itm matcher")
-    return python_model.matcher
+    if not isinstance(python_model, model_class):
+        raise LookupError(f"{uri!r} is an MLflow model but not an itm {what}")
+    return python_model
 
 
 def load_trained_generator(folder: str | Path) -> Any:
@@ -224,7 +235,6 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
 def log_generator(generator: Any, registered_model: str | None) -> Any:
     """Log a trained captioner or text-to-image model as the pyfunc model ``generator``, registering it when asked."""
-    from importlib.metadata import version
 
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -238,33 +248,14 @@ def log_generator(generator: Any, registered_model: str | None) -> Any:
         schema = (Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "image")]), ParamSpec("seed", "long", 0))
         example = pd.DataFrame({"prompt": ["a red circle in the middle"]})
     signature = ModelSignature(inputs=schema[0], outputs=schema[1], params=ParamSchema([schema[2]]))
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = generator.save(Path(tmp) / "generator")
-        return mlflow.pyfunc.log_model(
-            name="generator",
-            python_model=GeneratorModel(),
-            artifacts={"generator": str(folder)},
-            pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
-            registered_model_name=registered_model,
-            signature=signature,
-            input_example=example,
-        )
+    return _log_pyfunc("generator", GeneratorModel(), generator, registered_model, signature, example)
 
 
 def load_generator_model(uri: str) -> Any:
     """A trained captioner or text-to-image model from a saved folder or an MLflow model URI."""
     if Path(uri).is_dir():
         return load_trained_generator(uri)
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        if not _missing(exc):
-            raise
-        raise LookupError(f"cannot load generator model {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
-    python_model = model.unwrap_python_model()
-    if not isinstance(python_model, GeneratorModel):
-        raise LookupError(f"{uri!r} is an MLflow model but not a trained itm generator")
-    return python_model.generator
+    return _load_pyfunc(uri, GeneratorModel, "generator model").generator
 
 
 def champion_version(registered_model: str) -> Any | None:

@@ -68,6 +68,19 @@ class TrainResult:
     seconds: float = 0.0
 
 
+@dataclass
+class TrainSchedule:
+    """What every trained generator's configuration shares: the optimisation schedule and a time
+    limit (``time_limit_s`` above 0 ends training after the epoch that passes it)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    time_limit_s: float = 0.0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
