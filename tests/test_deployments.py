@@ -17,7 +17,10 @@ def test_each_flow_has_a_default_deployment_that_loads():
     for d in doc["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         found[flow.name] = d["name"]
-    assert found == {"retrain": "default", "evaluate": "default", "generate": "default", "fusion-benchmark": "default"}
+    assert found == {"retrain": "default", "evaluate": "default", "generate": "default", "fusion-benchmark": "default", "explain": "default"}
+    from flows import FLOWS
+
+    assert set(found) == set(FLOWS)
 
 
 def test_parameter_forms_have_defaults_and_descriptions():
@@ -30,3 +33,28 @@ def test_parameter_forms_have_defaults_and_descriptions():
     assert training["epochs"]["default"] == 40 and "Maximum epochs" in training["epochs"]["description"]
     assert set(defs["RetrainParams"]["properties"]) >= {"dataset", "image_encoder", "text_encoder", "training", "promote_metric"}
     assert defs["DatasetParams"]["properties"]["on_bad_image"]["enum"] == ["fail", "skip"]
+
+
+def test_forms_offer_registered_components_by_kind():
+    """The served deployments' schemas list the registered plugins of the right kind as choices."""
+    from itm_core.stack import build_deployments
+
+    schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
+    assert len(schemas) == 5
+    defs = {}
+    for schema in schemas:
+        defs.update(schema["definitions"])
+
+    def choices(model: str, field: str) -> list[str]:
+        prop = defs[model]["properties"][field]
+        prop = prop.get("items", prop)
+        ref = next((p["$ref"] for p in [prop, *prop.get("anyOf", [])] if "$ref" in p), None)
+        return defs[ref.rsplit("/", 1)[-1]]["properties"]["name"]["enum"] if ref else prop["enum"]
+
+    assert "efficientnet-lite0" in choices("RetrainParams", "image_encoder") and "minilm" not in choices("RetrainParams", "image_encoder")
+    assert "minilm" in choices("RetrainParams", "text_encoder") and "clip" in choices("RetrainParams", "text_encoder")
+    assert {"bleu", "r_precision", "fd"} <= set(choices("GenerateParams", "metrics"))
+    assert "trained-captioner" in choices("GenerateParams", "generator")
+    assert {"shapes", "manifest"} <= set(choices("RetrainParams", "dataset"))
+    assert {"mean", "bilinear"} <= set(choices("FusionBenchmarkParams", "fusions"))
+    assert "cosine" in choices("MatcherRef", "similarity")
