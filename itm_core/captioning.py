@@ -35,8 +35,8 @@ def train_tokenizer(captions: Sequence[str], min_frequency: int = 1) -> Any:
         raise ValueError("cannot train a caption tokenizer on no captions")
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words keep their hyphens and punctuation
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     trainer = trainers.WordLevelTrainer(special_tokens=[PAD, BOS, EOS, UNK], min_frequency=min_frequency)
     tokenizer.train_from_iterator(list(captions), trainer=trainer)
     return tokenizer
