@@ -63,6 +63,7 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     scores = ", ".join(f"{k} {latest.iloc[0][f'metrics.{k}']:.3f}" for k in ("bleu4", "rouge_l", "cider") if f"metrics.{k}" in latest)
     console.print(f"generate: {len(captions)} captions by the champion (generations.csv, caption_grid.png); {scores}")
     uri = mlflow.get_tracking_uri()
-    ui = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000"
+    ui = f"open {uri}" if uri.startswith("http") else (
+        f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: it lands in the stack's UIs)")
     console.print(f"MLflow store: {uri}\nBrowse it: {ui}")
     return {"runs": runs, "leaderboard": board, "captions": captions, "seconds": seconds}

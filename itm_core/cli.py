@@ -18,6 +18,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbench: image-text matching and fusion as plugins and flows.")
+
+
+@app.callback()
+def main() -> None:
+    """ITM workbench: image-text matching and fusion as plugins and flows. While `itm up` runs here,
+    commands use its Prefect server and MLflow tracking server (unless PREFECT_API_URL or
+    MLFLOW_TRACKING_URI say otherwise)."""
+    from itm_core.stack import use_running_stack
+
+    stack = use_running_stack()
+    if stack is not None:
+        err.print(f"using the running stack: Prefect {stack.prefect_ui}, MLflow {stack.mlflow_uri}", highlight=False)
+
+
 plugins_app = typer.Typer(help="List the installed plugins and their components.")
 app.add_typer(plugins_app, name="plugins")
 console = Console()

@@ -100,6 +100,18 @@ def running(stack: Stack) -> dict[str, bool]:
     return {name: _alive(pid) for name, pid in stack.pids.items()}
 
 
+def use_running_stack(home: Path | None = None) -> Stack | None:
+    """When ``itm up`` runs here and the environment names no Prefect API or MLflow store, point this
+    process at the stack, so that ``itm run`` and ``itm demo`` land in its UIs."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    stack = load_stack(home)
+    if stack is None or not stack.pids or not all(running(stack).values()):
+        return None
+    os.environ.update(stack.env())
+    return stack
+
+
 def _start(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> None:
     log = Path(stack.home) / "stack" / f"{name}.log"
     with open(log, "ab") as out:

@@ -51,7 +51,7 @@ class WeightedFusion(_Projected):
 
     @property
     def weight(self) -> float:
-        return float(torch.sigmoid(self.weight_logit))
+        return float(torch.sigmoid(self.weight_logit.detach()))
 
     def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
         w = torch.sigmoid(self.weight_logit)

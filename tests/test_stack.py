@@ -131,3 +131,23 @@ def test_flows_triggered_through_the_api_land_in_mlflow_and_the_pages_show_them(
     assert "evaluate" in deployment_page and flow_run["name"] in deployment_page and "Completed" in deployment_page
     mlflow_page = chromium_dom(run_page, tmp_path / "chromium-2")
     assert mlflow_run.info.run_name in mlflow_page and mlflow_run.info.run_id in mlflow_page
+
+
+def test_itm_commands_use_the_running_stack(stack, tiny_shapes_options, tmp_path):
+    """With the stack up and no PREFECT_API_URL / MLFLOW_TRACKING_URI set, `itm run` lands in the stack."""
+    from mlflow.tracking import MlflowClient
+
+    params = tmp_path / "eval.json"
+    params.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "experiment": "from-the-cli", "matchers": [
+        {"image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf"}, "untrained_heads": True}]}))
+    env = {k: v for k, v in stack["env"].items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    out = subprocess.run([ITM, "run", "evaluate", "--params", str(params)], env=env, capture_output=True, text=True, timeout=600,
+                         stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert f"using the running stack: Prefect {stack['prefect']}" in out.stderr
+    experiment = MlflowClient(tracking_uri=stack["mlflow"]).get_experiment_by_name("from-the-cli")
+    assert experiment is not None
+    runs = MlflowClient(tracking_uri=stack["mlflow"]).search_runs([experiment.experiment_id])
+    flow_run_id = next(r.data.tags["prefect.flow_run_id"] for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert api(f"{stack['prefect']}/api/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
