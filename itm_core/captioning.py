@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.training import TrainSchedule, seed_everything
+from itm_core.training import TrainSchedule, clipped_step, seed_everything
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
@@ -221,14 +221,7 @@ def train_captioner(
                 continue
             batch_ids = ids[rows]
             batch_ids = batch_ids[:, : int((batch_ids != 0).sum(1).max())]
-            loss = model.loss(train_features[owners[rows]], batch_ids)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if scheduler.last_epoch < scheduler.total_steps - 1:
-                scheduler.step()
-            losses.append(loss.item())
+            losses.append(clipped_step(model.loss(train_features[owners[rows]], batch_ids), model, optimizer, scheduler))
         metrics = {"train_loss": float(np.mean(losses)), "val_loss": caption_loss(captioner, val_features, val_captions, val_caption_image)}
         result.history.append({"epoch": epoch, **metrics})
         if on_epoch is not None:

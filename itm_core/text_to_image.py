@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.training import TrainSchedule, seed_everything
+from itm_core.training import TrainSchedule, clipped_step, seed_everything
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -318,20 +318,14 @@ def train_text_to_image(
             batch = order[b * config.batch_size : (b + 1) * config.batch_size]
             picked = torch.tensor([rng.choice(per_image[i]) for i in batch])
             mask = None if train.mask is None else train.mask[picked]
-            loss = model.training_loss(train_images[batch], train.text[picked].float(), mask)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if scheduler.last_epoch < scheduler.total_steps - 1:
-                scheduler.step()
+            loss = clipped_step(model.training_loss(train_images[batch], train.text[picked].float(), mask), model, optimizer, scheduler)
             if ema is not None:
                 decay = min(config.ema_decay, (1 + result.steps) / (10 + result.steps))
                 with torch.no_grad():
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p, 1 - decay)
             result.steps += 1
-            losses.append(loss.item())
+            losses.append(loss)
         metrics = {"train_loss": float(np.mean(losses)), "val_loss": validation_loss(trained.model, val_images, val, config.seed)}
         result.history.append({"epoch": epoch, **metrics})
         result.best_epoch = epoch

@@ -81,6 +81,18 @@ class TrainSchedule:
     time_limit_s: float = 0.0
 
 
+def clipped_step(loss: torch.Tensor, module: torch.nn.Module, optimizer: Any, scheduler: Any, max_norm: float = 1.0) -> float:
+    """Backpropagate ``loss``, clip the gradient norm of ``module``, step the optimizer and the
+    scheduler (held at its last value once its steps are used up); the loss as a float."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    optimizer.step()
+    if scheduler.last_epoch < scheduler.total_steps - 1:
+        scheduler.step()
+    return loss.item()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
