@@ -155,10 +155,7 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
     t = params.text_to_image
     config = t2i_config(params)
     shown = min(SAMPLES, len(prompts))
-    first = {}
-    for j, i in enumerate(features["val"].caption_image.tolist()):
-        first.setdefault(i, j)
-    rows = torch.tensor(list(first.values())[:shown])
+    rows = features["val"].first_captions(len(images["val"]))[:shown]
     shown_text = features["val"].text[rows].float()
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.training import TrainSchedule, clipped_step, seed_everything
+from itm_core.training import TrainSchedule, captions_per_image, clipped_step, seed_everything
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -251,6 +251,10 @@ class TextFeatures:
     mask: torch.Tensor | None
     caption_image: torch.Tensor
 
+    def first_captions(self, n_images: int) -> torch.Tensor:
+        """The row of each image's first caption, for images that have one."""
+        return torch.tensor([rows[0] for rows in captions_per_image(self.caption_image, n_images) if rows], dtype=torch.long)
+
 
 @dataclass
 class T2ITrainResult:
@@ -267,10 +271,7 @@ def validation_loss(model: nn.Module, images: torch.Tensor, features: TextFeatur
     model.eval()
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    first = {}
-    for j, i in enumerate(features.caption_image.tolist()):
-        first.setdefault(i, j)
-    rows = torch.tensor(list(first.values()))
+    rows = features.first_captions(len(images))
     losses = []
     for s in range(0, len(rows), batch_size):
         r = rows[s : s + batch_size]
@@ -300,10 +301,8 @@ def train_text_to_image(
     model.condition.set_statistics(train.text, train.mask)
     ema = copy.deepcopy(model) if config.model == "diffusion" else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    per_image: dict[int, list[int]] = {}
-    for j, i in enumerate(train.caption_image.tolist()):
-        per_image.setdefault(i, []).append(j)
-    usable = sorted(per_image)
+    per_image = captions_per_image(train.caption_image, len(train_images))
+    usable = [i for i, rows in enumerate(per_image) if rows]
     steps_per_epoch = max(1, len(usable) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.05)
     rng = random.Random(config.seed)
