@@ -5,20 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.evaluate import log_retrieval_figures
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
 from flows.tasks import Progress, encode_features, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet
 from itm_core.embed import EmbeddingCache, FeatureSplit
-from flows.evaluate import log_retrieval_figures
-from itm_core.evaluation import build_encoders, evaluate_retrieval, retrieval_report
+from itm_core.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.matcher import Matcher
 from itm_core.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
-from itm_core.training import ContrastiveConfig, LiveTower, TrainResult, evaluate_features, train_contrastive
+from itm_core.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
 
 
 def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:
@@ -43,8 +44,6 @@ def train_matcher(
     params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit, unlocked: dict[str, LiveTower]
 ) -> tuple[Matcher, TrainResult]:
     """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
-    import torch
-
     t = params.training
     torch.manual_seed(t.seed)
     matcher = Matcher(
@@ -66,6 +65,13 @@ def train_matcher(
     result = train_contrastive(matcher, train, val, config, on_epoch, unlocked)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
+
+
+@torch.no_grad()
+def test_report(matcher: Matcher, features: FeatureSplit, test: ImageTextSet) -> RetrievalReport:
+    """Test metrics, ranks and retrieval examples from the test split's tower features."""
+    matcher.eval()
+    return report_from_embeddings(matcher.embed_image_features(features.image), matcher.embed_text_features(features.text), test, matcher.similarity)
 
 
 @task(name="register-and-promote", cache_policy=NO_CACHE)
@@ -108,10 +114,11 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked)
         if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
             features["test"] = encode_features(image_encoder, text_encoder, splits["test"], cache)
-        test_metrics = evaluate_features(matcher, features["test"])
+        report = test_report(matcher, features["test"], splits["test"])
+        test_metrics = report.metrics
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         matcher.attach_encoders(image_encoder, text_encoder)
-        log_retrieval_figures(retrieval_report(matcher, splits["test"], cache), splits["test"], run_name)
+        log_retrieval_figures(report, splits["test"], run_name)
         outcome = register_and_promote(matcher, params, test_metrics, splits["test"], cache)
         create_markdown_artifact(
             key="retrain-summary",

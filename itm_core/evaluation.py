@@ -101,14 +101,20 @@ def retrieval_report(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: E
                      examples: int = 4, k: int = 5, seed: int = 0) -> RetrievalReport:
     """:func:`evaluate_retrieval` plus the ranks (for recall@K curves) and the top ``k`` images of
     ``examples`` captions picked with ``seed`` (for a retrieval example grid)."""
-    import random
-
-    from itm_core.retrieval import ranks, top_k
-
     image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
     text_emb = scorer.embed_texts(data.captions, cache)
-    metrics = create("metric", "retrieval").compute(image_emb, text_emb, data.caption_image, similarity=scorer.similarity)
-    r = ranks(image_emb, text_emb, data.caption_image, scorer.similarity)
+    return report_from_embeddings(image_emb, text_emb, data, scorer.similarity, examples, k, seed)
+
+
+def report_from_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, data: ImageTextSet, similarity: Any,
+                           examples: int = 4, k: int = 5, seed: int = 0) -> RetrievalReport:
+    """The :class:`RetrievalReport` of embeddings already computed for every image and caption of
+    ``data``; the ranks are computed once and give the metrics too."""
+    import random
+
+    from itm_core.retrieval import ranks, recall_metrics, top_k
+
+    r = ranks(image_emb, text_emb, data.caption_image, similarity)
     queries = sorted(random.Random(seed).sample(range(len(data.captions)), min(examples, len(data.captions))))
-    _, best = top_k(text_emb[queries], image_emb, scorer.similarity, k) if queries else (None, torch.zeros(0, k, dtype=torch.long))
-    return RetrievalReport(metrics, r, queries, best.tolist())
+    _, best = top_k(text_emb[queries], image_emb, similarity, k) if queries else (None, torch.zeros(0, k, dtype=torch.long))
+    return RetrievalReport(recall_metrics(r), r, queries, best.tolist())
