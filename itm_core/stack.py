@@ -132,7 +132,11 @@ def _wait(stack: Stack, name: str, ready: Callable[[], bool], timeout: float) ->
 
 
 def _deployments_ready(stack: Stack) -> bool:
-    return _http_ok(f"{stack.prefect_api}/deployments/name/evaluate/default")
+    """Every deployment of ``prefect.yaml`` is registered on the server."""
+    try:
+        return len(served_deployments(stack)) >= len(deployment_specs())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = None, timeout: float = 240,
@@ -163,7 +167,7 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = No
         echo(f"Prefect server and UI: {stack.prefect_ui}")
         _start(stack, "serve", [sys.executable, "-m", "itm_core.serve"], {**base, **stack.env(), "ITM_HOME": str(home)})
         _wait(stack, "serve", lambda: _deployments_ready(stack), timeout)
-        echo("deployments served: " + ", ".join(deployment_names()))
+        echo("deployments served: " + ", ".join(served_deployments(stack)))
     except BaseException:
         down(home, echo=lambda _: None)
         raise
@@ -208,10 +212,16 @@ def deployment_specs(path: Path | None = None) -> list[dict[str, Any]]:
     return list(yaml.safe_load(path.read_text()).get("deployments", []))
 
 
-def deployment_names(path: Path | None = None) -> list[str]:
-    from prefect.flows import load_flow_from_entrypoint
+def served_deployments(stack: Stack) -> list[str]:
+    """``flow/deployment`` names as the stack's Prefect server lists them (no flow code is imported here)."""
 
-    return [f"{load_flow_from_entrypoint(str(PROJECT_ROOT / d['entrypoint'])).name}/{d['name']}" for d in deployment_specs(path)]
+    def post(path: str) -> list[dict[str, Any]]:
+        request = urllib.request.Request(f"{stack.prefect_api}/{path}", data=b"{}", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    flows = {f["id"]: f["name"] for f in post("flows/filter")}
+    return sorted(f"{flows.get(d['flow_id'], '?')}/{d['name']}" for d in post("deployments/filter"))
 
 
 def build_deployments(path: Path | None = None) -> list[Any]:
