@@ -88,7 +88,7 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
         data, skipped = load_data(params.dataset)
         split = data.split(params.split).head(params.num_images)
         paths = [str(p) for p in split.image_paths()]
-        references = [split.captions_of(i) for i in range(len(split))]
+        references = split.captions_by_image()
     with tracked_run(params.experiment, params.run_name or params.generator, params.model_dump()):
         if data is not None:
             log_dataset(split, skipped)

@@ -65,10 +65,6 @@ def epoch_callback(total: int, sample_every: int, samples: Any) -> Any:
 # --- captioning -------------------------------------------------------------------------------------
 
 
-def references(data: ImageTextSet) -> list[list[str]]:
-    return [data.captions_of(i) for i in range(len(data))]
-
-
 @task(name="train-captioner", cache_policy=NO_CACHE)
 def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor], splits: dict[str, ImageTextSet]) -> tuple[Any, Any]:
     """Train the GPT-2 captioner on cached image features; log losses every epoch and sample captions
@@ -109,7 +105,7 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
         captioner, result = train_captioner_task(params, features, splits)
         captioner.encoder = encoder
         test = splits["test"]
-        refs = references(test)
+        refs = test.captions_by_image()
         beams = params.captioning.num_beams
         predictions = captioner.caption_features(features["test"], num_beams=beams)
         test_metrics = bleu.compute(predictions=predictions, references=refs)
@@ -203,11 +199,11 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
         features = {s: text_features(encoder, d, cache, tokens) for s, d in splits.items()}
         images = {s: images_to_tensor(load_images(d.image_paths()), t.resolution) for s, d in splits.items() if s != "test"}
         val = splits["val"]
-        model, result = train_t2i_task(params, images, features, [val.captions_of(i)[0] for i in range(len(val))])
+        model, result = train_t2i_task(params, images, features, [refs[0] for refs in val.captions_by_image()])
         model.encoder = encoder
         test = splits["test"].head(t.test_prompts)
-        prompts = [test.captions_of(i)[0] for i in range(len(test))]
-        equivalents = [test.captions_of(i) for i in range(len(test))]
+        equivalents = test.captions_by_image()
+        prompts = [refs[0] for refs in equivalents]
         distractors = splits["test"].captions
 
         def score(generator: Any) -> dict[str, float]:

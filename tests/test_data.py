@@ -187,3 +187,8 @@ def test_shapes_question_answers_match_the_scene():
     assert qa["size"]["answer"] == ("small" if where == "left" else "large")
     single = {q["type"]: q["answer"] for q in questions(Scene((Obj("star", "green", "medium"),), "top"), random.Random(0))}
     assert single == {"count": "one", "colour": "green", "shape": "star", "size": "medium", "position": "top"}
+
+
+def test_captions_by_image_matches_captions_of(tiny_shapes):
+    for data in (tiny_shapes, tiny_shapes.split("test").head(5)):
+        assert data.captions_by_image() == [data.captions_of(i) for i in range(len(data))]

@@ -57,6 +57,13 @@ class ImageTextSet:
     def captions_of(self, i: int) -> list[str]:
         return [c for c, k in zip(self.captions, self.caption_image) if k == i]
 
+    def captions_by_image(self) -> list[list[str]]:
+        """Every image's captions, in one pass (``captions_of`` for each image would read all captions per image)."""
+        out: list[list[str]] = [[] for _ in self.images]
+        for caption, k in zip(self.captions, self.caption_image):
+            out[k].append(caption)
+        return out
+
     def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageTextSet":
         """The images at ``indices`` (in that order) with their captions and extras."""
         position = {old: new for new, old in enumerate(indices)}
