@@ -13,10 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import load_data, log_dataset, transient_only
 from itm_core.config import EvaluateParams, MatcherRef
 from itm_core.data import ImageTextSet, load_images
-from itm_core.embed import EmbeddingCache
-from itm_core.evaluation import RetrievalReport, build_scorer, retrieval_report
-from itm_core.plots import recall_at_k_figure, retrieval_examples_figure
-from itm_core.tracking import log_table, tracked_run
+from itm_core.encode.embed import EmbeddingCache
+from itm_core.judge.evaluation import RetrievalReport, build_scorer, retrieval_report
+from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
+from itm_core.ops.tracking import log_table, tracked_run
 
 LEADERBOARD_COLUMNS = ["matcher", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_medr", "t2i_medr", "rsum"]
 

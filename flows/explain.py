@@ -14,9 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import load_data
 from itm_core.config import ExplainParams
 from itm_core.data import DataError, open_image
-from itm_core.evaluation import build_scorer
-from itm_core.explain import Explanation, explain_pair, explanation_figure
-from itm_core.tracking import log_table, tracked_run
+from itm_core.judge.evaluation import build_scorer
+from itm_core.judge.explain import Explanation, explain_pair, explanation_figure
+from itm_core.ops.tracking import log_table, tracked_run
 
 
 @task(name="explain", cache_policy=NO_CACHE)

@@ -12,15 +12,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
-from itm_core.benchmark import BenchmarkData, SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
+from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
-from itm_core.embed import EmbeddingCache, FeatureSplit
-from itm_core.evaluation import build_encoders
-from itm_core.heads import HeadConfig
-from itm_core.matcher import Matcher
-from itm_core.registry import names, spec
-from itm_core.tracking import log_table, tracked_run
-from itm_core.training import ContrastiveConfig, train_contrastive
+from itm_core.encode.embed import EmbeddingCache, FeatureSplit
+from itm_core.judge.evaluation import build_encoders
+from itm_core.models.heads import HeadConfig
+from itm_core.models.matcher import Matcher
+from itm_core.contract.registry import names, spec
+from itm_core.ops.tracking import log_table, tracked_run
+from itm_core.models.training import ContrastiveConfig, train_contrastive
 
 COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
            "probe_accuracy_position", "i2t_r1", "t2i_r1", "parameters", "train_seconds"]

@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import load_data, log_dataset, transient_only
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
-from itm_core.plots import log_grid
-from itm_core.registry import create
-from itm_core.tracking import log_table, tracked_run
+from itm_core.ops.plots import log_grid
+from itm_core.contract.registry import create
+from itm_core.ops.tracking import log_table, tracked_run
 
 
 @task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
@@ -70,7 +70,7 @@ def save_images(images: list[Any], folder: str) -> list[str]:
 def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
     """Captions for images, or images for prompts, by a generator; saved as a table, a grid and files
     in MLflow and scored with the chosen metrics."""
-    from itm_core.registry import spec
+    from itm_core.contract.registry import spec
 
     task_kind = spec("generator", params.generator).metadata.get("task", "image-to-text")
     prompts = read_prompts(params)

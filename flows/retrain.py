@@ -15,11 +15,11 @@ from flows.retrain_generation import retrain_captioner, retrain_text_to_image
 from flows.tasks import Progress, encode_features, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet
-from itm_core.embed import EmbeddingCache, FeatureSplit
-from itm_core.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
-from itm_core.matcher import Matcher
-from itm_core.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
-from itm_core.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
+from itm_core.encode.embed import EmbeddingCache, FeatureSplit
+from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
+from itm_core.models.matcher import Matcher
+from itm_core.ops.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
+from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
 
 
 def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:

@@ -14,11 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import Progress, load_data, log_dataset
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, load_images
-from itm_core.embed import EmbeddingCache, encode, encode_tokens
-from itm_core.evaluation import build_encoder
-from itm_core.plots import log_grid
-from itm_core.registry import create
-from itm_core.tracking import champion_version, load_generator_model, load_matcher, log_generator, promote_if_better, tracked_run
+from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
+from itm_core.judge.evaluation import build_encoder
+from itm_core.ops.plots import log_grid
+from itm_core.contract.registry import create
+from itm_core.ops.tracking import champion_version, load_generator_model, load_matcher, log_generator, promote_if_better, tracked_run
 
 SAMPLES = 8
 
@@ -69,7 +69,7 @@ def epoch_callback(total: int, sample_every: int, samples: Any) -> Any:
 def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor], splits: dict[str, ImageTextSet]) -> tuple[Any, Any]:
     """Train the GPT-2 captioner on cached image features; log losses every epoch and sample captions
     of fixed validation images every ``sample_every`` epochs."""
-    from itm_core.captioning import CaptionerConfig, train_captioner
+    from itm_core.models.captioning import CaptionerConfig, train_captioner
 
     c = params.captioning
     config = CaptionerConfig(
@@ -126,7 +126,7 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
 
 
 def text_features(encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool) -> Any:
-    from itm_core.text_to_image import TextFeatures
+    from itm_core.models.text_to_image import TextFeatures
 
     owners = torch.tensor(data.caption_image, dtype=torch.long)
     if tokens:
@@ -146,7 +146,7 @@ def score_images(images: list[Any], prompts: list[str], matcher: str, candidates
 def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], features: dict[str, Any], prompts: list[str]) -> tuple[Any, Any]:
     """Train the text-to-image model; log losses every epoch and a grid for fixed validation prompts
     every ``sample_every`` epochs."""
-    from itm_core.text_to_image import tensor_to_images, train_text_to_image
+    from itm_core.models.text_to_image import tensor_to_images, train_text_to_image
 
     t = params.text_to_image
     config = t2i_config(params)
@@ -166,7 +166,7 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
 
 
 def t2i_config(params: RetrainParams) -> Any:
-    from itm_core.text_to_image import TextToImageConfig
+    from itm_core.models.text_to_image import TextToImageConfig
 
     t = params.text_to_image
     epochs = t.epochs or (60 if t.model == "cvae" else 14)
@@ -178,7 +178,7 @@ def t2i_config(params: RetrainParams) -> Any:
 
 
 def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
-    from itm_core.text_to_image import images_to_tensor, uses_tokens
+    from itm_core.models.text_to_image import images_to_tensor, uses_tokens
 
     t = params.text_to_image
     if t.model == "diffusion":

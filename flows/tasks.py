@@ -14,15 +14,15 @@ from prefect.cache_policies import NO_CACHE
 from itm_core.config import DatasetParams
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.data.source import load_dataset
-from itm_core.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_key
-from itm_core.tracking import log_table
+from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_key
+from itm_core.ops.tracking import log_table
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry failures that may pass (a server, a file system, a download),
     never bad input (unknown model, invalid value, missing file), which would fail the same way again."""
     from itm_core.components import ContractError
-    from itm_core.registry import RegistryError
+    from itm_core.contract.registry import RegistryError
 
     try:
         state.result()

@@ -25,7 +25,7 @@ def main() -> None:
     """ITM workbench: image-text matching and fusion as plugins and flows. While `itm up` runs here,
     commands use its Prefect server and MLflow tracking server (unless PREFECT_API_URL or
     MLFLOW_TRACKING_URI say otherwise)."""
-    from itm_core.stack import use_running_stack
+    from itm_core.ops.stack import use_running_stack
 
     stack = use_running_stack()
     if stack is not None:
@@ -39,10 +39,10 @@ err = Console(stderr=True)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from itm_core.components import ContractError
+    from itm_core.contract.components import ContractError
     from itm_core.config import ParamsFileError
     from itm_core.data import DataError
-    from itm_core.registry import RegistryError
+    from itm_core.contract.registry import RegistryError
 
     return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)
 
@@ -54,8 +54,8 @@ def _fail(exc: BaseException) -> None:
 
 def plugin_listing() -> list[dict[str, Any]]:
     """Every plugin (loaded or failed) with its version, hooks and the components it registered."""
-    from itm_core.plugins import get_plugin_manager
-    from itm_core.registry import collect
+    from itm_core.contract.plugins import get_plugin_manager
+    from itm_core.contract.registry import collect
 
     pm = get_plugin_manager()
     by_plugin: dict[str, list[dict[str, Any]]] = {}
@@ -110,9 +110,9 @@ def check(
     option: list[str] = typer.Option([], "--option", "-o", help="Factory option KEY=VALUE (VALUE parsed as JSON when it can be)"),
 ) -> None:
     """Run the conformance checks on a component; exit status 0 only when it passes."""
-    from itm_core.components import KINDS
-    from itm_core.registry import collect
-    from itm_core.testing import check_component
+    from itm_core.contract.components import KINDS
+    from itm_core.contract.registry import collect
+    from itm_core.contract.testing import check_component
 
     try:
         registered = collect()
@@ -211,8 +211,8 @@ def up(
     timeout: float = typer.Option(240, help="Seconds to wait for each process to answer"),
 ) -> None:
     """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1."""
-    from itm_core.stack import StackError
-    from itm_core.stack import up as start
+    from itm_core.ops.stack import StackError
+    from itm_core.ops.stack import up as start
 
     try:
         stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print)
@@ -228,7 +228,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop the stack that ``itm up`` started here."""
-    from itm_core.stack import down as stop
+    from itm_core.ops.stack import down as stop
 
     stop(echo=console.print)
 

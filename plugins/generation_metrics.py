@@ -43,7 +43,7 @@ class _MatcherMetric(Metric):
     @property
     def matcher(self) -> Any:
         if self._matcher is None:
-            from itm_core.tracking import load_matcher
+            from itm_core.ops.tracking import load_matcher
 
             self._matcher = load_matcher(self.matcher_uri)
         return self._matcher
@@ -134,7 +134,7 @@ class _FeatureDistance(Metric):
     task = "text-to-image"
 
     def __init__(self, encoder: str = "efficientnet-lite0", encoder_options: dict[str, Any] | None = None) -> None:
-        from itm_core.registry import create
+        from itm_core.contract.registry import create
 
         self.encoder_name = encoder
         options = {"pool": "avg"} if encoder_options is None and encoder == "efficientnet-lite0" else (encoder_options or {})

@@ -26,8 +26,8 @@ class RetrievalCaptioner(Generator):
         bank_split: str = "train",
     ) -> None:
         from itm_core import create
-        from itm_core.embed import EmbeddingCache
-        from itm_core.tracking import load_matcher
+        from itm_core.encode.embed import EmbeddingCache
+        from itm_core.ops.tracking import load_matcher
 
         if captions is None:
             captions = create("dataset", bank_dataset, **(bank_options or {})).load().split(bank_split).captions
@@ -38,7 +38,7 @@ class RetrievalCaptioner(Generator):
         self.bank_emb = self.matcher.embed_texts(self.bank, EmbeddingCache())
 
     def generate(self, inputs: Sequence[Any], **options: Any) -> list[str]:
-        from itm_core.retrieval import top_k
+        from itm_core.judge.retrieval import top_k
 
         if len(inputs) == 0:
             return []

@@ -25,7 +25,7 @@ class RetrievalMetric(Metric):
 
     def compute(self, image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: Sequence[int], similarity: Any = None, **_: Any) -> dict[str, float]:
         from itm_core import create
-        from itm_core.retrieval import ranks, recall_metrics
+        from itm_core.judge.retrieval import ranks, recall_metrics
 
         if similarity is None:
             similarity = create("similarity", "cosine")

@@ -16,8 +16,8 @@ class TrainedCaptioner(Generator):
     task = "image-to-text"
 
     def __init__(self, model: str = "models:/itm-captioner@champion", num_beams: int = 3) -> None:
-        from itm_core.captioning import Captioner
-        from itm_core.tracking import load_generator_model
+        from itm_core.models.captioning import Captioner
+        from itm_core.ops.tracking import load_generator_model
 
         if num_beams < 1:
             raise ValueError(f"trained-captioner: num_beams must be at least 1, got {num_beams}")
@@ -37,8 +37,8 @@ class TrainedTextToImage(Generator):
     task = "text-to-image"
 
     def __init__(self, model: str = "models:/itm-text-to-image@champion", seed: int = 0, size: int = 0) -> None:
-        from itm_core.text_to_image import TextToImage
-        from itm_core.tracking import load_generator_model
+        from itm_core.models.text_to_image import TextToImage
+        from itm_core.ops.tracking import load_generator_model
 
         self.model = load_generator_model(model)
         if not isinstance(self.model, TextToImage):

@@ -46,7 +46,7 @@ def mlflow_store(tmp_path, monkeypatch):
 @pytest.fixture
 def fresh_plugins():
     """Reload plugins from the environment before and after a test that changes ITM_PLUGINS and friends."""
-    from itm_core.plugins import reset_plugin_manager
+    from itm_core.contract.plugins import reset_plugin_manager
 
     reset_plugin_manager()
     yield

@@ -8,14 +8,14 @@ from typer.testing import CliRunner
 
 from itm_core import hookimpl
 from itm_core.components import Encoder, Fusion
-from itm_core.plugins import temporary_plugin
+from itm_core.contract.plugins import temporary_plugin
 from itm_core.testing import assert_conforms, check_component
 
 
 @pytest.fixture(scope="module")
 def saved_matcher(tmp_path_factory):
     from itm_core import create
-    from itm_core.matcher import Matcher
+    from itm_core.models.matcher import Matcher
 
     folder = tmp_path_factory.mktemp("matcher") / "m"
     tfidf = create("encoder", "tfidf", max_features=64)
@@ -138,8 +138,8 @@ CHECKED_ELSEWHERE = {
 
 
 def test_every_builtin_component_has_a_conformance_test():
-    from itm_core.plugins import get_plugin_manager
-    from itm_core.registry import collect
+    from itm_core.contract.plugins import get_plugin_manager
+    from itm_core.contract.registry import collect
 
     builtin = {i.name for i in get_plugin_manager().info.values() if i.builtin}
     names = {s.name for specs in collect().values() for s in specs.values() if s.plugin in builtin}

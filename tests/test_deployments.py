@@ -37,7 +37,7 @@ def test_parameter_forms_have_defaults_and_descriptions():
 
 def test_forms_offer_registered_components_by_kind():
     """The served deployments' schemas list the registered plugins of the right kind as choices."""
-    from itm_core.stack import build_deployments
+    from itm_core.ops.stack import build_deployments
 
     schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
     assert len(schemas) == 5

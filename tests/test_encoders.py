@@ -8,8 +8,8 @@ from PIL import Image
 
 from itm_core import create, hookimpl
 from itm_core.components import Encoder
-from itm_core.embed import EmbeddingCache, encode, encoder_key
-from itm_core.plugins import temporary_plugin
+from itm_core.encode.embed import EmbeddingCache, encode, encoder_key
+from itm_core.contract.plugins import temporary_plugin
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, GenerateParams, MatcherRef, RetrainParams, TrainingParams
-from itm_core.plugins import reset_plugin_manager
+from itm_core.contract.plugins import reset_plugin_manager
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "itm-plugin-example"
 pytestmark = pytest.mark.timeout(900)

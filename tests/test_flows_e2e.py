@@ -205,7 +205,7 @@ def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes
     from flows.generate import generate
     from itm_core import hookimpl
     from itm_core.components import Generator
-    from itm_core.plugins import temporary_plugin
+    from itm_core.contract.plugins import temporary_plugin
 
     class Painter(Generator):
         task = "text-to-image"

@@ -35,7 +35,7 @@ def mean_colour(image: Image.Image) -> str:
 
 
 def test_tokenizer_is_trained_on_the_captions():
-    from itm_core.captioning import train_tokenizer
+    from itm_core.models.captioning import train_tokenizer
 
     tok = train_tokenizer(["A red square", "a blue square on the left"])
     vocab = tok.get_vocab()
@@ -47,7 +47,7 @@ def test_tokenizer_is_trained_on_the_captions():
 
 
 def test_captioner_learns_colours_and_round_trips(tmp_path):
-    from itm_core.captioning import Captioner, CaptionerConfig, train_captioner
+    from itm_core.models.captioning import Captioner, CaptionerConfig, train_captioner
 
     encoder = create("encoder", "color-histogram")
     train_images, train_names = colour_images(10, seed=0)
@@ -78,13 +78,13 @@ def test_captioner_learns_colours_and_round_trips(tmp_path):
 
 
 def _text_features(prompts: list[str], encoder, tokens: bool = False):
-    from itm_core.text_to_image import TextFeatures
+    from itm_core.models.text_to_image import TextFeatures
 
     return TextFeatures(encoder.encode(prompts), None, torch.arange(len(prompts)))
 
 
 def test_conditional_vae_draws_the_prompted_colour(tmp_path):
-    from itm_core.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
 
     images, names = colour_images(12, seed=0)
     prompts = [f"a {c} square" for c in names]
@@ -119,7 +119,7 @@ def test_conditional_vae_draws_the_prompted_colour(tmp_path):
 
 
 def test_diffusion_trains_samples_and_round_trips(tmp_path):
-    from itm_core.text_to_image import ConditionalDiffusion, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import ConditionalDiffusion, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
 
     images, names = colour_images(8, seed=0)
     prompts = [f"a {c} square" for c in names]
@@ -186,9 +186,9 @@ def test_kid_is_the_unbiased_polynomial_mmd():
 @pytest.fixture(scope="module")
 def colour_matcher(tmp_path_factory):
     """A matcher trained on colour images and colour captions, saved to a folder."""
-    from itm_core.embed import FeatureSplit
-    from itm_core.matcher import Matcher
-    from itm_core.training import ContrastiveConfig, train_contrastive
+    from itm_core.encode.embed import FeatureSplit
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.training import ContrastiveConfig, train_contrastive
 
     images, names = colour_images(10, seed=0)
     captions = [f"a {c} square" for c in names]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from itm_core import create
-from itm_core.embed import ModalityFeatures
-from itm_core.heads import (
+from itm_core.encode.embed import ModalityFeatures
+from itm_core.models.heads import (
     FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_vqa, hard_negatives, probe_accuracy, rerank, train_itm, train_vqa,
 )
-from itm_core.retrieval import Ranks
+from itm_core.judge.retrieval import Ranks
 
 
 def test_weighted_fusion_fixed_or_learned():
@@ -95,7 +95,7 @@ def _toy_pairs(n: int, seed: int) -> PairSet:
 
 
 def test_itm_head_learns_to_separate_matches():
-    from itm_core.heads import evaluate_itm
+    from itm_core.models.heads import evaluate_itm
 
     train, val = _toy_pairs(128, 1), _toy_pairs(32, 2)
     head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)

@@ -51,7 +51,7 @@ def test_clip_conforms(clip_dir, modality):
 
 def test_clip_pair_is_a_zero_shot_matcher_for_evaluate(clip_dir, tiny_shapes):
     from itm_core.config import ComponentParams, MatcherRef
-    from itm_core.evaluation import EncoderPair, build_scorer, evaluate_retrieval
+    from itm_core.judge.evaluation import EncoderPair, build_scorer, evaluate_retrieval
 
     ref = MatcherRef(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
                      text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}))
@@ -197,7 +197,7 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
     from flows.evaluate import evaluate
     from flows.retrain import retrain
     from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, MatcherRef, RetrainParams, TrainingParams
-    from itm_core.tracking import load_matcher
+    from itm_core.ops.tracking import load_matcher
 
     dataset = DatasetParams(options=tiny_shapes_options)
     towers = dict(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),

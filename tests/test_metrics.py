@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from itm_core import create
-from itm_core.retrieval import ranks, recall_metrics, top_k
+from itm_core.judge.retrieval import ranks, recall_metrics, top_k
 
 
 class MatrixSimilarity:

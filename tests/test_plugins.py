@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import itm_core
 from itm_core import ContractError, RegistryError, create, hookimpl
 from itm_core.components import Encoder
-from itm_core.plugins import get_plugin_manager, temporary_plugin
+from itm_core.contract.plugins import get_plugin_manager, temporary_plugin
 
 BUILTIN_COMPONENTS = {
     ("encoder", "efficientnet-lite0"), ("encoder", "minilm"), ("encoder", "tfidf"), ("encoder", "color-histogram"),
@@ -122,7 +122,7 @@ def test_plugin_with_unknown_hook_is_skipped_and_reported():
             pass
 
     pm = get_plugin_manager()
-    from itm_core.plugins import PluginInfo
+    from itm_core.contract.plugins import PluginInfo
 
     info = PluginInfo(name="typo-plugin")
     assert not pm.register_plugin(Typo(), info)

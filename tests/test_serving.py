@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from itm_core import create
 from itm_core.data import DataError, image_from_reference
-from itm_core.matcher import Matcher
-from itm_core.tracking import example_image_base64, log_matcher
+from itm_core.models.matcher import Matcher
+from itm_core.ops.tracking import example_image_base64, log_matcher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itm_core.embed import FeatureSplit
-from itm_core.matcher import Matcher
-from itm_core.training import ContrastiveConfig, clip_loss, evaluate_features, train_contrastive
+from itm_core.encode.embed import FeatureSplit
+from itm_core.models.matcher import Matcher
+from itm_core.models.training import ContrastiveConfig, clip_loss, evaluate_features, train_contrastive
 
 
 def synthetic(n_images: int, seed: int) -> FeatureSplit:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def load_dataset(params: "DatasetParams") -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build the registered dataset, keep ``max_images`` per split, and decode every image once."""
-    from itm_core.registry import create
+    from itm_core.contract.registry import create
 
     data = create("dataset", params.name, **params.options).load()
     if params.max_images:

@@ -25,7 +25,7 @@ def test_conforms(kind, name, options, tmp_path, monkeypatch):
 
 def test_zero_shot_retrieval_and_captions(tmp_path):
     from itm_core.data import load_images
-    from itm_core.evaluation import EncoderPair, evaluate_retrieval
+    from itm_core.judge.evaluation import EncoderPair, evaluate_retrieval
 
     data = create("dataset", "colour-swatches", per_colour=5, root=str(tmp_path)).load().split("test")
     pair = EncoderPair(create("encoder", "colour-names", modality="image"), create("encoder", "colour-names", modality="text"), create("similarity", "neg-euclidean"))

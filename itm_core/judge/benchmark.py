@@ -10,13 +10,13 @@ from typing import Any, Callable
 import torch
 
 from itm_core.data import ImageTextSet
-from itm_core.embed import EmbeddingCache, ModalityFeatures, encode_features
-from itm_core.heads import (
+from itm_core.encode.embed import EmbeddingCache, ModalityFeatures, encode_features
+from itm_core.models.heads import (
     FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_itm, evaluate_vqa, parameter_count, probe_pair_scores, reranked_metrics, train_itm, train_vqa,
 )
-from itm_core.matcher import Matcher
-from itm_core.registry import create
-from itm_core.retrieval import Ranks, ranks, recall_metrics
+from itm_core.models.matcher import Matcher
+from itm_core.contract.registry import create
+from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
@@ -183,6 +183,6 @@ def benchmark_fusion(
 
 def uses_tokens(names: list[str]) -> bool:
     """Whether any of these fusions needs token-level features (registered with ``inputs="tokens"``)."""
-    from itm_core.registry import spec
+    from itm_core.contract.registry import spec
 
     return any(spec("fusion", n).metadata.get("inputs", "pooled") == "tokens" for n in names)

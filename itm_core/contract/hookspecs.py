@@ -9,7 +9,7 @@ and receives a ``register`` callback with the signature ``register(name, factory
 - ``metadata``: JSON-serialisable facts shown by ``itm plugins`` (``modality``, ``dim``,
   ``description``, ``requires``...).
 
-The hooks return nothing. The component interfaces live in :mod:`itm_core.components`.
+The hooks return nothing. The component interfaces live in :mod:`itm_core.contract.components`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Register(Protocol):
 
 @hookspec
 def register_encoders(register: Register) -> None:
-    """Register encoders: factories of :class:`itm_core.components.Encoder`.
+    """Register encoders: factories of :class:`itm_core.contract.components.Encoder`.
 
     Metadata should include ``modality`` (``"image"`` or ``"text"``) and, when known without
     building the model, ``dim``.
@@ -39,17 +39,17 @@ def register_encoders(register: Register) -> None:
 
 @hookspec
 def register_similarities(register: Register) -> None:
-    """Register similarity measures: factories of :class:`itm_core.components.Similarity`."""
+    """Register similarity measures: factories of :class:`itm_core.contract.components.Similarity`."""
 
 
 @hookspec
 def register_fusions(register: Register) -> None:
-    """Register fusion methods: factories of :class:`itm_core.components.Fusion`."""
+    """Register fusion methods: factories of :class:`itm_core.contract.components.Fusion`."""
 
 
 @hookspec
 def register_generators(register: Register) -> None:
-    """Register generators: factories of :class:`itm_core.components.Generator`.
+    """Register generators: factories of :class:`itm_core.contract.components.Generator`.
 
     Metadata should include ``task`` (``"image-to-text"`` or ``"text-to-image"``).
     """
@@ -57,7 +57,7 @@ def register_generators(register: Register) -> None:
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Register metrics: factories of :class:`itm_core.components.Metric`.
+    """Register metrics: factories of :class:`itm_core.contract.components.Metric`.
 
     Metadata should include ``task`` (for example ``"retrieval"``) so flows can pick metrics.
     """
@@ -65,4 +65,4 @@ def register_metrics(register: Register) -> None:
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register datasets: factories of :class:`itm_core.components.Dataset`."""
+    """Register datasets: factories of :class:`itm_core.contract.components.Dataset`."""

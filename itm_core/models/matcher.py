@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itm_core.embed import EmbeddingCache, encode
+from itm_core.encode.embed import EmbeddingCache, encode
 
 CONFIG_FILE = "matcher.json"
 WEIGHTS_FILE = "heads.pt"
@@ -139,7 +139,7 @@ class Matcher(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, attach: bool = True) -> "Matcher":
         """Rebuild a saved matcher, with its encoders created from the registry and their fitted state."""
-        from itm_core.registry import create
+        from itm_core.contract.registry import create
 
         folder = Path(folder)
         config_path = folder / CONFIG_FILE

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from itm_core.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.training import TrainSchedule, captions_per_image, clipped_step, seed_everything
+from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
+from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, seed_everything
 
 CONFIG_FILE = "text_to_image.json"
 

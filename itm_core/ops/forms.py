@@ -22,7 +22,7 @@ NAME_FIELDS: dict[str, str] = {"generator": "generator", "similarity": "similari
 
 
 def component_names(kind: str, modality: str | None = None) -> list[str]:
-    from itm_core.registry import collect
+    from itm_core.contract.registry import collect
 
     specs = collect().get(kind, {})
     return sorted(n for n, s in specs.items() if modality is None or modality in str(s.metadata.get("modality", "")).split("|"))

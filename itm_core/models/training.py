@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from itm_core.embed import FeatureSplit
-from itm_core.matcher import Matcher
-from itm_core.retrieval import ranks, recall_metrics
+from itm_core.encode.embed import FeatureSplit
+from itm_core.models.matcher import Matcher
+from itm_core.judge.retrieval import ranks, recall_metrics
 
 
 @dataclass

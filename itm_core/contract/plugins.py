@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pluggy
 
-from itm_core import hookspecs
+from itm_core.contract import hookspecs
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from itm_core.matcher import Matcher
+from itm_core.models.matcher import Matcher
 
 CHAMPION = "champion"
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -190,8 +190,8 @@ def _load_pyfunc(uri: str, model_class: type, what: str) -> Any:
 
 def load_trained_generator(folder: str | Path) -> Any:
     """A saved captioner or text-to-image model, by the configuration file in ``folder``."""
-    from itm_core.captioning import CONFIG_FILE as CAPTIONER, Captioner
-    from itm_core.text_to_image import CONFIG_FILE as T2I, TextToImage
+    from itm_core.models.captioning import CONFIG_FILE as CAPTIONER, Captioner
+    from itm_core.models.text_to_image import CONFIG_FILE as T2I, TextToImage
 
     folder = Path(folder)
     if (folder / CAPTIONER).is_file():
@@ -218,7 +218,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.generator = load_trained_generator(context.artifacts["generator"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from itm_core.captioning import Captioner
+        from itm_core.models.captioning import Captioner
         from itm_core.data import image_from_reference
 
         params = params or {}
@@ -239,7 +239,7 @@ def log_generator(generator: Any, registered_model: str | None) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from itm_core.captioning import Captioner
+    from itm_core.models.captioning import Captioner
 
     if isinstance(generator, Captioner):
         schema = (Schema([ColSpec("string", "image")]), Schema([ColSpec("string", "caption")]), ParamSpec("num_beams", "long", 1))

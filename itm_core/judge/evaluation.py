@@ -9,9 +9,9 @@ import torch
 
 from itm_core.config import MatcherRef
 from itm_core.data import ImageTextSet
-from itm_core.embed import EmbeddingCache, encode
-from itm_core.matcher import Matcher
-from itm_core.registry import create
+from itm_core.encode.embed import EmbeddingCache, encode
+from itm_core.models.matcher import Matcher
+from itm_core.contract.registry import create
 
 
 @dataclass
@@ -63,7 +63,7 @@ def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[A
 
 def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:
     """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``."""
-    from itm_core.tracking import load_matcher
+    from itm_core.ops.tracking import load_matcher
 
     if ref.model_uri:
         return load_matcher(ref.model_uri)
@@ -112,7 +112,7 @@ def report_from_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, data
     ``data``; the ranks are computed once and give the metrics too."""
     import random
 
-    from itm_core.retrieval import ranks, recall_metrics, top_k
+    from itm_core.judge.retrieval import ranks, recall_metrics, top_k
 
     r = ranks(image_emb, text_emb, data.caption_image, similarity)
     queries = sorted(random.Random(seed).sample(range(len(data.captions)), min(examples, len(data.captions))))

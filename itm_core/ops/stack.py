@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 
@@ -165,7 +165,7 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = No
         echo(f"MLflow tracking server and UI: {stack.mlflow_uri}")
         _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api}/health"), timeout)
         echo(f"Prefect server and UI: {stack.prefect_ui}")
-        _start(stack, "serve", [sys.executable, "-m", "itm_core.serve"], {**base, **stack.env(), "ITM_HOME": str(home)})
+        _start(stack, "serve", [sys.executable, "-m", "itm_core.ops.serve"], {**base, **stack.env(), "ITM_HOME": str(home)})
         _wait(stack, "serve", lambda: _deployments_ready(stack), timeout)
         echo("deployments served: " + ", ".join(served_deployments(stack)))
     except BaseException:
@@ -229,7 +229,7 @@ def build_deployments(path: Path | None = None) -> list[Any]:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import ParameterSchema
 
-    from itm_core.forms import with_plugin_choices
+    from itm_core.ops.forms import with_plugin_choices
 
     deployments = []
     for spec in deployment_specs(path):

@@ -7,8 +7,8 @@ import importlib.metadata as md
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from itm_core.components import KINDS, Checked
-from itm_core.plugins import get_plugin_manager
+from itm_core.contract.components import KINDS, Checked
+from itm_core.contract.plugins import get_plugin_manager
 
 HOOK_OF_KIND = {
     "encoder": "register_encoders",

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from itm_core.embed import ModalityFeatures
-from itm_core.retrieval import Ranks, recall_metrics
-from itm_core.training import captions_per_image, seed_everything
+from itm_core.encode.embed import ModalityFeatures
+from itm_core.judge.retrieval import Ranks, recall_metrics
+from itm_core.models.training import captions_per_image, seed_everything
 
 
 class Standardizer(nn.Module):

@@ -39,7 +39,7 @@ def load_weights(folder: str | Path, module: torch.nn.Module) -> torch.nn.Module
 
 def restore_encoder(folder: str | Path, spec: dict[str, Any], role: str) -> Any:
     """The encoder ``spec`` names, created from the registry with its saved fitted state."""
-    from itm_core.registry import create
+    from itm_core.contract.registry import create
 
     encoder = create("encoder", spec["name"], **spec.get("options", {}))
     state_file = Path(folder) / f"{role}_state.pkl"

@@ -1,0 +1,1 @@
+"""Encoding: the batched encoding pipeline and the embedding cache."""

@@ -1,0 +1,1 @@
+"""Judging models: retrieval metrics, evaluation, benchmarks and explanations."""

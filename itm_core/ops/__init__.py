@@ -1,0 +1,1 @@
+"""Operations: MLflow tracking and registry, model saving and pyfunc wrappers, plots, the local stack, Prefect forms, serving."""
