@@ -14,7 +14,7 @@ from flows.evaluate import log_retrieval_figures
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
 from flows.tasks import Progress, encode_features, load_data, log_dataset
 from itm_core.config import RetrainParams
-from itm_core.data import ImageTextSet
+from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.matcher import Matcher
@@ -22,9 +22,8 @@ from itm_core.ops.tracking import champion_version, load_matcher, log_matcher, p
 from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
 
 
-def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:
-    """The towers ``training.unlock`` names, checked to be trainable, with their raw train and val items."""
-    towers = {}
+def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
+    """Fail, before any run opens, when ``training.unlock`` names a tower that cannot be trained."""
     for modality in params.training.unlock:
         enc = encoders[modality]
         if not getattr(enc, "trainable", False) or not hasattr(enc, "train_module"):
@@ -32,11 +31,14 @@ def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dic
                 f"training.unlock: the {modality} encoder {enc.name!r} is not trainable; keep it locked or use a trainable encoder such as clip"
             )
 
-        def items(data: ImageTextSet, m: str = modality) -> list[str]:
-            return [str(p) for p in data.image_paths()] if m == "image" else list(data.captions)
 
-        towers[modality] = LiveTower(enc, items(splits["train"]), items(splits["val"]))
-    return towers
+def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:
+    """The towers ``training.unlock`` names, with their raw train and val items."""
+
+    def items(data: ImageTextSet, m: str) -> list[str]:
+        return [str(p) for p in data.image_paths()] if m == "image" else list(data.captions)
+
+    return {m: LiveTower(encoders[m], items(splits["train"], m), items(splits["val"], m)) for m in params.training.unlock}
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -101,19 +103,26 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         return retrain_captioner(params)
     if params.task == "text-to-image":
         return retrain_text_to_image(params)
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
-    unlocked = unlocked_towers(params, {"image": image_encoder, "text": text_encoder}, splits)
-    cache = EmbeddingCache()
+    encoders = {"image": image_encoder, "text": text_encoder}
+    check_unlockable(params, encoders)
+    cache = EmbeddingCache(float16=params.encoding.float16)
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
-        log_dataset(data, skipped)
-        features = {s: encode_features(image_encoder, text_encoder, d, cache) for s, d in splits.items()}
+        features: dict[str, FeatureSplit] = {}
+        skipped: list[SkippedImage] = []
+        for s, d in list(splits.items()):
+            splits[s], features[s], bad = encode_features(image_encoder, text_encoder, d, cache, params.encoding, params.dataset.on_bad_image)
+            skipped += bad
+        bad_paths = {b.path for b in skipped}
+        log_dataset(data.subset([i for i, rel in enumerate(data.images) if rel not in bad_paths]) if skipped else data, skipped)
+        unlocked = unlocked_towers(params, encoders, splits)
         dims = (int(image_encoder.dim), int(text_encoder.dim))
         matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked)
         if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
-            features["test"] = encode_features(image_encoder, text_encoder, splits["test"], cache)
+            _, features["test"], _ = encode_features(image_encoder, text_encoder, splits["test"], cache, params.encoding)
         report = test_report(matcher, features["test"], splits["test"])
         test_metrics = report.metrics
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})

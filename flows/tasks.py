@@ -11,7 +11,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from itm_core.config import DatasetParams
+from itm_core.config import DatasetParams, EncodingParams
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.data.source import load_dataset
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_key
@@ -34,9 +34,10 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="load-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def load_data(params: DatasetParams) -> tuple[ImageTextSet, list[SkippedImage]]:
-    """Build or read the dataset and decode every image once."""
-    data, skipped = load_dataset(params)
+def load_data(params: DatasetParams, check: bool = True) -> tuple[ImageTextSet, list[SkippedImage]]:
+    """Build or read the dataset; with ``check``, decode every image once to leave out bad ones
+    (without it, the encoding pass checks each image as it reads it)."""
+    data, skipped = load_dataset(params, check)
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
     return data, skipped
@@ -66,17 +67,34 @@ def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "
 
 def encode_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect's cache key for the encoding step: the data (its pairs, and each image file's size and
-    modification time) and both encoders' identities (name, options, fitted state)."""
+    modification time), both encoders' identities (name, options, fitted state) and the bad-image policy."""
     data: ImageTextSet = parameters["data"]
     files = hashlib.sha256()
     for path in data.image_paths():
-        stat = path.stat()
-        files.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return "encode-" + "-".join([data.fingerprint(), files.hexdigest()[:16], encoder_key(parameters["image_encoder"]), encoder_key(parameters["text_encoder"])])
+        try:
+            stat = path.stat()
+            files.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        except OSError:
+            files.update(f"{path}:missing;".encode())
+    parts = [data.fingerprint(), files.hexdigest()[:16], encoder_key(parameters["image_encoder"]), encoder_key(parameters["text_encoder"])]
+    return "encode-" + "-".join(parts + [parameters.get("on_bad_image", "fail")])
 
 
 @task(name="encode", cache_key_fn=encode_cache_key, cache_expiration=timedelta(days=7), persist_result=True)
-def encode_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache) -> FeatureSplit:
-    """Tower features of one split. Prefect caches the result by data and encoders, so a rerun of a flow
-    skips the step (shown as ``Cached`` in the UI); below it, the embedding cache serves each item once."""
-    return encode_split(image_encoder, text_encoder, data, cache)
+def encode_features(
+    image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams | None = None,
+    on_bad_image: str = "fail",
+) -> tuple[ImageTextSet, FeatureSplit, list[SkippedImage]]:
+    """Tower features of one split's usable images and their captions, each image read and checked
+    once. Prefect caches the result by data and encoders, so a rerun of a flow skips the step (shown
+    as ``Cached`` in the UI); below it, the embedding cache serves each item once. With a Dask
+    executor the images are first encoded into the cache as Prefect tasks on the cluster."""
+    encoding = encoding or EncodingParams()
+    if encoding.executor.kind == "dask":
+        from flows.distributed import encode_on_dask
+
+        encode_on_dask(image_encoder, text_encoder, data, cache, encoding)
+    kept, features, skipped = encode_split(image_encoder, text_encoder, data, cache, encoding.options(), on_bad_image)
+    for s in skipped:
+        print(f"skipped image {s.path}: {s.reason}")
+    return kept, features, skipped

@@ -44,6 +44,33 @@ class TrainingParams(Params):
     tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
 
 
+class ExecutorParams(Params):
+    """Where encoding runs: in the flow's own process, or as Prefect tasks on a Dask cluster."""
+
+    kind: Literal["local", "dask"] = Field("local", description="`local`: in the flow's process; `dask`: encoding shards as Prefect tasks on a Dask cluster (prefect-dask)")
+    address: str | None = Field(None, description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (default: a temporary LocalCluster)")
+    n_workers: int = Field(2, ge=1, description="dask without address: worker processes of the temporary LocalCluster")
+    threads_per_worker: int = Field(1, ge=1, description="dask without address: threads per worker (torch threads per worker too)")
+    shard_images: int = Field(1024, ge=1, description="dask: images per Prefect task (one shard of the embedding cache)")
+
+
+class EncodingParams(Params):
+    """How tower features are computed: batches, loader processes, compiled inference, the cache."""
+
+    batch_size: int = Field(64, ge=1, description="Items per encoder batch")
+    workers: int | None = Field(None, ge=0, description="Loader processes that read and decode images beside the model (empty: one per two cores; 0: none)")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="Run locked towers through torch.compile: `auto` for passes large enough to repay the compile time")
+    shard_size: int = Field(2048, ge=1, description="Rows per committed cache shard (a killed run redoes at most one)")
+    float16: bool = Field(False, description="Store cached features at half precision (half the disk and page cache)")
+    executor: ExecutorParams = Field(default_factory=ExecutorParams, description="Where encoding runs")
+
+    def options(self) -> "Any":
+        """The :class:`itm_core.encode.embed.EncodeOptions` of these parameters."""
+        from itm_core.encode.embed import EncodeOptions
+
+        return EncodeOptions(batch_size=self.batch_size, workers=self.workers, shard_size=self.shard_size, compile=self.compile)
+
+
 class CaptioningParams(Params):
     """The trained captioner: image-encoder features as a prefix to a small GPT-2 decoder trained from scratch."""
 
@@ -110,6 +137,7 @@ class RetrainParams(Params):
     image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
     text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
     training: TrainingParams = Field(default_factory=TrainingParams, description="matching: the contrastive training")
+    encoding: EncodingParams = Field(default_factory=EncodingParams, description="matching: how tower features are computed and cached")
     captioning: CaptioningParams = Field(default_factory=CaptioningParams, description="captioning: the decoder and its training")
     text_to_image: TextToImageParams = Field(default_factory=TextToImageParams, description="text-to-image: the model and its training")
     registered_model: str | None = Field(None, description="Registered model name in MLflow (default: itm-matcher, itm-captioner or itm-text-to-image by task)")

