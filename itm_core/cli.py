@@ -143,6 +143,31 @@ def check(
     console.print(report.summary())
 
 
+data_app = typer.Typer(help="Prepare datasets: pack a manifest into WebDataset shards.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("pack")
+def data_pack(
+    manifest: Path = typer.Argument(..., help="A CSV, Parquet, JSONL or Karpathy JSON manifest"),
+    out: Path = typer.Argument(..., help="Folder for the shards"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Samples per shard"),
+    root: Optional[Path] = typer.Option(None, help="Folder the manifest's image paths are relative to (default: its own)"),
+) -> None:
+    """Write MANIFEST's images and captions as WebDataset shards OUT/shard-NNNNN.tar (read them back
+    with the `webdataset` dataset, urls OUT/shard-{00000..NNNNN}.tar)."""
+    from itm_core.data import load_manifest
+    from itm_core.data.webdataset import pack
+
+    try:
+        data = load_manifest(manifest, root=root)
+        shards = pack(data, out, shard_size)
+    except _user_errors() as exc:
+        _fail(exc)
+    last = len(shards) - 1
+    console.print(f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: {out}/shard-{{00000..{last:05d}}}.tar", highlight=False)
+
+
 @app.command("run")
 def run_flow(
     flow: str = typer.Argument(..., help="retrain, evaluate or generate"),

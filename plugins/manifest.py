@@ -1,4 +1,5 @@
-"""The built-in ``manifest`` dataset: any CSV, Parquet, JSONL or Karpathy JSON manifest."""
+"""The built-in ``manifest`` dataset (any CSV, Parquet, JSONL or Karpathy JSON manifest) and the
+``webdataset`` dataset (``.tar`` shards as img2dataset and open_clip write them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
+from itm_core.data.webdataset import load_webdataset
 
 
 class ManifestDataset(Dataset):
@@ -18,6 +20,20 @@ class ManifestDataset(Dataset):
         return load_manifest(self.path, **self.options)
 
 
+class WebDatasetShards(Dataset):
+    def __init__(self, urls: str | list[str], **options: Any) -> None:
+        self.urls = urls
+        self.options = options
+
+    def load(self) -> ImageTextSet:
+        data, left_out = load_webdataset(self.urls, **self.options)
+        for member, reason in left_out[:10]:
+            print(f"webdataset: left out {member}: {reason}")
+        if len(left_out) > 10:
+            print(f"webdataset: left out {len(left_out)} samples in all")
+        return data
+
+
 @hookimpl
 def register_datasets(register):
     register(
@@ -25,4 +41,10 @@ def register_datasets(register):
         ManifestDataset,
         description="A manifest file: CSV, Parquet, JSONL (image and caption columns) or Karpathy JSON",
         options=["path", "root", "format", "image_column", "caption_column", "split_column", "split_ratios", "seed"],
+    )
+    register(
+        "webdataset",
+        WebDatasetShards,
+        description="WebDataset .tar shards ({key}.jpg|png|webp, {key}.txt, optional {key}.json), brace patterns allowed",
+        options=["urls", "split_ratios", "seed", "name", "root"],
     )

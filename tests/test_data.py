@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pandas as pd
@@ -192,3 +193,48 @@ def test_shapes_question_answers_match_the_scene():
 def test_captions_by_image_matches_captions_of(tiny_shapes):
     for data in (tiny_shapes, tiny_shapes.split("test").head(5)):
         assert data.captions_by_image() == [data.captions_of(i) for i in range(len(data))]
+
+
+def test_pack_then_read_gives_the_same_pairs(tiny_shapes, tmp_path):
+    """`itm data pack` writes shards that the `webdataset` dataset reads back as the same pairs."""
+    from typer.testing import CliRunner
+
+    from itm_core import create
+    from itm_core.cli import app
+
+    data = tiny_shapes
+    rows = [{"image": rel, "caption": caps, "split": split} for rel, caps, split in zip(data.images, data.captions_by_image(), data.image_split)]
+    pd.DataFrame(rows).to_json(data.root / "packed.jsonl", orient="records", lines=True)
+    result = CliRunner().invoke(app, ["data", "pack", str(data.root / "packed.jsonl"), str(tmp_path / "shards"), "--shard-size", "30"])
+    assert result.exit_code == 0, result.output
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    assert len(shards) == -(-len(data) // 30)
+    back = create("dataset", "webdataset", urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"), root=str(tmp_path / "data")).load()
+    assert back.captions_by_image() == data.captions_by_image() and back.image_split == data.image_split
+    assert [p.read_bytes() for p in back.image_paths()] == [p.read_bytes() for p in data.image_paths()]
+
+
+def test_webdataset_members_that_are_not_pairs_are_left_out_and_bad_images_reported(tmp_path):
+    import webdataset as wds
+
+    from itm_core.data.webdataset import load_webdataset
+    from itm_core.encode.embed import EncodeOptions, encode_split
+
+    good = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(good, format="PNG")
+    with wds.TarWriter(str(tmp_path / "s-0.tar")) as sink:
+        sink.write({"__key__": "a", "png": good.getvalue(), "txt": "a red square"})
+        sink.write({"__key__": "b", "jpg": b"not a jpeg", "txt": "junk"})
+        sink.write({"__key__": "c", "txt": "a caption without an image"})
+        sink.write({"__key__": "d", "png": good.getvalue()})
+    data, left_out = load_webdataset(str(tmp_path / "s-{0..0}.tar"), split_ratios=(1, 0, 0), root=tmp_path / "out")
+    assert dict(left_out) == {"s-0.tar/c": "no image member (.jpg, .jpeg, .png, .webp)", "s-0.tar/d": "no caption (.txt, or a 'captions' list in .json)"}
+    assert data.images == ["s-0/a.png", "s-0/b.jpg"]
+    image, text = create("encoder", "color-histogram", bins=2, grid=1), create("encoder", "bow")
+    text.fit(data.captions)
+    kept, _, skipped = encode_split(image, text, data, None, EncodeOptions(workers=0), on_bad_image="skip")
+    assert kept.images == ["s-0/a.png"] and [s.path for s in skipped] == ["s-0/b.jpg"] and "not a usable image" in skipped[0].reason
+    with pytest.raises(DataError, match="s-0/b.jpg: not a usable image"):
+        encode_split(image, text, data, None, EncodeOptions(workers=0), on_bad_image="fail")
+    with pytest.raises(DataError, match="does not exist"):
+        load_webdataset(str(tmp_path / "nope-{0..1}.tar"))
