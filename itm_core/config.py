@@ -42,6 +42,7 @@ class TrainingParams(Params):
     seed: int = Field(0, description="Seed for weights, batches and caption sampling")
     unlock: list[Literal["image", "text"]] = Field(default_factory=list, description="Towers to fine-tune with the heads (trainable encoders only, e.g. clip); locked by default")
     tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
+    time_limit_s: float = Field(0, ge=0, description="End training after the epoch that passes this many seconds (0: no limit); the best epoch so far is kept")
 
 
 class ExecutorParams(Params):
@@ -57,7 +58,8 @@ class ExecutorParams(Params):
 class EncodingParams(Params):
     """How tower features are computed: batches, loader processes, compiled inference, the cache."""
 
-    batch_size: int = Field(64, ge=1, description="Items per encoder batch")
+    batch_size: int = Field(64, ge=1, description="Images per encoder batch")
+    text_batch_size: int = Field(256, ge=1, description="Texts per encoder batch (texts go in length order, so batches pad little)")
     workers: int | None = Field(None, ge=0, description="Loader processes that read and decode images beside the model (empty: one per two cores; 0: none)")
     compile: Literal["auto", "on", "off"] = Field("auto", description="Run locked towers through torch.compile: `auto` for passes large enough to repay the compile time")
     shard_size: int = Field(2048, ge=1, description="Rows per committed cache shard (a killed run redoes at most one)")
@@ -68,7 +70,8 @@ class EncodingParams(Params):
         """The :class:`itm_core.encode.embed.EncodeOptions` of these parameters."""
         from itm_core.encode.embed import EncodeOptions
 
-        return EncodeOptions(batch_size=self.batch_size, workers=self.workers, shard_size=self.shard_size, compile=self.compile)
+        return EncodeOptions(batch_size=self.batch_size, text_batch_size=self.text_batch_size, workers=self.workers, shard_size=self.shard_size,
+                             compile=self.compile)
 
 
 class CaptioningParams(Params):

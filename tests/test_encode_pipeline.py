@@ -74,6 +74,21 @@ def test_each_image_is_read_and_decoded_once_then_served_from_the_cache(tiny_sha
     assert torch.allclose(first.image, image.encode([Image.open(p) for p in data.image_paths()]), atol=1e-5)
 
 
+def test_cached_features_pickle_as_a_reference_to_the_cache(tiny_shapes, tmp_path):
+    import pickle
+
+    data = tiny_shapes.split("val")
+    image, text = create("encoder", "efficientnet-lite0", image_size=64), create("encoder", "minilm")
+    _, features, _ = encode_split(image, text, data, EmbeddingCache(tmp_path / "cache"), EncodeOptions(workers=0))
+    blob = pickle.dumps(features)
+    assert len(blob) < features.image.numel()  # keys, not the 16 x 6400 + 80 x 384 floats
+    back = pickle.loads(blob)
+    assert torch.equal(back.image, features.image) and torch.equal(back.text, features.text)
+    assert torch.equal(back.caption_image, features.caption_image)
+    _, uncached, _ = encode_split(image, text, data, None, EncodeOptions(workers=0))
+    assert torch.equal(pickle.loads(pickle.dumps(uncached)).image, uncached.image)  # no cache: pickled whole
+
+
 class Flaky(Encoder):
     """A text encoder that counts what it encodes and can be told to die after some batches."""
 
@@ -98,7 +113,7 @@ class FlakyPlugin:
 def test_a_killed_pass_resumes_from_its_last_committed_shard(tmp_path):
     texts = [f"caption {'a' * i}" for i in range(100)]
     cache = EmbeddingCache(tmp_path)
-    options = EncodeOptions(batch_size=10, shard_size=20)
+    options = EncodeOptions(text_batch_size=10, shard_size=20)
     Flaky.encoded = []
     with temporary_plugin(FlakyPlugin(), "flaky"):
         enc = create("encoder", "flaky")

@@ -53,6 +53,12 @@ def test_early_stopping():
     assert len(result.history) == result.best_epoch + 2 < 50
 
 
+def test_time_limit_ends_training_after_the_epoch_that_passes_it():
+    train, val = synthetic(64, 1), synthetic(16, 2)
+    result = train_contrastive(new_matcher(), train, val, ContrastiveConfig(epochs=50, batch_size=16, patience=50, time_limit_s=1e-9))
+    assert len(result.history) == 1 and result.best_epoch == 1
+
+
 def test_training_is_reproducible_on_cpu():
     train, val = synthetic(64, 1), synthetic(16, 2)
     states = []

@@ -30,10 +30,12 @@ __all__ = ["EmbeddingCache", "EncodeOptions", "default_cache_dir", "encode", "en
 
 @dataclass
 class EncodeOptions:
-    """How an encoding pass runs: batch size, loader processes (``None``: one per two cores), shard
-    size of the cache commits, the compiled-inference choice and the image pixel limit."""
+    """How an encoding pass runs: batch sizes (images; texts, which go in length order), loader
+    processes (``None``: one per two cores), shard size of the cache commits, the compiled-inference
+    choice and the image pixel limit."""
 
     batch_size: int = 64
+    text_batch_size: int = 256
     workers: int | None = None
     shard_size: int = 2048
     compile: Literal["auto", "on", "off"] = "auto"
@@ -62,11 +64,14 @@ def text_key(text: str) -> str:
 @dataclass
 class Encoded:
     """The rows of one encoding pass: ``arrays[field][i]`` for item ``i`` where ``ok[i]``; ``failures``
-    are (item position, reason) for images that could not be used."""
+    are (item position, reason) for images that could not be used; ``keys`` the content keys (under
+    the encoder key ``enc_key``)."""
 
     arrays: dict[str, np.ndarray]
     ok: np.ndarray
     failures: list[tuple[int, str]] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+    enc_key: str = ""
 
 
 class _Rows:
@@ -151,9 +156,10 @@ def _encode_pass(
             with torch.inference_mode():
                 if modality == "image":
                     batches = iter_images([items[i] for i in todo], options.batch_size, options.loader_workers, options.max_pixels, preprocess)
-                else:
-                    batches = ([_Text(todo[j], items[todo[j]]) for j in range(s, min(s + options.batch_size, len(todo)))]
-                               for s in range(0, len(todo), options.batch_size))
+                else:  # similar lengths together: batches pad to their longest text
+                    order = sorted(todo, key=lambda i: len(items[i]))
+                    batches = ([_Text(i, items[i]) for i in order[s : s + options.text_batch_size]]
+                               for s in range(0, len(order), options.text_batch_size))
                 for batch in batches:
                     fresh_keys, values, file_rows = [], [], []
                     for got in batch:
@@ -165,7 +171,9 @@ def _encode_pass(
                                 failures.append((i, got.error))
                                 continue
                             file_rows.append((got.path, got.size, got.mtime_ns, got.key))
-                        k = got.key if modality == "image" else keys[i]
+                        if modality == "image":
+                            keys[i] = got.key
+                        k = keys[i]
                         if k in first and first[k][0] != i:  # the same content at another position, already queued
                             first[k].append(i)
                             continue
@@ -195,7 +203,7 @@ def _encode_pass(
                 for f in rows.out:
                     rows.out[f][pos[1:]] = rows.out[f][pos[0]]
                 rows.done[pos] = True
-    return Encoded(rows.out, rows.done, failures)
+    return Encoded(rows.out, rows.done, failures, keys, enc_key)
 
 
 @dataclass
@@ -263,13 +271,44 @@ def encode_tokens(
     return torch.from_numpy(out.arrays["tokens"]), torch.from_numpy(out.arrays["mask"])
 
 
+@dataclass(frozen=True)
+class CachedRows:
+    """Where a tensor's rows live in an embedding cache: enough to read them back."""
+
+    folder: str
+    enc_key: str
+    keys: list[str]
+    float16: bool = False
+
+    def load(self) -> torch.Tensor:
+        cache = EmbeddingCache(self.folder, float16=self.float16)
+        out = cache.read_into(self.enc_key, cache.lookup(self.enc_key, self.keys), {}, len(self.keys), {"emb": np.float32})
+        if len(self.keys) and "emb" not in out:
+            raise FileNotFoundError(f"the embedding cache {self.folder} no longer holds these rows; encode again")
+        return torch.from_numpy(out["emb"]) if self.keys else torch.zeros(0, 0)
+
+
 @dataclass
 class FeatureSplit:
-    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index."""
+    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index.
+
+    Features that came from an embedding cache remember where (``sources``) and pickle as that
+    reference (a few MB for Flickr30k, not the GB of features), so Prefect can persist and cache the
+    encoding step cheaply; unpickling reads the rows back from the cache."""
 
     image: torch.Tensor
     text: torch.Tensor
     caption_image: torch.Tensor
+    sources: tuple[CachedRows, CachedRows] | None = None
+
+    def __reduce__(self) -> Any:
+        if self.sources is None:
+            return (FeatureSplit, (self.image, self.text, self.caption_image))
+        return (_from_sources, (self.sources, self.caption_image))
+
+
+def _from_sources(sources: tuple[CachedRows, CachedRows], caption_image: torch.Tensor) -> FeatureSplit:
+    return FeatureSplit(sources[0].load(), sources[1].load(), caption_image, sources)
 
 
 def encode_split(
@@ -296,9 +335,16 @@ def encode_split(
         raise DataError(f"{data.name}: none of its {len(data)} images could be read")
     kept = data if images.ok.all() else data.subset(np.flatnonzero(images.ok).tolist())
     image_rows = images.arrays["emb"] if images.ok.all() else images.arrays["emb"][images.ok]
-    text = encode(text_encoder, kept.captions, cache, desc=f"{data.name}: {getattr(text_encoder, 'name', 'text')}",
-                  options=EncodeOptions(batch_size=options.batch_size, compile=options.compile, shard_size=options.shard_size))
-    return kept, FeatureSplit(torch.from_numpy(image_rows), text, torch.tensor(kept.caption_image, dtype=torch.long)), skipped
+    compute, _ = _pooled_compute(text_encoder)
+    text = _encode_pass(text_encoder, kept.captions, cache, "pooled", compute, {"emb": np.float32}, options,
+                        f"{data.name}: {getattr(text_encoder, 'name', 'text')}")
+    sources = None
+    if cache is not None:
+        image_keys = [k for k, ok in zip(images.keys, images.ok) if ok]
+        sources = (CachedRows(str(cache.folder), images.enc_key, image_keys, cache.float16),
+                   CachedRows(str(cache.folder), text.enc_key, text.keys, cache.float16))
+    text_rows = torch.from_numpy(text.arrays["emb"]) if len(kept.captions) else torch.zeros(0, int(text_encoder.dim))
+    return kept, FeatureSplit(torch.from_numpy(image_rows), text_rows, torch.tensor(kept.caption_image, dtype=torch.long), sources), skipped
 
 
 @dataclass

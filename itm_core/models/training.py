@@ -34,6 +34,7 @@ class ContrastiveConfig:
     monitor: str = "rsum"
     seed: int = 0
     tower_lr: float = 1e-5
+    time_limit_s: float = 0.0
 
 
 @dataclass
@@ -132,6 +133,7 @@ def train_contrastive(
 ) -> TrainResult:
     """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``.
 
+    ``config.time_limit_s`` above 0 ends training after the epoch that passes it.
     Towers named in ``unlocked`` (``"image"``, ``"text"``) are fine-tuned too, at ``config.tower_lr``:
     their batches are encoded live, and validation re-encodes them every epoch.
     """
@@ -204,6 +206,8 @@ def train_contrastive(
             stale += 1
             if stale >= config.patience:
                 break
+        if config.time_limit_s and time.perf_counter() - start > config.time_limit_s:
+            break
     bar.close()
     matcher.load_state_dict(best_state["matcher"])
     for m, mod in modules.items():

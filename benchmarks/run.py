@@ -1,0 +1,434 @@
+"""`make bench`: speed and scale of the data path, each figure a ratio against a plain reference
+measured on the same machine in the same run. Results go to ``benchmarks/results.json`` (one entry
+per benchmark, kept across runs so the long ``--only flickr`` run can be added) and are rendered as
+``benchmarks/RESULTS.md``.
+
+    python -m benchmarks.run                 # the standard set (about 25 minutes on 2 cores)
+    python -m benchmarks.run --quick         # every benchmark on tiny inputs (checks that each runs)
+    python -m benchmarks.run --only flickr   # retrain on a Flickr30k-size shapes, with a kill -9
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+Row = dict[str, Any]
+
+
+def _shapes(n_train: int, n_eval: int, home: Path) -> Any:
+    from itm_core import create
+
+    os.environ["ITM_HOME"] = str(home)
+    return create("dataset", "shapes", n_train=n_train, n_val=n_eval, n_test=n_eval).load()
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def plain_encoding_loop(model: Any, paths: list[str], batch: int = 64, size: int = 128) -> Any:
+    """The reference: decode serially, eager contiguous model, the encoder's own pooling."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(paths), batch):
+            arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32) for p in paths[s : s + batch]]
+            x = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
+            fmap = model.extract_features(x)
+            out.append(torch.cat([fmap.mean(dim=(2, 3)), F.adaptive_avg_pool2d(fmap, 2).flatten(1)], dim=1))
+    return torch.cat(out)
+
+
+def bench_encoding(n: int, home: Path) -> list[Row]:
+    import copy
+
+    import torch
+
+    from itm_core import create
+    from itm_core.encode.embed import EncodeOptions, encode
+
+    paths = [str(p) for p in _shapes(n, 16, home).split("train").image_paths()][:n]
+    enc = create("encoder", "efficientnet-lite0")
+    reference_model = copy.deepcopy(enc.unwrapped.model).to(memory_format=torch.contiguous_format)
+    plain_encoding_loop(reference_model, paths[:64])  # warm-up
+    t_ref, ref = _timed(lambda: plain_encoding_loop(reference_model, paths))
+    t_eager, eager = _timed(lambda: encode(enc, paths, options=EncodeOptions(compile="off")))
+    compiled_enc = create("encoder", "efficientnet-lite0")
+    t_first, compiled = _timed(lambda: encode(compiled_enc, paths[:128], options=EncodeOptions(compile="on")))  # compile + verify
+    t_comp, compiled = _timed(lambda: encode(compiled_enc, paths, options=EncodeOptions(compile="on")))
+    rows = [
+        {"what": "encoding pipeline, eager (channels-last, loader workers), images/s", "reference": "plain eager torch loop, serial decoding",
+         "value": n / t_eager, "ref_value": n / t_ref, "ratio": t_ref / t_eager, "target": ">= 2.0x"},
+        {"what": "encoding pipeline, compiled, images/s (compile excluded)", "reference": "plain eager torch loop, serial decoding",
+         "value": n / t_comp, "ref_value": n / t_ref, "ratio": t_ref / t_comp, "target": ">= 2.0x",
+         "note": f"compile and check against eager took {t_first:.1f} s once; max |compiled - eager| = {float((compiled - ref).abs().max()):.1e}; max |eager - plain| = {float((eager - ref).abs().max()):.1e}"},
+    ]
+    rows += bench_text_encoders(min(n * 5, 2048))
+    return rows
+
+
+def bench_text_encoders(n: int) -> list[Row]:
+    """MiniLM eager against ``torch.compile`` on fixed-length batches (measured, not used by default)."""
+    import torch
+
+    from itm_core import create
+
+    enc = create("encoder", "minilm").unwrapped
+    texts = [f"a {s} {c} {sh} on the {p}" for s in ("small", "large") for c in ("red", "green", "blue", "yellow") for sh in ("circle", "square", "star") for p in ("left", "right")]
+    texts = (texts * (n // len(texts) + 1))[:n]
+    batch = enc.tokenizer(texts[:64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+    with torch.inference_mode():
+        enc.model(**batch)
+        t_eager, _ = _timed(lambda: [enc.model(**enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")) for s in range(0, n - 63, 64)])
+        compiled = torch.compile(enc.model, dynamic=False)
+        t_compile, _ = _timed(lambda: compiled(**batch))
+        t_comp, _ = _timed(lambda: [compiled(**enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")) for s in range(0, n - 63, 64)])
+    done = (n // 64) * 64
+    return [{"what": "minilm, compiled, captions/s (16 tokens, batch 64)", "reference": "minilm eager, same batches",
+             "value": done / t_comp, "ref_value": done / t_eager, "ratio": t_eager / t_comp, "target": "measured",
+             "note": f"compile took {t_compile:.1f} s"}]
+
+
+def bench_cache(n: int, home: Path) -> list[Row]:
+    from itm_core import create
+    from itm_core.encode.embed import EmbeddingCache, EncodeOptions, encode_split
+
+    data = _shapes(n, 16, home).split("train")
+    image, text = create("encoder", "efficientnet-lite0"), create("encoder", "minilm")
+    cache = EmbeddingCache(Path(tempfile.mkdtemp(dir=home)))
+    options = EncodeOptions(compile="off")
+    t_cold, _ = _timed(lambda: encode_split(image, text, data, cache, options))
+    t_warm, _ = _timed(lambda: encode_split(image, text, data, cache, options))
+    return [{"what": f"cached re-run of an encoding ({len(data)} images, {len(data.captions)} captions), s", "reference": "the first run",
+             "value": t_warm, "ref_value": t_cold, "ratio": t_cold / t_warm, "target": ">= 20x faster"}]
+
+
+ENCODE_JOB = """
+import sys
+from itm_core import create
+from itm_core.encode.embed import EmbeddingCache, EncodeOptions, encode
+paths = open(sys.argv[2]).read().split("\\n")
+encode(create("encoder", "efficientnet-lite0"), paths, EmbeddingCache(sys.argv[1]), options=EncodeOptions(compile="off", shard_size=int(sys.argv[3])))
+"""
+
+
+def bench_kill(n: int, home: Path, shard: int) -> list[Row]:
+    from itm_core import create
+    from itm_core.encode.embed import EmbeddingCache, encoder_key
+
+    paths = [str(p) for p in _shapes(n, 16, home).split("train").image_paths()][:n]
+    listing = home / "kill-paths.txt"
+    listing.write_text("\n".join(paths))
+    key = encoder_key(create("encoder", "efficientnet-lite0"))
+
+    def job(cache: Path) -> subprocess.Popen:
+        return subprocess.Popen([PYTHON, "-c", ENCODE_JOB, str(cache), str(listing), str(shard)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    whole = Path(tempfile.mkdtemp(dir=home))
+    t_whole, _ = _timed(lambda: job(whole).wait())
+    killed = Path(tempfile.mkdtemp(dir=home))
+    start = time.perf_counter()
+    proc = job(killed)
+    while EmbeddingCache(killed).count(key) < n // 2 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t_killed = time.perf_counter() - start
+    committed = EmbeddingCache(killed).count(key)
+    t_rerun, _ = _timed(lambda: job(killed).wait())
+    assert EmbeddingCache(killed).count(key) == n
+    return [{"what": f"kill -9 at {committed}/{n} images committed, then a re-run: total s", "reference": "an uninterrupted run",
+             "value": t_killed + t_rerun, "ref_value": t_whole, "ratio": (t_killed + t_rerun) / t_whole, "target": "total work <= 1.1x",
+             "note": f"shards of {shard} rows; both runs pay process and model start-up (about 3 s each)"}]
+
+
+# --- retrieval and training ----------------------------------------------------------------------
+
+
+def full_matrix_ranks(img: Any, txt: Any, owner: Any) -> tuple[Any, Any]:
+    """The reference: the whole score matrix at once, the same tie rule (ties count against the model)."""
+    import torch
+
+    s = img @ txt.T
+    positive = s[owner, torch.arange(len(txt))]
+    negative = owner.unsqueeze(0) != torch.arange(len(img)).unsqueeze(1)
+    best = torch.full((len(img),), float("-inf")).scatter_reduce(0, owner, positive, reduce="amax")
+    i2t = ((s >= best.unsqueeze(1)) & negative).sum(1) + 1
+    t2i = ((s >= positive.unsqueeze(0)) & negative).sum(0) + 1
+    return i2t, t2i
+
+
+def bench_retrieval(n_img: int) -> list[Row]:
+    import torch
+
+    from itm_core import create
+    from itm_core.judge.retrieval import ranks
+
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(n_img, 256), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(5 * n_img, 256), dim=1)
+    owner = torch.arange(n_img).repeat_interleave(5)
+    sim = create("similarity", "dot")
+    t_ref, (ri, rt) = _timed(lambda: full_matrix_ranks(img, txt, owner))
+    t_ch, r = _timed(lambda: ranks(img, txt, owner, sim))
+    off = int((r.i2t != ri).sum() + (r.t2i != rt).sum())
+    return [{"what": f"retrieval ranks, {n_img} images x {5 * n_img} captions, s", "reference": "full score matrix in torch",
+             "value": t_ch, "ref_value": t_ref, "ratio": t_ch / t_ref, "target": "identical ranks; time <= 1.0x",
+             "note": f"{off} of {len(ri) + len(rt)} ranks differ; scores held at once: 1024 x 1024 ({1024 * 1024 * 4 / 2**20:.0f} MiB) against {n_img * 5 * n_img * 4 / 2**20:.0f} MiB for the full matrix"}]
+
+
+def bench_training(n_img: int, epochs: int) -> list[Row]:
+    import torch
+
+    from itm_core.encode.embed import FeatureSplit
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.training import ContrastiveConfig, captions_per_image, clip_loss, train_contrastive
+
+    torch.manual_seed(0)
+    owner = torch.arange(n_img).repeat_interleave(5)
+    train = FeatureSplit(torch.randn(n_img, 6400), torch.randn(5 * n_img, 384), owner)
+    val = FeatureSplit(torch.randn(200, 6400), torch.randn(1000, 384), torch.arange(200).repeat_interleave(5))
+    config = ContrastiveConfig(epochs=epochs, patience=epochs + 1)
+
+    def matcher() -> Matcher:
+        torch.manual_seed(0)
+        return Matcher({"name": "x"}, {"name": "y"}, 6400, 384)
+
+    m = matcher()
+    t_ours, _ = _timed(lambda: train_contrastive(m, train, val, config))
+    steps_per_epoch = 5 * (n_img // config.batch_size)
+
+    def plain() -> None:
+        p = matcher()
+        p.image_head.set_statistics(train.image)
+        p.text_head.set_statistics(train.text)
+        opt = torch.optim.AdamW(p.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        caps = captions_per_image(owner, n_img)
+        p.train()
+        for _ in range(epochs * steps_per_epoch):
+            batch = torch.randperm(n_img)[: config.batch_size]
+            picked = [caps[i][0] for i in batch.tolist()]
+            loss = clip_loss(p.logits(train.image[batch], train.text[picked]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    t_plain, _ = _timed(plain)
+    samples = epochs * steps_per_epoch * config.batch_size
+    return [{"what": "contrastive training, samples/s", "reference": "a plain torch loop over the same heads and features",
+             "value": samples / t_ours, "ref_value": samples / t_plain, "ratio": t_plain / t_ours, "target": ">= 0.95x",
+             "note": f"{n_img} images, {epochs} epochs; ours also validates every epoch (200 images) and keeps the best weights"}]
+
+
+# --- whole flows ---------------------------------------------------------------------------------
+
+
+def _retrain_params(home: Path, options: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    params = {"dataset": {"options": options}, **(extra or {})}
+    path = home / f"retrain-{abs(hash(json.dumps(params, sort_keys=True)))}.json"
+    path.write_text(json.dumps(params))
+    return path
+
+
+def run_retrain(home: Path, options: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``itm run retrain`` in a child process from a cold embedding cache: wall time and peak RSS."""
+    env = {**os.environ, "ITM_HOME": str(home), "ITM_CACHE_DIR": tempfile.mkdtemp(dir=home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+           "PREFECT_HOME": str(home / "prefect")}
+    start = time.perf_counter()
+    proc = subprocess.run([Path(PYTHON).parent / "itm", "run", "retrain", "--params", str(_retrain_params(home, options, extra))],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"itm run retrain failed:\n{proc.stderr[-3000:]}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest child so far
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    return {"wall": wall, "rss": rss, "result": result}
+
+
+def bench_overhead(sizes: tuple[int, int], home: Path) -> list[Row]:
+    """The flow (Prefect task runs, MLflow logging, model registration) against the same core calls."""
+    from flows.retrain import retrain
+    from itm_core import create
+    from itm_core.config import RetrainParams
+    from itm_core.encode.embed import EmbeddingCache, EncodeOptions, encode_split
+    from itm_core.judge.evaluation import build_encoders, report_from_embeddings
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.training import ContrastiveConfig, train_contrastive
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'overhead.db'}"
+    rows = []
+    for n in sizes:
+        options = {"n_train": n, "n_val": n // 4, "n_test": n // 4, "seed": 1}
+        params = RetrainParams.model_validate({"dataset": {"options": options}, "image_encoder": {"name": "color-histogram"},
+                                               "text_encoder": {"name": "tfidf"}, "training": {"epochs": 3}})
+
+        def core() -> None:
+            data = create("dataset", "shapes", **options).load()
+            splits = {s: data.split(s) for s in ("train", "val", "test")}
+            image, text = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
+            cache = EmbeddingCache()
+            feats = {s: encode_split(image, text, d, cache, EncodeOptions())[1] for s, d in splits.items()}
+            m = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), int(image.dim), int(text.dim))
+            train_contrastive(m, feats["train"], feats["val"], ContrastiveConfig(epochs=3))
+            report_from_embeddings(m.embed_image_features(feats["test"].image), m.embed_text_features(feats["test"].text), splits["test"], m.similarity)
+
+        core()  # builds the data and warms the embedding cache for both
+        retrain(params)  # starts Prefect's server once
+        t_core, _ = _timed(core)
+        t_flow, _ = _timed(lambda: retrain(params))
+        rows.append({"what": f"Prefect + MLflow overhead of retrain, {n} training images, s", "reference": "the same core calls without the flow",
+                     "value": t_flow - t_core, "ref_value": t_core, "ratio": t_flow / t_core, "target": "constant seconds"})
+    return rows
+
+
+def bench_scaling(sizes: list[int], home: Path) -> list[Row]:
+    rows = []
+    for n in sizes:
+        options = {"n_train": n, "n_val": 500, "n_test": 500}
+        _shapes(n, 500, home)  # built before timing: the run starts from a cold embedding cache, not from no data
+        got = run_retrain(home, options)
+        images, captions = n + 1000, 5 * (n + 1000)
+        features = (images * 6400 + captions * 384) * 4
+        rows.append({"what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
+                     "reference": "seconds per image across sizes", "value": got["wall"] / images, "ref_value": None, "ratio": None,
+                     "target": "within 1.25x; RSS <= 2x features",
+                     "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x the feature tensors ({features / 2**30:.2f} GiB); "
+                             f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}"})
+    per_image = [r["value"] for r in rows]
+    if len(per_image) > 1:
+        rows[-1]["ratio"] = max(per_image) / min(per_image)
+    return rows
+
+
+def bench_dask(n: int, home: Path) -> list[Row]:
+    from itm_core import create
+    from itm_core.config import EncodingParams, ExecutorParams
+    from itm_core.encode.embed import EmbeddingCache
+    from flows.distributed import encode_on_dask
+
+    data = _shapes(n, 16, home).split("train")
+    data = data.head(n)
+    image, text = create("encoder", "efficientnet-lite0"), _fit_tfidf(data)  # the images are the work here
+    times = {}
+    for workers in (1, 2):
+        encoding = EncodingParams(compile="off", executor=ExecutorParams(kind="dask", n_workers=workers, threads_per_worker=1, shard_images=max(16, n // 8)))
+        times[workers], _ = _timed(lambda: encode_on_dask(image, text, data, EmbeddingCache(Path(tempfile.mkdtemp(dir=home))), encoding))
+    return [{"what": f"Dask encoding, 2 workers x 1 thread, {n} images, s", "reference": "1 worker x 1 thread",
+             "value": times[2], "ref_value": times[1], "ratio": times[1] / times[2], "target": ">= 1.7x",
+             "note": "wall time including the temporary LocalCluster's start-up"}]
+
+
+def _fit_tfidf(data: Any) -> Any:
+    from itm_core import create
+
+    enc = create("encoder", "tfidf", max_features=256)
+    enc.fit(list(data.captions))
+    return enc
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+
+    import itm_core
+
+    return (f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), itm-workbench {itm_core.__version__}")
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["# Benchmarks", "", "Written by `make bench` (`python -m benchmarks.run`); each figure is a ratio against a plain reference",
+             "measured on the same machine in the same run. Re-run to refresh; `--only flickr` adds the Flickr30k-size run.", ""]
+    for name, entry in results.items():
+        lines += [f"## {name}", "", f"{entry['date']}, {entry['machine']}, `{entry['command']}`", "",
+                  "| what | value | reference | reference value | ratio | target | notes |", "|---|---|---|---|---|---|---|"]
+        for r in entry["rows"]:
+            fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+            lines.append(f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | {fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {r.get('note', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny inputs: checks that every benchmark runs")
+    parser.add_argument("--only", nargs="*", help="benchmark names to run (default: all but flickr)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    home = Path(tempfile.mkdtemp(prefix="itm-bench-"))
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    q = args.quick
+    suite: dict[str, Callable[[], list[Row]]] = {
+        "encoding": lambda: bench_encoding(128 if q else 2000, home),
+        "cache": lambda: bench_cache(64 if q else 2000, home),
+        "kill": lambda: bench_kill(128 if q else 2000, home, 32 if q else 256),
+        "retrieval": lambda: bench_retrieval(500 if q else 5000),
+        "training": lambda: bench_training(512 if q else 4000, 1 if q else 3),
+        "overhead": lambda: bench_overhead((48, 96) if q else (200, 800), home),
+        "scaling": lambda: bench_scaling([64, 128] if q else [2000, 8000], home),
+        "dask": lambda: bench_dask(64 if q else 1024, home),
+        "flickr": lambda: bench_flickr(home, q),
+    }
+    chosen = args.only or [n for n in suite if n != "flickr"]
+    unknown = sorted(set(chosen) - set(suite))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {', '.join(suite)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / "results.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    command = "python -m benchmarks.run" + (" --quick" if q else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        rows = suite[name]()
+        for r in rows:
+            print(f"   {r['what']}: {r['value']:.4g} vs {r.get('ref_value')} -> {r.get('ratio')}", flush=True)
+        results[name] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "command": command, "rows": rows}
+        store.write_text(json.dumps(results, indent=1))
+        (args.out / "RESULTS.md").write_text(render(results))
+
+
+def bench_flickr(home: Path, quick: bool) -> list[Row]:
+    """Retrain on a Flickr30k-size shapes (29,000 / 1,000 / 1,000 images, five captions each) from a
+    cold cache, then the same run killed during its encoding and run again."""
+    n_train, n_eval = (200, 50) if quick else (29000, 1000)
+    options = {"n_train": n_train, "n_val": n_eval, "n_test": n_eval}
+    t_build, _ = _timed(lambda: _shapes(n_train, n_eval, home))
+    got = run_retrain(home, options)
+    images, captions = n_train + 2 * n_eval, 5 * (n_train + 2 * n_eval)
+    features = (images * 6400 + captions * 384) * 4
+    return [{"what": f"retrain, Flickr30k-size shapes ({images} images, {captions} captions), cold cache, s", "reference": "12 minutes",
+             "value": got["wall"], "ref_value": 720.0, "ratio": got["wall"] / 720.0, "target": "< 12 min, RSS < 4 GiB",
+             "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
+                     f"building the dataset took {t_build:.0f} s before; test rsum {got['result']['test']['rsum']:.1f}, best epoch {got['result']['best_epoch']}"}]
+
+
+if __name__ == "__main__":
+    main()
