@@ -171,7 +171,6 @@ def _encode_pass(
                                 failures.append((i, got.error))
                                 continue
                             file_rows.append((got.path, got.size, got.mtime_ns, got.key))
-                        if modality == "image":
                             keys[i] = got.key
                         k = keys[i]
                         if k in first and first[k][0] != i:  # the same content at another position, already queued

@@ -37,6 +37,8 @@ class Accelerator:
         self.encoder = encoder
         self.batch_size = batch_size
         self.enabled = wants_compile(encoder, what, n_items, mode)
+        if not self.enabled and hasattr(encoder, "set_compiled"):
+            encoder.set_compiled(False)  # an earlier pass may have left it compiled
         self.verified = False
         self.max_difference: float | None = None
 
