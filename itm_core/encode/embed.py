@@ -220,6 +220,13 @@ def _pooled_compute(encoder: Any) -> tuple[Callable[[list[Any]], dict[str, torch
     return (lambda batch: {"emb": encoder.encode(batch).float()}), None
 
 
+def _pooled_pass(encoder: Any, items: Sequence[Any], cache: EmbeddingCache | None, options: EncodeOptions, desc: str | None,
+                 on_error: Literal["fail", "skip"] = "fail") -> Encoded:
+    """One pass of pooled features (``emb``, float32) over ``items``."""
+    compute, preprocess = _pooled_compute(encoder)
+    return _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options, desc, preprocess, on_error)
+
+
 def encode(
     encoder: Any,
     items: Sequence[Any],
@@ -234,17 +241,14 @@ def encode(
     Only items missing from ``cache`` are encoded; duplicates are encoded once. An image that cannot
     be used raises :class:`DataError` naming the file.
     """
-    options = options or EncodeOptions(batch_size=batch_size, max_pixels=max_pixels)
-    compute, preprocess = _pooled_compute(encoder)
-    out = _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options, desc, preprocess)
+    out = _pooled_pass(encoder, items, cache, options or EncodeOptions(batch_size=batch_size, max_pixels=max_pixels), desc)
     return torch.from_numpy(out.arrays["emb"]) if len(items) else torch.zeros(0, int(encoder.dim))
 
 
 def encode_into_cache(encoder: Any, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None) -> Encoded:
     """Encode ``items`` into ``cache`` (pooled features), leaving bad images out: what a worker that
     fills a shared cache runs."""
-    compute, preprocess = _pooled_compute(encoder)
-    return _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options or EncodeOptions(), None, preprocess, on_error="skip")
+    return _pooled_pass(encoder, items, cache, options or EncodeOptions(), None, on_error="skip")
 
 
 def encode_tokens(
@@ -322,11 +326,9 @@ def encode_split(
     images: each file is read, checked and decoded once. Bad images fail the pass (naming the file)
     or, with ``on_bad_image="skip"``, are left out with their captions and reported."""
     options = options or EncodeOptions()
-    compute, preprocess = _pooled_compute(image_encoder)
     paths = [str(p) for p in data.image_paths()]
     try:
-        images = _encode_pass(image_encoder, paths, cache, "pooled", compute, {"emb": np.float32}, options,
-                              f"{data.name}: {getattr(image_encoder, 'name', 'image')}", preprocess, on_bad_image)
+        images = _pooled_pass(image_encoder, paths, cache, options, f"{data.name}: {getattr(image_encoder, 'name', 'image')}", on_bad_image)
     except DataError as exc:
         raise DataError(f"{data.name}: {exc}. Set on_bad_image='skip' to leave bad images out.") from None
     skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
@@ -334,9 +336,7 @@ def encode_split(
         raise DataError(f"{data.name}: none of its {len(data)} images could be read")
     kept = data if images.ok.all() else data.subset(np.flatnonzero(images.ok).tolist())
     image_rows = images.arrays["emb"] if images.ok.all() else images.arrays["emb"][images.ok]
-    compute, _ = _pooled_compute(text_encoder)
-    text = _encode_pass(text_encoder, kept.captions, cache, "pooled", compute, {"emb": np.float32}, options,
-                        f"{data.name}: {getattr(text_encoder, 'name', 'text')}")
+    text = _pooled_pass(text_encoder, kept.captions, cache, options, f"{data.name}: {getattr(text_encoder, 'name', 'text')}")
     sources = None
     if cache is not None:
         image_keys = [k for k, ok in zip(images.keys, images.ok) if ok]
