@@ -329,7 +329,7 @@ def bench_dask(n: int, home: Path) -> list[Row]:
     from itm_core import create
     from itm_core.config import EncodingParams, ExecutorParams
     from itm_core.encode.embed import EmbeddingCache
-    from flows.distributed import encode_on_dask
+    from flows.dask_encoding import encode_on_dask
 
     data = _shapes(n, 16, home).split("train")
     data = data.head(n)

@@ -91,7 +91,7 @@ def encode_features(
     executor the images are first encoded into the cache as Prefect tasks on the cluster."""
     encoding = encoding or EncodingParams()
     if encoding.executor.kind == "dask":
-        from flows.distributed import encode_on_dask
+        from flows.dask_encoding import encode_on_dask
 
         encode_on_dask(image_encoder, text_encoder, data, cache, encoding)
     kept, features, skipped = encode_split(image_encoder, text_encoder, data, cache, encoding.options(), on_bad_image)

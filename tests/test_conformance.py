@@ -50,6 +50,13 @@ def test_builtin_manifest_dataset_conforms(tiny_shapes):
     assert_conforms("dataset", "manifest", path=str(tiny_shapes.root / "manifest.jsonl"))
 
 
+def test_builtin_webdataset_dataset_conforms(tiny_shapes, tmp_path):
+    from itm_core.data.webdataset import pack
+
+    shards = pack(tiny_shapes, tmp_path / "shards", shard_size=40)
+    assert_conforms("dataset", "webdataset", urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"), root=str(tmp_path / "data"))
+
+
 def test_retrieval_captioner_conforms(saved_matcher):
     assert_conforms("generator", "retrieval-captioner", matcher=saved_matcher, captions=["a red circle", "a blue square", "a green star"])
 
@@ -130,7 +137,7 @@ def test_cli_check_exit_status():
 
 # Where each built-in component's conformance is checked; a new built-in must be added here.
 CHECKED_ELSEWHERE = {
-    "manifest", "retrieval-captioner",  # above, with their required options
+    "manifest", "webdataset", "retrieval-captioner",  # above, with their required options
     "bleu", "rouge_l", "cider",  # test_caption_metrics.py
     "clipscore", "alignment", "r_precision", "fd", "kid", "trained-captioner", "trained-text-to-image",  # test_generation.py
     "clip", "hf-text", "hf-image", "blip-itm", "blip-caption", "vision-encoder-decoder", "stable-diffusion", "bovw",  # test_hub_plugins.py

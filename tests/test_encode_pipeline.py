@@ -186,7 +186,7 @@ def test_compiled_efficientnet_matches_eager(tiny_shapes):
 
 
 def test_dask_workers_fill_the_cache_with_the_local_embeddings(prefect_server, tiny_shapes, tmp_path):
-    from flows.distributed import encode_on_dask
+    from flows.dask_encoding import encode_on_dask
     from itm_core.config import EncodingParams, ExecutorParams
 
     data = tiny_shapes.split("train")

@@ -59,6 +59,12 @@ def test_time_limit_ends_training_after_the_epoch_that_passes_it():
     assert len(result.history) == 1 and result.best_epoch == 1
 
 
+def test_a_run_of_a_few_steps_trains():
+    train, val = synthetic(32, 1), synthetic(16, 2)
+    result = train_contrastive(new_matcher(), train, val, ContrastiveConfig(epochs=1, batch_size=16))  # 2 passes x 2 batches
+    assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
+
+
 def test_training_is_reproducible_on_cpu():
     train, val = synthetic(64, 1), synthetic(16, 2)
     states = []

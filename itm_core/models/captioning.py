@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.models.training import TrainSchedule, clipped_step, seed_everything
+from itm_core.models.training import TrainSchedule, clipped_step, one_cycle, seed_everything
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
@@ -205,7 +205,7 @@ def train_captioner(
     owners = torch.as_tensor(list(train_caption_image), dtype=torch.long)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, -(-len(ids) // config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1)
+    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch, 0.1)
     rng = random.Random(config.seed)
     result = CaptionTrainResult()
     best_state = copy.deepcopy(model.state_dict())

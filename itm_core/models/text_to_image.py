@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, seed_everything
+from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -304,7 +304,7 @@ def train_text_to_image(
     per_image = captions_per_image(train.caption_image, len(train_images))
     usable = [i for i, rows in enumerate(per_image) if rows]
     steps_per_epoch = max(1, len(usable) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.05)
+    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
     rng = random.Random(config.seed)
     result = T2ITrainResult()
     trained = TextToImage(ema if ema is not None else model, text_encoder_spec, train.text.shape[-1], tokens)

@@ -94,6 +94,14 @@ def clipped_step(loss: torch.Tensor, module: torch.nn.Module, optimizer: Any, sc
     return loss.item()
 
 
+def one_cycle(optimizer: Any, max_lr: float | list[float], total_steps: int, pct_start: float) -> Any:
+    """A one-cycle schedule that also works for very short runs: torch's ``OneCycleLR`` divides by
+    zero when the warm-up is one step or less, so such runs warm up for half of at least three steps."""
+    if pct_start * total_steps <= 1:
+        pct_start, total_steps = 0.5, max(total_steps, 3)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -150,9 +158,7 @@ def train_contrastive(
     usable = [i for i, c in enumerate(captions) if c]
     passes = max(1, round(len(train.text) / max(1, len(usable))))
     steps_per_epoch = passes * max(1, len(usable) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=config.epochs * steps_per_epoch, pct_start=0.1
-    )
+    scheduler = one_cycle(optimizer, [g["lr"] for g in groups], config.epochs * steps_per_epoch, 0.1)
     rng = random.Random(config.seed)
     result = TrainResult()
 

@@ -8,6 +8,7 @@ folder must therefore be one that every worker reaches (the same machine, or a s
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from prefect import flow, task
@@ -78,7 +79,7 @@ def task_runner(executor: ExecutorParams) -> Any:
 def encode_on_dask(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams) -> list[dict[str, int]]:
     """Fill ``cache`` with both towers' features of ``data``, shard by shard, on the cluster."""
     size = encoding.executor.shard_images
-    paths = [str(p.resolve()) for p in data.image_paths()]
+    paths = [os.path.abspath(p) for p in data.image_paths()]  # as the cache's file index records them
     captions = list(dict.fromkeys(data.captions))
     image, text = encoder_spec(image_encoder), encoder_spec(text_encoder)
     jobs = [(image, paths[i : i + size]) for i in range(0, len(paths), size)]
