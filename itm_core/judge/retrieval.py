@@ -40,8 +40,17 @@ def ranks(
         raise ValueError(f"caption_image has {len(owner)} entries for {n_txt} captions")
     if n_txt and (owner.min() < 0 or owner.max() >= n_img):
         raise ValueError(f"caption_image refers to images outside 0..{n_img - 1}")
-    positive = similarity.pairwise(image_emb[owner], text_emb) if n_txt else torch.zeros(0)
-    best_positive = torch.full((n_img,), float("-inf")).scatter_reduce(0, owner, positive.float(), reduce="amax")
+    # positives come from the very chunk computations that score the negatives, so a positive and a
+    # negative with the same score always compare equal (a separate pairwise call can differ in the
+    # last bit and flip near-ties); only the chunks that hold a positive are computed here
+    positive = torch.zeros(n_txt)
+    for i0 in range(0, n_img, chunk):
+        rows_owned = ((owner >= i0) & (owner < i0 + chunk)).nonzero().flatten()
+        for t0 in (torch.unique(rows_owned // chunk) * chunk).tolist():
+            cols = rows_owned[(rows_owned >= t0) & (rows_owned < t0 + chunk)]
+            s = similarity.score(image_emb[i0 : i0 + chunk], text_emb[t0 : t0 + chunk]).float()
+            positive[cols] = s[owner[cols] - i0, cols - t0]
+    best_positive = torch.full((n_img,), float("-inf")).scatter_reduce(0, owner, positive, reduce="amax")
     above_i2t = torch.zeros(n_img, dtype=torch.long)
     above_t2i = torch.zeros(n_txt, dtype=torch.long)
     for i0 in range(0, n_img, chunk):
