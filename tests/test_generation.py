@@ -210,7 +210,10 @@ def test_r_precision_alignment_and_clipscore_follow_the_matcher(colour_matcher):
     good = r_precision.compute(images=images, prompts=right, distractors=list(set(right)))
     bad = r_precision.compute(images=images, prompts=wrong, distractors=list(set(right)))
     assert good == {"r_precision": 1.0, "r_precision_chance": 0.5}
-    assert bad["r_precision"] < 0.5  # a wrong prompt wins only against another wrong colour
+    assert bad["r_precision"] <= 0.5 < good["r_precision"]
+    # a wrong prompt wins only against another wrong colour: against the image's own caption it loses
+    for image, w, r in zip(images, wrong, right):
+        assert r_precision.compute(images=[image], prompts=[w], distractors=[r])["r_precision"] == 0.0
     # the distractors never repeat the prompt or a caption of the same image
     with pytest.raises(ValueError, match="no distractor prompts"):
         r_precision.compute(images=images[:1], prompts=right[:1], distractors=right[:1])
