@@ -12,7 +12,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: demo test bench bench-quick install clean up down
+.PHONY: demo test bench bench-quick install browser clean up down
 
 install: $(STAMP)
 
@@ -27,7 +27,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/itm demo
 
-test: $(STAMP)
+# The browser test needs Debian's chromium: installed when missing (as root, or with password-less sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    $$SUDO apt-get update -q </dev/null && \
+	    $$SUDO apt-get install -y -q --no-install-recommends chromium </dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -132,7 +132,7 @@ def test_flows_triggered_through_the_api_land_in_mlflow_and_the_pages_show_them(
     assert any(run_page in (a["data"] or "") for a in links), artifacts
 
     if CHROMIUM is None:
-        pytest.fail("chromium is not installed: .ci/run installs Debian's chromium for this test")
+        pytest.fail("chromium is not installed: make test installs Debian's chromium for this test")
     deployment_page = chromium_dom(f"{stack['prefect']}/deployments/deployment/{done['deployment']['id']}?tab=Runs", tmp_path / "chromium-1",
                                    ("evaluate", flow_run["name"], "Completed"))
     assert "evaluate" in deployment_page and flow_run["name"] in deployment_page and "Completed" in deployment_page
