@@ -127,6 +127,8 @@ class FileKeys:
 
     def known(self, paths: Sequence[str]) -> list[str | None]:
         """The remembered key of each path whose size and mtime are unchanged, else ``None``."""
+        if not self.path.is_file():
+            return [None] * len(paths)
         paths = [os.path.abspath(p) for p in paths]
         stats: list[tuple[int, int] | None] = []
         for p in paths:
@@ -135,8 +137,6 @@ class FileKeys:
                 stats.append((st.st_size, st.st_mtime_ns))
             except OSError:
                 stats.append(None)
-        if not self.path.is_file():
-            return [None] * len(paths)
         seen: dict[str, tuple[int, int, str]] = {}
         with closing(_connect(self.path, FILES_SCHEMA)) as con:
             con.execute("CREATE TEMP TABLE want (path TEXT)")

@@ -98,6 +98,15 @@ class _Rows:
         if len(self.pending_keys) >= self.shard_size:
             self.flush()
 
+    def fill_from_cache(self, positions: list[int], keys: list[str]) -> set[int]:
+        """Copy in the rows the cache holds for ``keys`` (those of items ``positions``); the indices into
+        ``keys`` that were found."""
+        found = self.cache.lookup(self.enc_key, keys)
+        self.cache.read_into(self.enc_key, {s: [(positions[p], r) for p, r in pairs] for s, pairs in found.items()}, self.out, self.n, self.dtypes)
+        hit = {p for pairs in found.values() for p, _ in pairs}
+        self.done[[positions[p] for p in hit]] = True
+        return hit
+
     def flush(self) -> None:
         if self.cache is not None and self.pending_keys:
             self.cache.put(self.enc_key, self.pending_keys, {f: np.concatenate([p[f] for p in self.pending]) for f in self.pending[0]})
@@ -130,11 +139,7 @@ def _encode_pass(
     rows = _Rows(n, dtypes, cache, enc_key, files, options.shard_size)
     known = [(i, k) for i, k in enumerate(keys) if k is not None]
     if cache is not None and known:
-        found = cache.lookup(enc_key, [k for _, k in known])
-        remapped = {shard: [(known[p][0], r) for p, r in pairs] for shard, pairs in found.items()}
-        cache.read_into(enc_key, remapped, rows.out, n, dtypes)
-        for pairs in remapped.values():
-            rows.done[[p for p, _ in pairs]] = True
+        rows.fill_from_cache([i for i, _ in known], [k for _, k in known])
     # items still to encode, each distinct key once (an image's key is known only once it is read)
     first: dict[str, list[int]] = {}
     todo: list[int] = []
@@ -181,12 +186,8 @@ def _encode_pass(
                         values.append(got.value)
                     rows.pending_files.extend(file_rows)
                     if modality == "image" and cache is not None and fresh_keys:  # content first seen under another path
-                        found = cache.lookup(enc_key, fresh_keys)
-                        if found:
-                            hit = {p for pairs in found.values() for p, _ in pairs}
-                            cache.read_into(enc_key, {s: [(first[fresh_keys[p]][0], r) for p, r in pairs] for s, pairs in found.items()}, rows.out, n, dtypes)
-                            for p in hit:
-                                rows.done[first[fresh_keys[p]][0]] = True
+                        hit = rows.fill_from_cache([first[k][0] for k in fresh_keys], fresh_keys)
+                        if hit:
                             values = [v for p, v in enumerate(values) if p not in hit]
                             fresh_keys = [k for p, k in enumerate(fresh_keys) if p not in hit]
                     if values:
