@@ -53,10 +53,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         raise ValueError("explain: give the text to explain with the image")
     image = open_image(Path(image_path))
     scorer = build_scorer(params.matcher, train)
-    with tracked_run(params.experiment, params.run_name or f"explain {params.matcher.display_name()}", params.model_dump()) as run:
+    # Logged with the image and text resolved: each parameter key is logged once, with the value used.
+    logged = params.model_copy(update={"image": image_path, "text": text}).model_dump()
+    with tracked_run(params.experiment, params.run_name or f"explain {params.matcher.display_name()}", logged) as run:
         explanation = explain_task(scorer, image, text, params.grid)
         mlflow.log_metric("score", explanation.score)
-        mlflow.log_params({"image_file": image_path, "text": text[:500]})
         fig = explanation_figure(image, text, explanation)
         mlflow.log_figure(fig, "explanation.png")
         plt.close(fig)

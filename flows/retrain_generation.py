@@ -186,7 +186,12 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
             import diffusers  # noqa: F401
         except ImportError:
             raise ImportError("text_to_image.model 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
-    load_matcher(t.matcher)  # fail before training when the scoring matcher is missing
+    try:  # fail before training when the scoring matcher is missing
+        load_matcher(t.matcher)
+    except LookupError as exc:
+        raise LookupError(f"text-to-image: the test images are scored by text_to_image.matcher {t.matcher!r}, which cannot be loaded "
+                          f"({exc}). Train a matcher first (`itm run retrain`), or set text_to_image.matcher to another model URI "
+                          "or a saved matcher folder.") from None
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     encoder = build_encoder(params.text_encoder, "text", splits["train"])

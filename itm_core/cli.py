@@ -168,9 +168,15 @@ def data_pack(
     console.print(f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: {out}/shard-{{00000..{last:05d}}}.tar", highlight=False)
 
 
+def _flow_names() -> list[str]:
+    from flows import FLOWS
+
+    return list(FLOWS)
+
+
 @app.command("run")
 def run_flow(
-    flow: str = typer.Argument(..., help="retrain, evaluate or generate"),
+    flow: str = typer.Argument(..., help="One of: " + ", ".join(_flow_names())),
     params: Optional[Path] = typer.Option(None, "--params", "-p", help="JSON or YAML file validated by the flow's parameter model"),
 ) -> None:
     """Run a flow locally, its parameters read from FILE (defaults otherwise)."""

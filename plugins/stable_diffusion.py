@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from itm_core import hookimpl
 from itm_core.components import Generator
-from plugins.hub import torch_dtype
+from plugins.hub import check_model_reference, torch_dtype
 
 
 class StableDiffusion(Generator):
@@ -22,6 +22,7 @@ class StableDiffusion(Generator):
 
         if steps < 1:
             raise ValueError(f"stable-diffusion: steps must be at least 1, got {steps}")
+        check_model_reference(model)
         try:
             self.pipeline = AutoPipelineForText2Image.from_pretrained(model, revision=revision, torch_dtype=torch_dtype(dtype))
         except OSError as exc:

@@ -107,7 +107,7 @@ def test_bad_images_skipped_with_report(bad_images):
 
 
 def test_bad_images_fail_names_the_file(bad_images):
-    with pytest.raises(DataError, match="missing.png: image file not found.*on_error='skip'"):
+    with pytest.raises(DataError, match="missing.png: image file not found.*on_bad_image to 'skip'"):
         check_images(bad_images, on_error="fail")
 
 

@@ -50,7 +50,7 @@ def test_one_pass_reports_the_same_skips_as_the_check(mixed, tmp_path):
 def test_one_pass_fails_naming_the_file(mixed, tmp_path):
     image, text = create("encoder", "color-histogram", bins=2, grid=1), create("encoder", "bow")
     text.fit(mixed.captions)
-    with pytest.raises(DataError, match="missing.png: image file not found.*on_bad_image='skip'"):
+    with pytest.raises(DataError, match="missing.png: image file not found.*on_bad_image to 'skip'"):
         encode_split(image, text, mixed, EmbeddingCache(tmp_path / "c"), EncodeOptions(workers=0), on_bad_image="fail")
 
 

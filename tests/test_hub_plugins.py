@@ -160,8 +160,14 @@ def test_stable_diffusion_parity_and_options(tmp_path):
 
 
 def test_missing_local_model_fails_clearly(tmp_path):
+    """A folder that is not there is named as a missing folder, not as a malformed hub id."""
+    for name, options in [("clip", {"modality": "image", "model": "/no/such/folder"}), ("hf-text", {"model": "./nowhere"}),
+                          ("hf-image", {"model": str(tmp_path / "a" / "b")}), ("minilm", {"path": str(tmp_path / "none")})]:
+        with pytest.raises(FileNotFoundError, match="the folder does not exist. Give a folder made by save_pretrained"):
+            create("encoder", name, **options)
+    (tmp_path / "empty").mkdir()  # a folder without a model: the library's reason, with the model named
     with pytest.raises(OSError, match="cannot load CLIPModel from"):
-        create("encoder", "clip", modality="image", model=str(tmp_path / "nowhere"))
+        create("encoder", "clip", modality="image", model=str(tmp_path / "empty"))
 
 
 def test_bag_of_visual_words_orb_and_sift(tiny_shapes):

@@ -76,6 +76,9 @@ def load_images(paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return [open_image(p, max_pixels) for p in paths]
 
 
+SKIP_HINT = "Set the dataset's on_bad_image to 'skip' to leave bad images out (they are listed in skipped_images.csv)."
+
+
 def check_images(
     data: ImageTextSet, on_error: OnError = "fail", max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[ImageTextSet, list[SkippedImage]]:
@@ -89,7 +92,7 @@ def check_images(
             open_image(resolve_inside(data.root, rel), max_pixels)
         except DataError as exc:
             if on_error == "fail":
-                raise DataError(f"{data.name}: {exc}. Pass on_error='skip' to leave bad images out.") from None
+                raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
             skipped.append(SkippedImage(rel, str(exc)))
             continue
         keep.append(i)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from itm_core.data.images import DEFAULT_MAX_PIXELS, SkippedImage
+from itm_core.data.images import DEFAULT_MAX_PIXELS, SKIP_HINT, SkippedImage
 from itm_core.data.pairs import DataError, ImageTextSet
 from itm_core.encode.cache import EmbeddingCache, FileKeys, default_cache_dir
 from itm_core.encode.loader import default_workers, iter_images
@@ -331,7 +331,7 @@ def encode_split(
     try:
         images = _pooled_pass(image_encoder, paths, cache, options, f"{data.name}: {getattr(image_encoder, 'name', 'image')}", on_bad_image)
     except DataError as exc:
-        raise DataError(f"{data.name}: {exc}. Set on_bad_image='skip' to leave bad images out.") from None
+        raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
     skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
     if not images.ok.any():
         raise DataError(f"{data.name}: none of its {len(data)} images could be read")

@@ -43,8 +43,9 @@ def prefect_context() -> dict[str, str]:
     if not flow_run.id:
         return {}
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "prefect.flow_name": str(flow_run.flow_name)}
-    if flow_run.ui_url:
-        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    url = flow_run.ui_url  # only a real link: without a Prefect UI it reads "None/flow-runs/..."
+    if url and str(url).startswith(("http://", "https://")):
+        tags["prefect.flow_run_url"] = str(url)
     return tags
 
 
