@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Encoder, Generator
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
@@ -98,10 +99,12 @@ class BlipCaption(Generator):
 def register_encoders(register):
     register("blip-itm", BlipITM, modality="image|text", dim="image_text_hidden_size", trainable=False,
              description="BLIP retrieval towers (contrastive space) with the ITM head's pair score (itm_scores)",
-             checkpoints=["Salesforce/blip-itm-base-coco", "Salesforce/blip-itm-large-flickr"], **HUB_METADATA)
+             checkpoints=["Salesforce/blip-itm-base-coco", "Salesforce/blip-itm-large-flickr"],
+             check_options=check_setups.hub("blip_itm", modality="image"), **HUB_METADATA)
 
 
 @hookimpl
 def register_generators(register):
     register("blip-caption", BlipCaption, task="image-to-text", description="BLIP captioning (BlipForConditionalGeneration)",
-             checkpoints=["Salesforce/blip-image-captioning-base", "Salesforce/blip-image-captioning-large"], **HUB_METADATA)
+             checkpoints=["Salesforce/blip-image-captioning-base", "Salesforce/blip-image-captioning-large"],
+             check_options=check_setups.hub("blip_caption"), **HUB_METADATA)

@@ -101,5 +101,5 @@ class BagOfVisualWords(Encoder):
 @hookimpl
 def register_encoders(register):
     register("bovw", BagOfVisualWords, modality="image", dim="vocabulary", trainable=False, requires_fit=True,
-             requires=["opencv-python-headless|opencv-python", "scikit-learn"],
+             requires=["opencv-python-headless|opencv-python", "scikit-learn"], check_options={"vocabulary": 16},
              description="Bag of visual words: ORB or SIFT descriptors, k-means vocabulary, TF-IDF histogram")

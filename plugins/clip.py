@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Encoder
 from plugins.hub import HUB_METADATA, features, load_pretrained, load_processor, rgb
 
@@ -100,5 +101,6 @@ def register_encoders(register):
         trainable=False,
         description="CLIP image or text tower (transformers CLIPModel); both share one space",
         checkpoints=["openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"],
+        check_options=check_setups.hub("clip", modality="image"),
         **HUB_METADATA,
     )

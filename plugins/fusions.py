@@ -150,7 +150,7 @@ class CrossAttentionFusion(nn.Module, Fusion):
 
 @hookimpl
 def register_fusions(register):
-    common = dict(trainable=True, options=["image_dim", "text_dim", "dim"])
+    common = dict(trainable=True, options=["image_dim", "text_dim", "dim"], check_options={"image_dim": 12, "text_dim": 10, "dim": 8})
     register("mean", MeanFusion, inputs="pooled", description="Average of the projected features", **common)
     register("weighted", WeightedFusion, inputs="pooled", description="Weighted sum of the projections; weight fixed or learned", **common)
     register("concat-mlp", ConcatMLP, inputs="pooled", description="MLP over the concatenated features", **common)

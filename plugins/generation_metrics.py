@@ -17,6 +17,7 @@ import warnings
 from typing import Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Metric
 
 DEFAULT_MATCHER = "models:/itm-matcher@champion"
@@ -204,8 +205,11 @@ class KernelDistance(_FeatureDistance):
 
 @hookimpl
 def register_metrics(register):
-    register("clipscore", ClipScore, task="captioning", description="Reference-free caption alignment w*max(cos,0) in a matcher's joint space (CLIPScore style)")
-    register("alignment", Alignment, task="text-to-image", description="Generated image vs. prompt alignment w*max(cos,0) in a matcher's joint space")
-    register("r_precision", RPrecision, task="text-to-image", description="How often a matcher ranks the prompt first among distractor prompts")
+    register("clipscore", ClipScore, task="captioning", description="Reference-free caption alignment w*max(cos,0) in a matcher's joint space (CLIPScore style)",
+             check_options=check_setups.with_matcher())
+    register("alignment", Alignment, task="text-to-image", description="Generated image vs. prompt alignment w*max(cos,0) in a matcher's joint space",
+             check_options=check_setups.with_matcher())
+    register("r_precision", RPrecision, task="text-to-image", description="How often a matcher ranks the prompt first among distractor prompts",
+             check_options=check_setups.with_matcher())
     register("fd", FrechetDistance, task="text-to-image", description="Fréchet distance of generated vs. reference image features (FID with InceptionV3)", requires=["scipy"])
     register("kid", KernelDistance, task="text-to-image", description="Kernel (inception) distance of generated vs. reference image features")

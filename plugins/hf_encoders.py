@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Encoder
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
@@ -100,7 +101,9 @@ class HFImageEncoder(Encoder):
 def register_encoders(register):
     register("hf-text", HFTextEncoder, modality="text", dim="hidden_size", trainable=False,
              description="Any transformers text encoder (BERT, RoBERTa, MiniLM...), mean or CLS pooling",
-             checkpoints=["bert-base-uncased", "sentence-transformers/all-mpnet-base-v2", "roberta-base"], **HUB_METADATA)
+             checkpoints=["bert-base-uncased", "sentence-transformers/all-mpnet-base-v2", "roberta-base"],
+             check_options=check_setups.hub("bert"), **HUB_METADATA)
     register("hf-image", HFImageEncoder, modality="image", dim="from the model", trainable=False,
              description="Any transformers vision backbone (ViT, DeiT, ResNet, ConvNeXt...), pooled",
-             checkpoints=["google/vit-base-patch16-224-in21k", "microsoft/resnet-50", "facebook/dinov2-small"], **HUB_METADATA)
+             checkpoints=["google/vit-base-patch16-224-in21k", "microsoft/resnet-50", "facebook/dinov2-small"],
+             check_options=check_setups.hub("vit"), **HUB_METADATA)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from itm_core.data.webdataset import load_webdataset
@@ -41,10 +42,12 @@ def register_datasets(register):
         ManifestDataset,
         description="A manifest file: CSV, Parquet, JSONL (image and caption columns) or Karpathy JSON",
         options=["path", "root", "format", "image_column", "caption_column", "split_column", "split_ratios", "seed"],
+        check_options=check_setups.manifest_options,
     )
     register(
         "webdataset",
         WebDatasetShards,
         description="WebDataset .tar shards ({key}.jpg|png|webp, {key}.txt, optional {key}.json), brace patterns allowed",
         options=["urls", "split_ratios", "seed", "name", "root"],
+        check_options=check_setups.webdataset_options,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Generator
 
 
@@ -53,4 +54,5 @@ def register_generators(register):
         RetrievalCaptioner,
         task="image-to-text",
         description="The caption from a caption bank that a matcher scores highest",
+        check_options=check_setups.with_matcher(captions=check_setups.CAPTIONS),
     )

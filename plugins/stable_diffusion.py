@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Generator
 from plugins.hub import check_model_reference, torch_dtype
 
@@ -52,4 +53,4 @@ def register_generators(register):
     register("stable-diffusion", StableDiffusion, task="text-to-image",
              description="Text to image with a diffusers pipeline (Stable Diffusion and compatible)",
              checkpoints=["stabilityai/stable-diffusion-2-1-base", "runwayml/stable-diffusion-v1-5", "segmind/tiny-sd"],
-             requires=["diffusers", "transformers"], hub=True)
+             requires=["diffusers", "transformers"], hub=True, check_options=check_setups.hub("stable_diffusion", steps=2, height=32, width=32))

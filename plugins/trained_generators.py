@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Generator
 
 
@@ -55,6 +56,8 @@ class TrainedTextToImage(Generator):
 @hookimpl
 def register_generators(register):
     register("trained-captioner", TrainedCaptioner, task="image-to-text",
-             description="A GPT-2 captioner trained from scratch by the retrain flow (task captioning)")
+             description="A GPT-2 captioner trained from scratch by the retrain flow (task captioning)",
+             check_options=check_setups.captioner_folder)
     register("trained-text-to-image", TrainedTextToImage, task="text-to-image",
-             description="A conditional VAE or diffusion model trained by the retrain flow (task text-to-image)")
+             description="A conditional VAE or diffusion model trained by the retrain flow (task text-to-image)",
+             check_options=check_setups.text_to_image_folder)

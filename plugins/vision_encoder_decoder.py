@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from itm_core import hookimpl
+from plugins import check_setups
 from itm_core.components import Generator
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
@@ -44,4 +45,5 @@ class VisionEncoderDecoderCaptioner(Generator):
 def register_generators(register):
     register("vision-encoder-decoder", VisionEncoderDecoderCaptioner, task="image-to-text",
              description="Image encoder + text decoder captioner (VisionEncoderDecoderModel), greedy or beam search",
-             checkpoints=["nlpconnect/vit-gpt2-image-captioning", "microsoft/trocr-base-printed"], **HUB_METADATA)
+             checkpoints=["nlpconnect/vit-gpt2-image-captioning", "microsoft/trocr-base-printed"],
+             check_options=check_setups.hub("vit_gpt2"), **HUB_METADATA)

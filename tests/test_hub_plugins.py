@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tiny_models
+from plugins import tiny_hub as tiny_models
 from itm_core import create
 from itm_core.testing import assert_conforms
 

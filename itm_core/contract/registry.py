@@ -46,9 +46,15 @@ class ComponentSpec:
                 absent.append(choices[0])
         return absent
 
+    def check_options(self, folder: Any) -> dict[str, Any]:
+        """The options the conformance kit builds this component with when the user gives none: the
+        ``check_options`` metadata, a dict or a function of a scratch folder returning one."""
+        declared = self.metadata.get("check_options") or {}
+        return dict(declared(folder) if callable(declared) else declared)
+
     def describe(self) -> dict[str, Any]:
         """Metadata for listings, with availability: a missing dependency comes with its install command."""
-        out = {"kind": self.kind, "name": self.name, **self.metadata}
+        out = {"kind": self.kind, "name": self.name, **{k: v for k, v in self.metadata.items() if k != "check_options"}}
         missing = self.missing()
         out["available"] = not missing
         if missing:

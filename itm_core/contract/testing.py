@@ -11,8 +11,11 @@ runs it from the command line.
 from __future__ import annotations
 
 import inspect
+import re
+import tempfile
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -46,6 +49,7 @@ class ConformanceReport:
     name: str
     plugin: str
     results: list[CheckResult] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -387,33 +391,53 @@ RULES = {"encoder": _encoder_rules, "similarity": _similarity_rules, "fusion": _
          "generator": _generator_rules, "metric": _metric_rules, "dataset": _dataset_rules}
 
 
-def check_component(kind: str, name: str, **options: Any) -> ConformanceReport:
-    """Build ``kind``/``name`` with ``options`` and run every rule of its kind."""
+def check_component(kind: str, name: str, defaults: bool = True, **options: Any) -> ConformanceReport:
+    """Build ``kind``/``name`` with ``options`` and run every rule of its kind.
+
+    With ``defaults`` (the default) the component's declared ``check_options`` come first and
+    ``options`` override them, so a built-in whose defaults need a hub checkpoint, a registered
+    model or a data file is checked against a small local stand-in (see ``plugins/check_setups.py``).
+    """
     s = spec(kind, name)
     report = ConformanceReport(kind, name, s.plugin)
-
-    def build(**extra: Any) -> Any:
-        return create(kind, name, **{**options, **extra})
-
-    try:
-        component = build()
-        rules = RULES[kind](component, build)
-    except Exception as exc:  # a component that cannot be built fails the first rule
-        report.results.append(CheckResult("builds", "fail", f"{type(exc).__name__}: {exc}"))
-        return report
-    report.results.append(CheckResult("builds", "pass"))
-    for rule, check in rules.items():
+    with tempfile.TemporaryDirectory(prefix=f"itm-check-{name}-") as scratch:
         try:
-            detail = check()
-            report.results.append(CheckResult(rule, "pass", detail or ""))
-        except RuleSkipped as exc:
-            report.results.append(CheckResult(rule, "skip", str(exc)))
-        except (RuleFailed, ContractError) as exc:
-            report.results.append(CheckResult(rule, "fail", str(exc)))
+            declared = s.check_options(Path(scratch)) if defaults else {}
         except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            report.results.append(CheckResult(rule, "fail", f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"))
+            report.results.append(CheckResult("builds", "fail", f"its check_options could not be prepared: {type(exc).__name__}: {exc}"))
+            return report
+        report.options = {**declared, **options}
+
+        def build(**extra: Any) -> Any:
+            return create(kind, name, **{**report.options, **extra})
+
+        try:
+            component = build()
+            rules = RULES[kind](component, build)
+        except Exception as exc:  # a component that cannot be built fails the first rule
+            report.results.append(CheckResult("builds", "fail", f"{type(exc).__name__}: {exc}"))
+            return report
+        report.results.append(CheckResult("builds", "pass", _shown(report.options)))
+        for rule, check in rules.items():
+            try:
+                detail = check()
+                report.results.append(CheckResult(rule, "pass", detail or ""))
+            except RuleSkipped as exc:
+                report.results.append(CheckResult(rule, "skip", str(exc)))
+            except (RuleFailed, ContractError) as exc:
+                report.results.append(CheckResult(rule, "fail", str(exc)))
+            except Exception as exc:
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                report.results.append(CheckResult(rule, "fail", f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"))
     return report
+
+
+def _shown(options: dict[str, Any]) -> str:
+    """The options a component was built with, scratch-folder paths shortened, for the report."""
+    if not options:
+        return "with its defaults"
+    text = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return "with " + re.sub(r"/[^'\"\s]*itm-check-[^/'\"\s]*/", "<scratch>/", text)[:300]
 
 
 def assert_conforms(kind: str, name: str, **options: Any) -> ConformanceReport:
