@@ -48,7 +48,8 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     )
     console.rule("generate: captions by the champion")
     metrics = [ComponentParams(name=m) for m in ("bleu", "rouge_l", "cider")]
-    captions = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_options": dataset.options}, metrics=metrics))
+    generated = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_options": dataset.options}, metrics=metrics))
+    captions = generated["generations"]
     seconds = time.perf_counter() - start
 
     table = Table(title=f"ITM demo: test-split retrieval ({seconds / 60:.1f} min)")
@@ -59,8 +60,7 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     console.print(table)
     for label, r in runs.items():
         console.print(f"retrain {label}: model v{r['model_version']} - {r['decision']}")
-    latest = mlflow.search_runs(experiment_names=[GenerateParams().experiment], max_results=1, order_by=["start_time DESC"])
-    scores = ", ".join(f"{k} {latest.iloc[0][f'metrics.{k}']:.3f}" for k in ("bleu4", "rouge_l", "cider") if f"metrics.{k}" in latest)
+    scores = ", ".join(f"{k} {generated['scores'][k]:.3f}" for k in ("bleu4", "rouge_l", "cider") if k in generated["scores"])
     console.print(f"generate: {len(captions)} captions by the champion (generations.csv, caption_grid.png); {scores}")
     uri = mlflow.get_tracking_uri()
     ui = f"open {uri}" if uri.startswith("http") else (

@@ -66,10 +66,15 @@ def save_images(images: list[Any], folder: str) -> list[str]:
     return names
 
 
+def uses_distractors(metrics: list[ComponentParams]) -> bool:
+    return any(m.name == "r_precision" for m in metrics)
+
+
 @flow(name="generate", log_prints=True)
-def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
+def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
     """Captions for images, or images for prompts, by a generator; saved as a table, a grid and files
-    in MLflow and scored with the chosen metrics."""
+    in MLflow and scored with the chosen metrics. Returns the run id, the generations, the scores and
+    notes about what was adjusted (fewer images than asked, where distractors came from)."""
     from itm_core.contract.registry import spec
 
     task_kind = spec("generator", params.generator).metadata.get("task", "image-to-text")
@@ -78,6 +83,7 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
         raise DataError(f"generate: {params.generator!r} captions images; prompts are for text-to-image generators")
     if task_kind == "text-to-image" and params.images:
         raise DataError(f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files")
+    notes: list[str] = []
     data = skipped = split = None
     if params.images:
         missing = [p for p in params.images if not Path(p).is_file()]
@@ -86,12 +92,23 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
         paths, references = list(params.images), [[] for _ in params.images]
     elif not prompts:
         data, skipped = load_data(params.dataset)
+        available = len(data.split(params.split))
         split = data.split(params.split).head(params.num_images)
+        if available < params.num_images:
+            notes.append(f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {available} images: generated for all {available}")
         paths = [str(p) for p in split.image_paths()]
         references = split.captions_by_image()
-    with tracked_run(params.experiment, params.run_name or params.generator, params.model_dump()):
-        if data is not None:
+    elif uses_distractors(params.metrics):
+        # r_precision ranks each prompt among distractors from the split's captions, as with split prompts
+        data, skipped = load_data(params.dataset)
+        notes.append(f"r_precision draws its distractors from the captions of split {params.split!r} of {data.name}")
+    for note in notes:
+        print(f"note: {note}")
+    with tracked_run(params.experiment, params.run_name or params.generator, params.model_dump()) as run:
+        if split is not None:
             log_dataset(split, skipped)
+        if notes:
+            mlflow.set_tag("generate.notes", " | ".join(notes)[:5000])
         scores: dict[str, float] = {}
         if task_kind == "text-to-image":
             if not prompts:
@@ -105,9 +122,10 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
             log_grid(outputs[:32], prompts[:32], "image_grid.png")
             if params.metrics:
                 inputs: dict[str, Any] = {"images": outputs, "prompts": prompts}
+                if data is not None:
+                    inputs["distractors"] = data.split(params.split).captions
                 if split is not None:
-                    inputs.update(reference_images=load_images([Path(p) for p in paths]), equivalents=references,
-                                  distractors=data.split(params.split).captions)
+                    inputs.update(reference_images=load_images([Path(p) for p in paths]), equivalents=references)
                 scores = score_outputs(params.metrics, task_kind, inputs)
         else:
             images = load_images([Path(p) for p in paths])
@@ -122,12 +140,10 @@ def generate(params: GenerateParams = GenerateParams()) -> list[dict[str, Any]]:
                 scores = score_outputs(params.metrics, task_kind, {"predictions": [str(c) for c in outputs], "references": references, "images": images})
         if scores:
             mlflow.log_metrics(scores)
-            print(f"scores: {scores}")
+            print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         table = pd.DataFrame(rows)
         log_table(table, "generations.csv")
         create_table_artifact(key="generations", table=table.to_dict("records"), description=f"{params.generator} on {len(rows)} inputs")
         if scores:
             create_markdown_artifact(key="generation-scores", markdown="| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in scores.items()))
-        for row in rows[:5]:
-            print(row)
-    return rows
+    return {"run_id": run.info.run_id, "generated": len(rows), "scores": scores, "notes": notes, "generations": rows}

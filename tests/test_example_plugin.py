@@ -65,7 +65,7 @@ def test_flows_use_its_components_by_name(installed_example, prefect_server, mlf
     board = evaluate(EvaluateParams(dataset=dataset, matchers=[MatcherRef(image_encoder=image, text_encoder=text, similarity="neg-euclidean")]))
     assert board[0]["i2t_r1"] == 1.0
 
-    rows = generate(GenerateParams(dataset=dataset, generator="colour-namer", num_images=8, metrics=[ComponentParams(name="exact-match")]))
+    rows = generate(GenerateParams(dataset=dataset, generator="colour-namer", num_images=8, metrics=[ComponentParams(name="exact-match")]))["generations"]
     assert len(rows) == 8
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]

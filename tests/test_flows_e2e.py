@@ -91,7 +91,7 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     assert any(key.startswith("system/") for key in client.get_run(parent[0].info.run_id).data.metrics)
 
     # generate: captions by the champion, a table and a grid in MLflow
-    rows = generate(GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options}))
+    rows = generate(GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options}))["generations"]
     assert len(rows) == 4
     bank = set(create("dataset", "shapes", **tiny_shapes_options).load().split("train").captions)
     assert all(r["caption"] in bank for r in rows)
@@ -219,7 +219,7 @@ def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes
             register("painter", Painter, task="text-to-image")
 
     with temporary_plugin(PainterPlugin(), "painter"):
-        rows = generate(GenerateParams(generator="painter", dataset=DatasetParams(options=tiny_shapes_options), num_images=3))
+        rows = generate(GenerateParams(generator="painter", dataset=DatasetParams(options=tiny_shapes_options), num_images=3))["generations"]
     assert len(rows) == 3 and all(r["prompt"] for r in rows)
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]

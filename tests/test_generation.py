@@ -240,3 +240,24 @@ def test_generation_metrics_pass_the_conformance_kit(colour_matcher):
                           ("r_precision", {"matcher": colour_matcher, "candidates": 3}), ("fd", {"encoder": "color-histogram"}),
                           ("kid", {"encoder": "color-histogram", "subset_size": 3})]:
         assert_conforms("metric", name, **options)
+
+
+def test_caption_grid_fits_its_images_and_long_titles():
+    """Two images make a grid two cells wide (no blank columns); a long prompt wraps inside the figure."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from itm_core.ops.plots import caption_grid
+
+    images = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
+    fig = caption_grid(images, ["a red circle", "a big blue star at the top of the picture, next to a small green square on the left side"])
+    try:
+        assert fig.get_size_inches()[0] == pytest.approx(6.0) and len(fig.axes) == 2
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        for ax in fig.axes:  # every title is inside the figure, not clipped at its top edge
+            title = ax.title.get_window_extent(renderer)
+            assert title.y1 <= box.y1 + 1 and title.x0 >= box.x0 - 1 and title.x1 <= box.x1 + 1
+    finally:
+        plt.close(fig)

@@ -60,11 +60,20 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
     assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions["caption"])
 
     # generate runs it and scores it with reference metrics and the reference-free clipscore
-    rows = generate(GenerateParams(generator="trained-captioner", dataset=dataset, num_images=8,
-                                   metrics=[ComponentParams(name="bleu"), ComponentParams(name="clipscore")]))
-    assert len(rows) == 8 and all(r["caption"] for r in rows)
+    result = generate(GenerateParams(generator="trained-captioner", dataset=dataset, num_images=8,
+                                     metrics=[ComponentParams(name="bleu"), ComponentParams(name="clipscore")]))
+    rows = result["generations"]
+    assert len(rows) == 8 and all(r["caption"] for r in rows) and result["generated"] == 8 and result["notes"] == []
     gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
     assert {"bleu4", "clipscore"} <= set(gen_run.data.metrics) and 0 <= gen_run.data.metrics["clipscore"] <= 2.5
+    # the printed result carries the scores themselves
+    assert result["scores"]["bleu4"] == pytest.approx(gen_run.data.metrics["bleu4"]) and gen_run.info.run_id == result["run_id"]
+    # more images asked than the split has: all of them, and a note that says so
+    result = generate(GenerateParams(generator="trained-captioner", dataset=dataset, num_images=100))
+    test_images = tiny_shapes_options["n_test"]
+    assert result["generated"] == test_images
+    assert f"num_images is 100 but split 'test'" in result["notes"][0] and f"has {test_images} images" in result["notes"][0]
+    assert MlflowClient().get_run(result["run_id"]).data.tags["generate.notes"] == result["notes"][0]
 
     # text to image: the conditional VAE at 16 pixels, scored by r_precision with the champion matcher
     t2i = TextToImageParams(resolution=16, epochs=3, batch_size=16, sample_every=2, test_prompts=8, candidates=4)
@@ -81,11 +90,15 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
     # generate: prompts from a file, scored by alignment and r_precision; a split's prompts also by fd and kid
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na big blue star at the top\na green square on the left\n")
-    rows = generate(GenerateParams(generator="trained-text-to-image", prompts_file=str(prompts),
-                                   metrics=[ComponentParams(name="alignment"), ComponentParams(name="r_precision", options={"candidates": 3})]))
+    result = generate(GenerateParams(generator="trained-text-to-image", prompts_file=str(prompts), dataset=dataset,
+                                     metrics=[ComponentParams(name="alignment"), ComponentParams(name="r_precision", options={"candidates": 10})]))
+    rows = result["generations"]
     assert [r["prompt"] for r in rows] == ["a red circle", "a big blue star at the top", "a green square on the left"]
     gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
     assert {"alignment", "r_precision"} <= set(gen_run.data.metrics)
+    # explicit prompts: the 9 distractors come from the split's captions (from three prompts alone, chance would be 1/3)
+    assert result["scores"]["r_precision_chance"] == pytest.approx(0.1)
+    assert "distractors from the captions of split 'test'" in result["notes"][0]
     assert {"images/0000.png", "images/0002.png", "image_grid.png", "generations.csv"} <= artifacts(client, gen_run.info.run_id)
     generate(GenerateParams(generator="trained-text-to-image", dataset=dataset, num_images=8, generator_options={"size": 64},
                             metrics=[ComponentParams(name="fd", options={"encoder": "color-histogram"}),

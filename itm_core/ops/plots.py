@@ -13,14 +13,16 @@ def caption_grid(images: list[Any], texts: list[str], columns: int = 4) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    columns = max(1, min(columns, len(images)))  # two images make a figure two cells wide, not four
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    titles = ["\n".join(textwrap.wrap(str(text), 32)[:6]) for text in texts]  # at most six lines above each image
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, (3.2 + 0.16 * lines) * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, text in zip(axes.flat, images, texts):
+    for ax, img, title in zip(axes.flat, images, titles):
         ax.imshow(img)
-        ax.set_title("\n".join(textwrap.wrap(text, 32)), fontsize=8)
-    fig.tight_layout()
+        ax.set_title(title, fontsize=8)
     return fig
 
 
