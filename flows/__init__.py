@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any, Callable
+
+from itm_core.ops.console import quiet_libraries
+
+if os.environ.get("ITM_DEBUG", "0") in ("", "0"):  # flow runs served by `itm up` print what the CLI would
+    quiet_libraries()
 
 from itm_core.config import EvaluateParams, ExplainParams, FusionBenchmarkParams, GenerateParams, Params, RetrainParams
 

@@ -21,11 +21,17 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbenc
 
 
 @app.callback()
-def main() -> None:
+def main(debug: bool = typer.Option(False, "--debug", help="Show the libraries' own output and full tracebacks (also ITM_DEBUG=1)")) -> None:
     """ITM workbench: image-text matching and fusion as plugins and flows. While `itm up` runs here,
     commands use its Prefect server and MLflow tracking server (unless PREFECT_API_URL or
     MLFLOW_TRACKING_URI say otherwise)."""
+    from itm_core.ops.console import quiet_libraries
     from itm_core.ops.stack import use_running_stack
+
+    if debug:
+        os.environ["ITM_DEBUG"] = "1"
+    if not _debug():
+        quiet_libraries()
 
     stack = use_running_stack()
     if stack is not None:
@@ -47,9 +53,26 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)
 
 
+def _debug() -> bool:
+    return os.environ.get("ITM_DEBUG", "0") not in ("", "0")
+
+
 def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    """A mistake in the user's input: its one-line reason (the traceback only with --debug)."""
+    if _debug():
+        import traceback
+
+        traceback.print_exception(exc)
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
+
+
+def _flows_console() -> None:
+    """Before a flow runs: Prefect's console keeps progress but not the traceback of an input error."""
+    if not _debug():
+        from itm_core.ops.console import hide_input_tracebacks
+
+        hide_input_tracebacks(_user_errors())
 
 
 def plugin_listing() -> list[dict[str, Any]]:
@@ -188,6 +211,7 @@ def run_flow(
         values = load_params(params, model) if params else model()
     except (KeyError, *_user_errors()) as exc:
         _fail(exc.args[0] if isinstance(exc, KeyError) else exc)
+    _flows_console()
     try:
         result = fn(values)
     except _user_errors() as exc:
@@ -205,6 +229,7 @@ def demo(
     from itm_core.config import DatasetParams
 
     options = {} if (train_images, eval_images) == (2000, 500) else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
+    _flows_console()
     try:
         run_demo(DatasetParams(options=options), console=console)
     except _user_errors() as exc:
@@ -222,6 +247,7 @@ def explain_pair_command(
     from flows.explain import explain
     from itm_core.config import ExplainParams, MatcherRef
 
+    _flows_console()
     try:
         params = ExplainParams(matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid)
         result = explain(params)

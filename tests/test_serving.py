@@ -102,6 +102,15 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         local = mlflow.pyfunc.load_model("models:/itm-matcher@champion").predict(frame)
         assert [row["score"] for row in served] == pytest.approx(local["score"].tolist(), abs=1e-5)
         assert len(served[0]["image_embedding"]) == 8 and len(served[1]["text_embedding"]) == 8
+        # a bad image is a 400 whose message carries the reason, with no stack trace
+        bad = json.dumps({"dataframe_split": {"columns": ["image", "text"], "data": [["bm90IGFuIGltYWdl", "a red circle"]]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=bad, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=60)
+        assert answer.value.code == 400
+        error = json.loads(answer.value.read())
+        assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
+        assert "bad request: base64 image" in error["message"] and "unexpected error" not in error["message"]
     finally:
         if server.poll() is None:
             os.killpg(server.pid, 15)

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 
 from itm_core.models.matcher import Matcher
@@ -98,6 +99,21 @@ def log_table(frame: pd.DataFrame, artifact_file: str) -> None:
         mlflow.log_artifact(str(path))
 
 
+@contextlib.contextmanager
+def bad_request_errors() -> Iterator[None]:
+    """Inside ``predict``: a request MLflow cannot serve because of its content (a missing column, an
+    undecodable or oversized image, an empty batch) becomes an ``MlflowException`` with
+    ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400 and the reason, instead of
+    its generic message and a stack trace."""
+    from itm_core.contract.components import ContractError
+    from itm_core.data import DataError
+
+    try:
+        yield
+    except (DataError, ContractError, ValueError, LookupError) as exc:
+        raise MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
+
+
 class MatcherModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a matcher: a DataFrame with ``image`` (a file path, a ``data:`` URI or bare
     base64 image bytes) and ``text`` columns in; ``score`` (cosine in the joint space) and both
@@ -107,6 +123,10 @@ class MatcherModel(mlflow.pyfunc.PythonModel):
         self.matcher = Matcher.load(context.artifacts["matcher"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        with bad_request_errors():
+            return self._predict(model_input)
+
+    def _predict(self, model_input: pd.DataFrame) -> pd.DataFrame:
         from itm_core.data import image_from_reference
 
         missing = {"image", "text"} - set(model_input.columns)
@@ -219,10 +239,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         self.generator = load_trained_generator(context.artifacts["generator"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        with bad_request_errors():
+            return self._predict(model_input, params or {})
+
+    def _predict(self, model_input: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         from itm_core.models.captioning import Captioner
         from itm_core.data import image_from_reference
 
-        params = params or {}
         if isinstance(self.generator, Captioner):
             if "image" not in model_input.columns:
                 raise ValueError("a captioner's input needs an 'image' column (image file paths or base64 image data)")

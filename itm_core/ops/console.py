@@ -1,0 +1,81 @@
+"""What reaches the user's terminal: progress, results and where to look; not the libraries' chatter.
+
+``quiet_libraries`` turns off what a user cannot act on (weight-loading progress bars, transformers'
+and diffusers' advisories, MLflow's INFO lines and its CloudPickle notice about how models are
+stored). ``hide_input_tracebacks`` keeps Prefect's console from printing a traceback for a mistake
+in the user's input: the command prints the one-line reason instead, and the traceback stays in
+the Prefect API's log of the run. ``itm --debug`` leaves everything as the libraries set it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+# MLflow's notice on every logged Python model; the model format is this project's choice, not the user's.
+_CLOUDPICKLE = "Passing a Python object as `python_model` causes it to be serialized using CloudPickle"
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_libraries() -> None:
+    """Set before the libraries are imported (the environment variables) and again after (the loggers)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
+    pyfunc = logging.getLogger("mlflow.pyfunc")
+    if not any(isinstance(f, _DropMessages) for f in pyfunc.filters):
+        pyfunc.addFilter(_DropMessages(_CLOUDPICKLE))
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)
+
+
+class _InputErrorFilter(logging.Filter):
+    """On Prefect's console: drop the records of a run that failed on a user-input error (their
+    traceback, and the 'Failed(...)' state lines that repeat the reason)."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+        self.names = {cls.__name__ for base in errors for cls in _subclasses(base)}
+        self.failed = re.compile(r"encountered an exception:? (\w+)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            return not isinstance(record.exc_info[1], self.errors)
+        match = self.failed.search(record.getMessage())
+        if match and match.group(1) in self.names:
+            return False
+        if str(record.msg).startswith("Starting temporary server"):
+            record.msg, record.args = str(record.msg).splitlines()[0], ()
+        return True
+
+
+def _subclasses(cls: type) -> set[type]:
+    out = {cls}
+    for sub in cls.__subclasses__():
+        out |= _subclasses(sub)
+    return out
+
+
+def hide_input_tracebacks(errors: tuple[type[BaseException], ...]) -> None:
+    """Attach the filter to Prefect's console handlers (set up when Prefect is imported)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [h for name in ("prefect", "") for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)]
+    for handler in handlers:
+        if not any(isinstance(f, _InputErrorFilter) for f in handler.filters):
+            handler.addFilter(_InputErrorFilter(errors))
