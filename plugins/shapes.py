@@ -308,11 +308,37 @@ class ShapesDataset(Dataset):
         return load_manifest(manifest, extra_columns=extras, name="shapes")
 
 
+DEFAULTS_VARIABLE = "ITM_SHAPES_DEFAULTS"
+
+
+def environment_defaults() -> dict[str, Any]:
+    """Shapes options from ``ITM_SHAPES_DEFAULTS`` (a JSON object): they replace the built-in
+    defaults, and options given explicitly still win. A quick way to try every command on small data."""
+    import inspect
+
+    text = os.environ.get(DEFAULTS_VARIABLE, "").strip()
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{DEFAULTS_VARIABLE} is not valid JSON ({exc}); give an object such as '{{\"n_train\": 200, \"n_val\": 50, \"n_test\": 50}}'") from None
+    known = [p for p in inspect.signature(ShapesDataset).parameters]
+    if not isinstance(values, dict) or set(values) - set(known):
+        extra = sorted(set(values) - set(known)) if isinstance(values, dict) else values
+        raise ValueError(f"{DEFAULTS_VARIABLE}: expected a JSON object of shapes options ({', '.join(known)}), got {extra!r}")
+    return values
+
+
+def shapes(**options: Any) -> ShapesDataset:
+    return ShapesDataset(**{**environment_defaults(), **options})
+
+
 @hookimpl
 def register_datasets(register):
     register(
         "shapes",
-        ShapesDataset,
+        shapes,
         description="Procedural shapes with 5 paraphrased captions and hard negatives; built offline, cached",
         splits=["train", "val", "test"],
     )

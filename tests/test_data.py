@@ -238,3 +238,18 @@ def test_webdataset_members_that_are_not_pairs_are_left_out_and_bad_images_repor
         encode_split(image, text, data, None, EncodeOptions(workers=0), on_bad_image="fail")
     with pytest.raises(DataError, match="does not exist"):
         load_webdataset(str(tmp_path / "nope-{0..1}.tar"))
+
+
+def test_shapes_defaults_from_the_environment(monkeypatch):
+    """ITM_SHAPES_DEFAULTS replaces the built-in sizes; explicit options still win; a bad value names the variable."""
+    from itm_core import create
+
+    monkeypatch.setenv("ITM_SHAPES_DEFAULTS", '{"n_train": 7, "image_size": 48}')
+    assert create("dataset", "shapes").params["n_train"] == 7
+    assert create("dataset", "shapes", n_train=9).params == {**create("dataset", "shapes").params, "n_train": 9}
+    monkeypatch.setenv("ITM_SHAPES_DEFAULTS", '{"n_trian": 7}')
+    with pytest.raises(ValueError, match=r"ITM_SHAPES_DEFAULTS: expected a JSON object of shapes options \(n_train, .*\['n_trian'\]"):
+        create("dataset", "shapes")
+    monkeypatch.setenv("ITM_SHAPES_DEFAULTS", "n_train=7")
+    with pytest.raises(ValueError, match="ITM_SHAPES_DEFAULTS is not valid JSON"):
+        create("dataset", "shapes")
