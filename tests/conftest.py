@@ -20,6 +20,10 @@ os.environ.pop("ITM_DISABLE_PLUGINS", None)
 
 import pytest  # noqa: E402
 
+# Prefect binds its console log handler to sys.stderr when its logging is set up, on first import.
+# Set it up now, so that it is never bound to a CliRunner's temporary stream that a test then closes.
+import prefect.main  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def prefect_server():

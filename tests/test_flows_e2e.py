@@ -153,6 +153,9 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
 
     result = CliRunner().invoke(app, ["run", "nonsense"])
     assert result.exit_code == 2 and "retrain, evaluate, generate, fusion-benchmark, explain" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert result.exit_code == 0 and "One of: retrain, evaluate, generate," in result.output
+    assert all(name in result.output for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain"))
 
     missing_model = tmp_path / "eval.json"
     missing_model.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "matchers": [{"model_uri": "models:/no-such-model@champion"}]}))
@@ -245,6 +248,7 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
 
     from flows.explain import explain
     from flows.retrain import retrain
+    from itm_core import create
     from itm_core.cli import app
     from itm_core.config import ExplainParams
 
@@ -263,8 +267,30 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
     assert run.data.metrics["score"] == pytest.approx(result["score"])
     assert {"explanation.png", "word_contributions.csv", "occlusion_heat.csv"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
 
+    # the documented default: the first test pair of `dataset`, logged once with the values used
+    default = explain(ExplainParams(dataset=dataset, grid=2))
+    first = create("dataset", "shapes", **dataset.options).load().split("test")
+    assert default["text"] == first.captions_of(0)[0] and default["image"] == str(first.image_path(0))
+    params = MlflowClient().get_run(default["run_id"]).data.params
+    assert params["text"] == default["text"] and params["image"] == default["image"]
+    long_text = "a red square " * 60  # over 500 characters: logged whole, once
+    assert MlflowClient().get_run(explain(ExplainParams(dataset=dataset, grid=2, text=long_text))["run_id"]).data.params["text"] == long_text
+
     out = CliRunner().invoke(app, ["explain", "--image", str(path), "--text", "a red square", "--grid", "2"])
     assert out.exit_code == 0, out.output
     assert "red" in out.output and "explanation.png" in out.output
     out = CliRunner().invoke(app, ["explain", "--image", str(tmp_path / "none.png"), "--text", "x"])
     assert out.exit_code == 2 and "image file not found" in out.output
+
+
+def test_flow_run_url_tag_only_when_it_is_a_link(monkeypatch):
+    """Without a Prefect UI, Prefect's ui_url reads "None/flow-runs/..."; that is not tagged as a link."""
+    from prefect.runtime import flow_run
+
+    from itm_core.ops.tracking import prefect_context
+
+    for name, value in (("id", "0b6f"), ("name", "calm-fox"), ("flow_name", "retrain"), ("ui_url", "None/flow-runs/flow-run/0b6f")):
+        monkeypatch.setattr(flow_run, name, value, raising=False)
+    assert prefect_context() == {"prefect.flow_run_id": "0b6f", "prefect.flow_run_name": "calm-fox", "prefect.flow_name": "retrain"}
+    monkeypatch.setattr(flow_run, "ui_url", "http://127.0.0.1:4200/runs/flow-run/0b6f", raising=False)
+    assert prefect_context()["prefect.flow_run_url"] == "http://127.0.0.1:4200/runs/flow-run/0b6f"

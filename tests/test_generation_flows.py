@@ -35,6 +35,9 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
 
     dataset = DatasetParams(options=tiny_shapes_options)
     client = MlflowClient()
+    # text to image before any matcher exists: the error says to train one, or which option picks another
+    with pytest.raises(LookupError, match=r"Train a matcher first \(`itm run retrain`\), or set text_to_image.matcher"):
+        retrain(RetrainParams(task="text-to-image", dataset=dataset, **CLASSIC))
     # a matcher first: it scores clipscore, alignment and r_precision
     retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=3, batch_size=16), **CLASSIC))
 
