@@ -50,7 +50,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from itm_core.data import DataError
     from itm_core.contract.registry import RegistryError
 
-    return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)
+    return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)  # SearchIndexError is a LookupError
 
 
 def _debug() -> bool:
@@ -259,6 +259,38 @@ def explain_pair_command(
     console.print(f"score {result['score']:.4f} for {result['text']!r} on {result['image']}")
     console.print(table)
     console.print(f"heat map: explanation.png in MLflow run {result['run_id']}")
+
+
+@app.command("search")
+def search_command(
+    text: Optional[str] = typer.Argument(None, help="Text to find images for"),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Search with an image file instead: similar images, or captions with --captions"),
+    k: int = typer.Option(10, "-k", help="How many results"),
+    index: Optional[str] = typer.Option(None, "--index", help="An `itm run index` run id or a saved index folder (default: the newest index)"),
+    matcher: str = typer.Option("models:/itm-matcher@champion", "--matcher", "-m", help="Must be the matcher that built the index"),
+    captions: bool = typer.Option(False, "--captions", help="Search the caption index (built with captions: true)"),
+) -> None:
+    """The top k images for a text, or images (or captions) for an image, from an index built by `itm run index`."""
+    from itm_core.data import open_image
+    from itm_core.ops.search import Searcher
+
+    try:
+        if (text is None) == (image is None):
+            raise ValueError("give a text or --image (one of the two)")
+        if text is not None and not text.strip():
+            raise ValueError("the text to search with is empty")
+        if image is not None and not image.is_file():
+            raise FileNotFoundError(f"image file not found: {image}")
+        searcher = Searcher.open(index, matcher, "captions" if captions else "images")
+        (results,) = searcher.search_images([open_image(image)], k) if image else searcher.search_texts([text], k)
+    except _user_errors() as exc:
+        _fail(exc)
+    table = Table("rank", "score", "caption" if captions else "image", *(["image"] if captions else ["caption"]))
+    for row in results.itertuples():
+        first, second = (row.caption, row.image) if captions else (row.image, row.caption)
+        table.add_row(str(row.rank), f"{row.score:.4f}", first, second)
+    console.print(table)
+    console.print(f"index: {len(searcher.index)} items ({searcher.index.kind}), built with {searcher.index.meta.get('matcher_id')}", highlight=False)
 
 
 @app.command()

@@ -218,6 +218,54 @@ class ExplainParams(Params):
     run_name: str | None = None
 
 
+class IndexSettingsParams(Params):
+    """The FAISS index: exact below a size, a graph (HNSW) or inverted lists of compressed codes (IVF-PQ) above."""
+
+    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = Field("auto", description="`auto` picks by size: flat (exact) < exact_below <= hnsw < hnsw_below <= ivfpq")
+    exact_below: int = Field(50_000, ge=1, description="auto: exact search (IndexFlatIP) below this many items")
+    hnsw_below: int = Field(500_000, ge=1, description="auto: HNSW below this many items, IVF-PQ from here on")
+    hnsw_m: int = Field(32, ge=4, description="hnsw: links per node")
+    ef_construction: int = Field(128, ge=8, description="hnsw: candidate list while building")
+    ef_search: int = Field(256, ge=8, description="hnsw: candidate list while searching (recall vs speed)")
+    nlist: int = Field(0, ge=0, description="ivfpq: inverted lists (0: about 4 x sqrt(items))")
+    pq_m: int = Field(0, ge=0, description="ivfpq: sub-quantisers, dividing the embedding size (0: about dim / 4)")
+    nprobe: int = Field(32, ge=1, description="ivfpq: lists visited per query (recall vs speed)")
+    refine: int = Field(10, ge=1, description="ivfpq: re-rank refine x k candidates with exact scores")
+
+    def settings(self) -> Any:
+        from itm_core.models.search_index import IndexSettings
+
+        return IndexSettings(**self.model_dump())
+
+
+class IndexParams(Params):
+    """Embed every image (and optionally every caption) of a dataset with a registered matcher and
+    build a FAISS index for search; logged to MLflow and registered as the `itm-search` model."""
+
+    matcher: str = Field("models:/itm-matcher@champion", description="The matcher whose joint space is indexed (model URI or saved folder)")
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    splits: list[str] = Field(default_factory=list, description="Splits to index (empty: every image of the dataset)")
+    captions: bool = Field(False, description="Also index every caption, for image-to-text search")
+    index: IndexSettingsParams = Field(default_factory=IndexSettingsParams)
+    registered_model: str | None = Field("itm-search", description="Register the matcher and index as this search model (empty: do not register)")
+    promote: bool = Field(True, description="Move the search model's `champion` alias to this version when it was built with the current matcher champion")
+    experiment: str = Field("itm-index", description="MLflow experiment")
+    run_name: str | None = None
+
+
+class SearchParams(Params):
+    """Search an index built by `index`: the top k images for a text, or images or captions for an image."""
+
+    text: str | None = Field("a red circle", description="The text to search images with")
+    image: str | None = Field(None, description="An image file to search with instead of text (similar images, or captions with target=captions)")
+    k: int = Field(10, ge=1, le=1000, description="How many results")
+    target: Literal["images", "captions"] = Field("images", description="Search the image index or the caption index (built with captions: true)")
+    index: str | None = Field(None, description="An `index` run id or a saved index folder (default: the newest index run)")
+    matcher: str = Field("models:/itm-matcher@champion", description="The matcher to embed the query with; it must be the one that built the index")
+    experiment: str = Field("itm-search", description="MLflow experiment")
+    run_name: str | None = None
+
+
 class ParamsFileError(ValueError):
     """A parameters file that cannot be read or does not validate; the message names the file and fields."""
 

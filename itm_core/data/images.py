@@ -53,9 +53,10 @@ def open_image(path: Path | Any, max_pixels: int = DEFAULT_MAX_PIXELS, label: st
         raise DataError(f"{label}: corrupt or truncated image ({exc})") from None
 
 
-def image_from_reference(value: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def image_from_reference(value: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow_paths: bool = True) -> Image.Image:
     """An image given as a file path, a ``data:image/...;base64,`` URI or bare base64 image bytes
-    (what a scoring request to a served model carries)."""
+    (what a scoring request to a served model carries). With ``allow_paths=False`` only image data
+    is accepted: a request never makes a server read its own files."""
     import base64
     import binascii
     import io
@@ -63,12 +64,13 @@ def image_from_reference(value: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
     text = str(value).strip()
     if text.startswith("data:"):
         text = text.split(",", 1)[-1]
-    elif len(text) < 1024 and Path(text).is_file():
+    elif allow_paths and len(text) < 1024 and Path(text).is_file():
         return open_image(Path(text), max_pixels)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise DataError(f"{str(value)[:80]!r}: neither an image file that exists here nor base64-encoded image data") from None
+        expected = "neither an image file that exists here nor base64-encoded image data" if allow_paths else "not base64-encoded image data"
+        raise DataError(f"{str(value)[:80]!r}: {expected}") from None
     return open_image(io.BytesIO(raw), max_pixels, label="base64 image")
 
 

@@ -1,0 +1,105 @@
+"""The ``index`` flow: a FAISS index over a dataset's images (and captions) in a matcher's joint space."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import load_data, log_dataset, transient_only
+from itm_core.config import IndexParams
+from itm_core.data import ImageTextSet
+from itm_core.encode.embed import EmbeddingCache
+from itm_core.models.search_index import SearchIndex
+from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
+from itm_core.ops.tracking import CHAMPION, champion_version, load_matcher, tracked_run
+
+
+@task(name="load-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
+def load_matcher_task(uri: str) -> Any:
+    try:
+        return load_matcher(uri)
+    except LookupError as exc:
+        raise LookupError(f"index: {exc}. Train a matcher first (`itm run retrain`), or set matcher to a model URI or a saved matcher folder") from None
+
+
+@task(name="embed", cache_policy=NO_CACHE)
+def embed(matcher: Any, data: ImageTextSet, captions: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Joint-space embeddings through the cached, resumable encoding path (tower features come from
+    the embedding cache when present, and are written there in shards as they are computed)."""
+    cache = EmbeddingCache()
+    images = matcher.embed_images([str(p) for p in data.image_paths()], cache).numpy()
+    texts = matcher.embed_texts(data.captions, cache).numpy() if captions else None
+    return images, texts
+
+
+@task(name="build-index", cache_policy=NO_CACHE)
+def build_index(vectors: np.ndarray, items: pd.DataFrame, params: IndexParams, meta: dict[str, Any]) -> SearchIndex:
+    start = time.perf_counter()
+    index = SearchIndex.build(vectors, items, params.index.settings(), meta)
+    print(f"{index.kind} index of {len(index)} items ({index.dim} dims) built in {time.perf_counter() - start:.1f} s")
+    return index
+
+
+def select_splits(data: ImageTextSet, splits: list[str]) -> ImageTextSet:
+    if not splits:
+        return data
+    unknown = sorted(set(splits) - set(data.splits))
+    if unknown:
+        raise ValueError(f"index: splits {unknown} are not in {data.name} (its splits: {', '.join(data.splits)})")
+    return data.subset([i for i, s in enumerate(data.image_split) if s in splits])
+
+
+@flow(name="index", log_prints=True)
+def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
+    """Embed the collection with the matcher, build the index, log it (with the item table and the
+    matcher it needs) to MLflow, and register matcher and index as the search model."""
+    identity = matcher_identity(params.matcher)
+    matcher = load_matcher_task(identity.version_uri or params.matcher)
+    data, skipped = load_data(params.dataset)
+    data = select_splits(data, params.splits)
+    meta = {"matcher_id": identity.id, "matcher_uri": params.matcher, "matcher_version_uri": identity.version_uri,
+            "dataset": data.name, "dataset_fingerprint": data.fingerprint()}
+    with tracked_run(params.experiment, params.run_name or f"index {data.name} with {identity.id}", params.model_dump()) as run:
+        log_dataset(data, skipped)
+        mlflow.set_tags({"dataset.fingerprint": meta["dataset_fingerprint"], "matcher.id": identity.id})
+        image_vectors, caption_vectors = embed(matcher, data, params.captions)
+        firsts = [caps[0] if caps else "" for caps in data.captions_by_image()]
+        items = pd.DataFrame({"image": [str(p.resolve()) for p in data.image_paths()], "split": data.image_split, "caption": firsts})
+        images = build_index(image_vectors, items, params, meta)
+        captions = None
+        if caption_vectors is not None:
+            owners = data.caption_image
+            caption_items = pd.DataFrame({"caption": data.captions, "image": [str(data.image_path(i).resolve()) for i in owners]})
+            captions = build_index(caption_vectors, caption_items, params, meta)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifacts(str(images.save(Path(tmp) / "index")), "index")
+            if captions is not None:
+                mlflow.log_artifacts(str(captions.save(Path(tmp) / "captions")), "captions")
+        mlflow.log_metrics({"index_size": len(images), "caption_index_size": len(captions) if captions else 0})
+        mlflow.set_tag("index.kind", images.kind)
+        outcome: dict[str, Any] = {"model_version": None, "promoted": False}
+        if params.registered_model:
+            info = log_search_model(SearchBundle(matcher, images, captions), params.registered_model)
+            version = str(info.registered_model_version)
+            champion = champion_version("itm-matcher")
+            current = champion is not None and identity.id == f"{champion.name} v{champion.version}"
+            if params.promote and current:
+                mlflow.MlflowClient().set_registered_model_alias(params.registered_model, CHAMPION, version)
+            outcome = {"model_version": version, "promoted": bool(params.promote and current)}
+            decision = "promoted to champion" if outcome["promoted"] else "not promoted (built with a matcher that is not the current champion)"
+            mlflow.MlflowClient().set_model_version_tag(params.registered_model, version, "matcher", identity.id)
+            print(f"registered {params.registered_model} v{version}: {decision}")
+        summary = (f"# Index of {data.name}\n\n{len(images)} images ({images.kind})" + (f", {len(captions)} captions" if captions else "")
+                   + f", built with **{identity.id}**; search it with `itm search \"...\" --index {run.info.run_id}`")
+        create_markdown_artifact(key="index", markdown=summary, description="the search index")
+    return {"run_id": run.info.run_id, "kind": images.kind, "images": len(images), "captions": len(captions) if captions else 0,
+            "matcher": identity.id, **outcome}
