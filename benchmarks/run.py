@@ -354,6 +354,148 @@ def _fit_tfidf(data: Any) -> Any:
 # --- the report ----------------------------------------------------------------------------------
 
 
+# --- search --------------------------------------------------------------------------------------
+
+
+def clustered_vectors(n: int, dim: int, seed: int, centres: int = 1000) -> Any:
+    """Unit vectors around random centres, generated in blocks (embeddings cluster; uniform noise does not)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        x = c[rng.integers(0, centres, m)] + 0.6 * rng.standard_normal((m, dim)).astype(np.float32)
+        out[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _latencies(index: Any, queries: Any, batch: int, k: int = 10) -> tuple[float, float, float]:
+    """p50 and p99 latency in ms per call, and queries per second, for calls of ``batch`` queries."""
+    import numpy as np
+
+    times = []
+    for s in range(0, len(queries) - batch + 1, batch):
+        t0 = time.perf_counter()
+        index.search(queries[s : s + batch], k)
+        times.append(time.perf_counter() - t0)
+    times = np.array(times)
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3), batch * len(times) / float(times.sum())
+
+
+def bench_search(n: int, n_queries: int) -> list[Row]:
+    """The approximate index ``itm run index`` picks for ``n`` vectors against exact search (IndexFlatIP)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from itm_core.judge.retrieval import top_k
+    from itm_core.models.matcher import JointSimilarity
+    from itm_core.models.search_index import IndexSettings, SearchIndex
+
+    dim = 256
+    vectors = clustered_vectors(n, dim, 0)
+    queries = clustered_vectors(n_queries, dim, 1)
+    items = pd.DataFrame({"id": np.arange(n)})
+    t_exact, exact = _timed(lambda: SearchIndex.build(vectors, items, IndexSettings(kind="flat")))
+    t_ann, ann = _timed(lambda: SearchIndex.build(vectors, items, IndexSettings(kind="auto")))
+    truth = exact.search(queries, 10)[1]
+    found = ann.search(queries, 10)[1]
+    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+    rows = [{"what": f"{ann.kind} index of {n:,} x {dim}-d vectors: recall@10", "reference": "exact search (IndexFlatIP)", "value": recall,
+             "ref_value": 1.0, "ratio": recall, "target": ">= 0.95", "note": f"{n_queries} queries; {ann.settings}"},
+            {"what": f"{ann.kind} index build, s", "reference": "exact index build", "value": t_ann, "ref_value": t_exact, "ratio": t_ann / t_exact,
+             "target": "reported", "note": "training the coarse and product quantisers on a sample, then adding every vector"}]
+    for batch in (1, 64):
+        p50, p99, qps = _latencies(ann.index, queries, batch)
+        rp50, rp99, rqps = _latencies(exact.index, queries[: max(batch * 20, 64)], batch)
+        rows.append({"what": f"queries of {batch}: queries/s", "reference": "exact search, same batches", "value": qps, "ref_value": rqps,
+                     "ratio": qps / rqps, "target": "reported", "note": f"p50 {p50:.2f} ms, p99 {p99:.2f} ms per call (exact: p50 {rp50:.1f} ms, p99 {rp99:.1f} ms)"})
+    # the exact index gives the very top k of itm_core's brute-force retrieval
+    gallery, probe = vectors[:5000], queries[:500]
+    small = SearchIndex.build(gallery, items.head(5000), IndexSettings(kind="auto"))
+    ref = top_k(torch.from_numpy(probe), torch.from_numpy(gallery), JointSimilarity(), 10)[1].numpy()
+    differ = int((small.search(probe, 10)[1] != ref).sum())
+    rows.append({"what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items", "reference": "top_k", "value": float(differ),
+                 "ref_value": 0.0, "ratio": None, "target": "0 differences", "note": f"index kind {small.kind}"})
+    return rows
+
+
+def bench_serving(requests: int, clients: int, home: Path) -> list[Row]:
+    """``mlflow models serve`` of a registered itm-search model on loopback, hammered by concurrent clients."""
+    import concurrent.futures as cf
+    import socket
+    import urllib.request
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.search_index import SearchIndex
+    from itm_core.ops.search import SearchBundle, log_search_model
+
+    data = _shapes(200, 50, home)
+    tfidf = _fit_tfidf(data)
+    from itm_core import create
+
+    histogram = create("encoder", "color-histogram")
+    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 256}},
+                      int(histogram.dim), int(tfidf.dim), embed_dim=64, hidden_dim=0).attach_encoders(histogram, tfidf)
+    vectors = matcher.embed_images([str(p) for p in data.image_paths()]).numpy()
+    index = SearchIndex.build(vectors, pd.DataFrame({"image": [str(p) for p in data.image_paths()]}))
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'serving.db'}")
+    mlflow.set_experiment("bench-serving")
+    with mlflow.start_run():
+        info = log_search_model(SearchBundle(matcher, index), None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = open(home / "serve.log", "wb")
+    server = subprocess.Popen([str(Path(PYTHON).parent / "mlflow"), "models", "serve", "-m", info.model_uri, "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((home / "serve.log").read_text()[-2000:])
+                time.sleep(1)
+        captions = data.captions
+
+        def one(i: int) -> tuple[float, int]:
+            body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[captions[i % len(captions)]]]}, "params": {"k": 10}}).encode()
+            request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=60) as resp:
+                    ok = resp.status == 200 and len(json.loads(resp.read())["predictions"][0]["items"]) == 10
+            except OSError:
+                ok = False
+            return time.perf_counter() - t0, int(not ok)
+
+        start = time.perf_counter()
+        with cf.ThreadPoolExecutor(clients) as pool:
+            got = list(pool.map(one, range(requests)))
+        wall = time.perf_counter() - start
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()
+    latency = np.array([t for t, _ in got])
+    errors = sum(e for _, e in got)
+    return [{"what": f"itm-search served: {requests} text queries from {clients} concurrent clients, requests/s", "reference": "0 errors",
+             "value": requests / wall, "ref_value": None, "ratio": None, "target": "0 errors; p50/p99 reported",
+             "note": f"{errors} errors; p50 {np.percentile(latency, 50) * 1e3:.0f} ms, p99 {np.percentile(latency, 99) * 1e3:.0f} ms; "
+                     f"{len(index)} images, `mlflow models serve --workers 2` on loopback"}]
+
+
 def machine() -> str:
     import torch
 
@@ -398,6 +540,8 @@ def main(argv: list[str] | None = None) -> None:
         "overhead": lambda: bench_overhead((48, 96) if q else (200, 800), home),
         "scaling": lambda: bench_scaling([64, 128] if q else [2000, 8000], home),
         "dask": lambda: bench_dask(64 if q else 1024, home),
+        "search": lambda: bench_search(20_000 if q else 1_000_000, 200 if q else 1000),
+        "serving": lambda: bench_serving(40 if q else 500, 8, home),
         "flickr": lambda: bench_flickr(home, q),
     }
     chosen = args.only or [n for n in suite if n != "flickr"]

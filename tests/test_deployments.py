@@ -17,7 +17,7 @@ def test_each_flow_has_a_default_deployment_that_loads():
     for d in doc["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         found[flow.name] = d["name"]
-    assert found == {"retrain": "default", "evaluate": "default", "generate": "default", "fusion-benchmark": "default", "explain": "default"}
+    assert found == {name: "default" for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain", "index", "search")}
     from flows import FLOWS
 
     assert set(found) == set(FLOWS)
@@ -40,7 +40,7 @@ def test_forms_offer_registered_components_by_kind():
     from itm_core.ops.stack import build_deployments
 
     schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
-    assert len(schemas) == 5
+    assert len(schemas) == 7
     defs = {}
     for schema in schemas:
         defs.update(schema["definitions"])

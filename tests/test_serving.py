@@ -3,6 +3,7 @@ answers a scoring request with the same scores and embeddings as the model loade
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -71,13 +72,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
+@contextlib.contextmanager
+def served(model_uri: str, tracking_uri: str, tmp_path: Path):
+    """`mlflow models serve -m MODEL --env-manager local` on a free loopback port; yields its port."""
     port = _free_port()
     # mlflow runs `uvicorn` from PATH: the virtual environment's, as when it is activated
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/itm-matcher@champion", "--env-manager", "local",
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -91,6 +94,50 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
                 pass
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(1)
+        yield port
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 15)
+            server.wait(30)
+        log.close()
+
+
+def post(port: int, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_served_search_model_answers_and_rejects_bad_requests(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
+    """`mlflow models serve` of itm-search: text and base64 queries answered; every bad request a 4xx with its reason."""
+    from itm_core.models.search_index import SearchIndex
+    from itm_core.ops.search import SearchBundle, log_search_model
+    from itm_core.ops.tracking import load_matcher
+
+    matcher = load_matcher("models:/itm-matcher@champion")
+    paths = [str(p) for p in tiny_shapes.image_paths()]
+    index = SearchIndex.build(matcher.embed_images(paths).numpy(), pd.DataFrame({"image": paths}))
+    with mlflow.start_run():
+        log_search_model(SearchBundle(matcher, index), "itm-search")
+    with served("models:/itm-search/1", mlflow_store, tmp_path) as port:
+        status, answer = post(port, {"dataframe_split": {"columns": ["text"], "data": [["a red circle"]]}, "params": {"k": 3}})
+        assert status == 200 and len(answer["predictions"][0]["items"]) == 3
+        status, answer = post(port, {"dataframe_split": {"columns": ["image"], "data": [[example_image_base64()]]}, "params": {"k": 2}})
+        assert status == 200 and len(answer["predictions"][0]["scores"]) == 2
+        bad = [({"columns": ["text"], "data": [[""]]}, {}, "exactly one of 'text'"),
+               ({"columns": ["image"], "data": [["%%%"]]}, {}, "not base64-encoded image data"),
+               ({"columns": ["image"], "data": [[paths[0]]]}, {}, "not base64-encoded image data"),
+               ({"columns": ["text"], "data": [["a red circle"]]}, {"k": 0}, "k must be between 1 and 1000")]
+        for frame, params, reason in bad:
+            status, answer = post(port, {"dataframe_split": frame, "params": params})
+            assert 400 <= status < 500 and reason in answer["message"] and "stack_trace" not in answer, (frame, params, answer)
+
+
+def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
+    with served("models:/itm-matcher@champion", mlflow_store, tmp_path) as port:
         frame = pd.DataFrame({
             "image": [example_image_base64(), str(tiny_shapes.image_path(0))],
             "text": ["a red circle in the middle", tiny_shapes.captions_of(0)[0]],
@@ -98,10 +145,10 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as resp:
-            served = json.loads(resp.read())["predictions"]
+            answered = json.loads(resp.read())["predictions"]
         local = mlflow.pyfunc.load_model("models:/itm-matcher@champion").predict(frame)
-        assert [row["score"] for row in served] == pytest.approx(local["score"].tolist(), abs=1e-5)
-        assert len(served[0]["image_embedding"]) == 8 and len(served[1]["text_embedding"]) == 8
+        assert [row["score"] for row in answered] == pytest.approx(local["score"].tolist(), abs=1e-5)
+        assert len(answered[0]["image_embedding"]) == 8 and len(answered[1]["text_embedding"]) == 8
         # a bad image is a 400 whose message carries the reason, with no stack trace
         bad = json.dumps({"dataframe_split": {"columns": ["image", "text"], "data": [["bm90IGFuIGltYWdl", "a red circle"]]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=bad, headers={"Content-Type": "application/json"})
@@ -111,8 +158,3 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         error = json.loads(answer.value.read())
         assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
         assert "bad request: base64 image" in error["message"] and "unexpected error" not in error["message"]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            server.wait(30)
-        log.close()
