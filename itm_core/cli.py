@@ -285,7 +285,9 @@ def search_command(
         (results,) = searcher.search_images([open_image(image)], k) if image else searcher.search_texts([text], k)
     except _user_errors() as exc:
         _fail(exc)
-    table = Table("rank", "score", "caption" if captions else "image", *(["image"] if captions else ["caption"]))
+    table = Table()
+    for name in ("rank", "score", *(("caption", "image") if captions else ("image", "caption"))):
+        table.add_column(name, overflow="fold", justify="right" if name in ("rank", "score") else "left")
     for row in results.itertuples():
         first, second = (row.caption, row.image) if captions else (row.image, row.caption)
         table.add_row(str(row.rank), f"{row.score:.4f}", first, second)
