@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import mlflow
@@ -54,8 +55,12 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     from itm_core import create
 
     data = create("dataset", "shapes", **tiny_shapes_options).load().split("test")
-    frame = pd.DataFrame({"image": [str(data.image_path(0))] * 2, "text": [data.captions_of(0)[0], "tax law of 1987"]})
+    png = base64.b64encode(data.image_path(0).read_bytes()).decode()
+    frame = pd.DataFrame({"image": [png] * 2, "text": [data.captions_of(0)[0], "tax law of 1987"]})
     scores = model.predict(frame)["score"].tolist()
+    # a path on the serving machine is refused: requests carry image data, not file names
+    with pytest.raises(mlflow.exceptions.MlflowException, match="not base64-encoded image data"):
+        model.predict(pd.DataFrame({"image": [str(data.image_path(0))], "text": ["a red circle"]}))
     assert len(scores) == 2 and all(-1.0 <= s <= 1.0 for s in scores)
 
     # evaluate: a leaderboard of three, as nested runs plus a table

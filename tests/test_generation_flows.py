@@ -59,7 +59,7 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
     from itm_core import create
 
     test = create("dataset", "shapes", **tiny_shapes_options).load().split("test")
-    captions = mlflow.pyfunc.load_model("models:/itm-captioner@champion").predict(pd.DataFrame({"image": [str(test.image_path(0)), str(test.image_path(1))]}))
+    captions = mlflow.pyfunc.load_model("models:/itm-captioner@champion").predict(pd.DataFrame({"image": [base64.b64encode(test.image_path(i).read_bytes()).decode() for i in (0, 1)]}))
     assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions["caption"])
 
     # generate runs it and scores it with reference metrics and the reference-free clipscore

@@ -3,6 +3,7 @@ answers a scoring request with the same scores and embeddings as the model loade
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -139,7 +140,7 @@ def test_served_search_model_answers_and_rejects_bad_requests(registered_matcher
 def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
     with served("models:/itm-matcher@champion", mlflow_store, tmp_path) as port:
         frame = pd.DataFrame({
-            "image": [example_image_base64(), str(tiny_shapes.image_path(0))],
+            "image": [example_image_base64(), "data:image/png;base64," + base64.b64encode(tiny_shapes.image_path(0).read_bytes()).decode()],
             "text": ["a red circle in the middle", tiny_shapes.captions_of(0)[0]],
         })
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
@@ -158,3 +159,12 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         error = json.loads(answer.value.read())
         assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
         assert "bad request: base64 image" in error["message"] and "unexpected error" not in error["message"]
+        # a path on the server, too many rows, a missing column: 400s naming the reason
+        for frame, reason in ((pd.DataFrame({"image": [str(tiny_shapes.image_path(0))], "text": ["x"]}), "not base64-encoded image data"),
+                              (pd.DataFrame({"image": [example_image_base64()] * 300, "text": ["x"] * 300}), "a request holds 1 to 256 rows"),
+                              (pd.DataFrame({"text": ["x"]}), "['image']")):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+                                             data=json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode())
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(request, timeout=60)
+            assert answer.value.code == 400 and reason in json.loads(answer.value.read())["message"]

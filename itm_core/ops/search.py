@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from itm_core.models.matcher import Matcher
 from itm_core.models.search_index import SearchIndex, SearchIndexError
-from itm_core.ops.tracking import bad_request_errors, example_image_base64, load_matcher
+from itm_core.ops.tracking import bad_request_errors, check_rows, example_image_base64, load_matcher
 
 INDEX_EXPERIMENT = "itm-index"
 SEARCH_MODEL = "itm-search"
@@ -180,8 +180,7 @@ class SearchModel(mlflow.pyfunc.PythonModel):
         searcher = Searcher(self.bundle.matcher, index)
         texts = frame["text"] if "text" in frame.columns else pd.Series([None] * len(frame))
         images = frame["image"] if "image" in frame.columns else pd.Series([None] * len(frame))
-        if len(frame) == 0:
-            raise ValueError("no queries: send rows with a 'text' or an 'image' column")
+        check_rows(frame)
         items, scores = [], []
         for text, image in zip(texts, images):
             has_text = isinstance(text, str) and text != ""

@@ -114,10 +114,20 @@ def bad_request_errors() -> Iterator[None]:
         raise MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
 
 
+MAX_ROWS = 256  # rows of one request to a served model
+
+
+def check_rows(frame: pd.DataFrame) -> None:
+    """A request to a served model holds 1 to ``MAX_ROWS`` rows."""
+    if not 1 <= len(frame) <= MAX_ROWS:
+        raise ValueError(f"a request holds 1 to {MAX_ROWS} rows, got {len(frame)}; split larger batches")
+
+
 class MatcherModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a matcher: a DataFrame with ``image`` (a file path, a ``data:`` URI or bare
-    base64 image bytes) and ``text`` columns in; ``score`` (cosine in the joint space) and both
-    joint-space embeddings out."""
+    """The pyfunc face of a matcher: a DataFrame with ``image`` (a ``data:`` URI or bare base64 image
+    bytes; never a path: a request does not make the server read its files) and ``text`` columns in;
+    ``score`` (cosine in the joint space) and both joint-space embeddings out. In-process callers
+    with image files use :func:`load_matcher` and ``Matcher.embed_images``."""
 
     def load_context(self, context: Any) -> None:
         self.matcher = Matcher.load(context.artifacts["matcher"])
@@ -132,7 +142,8 @@ class MatcherModel(mlflow.pyfunc.PythonModel):
         missing = {"image", "text"} - set(model_input.columns)
         if missing:
             raise ValueError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
-        img = self.matcher.embed_image_objects([image_from_reference(v) for v in model_input["image"]])
+        check_rows(model_input)
+        img = self.matcher.embed_image_objects([image_from_reference(v, allow_paths=False) for v in model_input["image"]])
         txt = self.matcher.embed_texts([str(t) for t in model_input["text"]])
         return pd.DataFrame({
             "score": self.matcher.similarity.pairwise(img, txt).tolist(),
@@ -232,8 +243,9 @@ def _png_base64(image: Any) -> str:
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a trained generator. A captioner takes an ``image`` column (file paths) and
-    returns ``caption``; a text-to-image model takes ``prompt`` and returns ``image`` (base64 PNG)."""
+    """The pyfunc face of a trained generator. A captioner takes an ``image`` column (base64 image
+    data or ``data:`` URIs, never paths) and returns ``caption``; a text-to-image model takes
+    ``prompt`` and returns ``image`` (base64 PNG)."""
 
     def load_context(self, context: Any) -> None:
         self.generator = load_trained_generator(context.artifacts["generator"])
@@ -248,11 +260,13 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
         if isinstance(self.generator, Captioner):
             if "image" not in model_input.columns:
-                raise ValueError("a captioner's input needs an 'image' column (image file paths or base64 image data)")
-            images = [image_from_reference(v) for v in model_input["image"]]
+                raise ValueError("a captioner's input needs an 'image' column (base64 image data or data: URIs)")
+            check_rows(model_input)
+            images = [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
             return pd.DataFrame({"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))})
         if "prompt" not in model_input.columns:
             raise ValueError("a text-to-image model's input needs a 'prompt' column")
+        check_rows(model_input)
         images = self.generator.generate(list(model_input["prompt"]), seed=int(params.get("seed", 0)))
         return pd.DataFrame({"image": [_png_base64(img) for img in images]})
 
