@@ -18,7 +18,7 @@ from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.matcher import Matcher
-from itm_core.ops.tracking import champion_version, load_matcher, log_matcher, promote_if_better, tracked_run
+from itm_core.ops.tracking import load_matcher, log_matcher, register_and_promote_version, tracked_run
 from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
 
 
@@ -78,20 +78,15 @@ def test_report(matcher: Matcher, features: FeatureSplit, test: ImageTextSet) ->
 
 @task(name="register-and-promote", cache_policy=NO_CACHE)
 def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache) -> dict[str, Any]:
-    """Log and register the matcher; move ``champion`` only if it beats the champion on the same test data."""
-    previous = champion_version(params.model_name)
-    info = log_matcher(matcher, params.model_name)
-    version = str(info.registered_model_version)
+    """Log and register the matcher; move ``champion`` only if it beats the champion on the same test
+    data (decided under the promotion lock, so concurrent retrains cannot overwrite a better one)."""
     metric = params.promote_metric
-    champion_value = None
-    if previous is not None:
-        champion = load_matcher(f"models:/{params.model_name}/{previous.version}")
-        champion_value = evaluate_retrieval(champion, test, cache)[metric]
-        mlflow.log_metric(f"champion_test_{metric}", champion_value)
-    decision = promote_if_better(params.model_name, version, metric, test_metrics[metric], champion_value, previous)
-    mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted), "model_version": version})
-    print(decision.reason())
-    return {"model_version": version, "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+
+    def score(version: str) -> float:
+        return evaluate_retrieval(load_matcher(f"models:/{params.model_name}/{version}"), test, cache)[metric]
+
+    info, decision = register_and_promote_version(params.model_name, lambda: log_matcher(matcher, params.model_name), metric, test_metrics[metric], score)
+    return {"model_version": str(info.registered_model_version), "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
 
 
 @flow(name="retrain", log_prints=True)

@@ -18,25 +18,18 @@ from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
 from itm_core.contract.registry import create
-from itm_core.ops.tracking import champion_version, load_generator_model, load_matcher, log_generator, promote_if_better, tracked_run
+from itm_core.ops.tracking import load_generator_model, load_matcher, log_generator, register_and_promote_version, tracked_run
 
 SAMPLES = 8
 
 
 def _register(generator: Any, params: RetrainParams, metric: str, value: float, champion_score: Any) -> dict[str, Any]:
-    """Log and register ``generator``; ``champion_score(model)`` scores the current champion on the same test data."""
+    """Log and register ``generator``; ``champion_score(model)`` scores the current champion on the same
+    test data, under the promotion lock."""
     name = params.model_name
-    previous = champion_version(name)
-    info = log_generator(generator, name)
-    version = str(info.registered_model_version)
-    champion_value = None
-    if previous is not None:
-        champion_value = champion_score(load_generator_model(f"models:/{name}/{previous.version}"))
-        mlflow.log_metric(f"champion_test_{metric}", champion_value)
-    decision = promote_if_better(name, version, metric, value, champion_value, previous)
-    mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted), "model_version": version})
-    print(decision.reason())
-    return {"model_version": version, "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+    info, decision = register_and_promote_version(name, lambda: log_generator(generator, name), metric, value,
+                                                  lambda version: champion_score(load_generator_model(f"models:/{name}/{version}")))
+    return {"model_version": str(info.registered_model_version), "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
 
 
 def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> None:
