@@ -16,7 +16,7 @@ from itm_core.data import ImageTextSet, load_images
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.judge.evaluation import RetrievalReport, build_scorer, retrieval_report
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
-from itm_core.ops.tracking import log_table, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 LEADERBOARD_COLUMNS = ["matcher", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_medr", "t2i_medr", "rsum"]
 
@@ -50,7 +50,7 @@ def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | 
     return {"matcher": name, **metrics, "_ranks": report.ranks}
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", log_prints=True, **FLOW_HOOKS)
 def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     """Retrieval metrics for each matcher on ``split``, logged as nested runs and a leaderboard table."""
     import matplotlib.pyplot as plt

@@ -16,7 +16,7 @@ from itm_core.config import ExplainParams
 from itm_core.data import DataError, open_image
 from itm_core.judge.evaluation import build_scorer
 from itm_core.judge.explain import Explanation, explain_pair, explanation_figure
-from itm_core.ops.tracking import log_table, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 
 @task(name="explain", cache_policy=NO_CACHE)
@@ -34,7 +34,7 @@ def heat_markdown(explanation: Explanation) -> str:
             f"\n### Occlusion (score drop when the cell is hidden; row 0 is the top)\n\n{header}{rows}")
 
 
-@flow(name="explain", log_prints=True)
+@flow(name="explain", log_prints=True, **FLOW_HOOKS)
 def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
     """Occlusion heat map over the image and leave-one-word-out contributions for the text, logged to
     MLflow (``explanation.png``, ``word_contributions.csv``) and shown as Prefect artifacts."""

@@ -19,7 +19,7 @@ from itm_core.judge.evaluation import build_encoders
 from itm_core.models.heads import HeadConfig
 from itm_core.models.matcher import Matcher
 from itm_core.contract.registry import names, spec
-from itm_core.ops.tracking import log_table, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 from itm_core.models.training import ContrastiveConfig, train_contrastive
 
 COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
@@ -91,7 +91,7 @@ def bar_chart(board: pd.DataFrame) -> Any:
     return fig
 
 
-@flow(name="fusion-benchmark", log_prints=True)
+@flow(name="fusion-benchmark", log_prints=True, **FLOW_HOOKS)
 def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) -> list[dict[str, Any]]:
     """Every fusion plugin (or ``fusions``) trained for ITM (with reranking and the probe) and VQA on
     the same data, seed and budget; a leaderboard against plain contrastive similarity."""

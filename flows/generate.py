@@ -17,7 +17,7 @@ from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
 from itm_core.ops.plots import log_grid
 from itm_core.contract.registry import create
-from itm_core.ops.tracking import log_table, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 
 @task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
@@ -70,7 +70,7 @@ def uses_distractors(metrics: list[ComponentParams]) -> bool:
     return any(m.name == "r_precision" for m in metrics)
 
 
-@flow(name="generate", log_prints=True)
+@flow(name="generate", log_prints=True, **FLOW_HOOKS)
 def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
     """Captions for images, or images for prompts, by a generator; saved as a table, a grid and files
     in MLflow and scored with the chosen metrics. Returns the run id, the generations, the scores and

@@ -20,7 +20,7 @@ from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.models.search_index import SearchIndex
 from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
-from itm_core.ops.tracking import CHAMPION, champion_version, load_matcher, tracked_run
+from itm_core.ops.tracking import CHAMPION, FLOW_HOOKS, champion_version, load_matcher, tracked_run
 
 
 @task(name="load-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -58,7 +58,7 @@ def select_splits(data: ImageTextSet, splits: list[str]) -> ImageTextSet:
     return data.subset([i for i, s in enumerate(data.image_split) if s in splits])
 
 
-@flow(name="index", log_prints=True)
+@flow(name="index", log_prints=True, **FLOW_HOOKS)
 def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
     """Embed the collection with the matcher, build the index, log it (with the item table and the
     matcher it needs) to MLflow, and register matcher and index as the search model."""

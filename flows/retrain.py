@@ -18,8 +18,9 @@ from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.matcher import Matcher
-from itm_core.ops.tracking import load_matcher, log_matcher, register_and_promote_version, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
 from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
+from itm_core.ops.checkpoints import Checkpointer, find_resumable, resume_key
 
 
 def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
@@ -43,7 +44,8 @@ def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dic
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_matcher(
-    params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit, unlocked: dict[str, LiveTower]
+    params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit, unlocked: dict[str, LiveTower],
+    checkpointer: Checkpointer | None = None, resume: dict[str, Any] | None = None,
 ) -> tuple[Matcher, TrainResult]:
     """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
     t = params.training
@@ -64,7 +66,9 @@ def train_matcher(
         progress.update(epoch, t.epochs)
         print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}")
 
-    result = train_contrastive(matcher, train, val, config, on_epoch, unlocked)
+    if resume is not None:
+        print(f"resuming from the checkpoint of epoch {resume['epoch']}")
+    result = train_contrastive(matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
 
@@ -89,7 +93,7 @@ def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: 
     return {"model_version": str(info.registered_model_version), "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, **FLOW_HOOKS)
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     """Train projection heads over two locked encoder towers with a contrastive loss, test on the
     test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better.
@@ -105,7 +109,15 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     check_unlockable(params, encoders)
     cache = EmbeddingCache(float16=params.encoding.float16)
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
-    with tracked_run(params.experiment, run_name, params.model_dump()) as run:
+    key = resume_key(params.model_dump(), data.fingerprint())
+    resumable = find_resumable(params.experiment, key) if params.training.resume else None
+    if params.training.resume and resumable is None:
+        print("training.resume: no unfinished run of these parameters with a checkpoint; starting afresh")
+    checkpointer = Checkpointer(key, params.training.checkpoint_every)
+    with tracked_run(params.experiment, run_name, params.model_dump(), run_id=resumable[0].info.run_id if resumable else None) as run:
+        mlflow.set_tag("itm.resume_key", key)
+        if resumable:
+            mlflow.set_tag("itm.resumed_from_epoch", str(resumable[1]["epoch"]))
         features: dict[str, FeatureSplit] = {}
         skipped: list[SkippedImage] = []
         for s, d in list(splits.items()):
@@ -115,7 +127,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         log_dataset(data.subset([i for i, rel in enumerate(data.images) if rel not in bad_paths]) if skipped else data, skipped)
         unlocked = unlocked_towers(params, encoders, splits)
         dims = (int(image_encoder.dim), int(text_encoder.dim))
-        matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked)
+        matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked, checkpointer, resumable[1] if resumable else None)
         if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
             _, features["test"], _ = encode_features(image_encoder, text_encoder, splits["test"], cache, params.encoding)
         report = test_report(matcher, features["test"], splits["test"])
@@ -132,4 +144,5 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
                 + f"\nbest epoch {result.best_epoch} of {len(result.history)}; {outcome['decision']}\n"
             ),
         )
-    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, **outcome}
+    checkpointer.clear()
+    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, "epochs": len(result.history), **outcome}

@@ -13,10 +13,10 @@ from itm_core.config import SearchParams
 from itm_core.data import DataError, load_images, open_image
 from itm_core.ops.plots import log_grid
 from itm_core.ops.search import Searcher
-from itm_core.ops.tracking import tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, tracked_run
 
 
-@flow(name="search", log_prints=True)
+@flow(name="search", log_prints=True, **FLOW_HOOKS)
 def search(params: SearchParams = SearchParams()) -> dict[str, Any]:
     """Results as a Prefect table (with links to the result images when MLflow is a tracking server)
     and an MLflow image grid."""

@@ -90,3 +90,36 @@ def test_matcher_save_and_load(tmp_path):
     assert torch.equal(loaded.logit_scale, matcher.logit_scale)
     with pytest.raises(FileNotFoundError, match="not a saved matcher"):
         Matcher.load(tmp_path)
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    """Training stopped after epoch 3 (a crash while logging epoch 4) and resumed from the epoch-3
+    checkpoint, written and read back as a file, ends with the weights and history of a run never stopped."""
+    train, val = synthetic(120, 1), synthetic(40, 2)
+    config = ContrastiveConfig(epochs=8, batch_size=16, lr=3e-3, patience=8)
+    # dropout on, so that the random state matters
+    make = lambda: (torch.manual_seed(0), Matcher({"name": "img"}, {"name": "txt"}, 12, 10, embed_dim=16, hidden_dim=32, dropout=0.2))[1]  # noqa: E731
+    whole = make()
+    reference = train_contrastive(whole, train, val, config)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_4(epoch, metrics):
+        if epoch == 4:
+            raise Crash
+
+    def save(state):
+        torch.save(state, tmp_path / "last.pt")
+
+    with pytest.raises(Crash):
+        train_contrastive(make(), train, val, config, crash_at_4, checkpoint=save)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # plain data: no code runs on load
+    assert state["epoch"] == 3 and not state["done"]
+    resumed_matcher = make()
+    seen = []
+    resumed = train_contrastive(resumed_matcher, train, val, config, lambda e, m: seen.append(e), resume=state)
+    assert seen == list(range(4, len(reference.history) + 1))
+    assert resumed.history == reference.history and resumed.best_epoch == reference.best_epoch
+    for a, b in zip(resumed_matcher.state_dict().values(), whole.state_dict().values()):
+        assert torch.equal(a, b)

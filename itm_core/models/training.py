@@ -131,6 +131,16 @@ def captions_per_image(caption_image: torch.Tensor, n_images: int) -> list[list[
     return lists
 
 
+def _flatten_rng(state: tuple) -> list[Any]:
+    """``random.Random.getstate()`` as a flat list of numbers (what ``torch.load(weights_only=True)`` reads)."""
+    version, internal, gauss = state
+    return [version, *internal, gauss]
+
+
+def _python_rng_state(flat: list[Any]) -> tuple:
+    return (int(flat[0]), tuple(int(v) for v in flat[1:-1]), flat[-1])
+
+
 def train_contrastive(
     matcher: Matcher,
     train: FeatureSplit,
@@ -138,12 +148,17 @@ def train_contrastive(
     config: ContrastiveConfig,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     unlocked: dict[str, LiveTower] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``.
 
     ``config.time_limit_s`` above 0 ends training after the epoch that passes it.
     Towers named in ``unlocked`` (``"image"``, ``"text"``) are fine-tuned too, at ``config.tower_lr``:
     their batches are encoded live, and validation re-encodes them every epoch.
+    ``checkpoint(state)`` is called at the end of every epoch with everything needed to go on
+    (weights, optimiser, schedule, random states, early-stopping state, history); training given
+    that ``resume`` state continues from the next epoch and ends as the uninterrupted run would.
     """
     unlocked = unlocked or {}
     seed_everything(config.seed)
@@ -170,8 +185,20 @@ def train_contrastive(
         return cached[rows] if tower is None else tower.features([tower.train_items[i] for i in rows])
 
     best_state = snapshot()
-    stale = 0
-    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", leave=False, disable=None)
+    stale, first_epoch, elapsed, done = 0, 1, 0.0, False
+    if resume is not None:
+        matcher.load_state_dict(resume["matcher"])
+        for m, mod in modules.items():
+            mod.load_state_dict(resume["towers"][m])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        rng.setstate(_python_rng_state(resume["rng"]))
+        torch.set_rng_state(resume["torch_rng"])
+        best_state, stale, done = resume["best_state"], int(resume["stale"]), bool(resume["done"])
+        result.best_value, result.best_epoch, result.history = float(resume["best_value"]), int(resume["best_epoch"]), list(resume["history"])
+        first_epoch, elapsed = int(resume["epoch"]) + 1, float(resume["elapsed"])
+        start -= elapsed
+    bar = tqdm(range(first_epoch, config.epochs + 1 if not done else first_epoch), desc="training", unit="epoch", leave=False, disable=None)
     for epoch in bar:
         matcher.train()
         for mod in modules.values():
@@ -210,9 +237,15 @@ def train_contrastive(
             best_state = snapshot()
         else:
             stale += 1
-            if stale >= config.patience:
-                break
-        if config.time_limit_s and time.perf_counter() - start > config.time_limit_s:
+        done = stale >= config.patience or bool(config.time_limit_s and time.perf_counter() - start > config.time_limit_s)
+        if checkpoint is not None:
+            checkpoint({
+                "epoch": epoch, "done": done, "matcher": matcher.state_dict(), "towers": {m: mod.state_dict() for m, mod in modules.items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": list(_flatten_rng(rng.getstate())),
+                "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": result.best_value, "best_epoch": result.best_epoch,
+                "stale": stale, "history": result.history, "elapsed": time.perf_counter() - start,
+            })
+        if done:
             break
     bar.close()
     matcher.load_state_dict(best_state["matcher"])

@@ -64,15 +64,75 @@ def system_metrics_enabled() -> bool:
     return os.environ.get("ITM_SYSTEM_METRICS", "1") != "0" and importlib.util.find_spec("psutil") is not None
 
 
+def _process_tags() -> dict[str, str]:
+    """Which process holds a run open: host, pid and the process's start time (pids are reused)."""
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    return {"itm.host": socket.gethostname(), "itm.pid": str(me.pid), "itm.pid_started": f"{me.create_time():.3f}"}
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the runs of ``experiment_id`` left RUNNING by a process of this host that is gone
+    (killed with -9, out of memory, a lost worker); returns their ids. Runs at the start of every flow."""
+    import socket
+
+    import psutil
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    try:
+        running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`itm.host` = '{host}'", max_results=200)
+    except MlflowException:
+        return []
+    closed = []
+    for r in running:
+        pid, started = int(r.data.tags.get("itm.pid", "0")), r.data.tags.get("itm.pid_started", "")
+        try:
+            alive = psutil.Process(pid).create_time() == float(started or 0) if pid else True
+        except (psutil.NoSuchProcess, ValueError):
+            alive = False
+        if not alive:
+            client.set_tag(r.info.run_id, "itm.crashed", f"process {pid} on {host} ended without closing this run")
+            client.set_terminated(r.info.run_id, "FAILED")
+            closed.append(r.info.run_id)
+    return closed
+
+
+def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect ``on_crashed`` / ``on_cancellation`` hook: the MLflow runs of this flow run that are
+    still RUNNING become FAILED (crashed) or KILLED (cancelled)."""
+    status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
+    client = MlflowClient()
+    try:
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}' and attributes.status = 'RUNNING'",
+                                  output_format="list")
+    except MlflowException:
+        return
+    for r in runs:
+        client.set_tag(r.info.run_id, "itm.crashed", f"Prefect flow run {flow_run.name} ended {state.type.value}")
+        client.set_terminated(r.info.run_id, status)
+
+
+FLOW_HOOKS = {"on_crashed": [close_flow_run_runs], "on_cancellation": [close_flow_run_runs]}
+
+
 @contextlib.contextmanager
-def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False) -> Iterator[Any]:
-    """An MLflow run with flattened params, tagged with the Prefect flow run; links back from Prefect."""
+def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run with flattened params, tagged with the Prefect flow run and the process that
+    holds it open; links back from Prefect. Runs left RUNNING by a dead process are closed first."""
     if not nested:
-        mlflow.set_experiment(experiment)
+        exp = mlflow.set_experiment(experiment)
+        for run_id in close_orphaned_runs(exp.experiment_id):
+            print(f"marked MLflow run {run_id} FAILED: the process that ran it is gone")
     # CPU, memory and disk use every few seconds (MLflow's system metrics), for top-level runs
-    with mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=not nested and system_metrics_enabled()) as run:
-        mlflow.set_tags(prefect_context())
-        if params:
+    # ``run_id``: reopen that run (a resumed training goes on in the run it started in)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
+                          log_system_metrics=not nested and system_metrics_enabled()) as run:
+        mlflow.set_tags({**prefect_context(), **_process_tags()})
+        if params and not run_id:  # a reopened run keeps the parameters it was started with
             mlflow.log_params(flatten(params))
         if not nested:
             _link_artifact(run)
