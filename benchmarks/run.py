@@ -415,10 +415,14 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
     # the exact index gives the very top k of itm_core's brute-force retrieval
     gallery, probe = vectors[:5000], queries[:500]
     small = SearchIndex.build(gallery, items.head(5000), IndexSettings(kind="auto"))
-    ref = top_k(torch.from_numpy(probe), torch.from_numpy(gallery), JointSimilarity(), 10)[1].numpy()
-    differ = int((small.search(probe, 10)[1] != ref).sum())
-    rows.append({"what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items", "reference": "top_k", "value": float(differ),
-                 "ref_value": 0.0, "ratio": None, "target": "0 differences", "note": f"index kind {small.kind}"})
+    ref_s, ref = (t.numpy() for t in top_k(torch.from_numpy(probe), torch.from_numpy(gallery), JointSimilarity(), 10))
+    got_s, got = small.search(probe, 10)
+    differ = got != ref
+    # a differing position is a real difference only when the two items' scores are not tied in float32
+    real = int((differ & (np.abs(got_s - ref_s) > 1e-5)).sum())
+    rows.append({"what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items", "reference": "top_k", "value": float(real),
+                 "ref_value": 0.0, "ratio": None, "target": "0 differences",
+                 "note": f"index kind {small.kind}; {int(differ.sum())} of {differ.size} positions swap items whose scores tie within 1e-5 (summation order)"})
     return rows
 
 

@@ -29,11 +29,23 @@ class _VectorizerEncoder(Encoder):
         self.fitted = True
 
     def get_state(self) -> Any:
-        return self.vectorizer if self.fitted else None
+        """The fitted vocabulary (and inverse document frequencies), as plain data."""
+        if not self.fitted:
+            return None
+        state: dict[str, Any] = {"vocabulary": {term: int(i) for term, i in self.vectorizer.vocabulary_.items()}}
+        if hasattr(self.vectorizer, "idf_"):
+            state["idf"] = self.vectorizer.idf_.astype("float64")
+        return state
 
     def set_state(self, state: Any) -> None:
-        self.vectorizer = state
+        import numpy as np
+
         self.fitted = state is not None
+        if state is None:
+            return
+        self.vectorizer.vocabulary_ = {term: int(i) for term, i in state["vocabulary"].items()}
+        if "idf" in state:
+            self.vectorizer.idf_ = np.asarray(state["idf"], dtype=np.float64)
 
     def encode(self, items: Sequence[str]) -> "torch.Tensor":
         import torch

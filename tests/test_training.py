@@ -123,3 +123,24 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     assert resumed.history == reference.history and resumed.best_epoch == reference.best_epoch
     for a, b in zip(resumed_matcher.state_dict().values(), whole.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_saved_matcher_is_data_only_and_old_formats_name_their_version(tmp_path):
+    import json
+
+    from itm_core import create
+    from itm_core.contract.state import StateFormatError
+
+    tfidf = create("encoder", "tfidf", max_features=32)
+    tfidf.fit(["a red circle", "a blue square"])
+    m = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 32}}, 6**3 * 4, 32, embed_dim=8, hidden_dim=0)
+    folder = m.attach_encoders(create("encoder", "color-histogram"), tfidf).save(tmp_path / "m")
+    assert {p.suffix for p in folder.iterdir()} <= {".json", ".safetensors"}  # no pickle, no torch.save
+    loaded = Matcher.load(folder)
+    assert torch.equal(loaded.embed_texts(["a red circle"]), m.embed_texts(["a red circle"]))
+    # a folder from itm-workbench 0.1: no format in matcher.json, torch.save weights, pickled states
+    config = json.loads((folder / "matcher.json").read_text())
+    config.pop("itm_format")
+    (folder / "matcher.json").write_text(json.dumps(config))
+    with pytest.raises(StateFormatError, match="saved by itm-workbench 0.1; this version reads format 2: retrain it"):
+        Matcher.load(folder)

@@ -157,10 +157,17 @@ def _encoder_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
     def state_roundtrip() -> str:
         if not getattr(c, "requires_fit", False):
             raise RuleSkipped("the encoder has no fitted state")
-        other = build()
-        other.set_state(c.get_state())
-        _close(c.encode(items), other.encode(items), "a fresh instance with the saved state")
-        return "get_state/set_state reproduce the outputs"
+        from itm_core.contract.state import StateFormatError, load_state, save_state
+
+        with tempfile.TemporaryDirectory() as folder:
+            try:  # the state goes to disk as data (JSON + safetensors), never as a pickle
+                save_state(c.get_state(), folder, "state")
+            except StateFormatError as exc:
+                raise RuleFailed(f"get_state() must return plain data: {exc}") from None
+            other = build()
+            other.set_state(load_state(folder, "state"))
+        _close(c.encode(items), other.encode(items), "a fresh instance with the state saved to disk and read back")
+        return "get_state/set_state reproduce the outputs through a saved file"
 
     def token_features() -> str:
         if not hasattr(c, "encode_tokens"):

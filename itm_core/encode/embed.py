@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from itm_core.contract.state import state_digest
 from itm_core.data.images import DEFAULT_MAX_PIXELS, SKIP_HINT, SkippedImage
 from itm_core.data.pairs import DataError, ImageTextSet
 from itm_core.encode.cache import EmbeddingCache, FileKeys, default_cache_dir
@@ -52,7 +53,7 @@ def encoder_key(encoder: Any) -> str:
     ident = {
         "name": getattr(encoder, "name", type(encoder).__name__),
         "options": getattr(encoder, "options", {}),
-        "state": hashlib.sha256(pickle.dumps(state)).hexdigest() if state is not None else None,
+        "state": state_digest(state),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

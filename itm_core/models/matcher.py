@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from itm_core.contract.state import FORMAT, StateFormatError, load_state, load_weights_into, save_state, save_weights
 from itm_core.encode.embed import EmbeddingCache, encode
 
 CONFIG_FILE = "matcher.json"
-WEIGHTS_FILE = "heads.pt"
+WEIGHTS_FILE = "heads.safetensors"
 
 
 class JointSimilarity:
@@ -128,12 +128,12 @@ class Matcher(nn.Module):
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, default=str))
-        torch.save(self.state_dict(), folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps({**self.config, "itm_format": FORMAT}, indent=2, default=str))
+        save_weights(self, folder / WEIGHTS_FILE)
         for modality, enc in self.encoders.items():
             state = enc.get_state() if hasattr(enc, "get_state") else None
             if state is not None:
-                (folder / f"{modality}_encoder_state.pkl").write_bytes(pickle.dumps(state))
+                save_state(state, folder, f"{modality}_encoder_state")
         return folder
 
     @classmethod
@@ -146,17 +146,21 @@ class Matcher(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved matcher (no {CONFIG_FILE})")
         config = json.loads(config_path.read_text())
+        written = int(config.pop("itm_format", 1))
+        if written != FORMAT:
+            who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
+            raise StateFormatError(f"{folder} is a matcher saved by {who}; this version reads format {FORMAT}: retrain it with this version")
         matcher = cls(**config)
-        matcher.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        load_weights_into(matcher, folder / WEIGHTS_FILE)
         matcher.eval()
         if attach:
             encoders = {}
             for modality in ("image", "text"):
                 spec = config[f"{modality}_encoder"]
                 enc = create("encoder", spec["name"], **spec.get("options", {}))
-                state_file = folder / f"{modality}_encoder_state.pkl"
-                if state_file.is_file():
-                    enc.set_state(pickle.loads(state_file.read_bytes()))
+                state = load_state(folder, f"{modality}_encoder_state")
+                if state is not None:
+                    enc.set_state(state)
                 encoders[modality] = enc
             matcher.attach_encoders(encoders["image"], encoders["text"])
         return matcher

@@ -1,27 +1,28 @@
-"""The folder format shared by trained generators: a JSON configuration, the torch weights and the
-fitted state of the encoder the model reads features from."""
+"""The folder format shared by trained generators: a JSON configuration, the weights (safetensors)
+and the fitted state of the encoder the model reads features from (JSON + safetensors, never a pickle)."""
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-WEIGHTS_FILE = "weights.pt"
+from itm_core.contract.state import FORMAT, StateFormatError, load_state, load_weights_into, save_state, save_weights
+
+WEIGHTS_FILE = "weights.safetensors"
 
 
 def save_model_folder(folder: str | Path, config_file: str, meta: dict[str, Any], module: torch.nn.Module, encoder: Any, role: str) -> Path:
-    """Write ``meta`` as ``config_file``, the weights of ``module`` and ``encoder``'s fitted state (as ``<role>_state.pkl``)."""
+    """Write ``meta`` as ``config_file``, the weights of ``module`` and ``encoder``'s fitted state (``<role>_state.json``/``.safetensors``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / config_file).write_text(json.dumps(meta, indent=2, default=str))
-    torch.save(module.state_dict(), folder / WEIGHTS_FILE)
+    (folder / config_file).write_text(json.dumps({**meta, "itm_format": FORMAT}, indent=2, default=str))
+    save_weights(module, folder / WEIGHTS_FILE)
     state = encoder.get_state() if encoder is not None and hasattr(encoder, "get_state") else None
     if state is not None:
-        (folder / f"{role}_state.pkl").write_bytes(pickle.dumps(state))
+        save_state(state, folder, f"{role}_state")
     return folder
 
 
@@ -29,12 +30,21 @@ def read_meta(folder: str | Path, config_file: str, what: str) -> dict[str, Any]
     folder = Path(folder)
     if not (folder / config_file).is_file():
         raise FileNotFoundError(f"{folder} is not a saved {what} (no {config_file})")
-    return json.loads((folder / config_file).read_text())
+    meta = json.loads((folder / config_file).read_text())
+    check_format(meta, folder, what)
+    return meta
+
+
+def check_format(meta: dict[str, Any], folder: Path, what: str) -> None:
+    """Saved folders name their format; one this version cannot read fails naming the version that wrote it."""
+    written = int(meta.get("itm_format", 1))
+    if written != FORMAT:
+        who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
+        raise StateFormatError(f"{folder} is a {what} saved by {who}; this version reads format {FORMAT}: retrain it with this version")
 
 
 def load_weights(folder: str | Path, module: torch.nn.Module) -> torch.nn.Module:
-    module.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return module.eval()
+    return load_weights_into(module, Path(folder) / WEIGHTS_FILE).eval()
 
 
 def restore_encoder(folder: str | Path, spec: dict[str, Any], role: str) -> Any:
@@ -42,7 +52,7 @@ def restore_encoder(folder: str | Path, spec: dict[str, Any], role: str) -> Any:
     from itm_core.contract.registry import create
 
     encoder = create("encoder", spec["name"], **spec.get("options", {}))
-    state_file = Path(folder) / f"{role}_state.pkl"
-    if state_file.is_file():
-        encoder.set_state(pickle.loads(state_file.read_bytes()))
+    state = load_state(folder, f"{role}_state")
+    if state is not None:
+        encoder.set_state(state)
     return encoder

@@ -238,14 +238,18 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
 
 
 def _log_pyfunc(name: str, python_model: Any, saveable: Any, registered_model: str | None, signature: Any, example: pd.DataFrame) -> Any:
-    """Save ``saveable`` to a folder and log it as the artifact ``name`` of ``python_model``."""
+    """Save ``saveable`` to a folder and log it as the artifact ``name`` of the pyfunc class of
+    ``python_model``, as models-from-code: MLflow stores the project's small entry file for the
+    class (``itm_core/ops/served``), not a pickled object."""
     from importlib.metadata import version
+
+    from itm_core.ops.served import code_path
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = saveable.save(Path(tmp) / name)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=python_model,
+            python_model=code_path(name),
             artifacts={name: str(folder)},
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,
