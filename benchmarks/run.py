@@ -450,6 +450,8 @@ def bench_serving(requests: int, clients: int, home: Path) -> list[Row]:
     vectors = matcher.embed_images([str(p) for p in data.image_paths()]).numpy()
     index = SearchIndex.build(vectors, pd.DataFrame({"image": [str(p) for p in data.image_paths()]}))
     mlflow.set_tracking_uri(f"sqlite:///{home / 'serving.db'}")
+    if mlflow.get_experiment_by_name("bench-serving") is None:
+        mlflow.create_experiment("bench-serving", artifact_location=str(home / "serving-artifacts"))
     mlflow.set_experiment("bench-serving")
     with mlflow.start_run():
         info = log_search_model(SearchBundle(matcher, index), None)

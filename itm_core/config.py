@@ -231,8 +231,8 @@ class IndexSettingsParams(Params):
     ef_search: int = Field(256, ge=8, description="hnsw: candidate list while searching (recall vs speed)")
     nlist: int = Field(0, ge=0, description="ivfpq: inverted lists (0: about 4 x sqrt(items))")
     pq_m: int = Field(0, ge=0, description="ivfpq: sub-quantisers, dividing the embedding size (0: about dim / 4)")
-    nprobe: int = Field(32, ge=1, description="ivfpq: lists visited per query (recall vs speed)")
-    refine: int = Field(10, ge=1, description="ivfpq: re-rank refine x k candidates with exact scores")
+    nprobe: int = Field(64, ge=1, description="ivfpq: lists visited per query (recall vs speed)")
+    refine: int = Field(20, ge=1, description="ivfpq: re-rank refine x k candidates with exact scores")
 
     def settings(self) -> Any:
         from itm_core.models.search_index import IndexSettings

@@ -43,8 +43,8 @@ class IndexSettings:
     ef_search: int = 256
     nlist: int = 0  # 0: about 4 * sqrt(n)
     pq_m: int = 0  # 0: dim / 4 sub-quantisers (at most 64)
-    nprobe: int = 32
-    refine: int = 10  # re-rank refine * k candidates exactly (ivfpq)
+    nprobe: int = 64
+    refine: int = 20  # re-rank refine * k candidates exactly (ivfpq)
     train_size: int = 100_000
 
     def choose(self, n: int) -> str:

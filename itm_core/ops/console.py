@@ -1,8 +1,7 @@
 """What reaches the user's terminal: progress, results and where to look; not the libraries' chatter.
 
 ``quiet_libraries`` turns off what a user cannot act on (weight-loading progress bars, transformers'
-and diffusers' advisories, MLflow's INFO lines and its CloudPickle notice about how models are
-stored). ``hide_input_tracebacks`` keeps Prefect's console from printing a traceback for a mistake
+and diffusers' advisories, MLflow's INFO lines). ``hide_input_tracebacks`` keeps Prefect's console from printing a traceback for a mistake
 in the user's input: the command prints the one-line reason instead, and the traceback stays in
 the Prefect API's log of the run. ``itm --debug`` leaves everything as the libraries set it.
 """
@@ -14,19 +13,6 @@ import os
 import re
 import warnings
 
-# MLflow's notice on every logged Python model; the model format is this project's choice, not the user's.
-_CLOUDPICKLE = "Passing a Python object as `python_model` causes it to be serialized using CloudPickle"
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
-
-
 def quiet_libraries() -> None:
     """Set before the libraries are imported (the environment variables) and again after (the loggers)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
@@ -35,9 +21,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])
-    pyfunc = logging.getLogger("mlflow.pyfunc")
-    if not any(isinstance(f, _DropMessages) for f in pyfunc.filters):
-        pyfunc.addFilter(_DropMessages(_CLOUDPICKLE))
     for name in ("transformers", "diffusers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)
