@@ -67,6 +67,10 @@ def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
             raise DataError(f"{path}: unknown manifest format {fmt!r}; expected csv, parquet, jsonl or karpathy")
     except DataError:
         raise
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1 if fmt in ("csv", "jsonl") else None
+        where = f", line {line}" if line else ""
+        raise DataError(f"{path}{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the manifest as UTF-8") from None
     except Exception as exc:
         raise DataError(f"{path}: could not be read as {fmt}: {exc}") from None
     return frame.to_dict("records")
@@ -102,7 +106,10 @@ def _from_rows(
         image = row[image_column]
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{path}, row {line}: column {image_column!r} must hold an image path, got {image!r}")
-        resolve_inside(root, image)
+        try:
+            resolve_inside(root, image)
+        except DataError as exc:
+            raise DataError(f"{path}, row {line}: {exc}") from None
         value = row[caption_column]
         texts = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else [value]
         texts = [t for t in texts if not (isinstance(t, str) and not t.strip())]
@@ -159,7 +166,10 @@ def _load_karpathy(path: Path, root: Path, name: str) -> ImageTextSet:
             raise DataError(
                 f"{path}: images[{n}] lacks {exc} (expected 'filename', 'split' in {sorted(KARPATHY_SPLITS)}, 'sentences' with 'raw')"
             ) from None
-        resolve_inside(root, rel)
+        try:
+            resolve_inside(root, rel)
+        except DataError as exc:
+            raise DataError(f"{path}: images[{n}]: {exc}") from None
         caption_image.extend([len(images)] * len(texts))
         captions.extend(texts)
         images.append(rel)
