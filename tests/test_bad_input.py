@@ -159,3 +159,29 @@ def test_generated_manifests_load_or_name_the_problem(tmp_path_factory, rows):
         assert "pairs.csv" in str(exc) and "\n" not in str(exc).strip(), str(exc)
     else:
         assert len(data) >= 1 and all(c.strip() for c in data.captions)
+
+
+def test_retrain_reports_bad_images_from_its_encoding_pass(prefect_server, mlflow_store, tmp_path):
+    """retrain checks images in the pass that encodes them: the same skip report and the same one-line error."""
+    _images(tmp_path / "data")
+    rows = [f"ok{i}.png,a red thing number {i},{['train', 'val', 'test'][i % 3]}" for i in range(12)]
+    rows += ["truncated.png,a broken one,train", "bomb.png,a huge one,val", "cmyk.jpg,a cmyk one,test"]
+    manifest = tmp_path / "data" / "pairs.csv"
+    manifest.write_text("image,caption,split\n" + "\n".join(rows) + "\n")
+
+    def retrain(**dataset):
+        params = tmp_path / "retrain.json"
+        params.write_text(json.dumps({"dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset}, **PAIR,
+                                      "training": {"epochs": 1, "batch_size": 4}, "registered_model": "bad-input"}))
+        return _run(["run", "retrain", "--params", str(params)])
+
+    result = retrain()
+    assert result.exit_code == 0, result.output[-3000:]
+    import mlflow
+    import pandas as pd
+
+    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])
+    run = mlflow.get_run(result_json["run_id"])
+    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+    assert sorted(skipped["path"]) == ["bomb.png", "truncated.png"]
+    _one_line_error(retrain(on_bad_image="fail"), "truncated.png")
