@@ -300,20 +300,24 @@ def up(
     prefect_port: int = typer.Option(4200, help="Port of the Prefect server and UI"),
     mlflow_port: int = typer.Option(5000, help="Port of the MLflow tracking server and UI"),
     timeout: float = typer.Option(240, help="Seconds to wait for each process to answer"),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; any other than 127.0.0.1 needs ITM_AUTH_USER and ITM_AUTH_PASSWORD"),
 ) -> None:
-    """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1."""
+    """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1
+    (or --host, with authentication)."""
     from itm_core.ops.stack import StackError
     from itm_core.ops.stack import up as start
 
     try:
-        stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print)
+        stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print, host=host)
     except StackError as exc:
         _fail(exc)
     table = Table("process", "where", "log")
     for row in stack.describe():
         table.add_row(*row)
     console.print(table)
-    console.print("Use it from a shell:\n" + "".join(f"  export {k}={v}\n" for k, v in stack.env().items()) + "Stop it with: itm down")
+    auth = ("  export PREFECT_API_AUTH_STRING=\"$ITM_AUTH_USER:$ITM_AUTH_PASSWORD\"\n  export MLFLOW_TRACKING_USERNAME=\"$ITM_AUTH_USER\" "
+            "MLFLOW_TRACKING_PASSWORD=\"$ITM_AUTH_PASSWORD\"\n") if stack.auth else ""
+    console.print("Use it from a shell:\n" + "".join(f"  export {k}={v}\n" for k, v in stack.env().items()) + auth + "Stop it with: itm down")
 
 
 @app.command()

@@ -1,5 +1,9 @@
 """``itm up`` / ``itm down``: a local stack of a Prefect server, an MLflow tracking server and a
-process that serves the deployments of ``prefect.yaml``, all bound to 127.0.0.1.
+process that serves the deployments of ``prefect.yaml``, bound to 127.0.0.1 unless ``host`` says
+otherwise. Any other address needs credentials (``ITM_AUTH_USER``, ``ITM_AUTH_PASSWORD`` in the
+environment): the Prefect server then requires its API auth string and MLflow runs its basic-auth
+app, so neither answers a request without them. Credentials are never written to the stack's
+state, its logs or MLflow.
 
 State (process ids, ports, log files) lives in ``$ITM_HOME/stack`` (``./.itm/stack``); the MLflow
 store is ``$ITM_HOME/mlflow`` (a SQLite database and an artifact folder) and Prefect's database is
@@ -22,6 +26,20 @@ from typing import Any, Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
+LOOPBACK_DEFAULTS = ("127.0.0.1", "localhost", "::1")
+AUTH_USER, AUTH_PASSWORD = "ITM_AUTH_USER", "ITM_AUTH_PASSWORD"
+
+
+def credentials() -> tuple[str, str] | None:
+    user, password = os.environ.get(AUTH_USER, ""), os.environ.get(AUTH_PASSWORD, "")
+    return (user, password) if user and password else None
+
+
+def _auth_header() -> dict[str, str]:
+    import base64
+
+    creds = credentials()
+    return {"Authorization": "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()} if creds else {}
 
 
 def itm_home() -> Path:
@@ -35,10 +53,17 @@ class Stack:
     mlflow_port: int
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    host: str = HOST
+    auth: bool = False
+
+    @property
+    def address(self) -> str:
+        """Where clients on this machine reach the stack (a wildcard bind is reached on loopback)."""
+        return HOST if self.host in ("0.0.0.0", "::") else self.host
 
     @property
     def prefect_ui(self) -> str:
-        return f"http://{HOST}:{self.prefect_port}"
+        return f"http://{self.address}:{self.prefect_port}"
 
     @property
     def prefect_api(self) -> str:
@@ -46,15 +71,23 @@ class Stack:
 
     @property
     def mlflow_uri(self) -> str:
-        return f"http://{HOST}:{self.mlflow_port}"
+        return f"http://{self.address}:{self.mlflow_port}"
 
     @property
     def state_file(self) -> Path:
         return Path(self.home) / "stack" / "stack.json"
 
     def env(self) -> dict[str, str]:
-        """What a client of this stack needs: the Prefect API and the MLflow tracking server."""
+        """What a client of this stack needs: the Prefect API and the MLflow tracking server (with
+        authentication, the credentials come from ``ITM_AUTH_USER`` / ``ITM_AUTH_PASSWORD``)."""
         return {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri, "ITM_MLFLOW_UI_URL": self.mlflow_uri}
+
+    def auth_env(self) -> dict[str, str]:
+        """The clients' credential variables, from ``ITM_AUTH_*`` (empty without authentication)."""
+        creds = credentials()
+        if not self.auth or creds is None:
+            return {}
+        return {"PREFECT_API_AUTH_STRING": f"{creds[0]}:{creds[1]}", "MLFLOW_TRACKING_USERNAME": creds[0], "MLFLOW_TRACKING_PASSWORD": creds[1]}
 
     def describe(self) -> list[tuple[str, str, str]]:
         return [
@@ -83,7 +116,8 @@ def _alive(pid: int) -> bool:
 
 def _http_ok(url: str, data: bytes | None = None) -> bool:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}), timeout=5) as resp:
+        headers = {"Content-Type": "application/json", **_auth_header()}
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=5) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError):
         return False
@@ -109,6 +143,8 @@ def use_running_stack(home: Path | None = None) -> Stack | None:
     if stack is None or not stack.pids or not all(running(stack).values()):
         return None
     os.environ.update(stack.env())
+    for key, value in stack.auth_env().items():
+        os.environ.setdefault(key, value)
     return stack
 
 
@@ -140,9 +176,14 @@ def _deployments_ready(stack: Stack) -> bool:
 
 
 def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = None, timeout: float = 240,
-       echo: Callable[[str], None] = print) -> Stack:
-    """Start the three processes (or report the running stack) and wait until each answers."""
+       echo: Callable[[str], None] = print, host: str = HOST) -> Stack:
+    """Start the three processes (or report the running stack) and wait until each answers. A
+    ``host`` other than loopback requires ``ITM_AUTH_USER`` and ``ITM_AUTH_PASSWORD``."""
     home = home or itm_home()
+    auth = host not in LOOPBACK_DEFAULTS
+    if auth and credentials() is None:
+        raise StackError(f"binding to {host} lets other machines reach the stack: set {AUTH_USER} and {AUTH_PASSWORD} "
+                         "(the Prefect API and MLflow then require them), or keep the default host 127.0.0.1")
     current = load_stack(home)
     if current is not None and current.pids and all(running(current).values()):
         echo("the stack is already running")
@@ -151,21 +192,34 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = No
         down(home, echo=lambda _: None)
     (home / "stack").mkdir(parents=True, exist_ok=True)
     (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
-    stack = Stack(str(home), prefect_port, mlflow_port)
-    base = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
-    base.pop("PREFECT_API_URL", None)
+    stack = Stack(str(home), prefect_port, mlflow_port, host=host, auth=auth)
+    base = {k: v for k, v in os.environ.items() if k not in (AUTH_USER, AUTH_PASSWORD, "PREFECT_API_URL")}
+    base.update({"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"})
+    prefect_env, mlflow_env, mlflow_auth = {**base, "PREFECT_UI_API_URL": stack.prefect_api}, dict(base), []
+    if auth:
+        user, password = credentials()
+        prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = f"{user}:{password}"
+        ini = home / "stack" / "mlflow-auth.ini"  # no password in it: MLflow reads that from the environment
+        ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
+                       f"admin_username = {user}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        import secrets
+
+        mlflow_env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password,  # CSRF key: the user's, else one per start
+                          MLFLOW_FLASK_SERVER_SECRET_KEY=os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32))
+        # Host headers MLflow accepts (its DNS-rebinding guard): ITM_ALLOWED_HOSTS, else the bound address and loopback
+        allowed = os.environ.get("ITM_ALLOWED_HOSTS") or f"{stack.address},{stack.address}:{mlflow_port},localhost,127.0.0.1"
+        mlflow_auth = ["--app-name", "basic-auth", "--allowed-hosts", allowed]
     try:
-        _start(stack, "prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
-               {**base, "PREFECT_UI_API_URL": stack.prefect_api})
-        _start(stack, "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+        _start(stack, "prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port)], prefect_env)
+        _start(stack, "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
                                  "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                                 "--artifacts-destination", str(home / "mlflow" / "artifacts")], base)
+                                 "--artifacts-destination", str(home / "mlflow" / "artifacts"), *mlflow_auth], mlflow_env)
         _wait(stack, "mlflow", lambda: _http_ok(f"{stack.mlflow_uri}/health"), timeout)
         echo(f"MLflow tracking server and UI: {stack.mlflow_uri}")
         _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api}/health"), timeout)
         echo(f"Prefect server and UI: {stack.prefect_ui}")
-        _start(stack, "serve", [sys.executable, "-m", "itm_core.ops.serve"], {**base, **stack.env(), "ITM_HOME": str(home)})
+        _start(stack, "serve", [sys.executable, "-m", "itm_core.ops.serve"], {**base, **stack.env(), **stack.auth_env(), "ITM_HOME": str(home)})
         _wait(stack, "serve", lambda: _deployments_ready(stack), timeout)
         echo("deployments served: " + ", ".join(served_deployments(stack)))
     except BaseException:
@@ -216,7 +270,7 @@ def served_deployments(stack: Stack) -> list[str]:
     """``flow/deployment`` names as the stack's Prefect server lists them (no flow code is imported here)."""
 
     def post(path: str) -> list[dict[str, Any]]:
-        request = urllib.request.Request(f"{stack.prefect_api}/{path}", data=b"{}", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{stack.prefect_api}/{path}", data=b"{}", headers={"Content-Type": "application/json", **_auth_header()})
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
