@@ -57,9 +57,9 @@ def _debug() -> bool:
     return os.environ.get("ITM_DEBUG", "0") not in ("", "0")
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException | str) -> None:
     """A mistake in the user's input: its one-line reason (the traceback only with --debug)."""
-    if _debug():
+    if _debug() and isinstance(exc, BaseException):
         import traceback
 
         traceback.print_exception(exc)
@@ -67,12 +67,30 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
+def _unreachable_server(exc: BaseException) -> str | None:
+    """When ``exc`` (or its cause) is a connection to the tracking server that failed after MLflow's
+    retries, the one-line reason naming the server; else ``None``."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    seen, current = 0, exc
+    while current is not None and seen < 10:
+        text = f"{type(current).__name__}: {current}"
+        if any(m in text for m in ("Max retries exceeded", "Connection refused", "ConnectionError", "Failed to establish a new connection")):
+            return (f"the MLflow tracking server {uri} did not answer (after MLflow's retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
+                    "Start it (`itm up`) or point MLFLOW_TRACKING_URI elsewhere; nothing was promoted")
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return None
+
+
 def _flows_console() -> None:
     """Before a flow runs: Prefect's console keeps progress but not the traceback of an input error."""
     if not _debug():
         from itm_core.ops.console import hide_input_tracebacks
 
-        hide_input_tracebacks(_user_errors())
+        hide_input_tracebacks(_user_errors(), also=lambda e: _unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e)
 
 
 def plugin_listing() -> list[dict[str, Any]]:
@@ -215,7 +233,12 @@ def run_flow(
     try:
         result = fn(values)
     except _user_errors() as exc:
-        _fail(exc)
+        _fail(_unreachable_server(exc) or exc)
+    except Exception as exc:
+        reason = _unreachable_server(exc)
+        if reason is None:
+            raise
+        _fail(reason)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -49,3 +49,22 @@ def test_input_error_is_one_line_and_debug_shows_the_traceback(prefect_server, t
     assert "Traceback" not in run.stderr and run.stderr.count("does not exist") == 1, run.stderr
     debug = _itm(["--debug", "run", "retrain", "--params", str(params)], tmp_path)
     assert debug.returncode == 2 and reason in debug.stderr and "Traceback" in debug.stderr
+
+
+def test_tracking_server_away_is_one_line_naming_it(prefect_server, tmp_path):
+    """MLflow's tracking server is not there (retries exhausted): one line naming the server, exit 2."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+    params = tmp_path / "eval.json"
+    params.write_text(json.dumps({"matchers": [{"image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "bow"}, "untrained_heads": True}],
+                                  "dataset": {"options": {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 32}}}))
+    run = subprocess.run([ITM, "run", "evaluate", "--params", str(params)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=300)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert f"error: the MLflow tracking server http://127.0.0.1:{port} did not answer" in run.stderr
+    assert "Traceback" not in run.stderr

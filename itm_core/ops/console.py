@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import warnings
+from typing import Any
 
 def quiet_libraries() -> None:
     """Set before the libraries are imported (the environment variables) and again after (the loggers)."""
@@ -30,17 +31,20 @@ class _InputErrorFilter(logging.Filter):
     """On Prefect's console: drop the records of a run that failed on a user-input error (their
     traceback, and the 'Failed(...)' state lines that repeat the reason)."""
 
-    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, errors: tuple[type[BaseException], ...], also: Any = None) -> None:
         super().__init__()
         self.errors = errors
+        self.also = also  # a predicate on an exception or a message: more errors the command reports in one line
         self.names = {cls.__name__ for base in errors for cls in _subclasses(base)}
         self.failed = re.compile(r"encountered an exception:? (\w+)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            return not isinstance(record.exc_info[1], self.errors)
-        match = self.failed.search(record.getMessage())
-        if match and match.group(1) in self.names:
+            exc = record.exc_info[1]
+            return not (isinstance(exc, self.errors) or (self.also is not None and self.also(exc)))
+        message = record.getMessage()
+        match = self.failed.search(message)
+        if match and (match.group(1) in self.names or (self.also is not None and self.also(message))):
             return False
         if str(record.msg).startswith("Starting temporary server"):
             record.msg, record.args = str(record.msg).splitlines()[0], ()
@@ -54,11 +58,11 @@ def _subclasses(cls: type) -> set[type]:
     return out
 
 
-def hide_input_tracebacks(errors: tuple[type[BaseException], ...]) -> None:
+def hide_input_tracebacks(errors: tuple[type[BaseException], ...], also: Any = None) -> None:
     """Attach the filter to Prefect's console handlers (set up when Prefect is imported)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     handlers = [h for name in ("prefect", "") for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)]
     for handler in handlers:
         if not any(isinstance(f, _InputErrorFilter) for f in handler.filters):
-            handler.addFilter(_InputErrorFilter(errors))
+            handler.addFilter(_InputErrorFilter(errors, also))
