@@ -299,3 +299,23 @@ def test_flow_run_url_tag_only_when_it_is_a_link(monkeypatch):
     assert prefect_context() == {"prefect.flow_run_id": "0b6f", "prefect.flow_run_name": "calm-fox", "prefect.flow_name": "retrain"}
     monkeypatch.setattr(flow_run, "ui_url", "http://127.0.0.1:4200/runs/flow-run/0b6f", raising=False)
     assert prefect_context()["prefect.flow_run_url"] == "http://127.0.0.1:4200/runs/flow-run/0b6f"
+
+
+def test_orphaned_run_is_closed_and_a_new_run_opened(mlflow_store):
+    """A run left RUNNING by a process that is gone is marked FAILED, and the next run is a new one."""
+    import socket
+    import subprocess
+    import sys
+
+    from itm_core.ops.tracking import tracked_run
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client = MlflowClient()
+    experiment = client.create_experiment("orphans")
+    orphan = client.create_run(experiment, tags={"itm.host": socket.gethostname(), "itm.pid": str(gone.pid), "itm.pid_started": "1.0"})
+    with tracked_run("orphans", "next", {"a": 1}) as run:
+        assert run.info.run_id != orphan.info.run_id
+        assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+        assert client.get_run(run.info.run_id).data.tags["itm.pid_started"]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

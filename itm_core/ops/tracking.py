@@ -71,7 +71,7 @@ def _process_tags() -> dict[str, str]:
     import psutil
 
     me = psutil.Process()
-    return {"itm.host": socket.gethostname(), "itm.pid": str(me.pid), "itm.pid_started": f"{me.create_time():.3f}"}
+    return {"itm.host": socket.gethostname(), "itm.pid": str(me.pid), "itm.pid_started": repr(me.create_time())}  # repr: read back exactly
 
 
 def close_orphaned_runs(experiment_id: str) -> list[str]:
@@ -125,8 +125,8 @@ def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], n
     holds it open; links back from Prefect. Runs left RUNNING by a dead process are closed first."""
     if not nested:
         exp = mlflow.set_experiment(experiment)
-        for run_id in close_orphaned_runs(exp.experiment_id):
-            print(f"marked MLflow run {run_id} FAILED: the process that ran it is gone")
+        for orphan in close_orphaned_runs(exp.experiment_id):
+            print(f"marked MLflow run {orphan} FAILED: the process that ran it is gone")
     # CPU, memory and disk use every few seconds (MLflow's system metrics), for top-level runs
     # ``run_id``: reopen that run (a resumed training goes on in the run it started in)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
