@@ -82,6 +82,15 @@ def load_state(folder: str | Path, stem: str) -> Any:
     return _join(doc["state"], arrays)
 
 
+def check_format(meta: dict[str, Any], folder: str | Path, what: str) -> None:
+    """A saved folder's configuration names its format (``itm_format``); one this version cannot
+    read fails naming the version that wrote it."""
+    written = int(meta.get("itm_format", 1))
+    if written != FORMAT:
+        who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
+        raise StateFormatError(f"{folder} is a {what} saved by {who}; this version reads format {FORMAT}: retrain it with this version")
+
+
 def state_digest(state: Any) -> str | None:
     """A hash of a state's content (structure and array bytes), for cache keys."""
     if state is None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itm_core.contract.state import FORMAT, StateFormatError, load_state, load_weights_into, save_state, save_weights
+from itm_core.contract.state import FORMAT, check_format, load_state, load_weights_into, save_state, save_weights
 from itm_core.encode.embed import EmbeddingCache, encode
 
 CONFIG_FILE = "matcher.json"
@@ -146,10 +146,8 @@ class Matcher(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved matcher (no {CONFIG_FILE})")
         config = json.loads(config_path.read_text())
-        written = int(config.pop("itm_format", 1))
-        if written != FORMAT:
-            who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
-            raise StateFormatError(f"{folder} is a matcher saved by {who}; this version reads format {FORMAT}: retrain it with this version")
+        check_format(config, folder, "matcher")
+        config.pop("itm_format", None)
         matcher = cls(**config)
         load_weights_into(matcher, folder / WEIGHTS_FILE)
         matcher.eval()

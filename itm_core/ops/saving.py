@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from itm_core.contract.state import FORMAT, StateFormatError, load_state, load_weights_into, save_state, save_weights
+from itm_core.contract.state import FORMAT, check_format, load_state, load_weights_into, save_state, save_weights
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -33,14 +33,6 @@ def read_meta(folder: str | Path, config_file: str, what: str) -> dict[str, Any]
     meta = json.loads((folder / config_file).read_text())
     check_format(meta, folder, what)
     return meta
-
-
-def check_format(meta: dict[str, Any], folder: Path, what: str) -> None:
-    """Saved folders name their format; one this version cannot read fails naming the version that wrote it."""
-    written = int(meta.get("itm_format", 1))
-    if written != FORMAT:
-        who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
-        raise StateFormatError(f"{folder} is a {what} saved by {who}; this version reads format {FORMAT}: retrain it with this version")
 
 
 def load_weights(folder: str | Path, module: torch.nn.Module) -> torch.nn.Module:
