@@ -22,13 +22,15 @@ from itm_core.contract.registry import names, spec
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 from itm_core.models.training import ContrastiveConfig, train_contrastive
 
+RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
 COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
-           "probe_accuracy_position", "i2t_r1", "t2i_r1", "parameters", "train_seconds"]
+           "probe_accuracy_position", *RETRIEVAL, "rerank_i2t_k", "rerank_i2t_weight", "rerank_t2i_k", "rerank_t2i_weight",
+           "parameters", "train_seconds"]
 
 
-def head_config(p: HeadTrainingParams, hard_pool: int, seed: int) -> HeadConfig:
+def head_config(p: HeadTrainingParams, hard_pool: int, seed: int, **itm: Any) -> HeadConfig:
     return HeadConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, patience=p.patience,
-                      input_dropout=p.input_dropout, hard_pool=hard_pool, seed=seed)
+                      input_dropout=p.input_dropout, hard_pool=hard_pool, seed=seed, **itm)
 
 
 @task(name="encode", cache_policy=NO_CACHE)
@@ -66,9 +68,10 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
             mlflow.log_metrics({f"{head}_{k}": v for k, v in metrics.items()}, step=epoch)
 
         vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(data.features["train"].data) else None
-        metrics = benchmark_fusion(name, options, data, head_config(params.itm, params.hard_pool, params.seed), vqa, params.rerank_k, on_epoch)
+        itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select)
+        metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch)
         mlflow.log_metrics(metrics)
-    print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "reranked_i2t_r1", "vqa_accuracy") if k in metrics))
+    print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "itm_only_i2t_r1", "reranked_i2t_r1", "itm_only_t2i_r1", "reranked_t2i_r1", "vqa_accuracy") if k in metrics))
     return metrics
 
 
@@ -78,14 +81,15 @@ def bar_chart(board: pd.DataFrame) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [c for c in ("probe_accuracy", "vqa_accuracy", "itm_auc", "i2t_r1", "t2i_r1") if c in board and board[c].notna().any()]
+    shown = [c for c in ("probe_accuracy", "vqa_accuracy", "itm_auc", "i2t_r1_contrastive", "i2t_r1_combined", "t2i_r1_contrastive", "t2i_r1_combined")
+             if c in board and board[c].notna().any()]
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(board), 4))
     width = 0.8 / max(1, len(shown))
     for n, col in enumerate(shown):
         ax.bar([i + n * width for i in range(len(board))], board[col].fillna(0), width, label=col)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(board))], board["method"], rotation=20, ha="right")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=len(shown))
+    ax.legend(fontsize=7, ncol=min(4, len(shown)))
     ax.set_title("fusion benchmark (test split)")
     fig.tight_layout()
     return fig
@@ -109,11 +113,12 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         shared = train_similarity(params, features)
         similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
-        rows = [{"method": "similarity (contrastive)", "i2t_r1": similarity["test_i2t_r1"], "t2i_r1": similarity["test_t2i_r1"],
-                 **{k: v for k, v in similarity.items() if k.startswith("probe_")}}]
+        contrastive = {f"{d}_r1_contrastive": similarity[f"test_{d}_r1"] for d in ("i2t", "t2i")}
+        rows = [{"method": "similarity (contrastive)", **contrastive, **{k: v for k, v in similarity.items() if k.startswith("probe_")}}]
         for name in methods:
             m = run_method(name, params, shared)
-            rows.append({"method": f"{name} + ITM", **m, "i2t_r1": m["reranked_i2t_r1"], "t2i_r1": m["reranked_t2i_r1"]})
+            rows.append({"method": f"{name} + ITM", **m, **contrastive, **{f"{d}_r1_itm": m[f"itm_only_{d}_r1"] for d in ("i2t", "t2i")},
+                         **{f"{d}_r1_combined": m[f"reranked_{d}_r1"] for d in ("i2t", "t2i")}})
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "fusion_leaderboard.csv")
         fig = bar_chart(board)
@@ -122,6 +127,7 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         create_table_artifact(
             key="fusion-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description="Test split. i2t_r1/t2i_r1: contrastive for similarity, ITM-reranked top-k for fusions.",
+            description="Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit + weight x similarity, "
+                        "k and weight chosen on validation; k 0 means validation chose no reranking).",
         )
     return board.to_dict("records")

@@ -314,7 +314,10 @@ class FusionBenchmarkParams(Params):
     vqa: HeadTrainingParams = Field(default_factory=lambda: HeadTrainingParams(epochs=8, batch_size=128), description="VQA head training")
     hard_pool: int = Field(16, ge=1, description="Hard negatives are sampled from each item's this many most similar non-matches")
     dataset_negatives: bool = Field(True, description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) of the training images")
-    rerank_k: int = Field(16, ge=1, description="The ITM head reranks the contrastive top k")
+    rerank_k: int = Field(16, ge=1, description="The ITM head reranks at most the contrastive top k (k and the contrastive weight are chosen on validation)")
+    in_batch_negatives: bool = Field(True, description="Also train ITM heads on a negative caption and image per pair drawn from the batch by contrastive similarity (ALBEF)")
+    itm_select: Literal["rerank+probe", "rerank", "probe", "auc"] = Field(
+        "rerank+probe", description="Validation score that picks each ITM head's best epoch: reranked R@1 (mean of both directions), probe accuracy, their sum, or ITM AUC")
     seed: int = Field(0)
     experiment: str = Field("itm-fusion-benchmark", description="MLflow experiment")
     run_name: str | None = None

@@ -37,16 +37,21 @@ def test_benchmark_on_shapes(prefect_server, mlflow_store, tiny_shapes_options):
     board = fusion_benchmark(params)
     assert [r["method"] for r in board] == ["similarity (contrastive)", "mean + ITM", "cross-attention + ITM"]
     for row in board[1:]:
-        for key in ("vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "i2t_r1", "t2i_r1"):
+        for key in ("vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "i2t_r1_contrastive", "i2t_r1_itm", "i2t_r1_combined",
+                    "t2i_r1_contrastive", "t2i_r1_itm", "t2i_r1_combined"):
             assert 0.0 <= row[key] <= 1.0
+        # the same contrastive matcher for every row; k and the weight were chosen on validation
+        assert row["i2t_r1_contrastive"] == board[0]["i2t_r1_contrastive"] and row["rerank_t2i_k"] in (0, 2, 4)
         assert row["parameters"] > 0 and row["train_seconds"] > 0
-    assert pd.isna(board[0]["vqa_accuracy"]) and 0.0 <= board[0]["probe_accuracy"] <= 1.0
+    assert pd.isna(board[0]["vqa_accuracy"]) and pd.isna(board[0]["i2t_r1_combined"]) and 0.0 <= board[0]["probe_accuracy"] <= 1.0
 
     client, parent, children = _runs("itm-fusion-benchmark")
     assert len(parent) == 1 and sorted(c.info.run_name for c in children) == ["cross-attention", "mean"]
     child = next(c for c in children if c.info.run_name == "mean")
-    assert {"vqa_accuracy_colour", "vqa_accuracy_count", "probe_accuracy_position", "reranked_i2t_r1", "itm_auc"} <= set(child.data.metrics)
-    assert [m.step for m in client.get_metric_history(child.info.run_id, "itm_val_itm_auc")] == [1, 2]
+    assert {"vqa_accuracy_colour", "vqa_accuracy_count", "probe_accuracy_position", "reranked_i2t_r1", "itm_only_t2i_r1", "rerank_i2t_weight",
+            "itm_auc"} <= set(child.data.metrics)
+    for key in ("itm_val_itm_auc", "itm_val_rerank_r1", "itm_val_select"):
+        assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"fusion_leaderboard.csv", "fusion_leaderboard.png"} <= artifacts
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="fusion_leaderboard.csv"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from itm_core.models.heads import (
 )
 from itm_core.models.matcher import Matcher
 from itm_core.contract.registry import create
+from itm_core.judge.rerank import candidates, choose_both
 from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
 PROBE_TRUE = "probe_true"
@@ -117,19 +119,21 @@ class BenchmarkData:
     val_probe: PairSet | None
     test_probe: PairSet | None
     base: Ranks
+    val_base: Ranks | None = None
 
 
 def prepare(features: dict[str, SplitFeatures], matcher: Matcher, dataset_negatives: bool = True) -> BenchmarkData:
     """Everything the methods share; the train set carries the dataset's negatives when asked for."""
-    test = pair_set(features["test"], matcher)
+    test, val = pair_set(features["test"], matcher), pair_set(features["val"], matcher)
     return BenchmarkData(
         features=features,
         train=pair_set(features["train"], matcher, dataset_negatives),
-        val=pair_set(features["val"], matcher),
+        val=val,
         test=test,
         val_probe=probe_set(features["val"], matcher) if features["val"].probe is not None else None,
         test_probe=probe_set(features["test"], matcher) if features["test"].probe is not None else None,
         base=ranks(test.image_emb, test.caption_emb, test.caption_image, matcher.similarity),
+        val_base=ranks(val.image_emb, val.caption_emb, val.caption_image, matcher.similarity),
     )
 
 
@@ -152,7 +156,12 @@ def benchmark_fusion(
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
     """Train and judge one fusion method: its ITM head (accuracy, AUC, probe, reranked retrieval)
-    and, when the data has questions and ``vqa_config`` is given, its VQA head."""
+    and, when the data has questions and ``vqa_config`` is given, its VQA head.
+
+    Reranking: the head reorders each test query's contrastive top ``rerank_k`` by its ITM logit plus
+    a weight times the contrastive similarity, with ``k`` (at most ``rerank_k``, or none) and the
+    weight chosen per direction on the validation split (``reranked_*``); ``itm_only_*`` is the ITM
+    logit alone over the top ``rerank_k``."""
     train, val, test = (data.features[s] for s in ("train", "val", "test"))
     tokens = uses_tokens([name])
 
@@ -163,10 +172,12 @@ def benchmark_fusion(
 
     start = time.perf_counter()
     itm = ITMHead(fusion(), input_dropout=config.input_dropout)
-    result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe)
+    config = dataclasses.replace(config, rerank_k=rerank_k)
+    result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe, data.val_base)
     metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch)}
     metrics.update(evaluate_itm(itm, data.test))
-    metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base))
+    choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
+    metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base, choice))
     probe = data.test_probe
     if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))

@@ -22,7 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.judge.retrieval import Ranks, recall_metrics
+from itm_core.judge.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, rerank_r1
+from itm_core.judge.retrieval import Ranks
 from itm_core.models.training import captions_per_image, seed_everything
 
 
@@ -124,6 +125,9 @@ class HeadConfig:
     hard_pool: int = 16
     input_dropout: float = 0.3
     seed: int = 0
+    in_batch_negatives: bool = True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
+    select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
+    rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
 
 
 @dataclass
@@ -245,20 +249,57 @@ def _fit(
     return result
 
 
+SELECT = ("rerank+probe", "rerank", "probe", "auc")
+
+
+def in_batch_negatives(train: PairSet, images: list[int], captions: list[int], generator: torch.Generator, temperature: float = 0.07) -> tuple[list[int], list[int]]:
+    """ALBEF's in-batch hard negatives: for each image a caption of another image in the batch, drawn
+    with probability ``softmax(similarity / temperature)``; for each caption, an image likewise.
+    Duplicates of the image (same ``image_group``) are never drawn; a row with nothing to draw is left out.
+    Returns the (image, caption) rows of the negative pairs."""
+    i, c = torch.tensor(images), torch.tensor(captions)
+    group = torch.arange(len(train.image)) if train.image_group is None else train.image_group
+    same = group[i].unsqueeze(1) == group[train.caption_image[c]].unsqueeze(0)  # (B images, B captions)
+    sim = (train.image_emb[i] @ train.text_emb[c].T).float() / temperature
+    sim = sim.masked_fill(same, float("-inf"))
+    out_i, out_t = [], []
+    rows = (~same).any(1)
+    if rows.any():
+        drawn = torch.multinomial(sim[rows].softmax(1), 1, generator=generator)[:, 0]
+        out_i += i[rows].tolist()
+        out_t += c[drawn].tolist()
+    cols = (~same).any(0)
+    if cols.any():
+        drawn = torch.multinomial(sim.T[cols].softmax(1), 1, generator=generator)[:, 0]
+        out_i += i[drawn].tolist()
+        out_t += c[cols].tolist()
+    return out_i, out_t
+
+
 def train_itm(
     head: ITMHead, train: PairSet, val: PairSet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    val_probe: PairSet | None = None,
+    val_probe: PairSet | None = None, val_base: Ranks | None = None,
 ) -> HeadResult:
     """Train the ITM head: for each image, its caption (match), a hard negative caption, and a hard
     negative image for the caption, sampled from the ``hard_pool`` most similar by the contrastive
-    matcher; and, when ``train.negatives`` is set, the image's own hard-negative captions against its
-    true caption in the same template. The best epoch is chosen on ``val_probe`` (see
-    :func:`probe_pair_scores`) when given, else on the validation ITM AUC."""
+    matcher; with ``config.in_batch_negatives``, also a negative caption and image drawn from the
+    batch by contrastive similarity (ALBEF); and, when ``train.negatives`` is set, the image's own
+    hard-negative captions against its true caption in the same template.
+
+    The best epoch is chosen by ``config.select`` on the validation split: ``rerank`` is the mean R@1
+    of both directions after reranking the contrastive top ``config.rerank_k`` with the head (ITM
+    logit plus a contrastive weight, ``k`` and weight chosen on validation too; needs ``val_base``,
+    the contrastive validation ranks), ``probe`` the probe accuracy (needs ``val_probe``), ``auc`` the
+    ITM AUC, ``rerank+probe`` the sum of the first two. What is missing is left out of the sum; with
+    nothing left, ``auc``."""
+    if config.select not in SELECT:
+        raise ValueError(f"ITM select must be one of {', '.join(SELECT)}; got {config.select!r}")
     seed_everything(config.seed)
     head.fit_statistics(train.image, train.text)
     neg_captions, neg_images = hard_negatives(train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group)
     captions = captions_per_image(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
+    generator = torch.Generator().manual_seed(config.seed)
 
     def steps(rng: random.Random) -> Iterator[torch.Tensor]:
         order = usable[:]
@@ -269,6 +310,9 @@ def train_itm(
             neg_c = [int(neg_captions[i, rng.randrange(neg_captions.shape[1])]) for i in batch]
             neg_i = [int(neg_images[c, rng.randrange(neg_images.shape[1])]) for c in pos]
             images, texts, labels = batch + batch + neg_i, pos + neg_c + pos, [1.0] * len(batch) + [0.0] * (2 * len(batch))
+            if config.in_batch_negatives and len(batch) > 1:
+                extra_i, extra_t = in_batch_negatives(train, batch, pos, generator)
+                images, texts, labels = images + extra_i, texts + extra_t, labels + [0.0] * len(extra_i)
             if train.negatives is not None:  # the true caption in the negatives' template, against every negative kind
                 kinds = train.negatives.shape[1]
                 images += batch * (1 + kinds)
@@ -280,42 +324,36 @@ def train_itm(
             balance = (target == 0).sum() / (target == 1).sum()
             yield F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
 
+    parts = [p for p in config.select.split("+") if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)] or ["auc"]
+
     def validate() -> dict[str, float]:
         out = {f"val_{k}": v for k, v in evaluate_itm(head, val).items()}
         if val_probe is not None:
             out.update({f"val_{k}": v for k, v in probe_pair_scores(lambda i, t: head.predict_pairs(val_probe, i, t), val_probe).items()})
+        if val_base is not None:
+            found = candidates(head, val, config.rerank_k, val_base)
+            choice = choose_both(found)
+            out["val_rerank_r1"] = rerank_r1(found, choice)
+            for d in DIRECTIONS:
+                out.update({f"val_{k}": v for k, v in choice[d].as_metrics(d).items()})
+        names = {"rerank": "val_rerank_r1", "probe": "val_probe_accuracy", "auc": "val_itm_auc"}
+        out["val_select"] = sum(out[names[p]] for p in parts)
         return out
 
-    monitor = "val_probe_accuracy" if val_probe is not None else "val_itm_auc"
-    return _fit(head, steps, validate, monitor, config, "ITM head", on_epoch)
+    return _fit(head, steps, validate, "val_select", config, "ITM head", on_epoch)
 
 
 def rerank(head: ITMHead, data: PairSet, k: int, base: Ranks) -> Ranks:
-    """Ranks after the ITM head reorders each query's contrastive top ``k``; deeper ranks are unchanged."""
-    owner = data.caption_image
-    sim = data.image_emb @ data.caption_emb.T if len(data.image_emb) * len(owner) <= 50_000_000 else None
-    if sim is None:
-        raise ValueError("rerank: the gallery is too large for this evaluation; evaluate on a smaller split")
-    k_t, k_i = min(k, sim.shape[1]), min(k, sim.shape[0])
-    top_t = sim.topk(k_t, dim=1).indices  # (N_img, k) captions per image
-    top_i = sim.T.topk(k_i, dim=1).indices  # (N_txt, k) images per caption
-    i2t_logits = head.predict_pairs(data, torch.arange(len(sim)).repeat_interleave(k_t), top_t.flatten()).view(-1, k_t)
-    t2i_logits = head.predict_pairs(data, top_i.flatten(), torch.arange(sim.shape[1]).repeat_interleave(k_i)).view(-1, k_i)
-    i2t = base.i2t.clone()
-    reordered = top_t.gather(1, i2t_logits.argsort(dim=1, descending=True))
-    hits = owner[reordered] == torch.arange(len(sim)).unsqueeze(1)
-    inside = hits.any(1)
-    i2t[inside] = hits[inside].float().argmax(1) + 1
-    t2i = base.t2i.clone()
-    reordered = top_i.gather(1, t2i_logits.argsort(dim=1, descending=True))
-    hits = reordered == owner.unsqueeze(1)
-    inside = hits.any(1)
-    t2i[inside] = hits[inside].float().argmax(1) + 1
-    return Ranks(i2t=i2t, t2i=t2i)
+    """Ranks after the ITM logit alone reorders each query's contrastive top ``k``; deeper ranks are unchanged."""
+    return itm_only(candidates(head, data, k, base))
 
 
-def reranked_metrics(head: ITMHead, data: PairSet, k: int, base: Ranks) -> dict[str, float]:
-    return {f"reranked_{key}": v for key, v in recall_metrics(rerank(head, data, k, base)).items()}
+def reranked_metrics(head: ITMHead, data: PairSet, k: int, base: Ranks, choice: dict[str, Choice] | None = None) -> dict[str, float]:
+    """Recall metrics of the reranker (``reranked_*``: ITM logit plus ``choice``'s weight times the
+    contrastive similarity over its top k; without ``choice``, the ITM logit alone over the top ``k``)
+    and of the ITM logit alone (``itm_only_*``)."""
+    found = candidates(head, data, k, base)
+    return report(found, choice or {d: Choice(k, 0.0) for d in DIRECTIONS})
 
 
 # --- the compositional probe ------------------------------------------------------------------------
