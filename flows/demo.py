@@ -48,7 +48,7 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     )
     console.rule("generate: captions by the champion")
     metrics = [ComponentParams(name=m) for m in ("bleu", "rouge_l", "cider")]
-    generated = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_options": dataset.options}, metrics=metrics))
+    generated = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_dataset": dataset.name, "bank_options": dataset.options}, metrics=metrics))
     captions = generated["generations"]
     seconds = time.perf_counter() - start
 

@@ -244,17 +244,20 @@ def run_flow(
 
 @app.command()
 def demo(
-    train_images: int = typer.Option(2000, help="Training images of the shapes dataset"),
+    train_images: int = typer.Option(2000, help="Training images of the dataset"),
     eval_images: int = typer.Option(500, help="Validation and test images each"),
+    dataset: str = typer.Option("shapes", help="The built-in data: shapes, or scenes (harder: relations between up to four objects)"),
 ) -> None:
-    """Build shapes, retrain twice, evaluate a leaderboard and caption test images; all in MLflow."""
+    """Build the data, retrain twice, evaluate a leaderboard and caption test images; all in MLflow."""
     from flows.demo import run_demo
     from itm_core.config import DatasetParams
 
+    if dataset not in ("shapes", "scenes"):
+        _fail(ValueError(f"demo: --dataset must be shapes or scenes, got {dataset!r}"))
     options = {} if (train_images, eval_images) == (2000, 500) else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
     _flows_console()
     try:
-        run_demo(DatasetParams(options=options), console=console)
+        run_demo(DatasetParams(name=dataset, options=options), console=console)
     except _user_errors() as exc:
         _fail(exc)
 

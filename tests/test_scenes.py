@@ -1,0 +1,89 @@
+"""The harder built-in dataset: captions name every object and relation, negatives are false in one
+way, families share their words, objects are where the manifest says."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from itm_core import create
+from plugins.scenes import COLORS, SceneSpec, describe, family, hard_negatives, random_spec, render, true_relations
+
+
+def _specs(n: int, seed: int = 0) -> list[SceneSpec]:
+    rng = random.Random(seed)
+    return [random_spec(rng, 4) for _ in range(n)]
+
+
+def test_relations_are_true_and_captions_name_every_object():
+    rng = random.Random(1)
+    counts = Counter()
+    for spec in _specs(300):
+        counts[len(spec.objects)] += 1
+        for a, b, r in zip(spec.objects, spec.objects[1:], spec.relations):
+            assert r in true_relations(a, b)
+        for _ in range(3):
+            text = describe(spec, rng)
+            for p in spec.objects:
+                assert p.obj.color in text and p.obj.shape in text
+    assert set(counts) == {1, 2, 3, 4}
+
+
+def test_negatives_are_false_in_one_way_and_keep_the_words_of_a_binding_swap():
+    rng = random.Random(2)
+    for spec in _specs(200, 3):
+        true = describe(spec, None)
+        negatives = hard_negatives(spec, rng)
+        assert len(set(negatives.values()) | {true}) == 4
+        if len(spec.objects) > 1:
+            # a relation swap changes one relation word; a colour swap between objects keeps the bag of words
+            assert sum(a != b for a, b in zip(true.split(), negatives["neg_position"].split())) <= 2
+            if len({p.obj.color for p in spec.objects}) > 1:
+                assert sorted(re.findall(r"[a-z-]+", true)) == sorted(re.findall(r"[a-z-]+", negatives["neg_color"]))
+
+
+def test_families_share_their_words_but_not_their_meaning():
+    rng = random.Random(4)
+    shared = 0
+    for spec in _specs(100, 5):
+        members = family(spec, 3, rng)
+        canon = [describe(m, None) for m in members]
+        assert len(set(canon)) == len(canon)
+        for m in members[1:]:
+            words, base = Counter(re.findall(r"[a-z-]+", describe(m, None))), Counter(re.findall(r"[a-z-]+", canon[0]))
+            # colours or shapes exchanged: the same words; mirrored: only "left" and "right" change
+            assert words == base or set((words - base) + (base - words)) <= {"left", "right"}
+            shared += 1
+    assert shared > 100
+
+
+def test_objects_are_drawn_where_the_manifest_says():
+    rng = random.Random(6)
+    checked = 0
+    for spec in _specs(60, 7):
+        image, placed = render(spec, 128, rng, textured=True, jitter=False)
+        pixels = np.asarray(image).astype(int)
+        for where in placed:
+            covered = [o for o in placed if o is not where and (o["cx"] - where["cx"]) ** 2 + (o["cy"] - where["cy"]) ** 2 < (o["r"] + where["r"]) ** 2]
+            if covered or where["shape"] in ("cross", "star", "triangle"):  # thin shapes may not cover their exact centre
+                continue
+            y, x = int(where["cy"] * 128), int(where["cx"] * 128)
+            assert np.abs(pixels[y, x] - np.array(COLORS[where["color"]])).max() <= 1
+            checked += 1
+    assert checked > 20
+
+
+def test_dataset_is_deterministic_and_carries_the_probe_and_questions(tmp_path):
+    a = create("dataset", "scenes", n_train=9, n_val=3, n_test=3, image_size=64, root=str(tmp_path / "a")).load()
+    b = create("dataset", "scenes", n_train=9, n_val=3, n_test=3, image_size=64, root=str(tmp_path / "b")).load()
+    assert a.captions == b.captions and len(a.split("train").image_paths()) == 9
+    for column in ("probe_true", "neg_color", "neg_shape", "neg_position", "qa", "objects"):
+        assert len(a.image_extras[column]) == 15
+    assert np.array_equal(np.asarray(Image.open(a.image_paths()[0])), np.asarray(Image.open(b.image_paths()[0])))
+    with pytest.raises(ValueError, match="max_objects must be between 1 and 4"):
+        create("dataset", "scenes", max_objects=6)
