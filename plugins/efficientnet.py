@@ -93,6 +93,22 @@ class EfficientNetLite0(Encoder):
             parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
         return torch.cat(parts, dim=1).cpu()
 
+    def encode_differentiable(self, x: "torch.Tensor") -> "torch.Tensor":
+        """The pooled features of :meth:`preprocess` outputs with autograd (for gradient explainers)."""
+        import torch
+        import torch.nn.functional as F
+
+        fmap = self.model.extract_features(x.to(self.device).contiguous(memory_format=torch.channels_last)).float()
+        parts = [fmap.mean(dim=(2, 3))]
+        if self.pool == "grid":
+            parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
+        return torch.cat(parts, dim=1)
+
+    @property
+    def cam_layer(self) -> "torch.nn.Module":
+        """The last convolution: where Grad-CAM reads gradients and activations."""
+        return self.model._conv_head
+
     def encode(self, items: Sequence) -> "torch.Tensor":
         import numpy as np
         import torch

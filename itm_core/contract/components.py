@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from itm_core.data.pairs import ImageTextSet
 
-KINDS = ("encoder", "similarity", "fusion", "generator", "metric", "dataset")
+KINDS = ("encoder", "similarity", "fusion", "generator", "metric", "dataset", "explainer")
 MODALITIES = ("image", "text")
 GENERATOR_TASKS = ("image-to-text", "text-to-image")
 
@@ -119,6 +119,18 @@ class Dataset(ABC):
     def load(self) -> "ImageTextSet": ...
 
 
+class Explainer(ABC):
+    """Says why a matcher scores an image-text pair as it does. ``modalities`` names what it explains
+    (``"image"``: a heat map, ``"text"``: a value per word); ``explain`` gets a
+    :class:`itm_core.judge.explain.PairScorer`, a PIL image and the text, and returns an
+    :class:`itm_core.judge.explain.Attribution`."""
+
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+
+    @abstractmethod
+    def explain(self, scorer: Any, image: Any, text: str) -> Any: ...
+
+
 # --- output contracts -----------------------------------------------------------------------------
 
 
@@ -195,6 +207,28 @@ def _check_load(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
         raise ContractError(f"load() must return an ImageTextSet, got {type(out).__name__}")
 
 
+def _check_explain(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    import numpy as np
+
+    text = args[2] if len(args) > 2 else kwargs["text"]
+    for attr in ("score", "heat", "word_scores"):
+        if not hasattr(out, attr):
+            raise ContractError(f"explain() must return an Attribution (score, heat, words, word_scores), got {type(out).__name__}")
+    if not math.isfinite(float(out.score)):
+        raise ContractError(f"explain() returned a non-finite score {out.score!r}")
+    modalities = tuple(getattr(c, "modalities", ("image", "text")))
+    if "image" in modalities:
+        heat = out.heat
+        if not isinstance(heat, np.ndarray) or heat.ndim != 2 or heat.size == 0 or not np.isfinite(heat).all():
+            got = f"shape {heat.shape}" if isinstance(heat, np.ndarray) else type(heat).__name__
+            raise ContractError(f"explain() must return a finite 2-D heat map for an image explainer, got {got}")
+    if "text" in modalities:
+        scores = out.word_scores
+        n = len(text.split())
+        if scores is None or len(scores) != n or not all(math.isfinite(float(v)) for v in scores):
+            raise ContractError(f"explain() must return {n} finite word scores (one per word) for a text explainer, got {scores!r}")
+
+
 _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = {
     "encoder": {"encode": _check_encode, "encode_tokens": _check_tokens},
     "similarity": {"score": _check_score, "pairwise": _check_pairwise},
@@ -202,6 +236,7 @@ _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = 
     "generator": {"generate": _check_generate},
     "metric": {"compute": _check_compute},
     "dataset": {"load": _check_load},
+    "explainer": {"explain": _check_explain},
 }
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -211,6 +246,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "generator": ("task", "generate"),
     "metric": ("compute",),
     "dataset": ("load",),
+    "explainer": ("explain",),
 }
 
 

@@ -66,3 +66,11 @@ def register_metrics(register: Register) -> None:
 @hookspec
 def register_datasets(register: Register) -> None:
     """Register datasets: factories of :class:`itm_core.contract.components.Dataset`."""
+
+
+@hookspec
+def register_explainers(register: Register) -> None:
+    """Register explainers: factories of :class:`itm_core.contract.components.Explainer`.
+
+    Metadata should include ``modalities`` (``["image"]``, ``["text"]`` or both).
+    """

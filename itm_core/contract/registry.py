@@ -17,6 +17,7 @@ HOOK_OF_KIND = {
     "generator": "register_generators",
     "metric": "register_metrics",
     "dataset": "register_datasets",
+    "explainer": "register_explainers",
 }
 
 

@@ -394,8 +394,97 @@ def _dataset_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
     return {"output contract": output, "non-empty, every image captioned": non_empty, "images readable": images_readable, "deterministic": deterministic}
 
 
+class _TinyConvEncoder:
+    """A small random convolutional image encoder with gradients and a Grad-CAM layer: the image side
+    of the scorer that explainers are checked against."""
+
+    modality, dim, size = "image", 8, 32
+
+    def __init__(self) -> None:
+        from torch import nn
+
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2)).eval()
+        self.cam_layer = self.net[2]
+
+    def preprocess(self, image: Image.Image) -> Any:
+        import numpy as np
+
+        return np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+    def encode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).mean(dim=(2, 3))
+
+    def encode(self, items: Sequence[Any]) -> torch.Tensor:
+        import numpy as np
+
+        with torch.no_grad():
+            return self.encode_differentiable(torch.from_numpy(np.stack([self.preprocess(i) for i in items]))) if items else torch.zeros(0, self.dim)
+
+
+class _HashedWords:
+    """A bag of hashed words: the text side of that scorer."""
+
+    modality, dim = "text", 8
+
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
+        import zlib
+
+        out = torch.zeros(len(items), self.dim)
+        for n, text in enumerate(items):
+            for w in text.lower().split():
+                out[n, zlib.crc32(w.encode()) % self.dim] += 1.0
+        return out
+
+
+def tiny_scorer() -> Any:
+    """A :class:`~itm_core.judge.explain.PairScorer` over a random conv encoder and hashed words,
+    compared by cosine: cheap, deterministic, with gradients."""
+    import torch.nn.functional as F
+
+    from itm_core.judge.evaluation import EncoderPair
+    from itm_core.judge.explain import PairScorer
+
+    class Cosine:
+        @staticmethod
+        def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+    return PairScorer(EncoderPair(_TinyConvEncoder(), _HashedWords(), Cosine()))
+
+
+def _explainer_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:
+    import numpy as np
+
+    scorer = tiny_scorer()
+    image, text = sample_images()[1], SAMPLE_TEXTS[2]
+
+    def declares() -> str:
+        modalities = tuple(getattr(c, "modalities", ()))
+        if not modalities or set(modalities) - {"image", "text"}:
+            raise RuleFailed(f"an explainer must declare modalities, a subset of ('image', 'text'); got {modalities!r}")
+        return f"modalities {', '.join(modalities)}"
+
+    def output() -> str:
+        out = c.explain(scorer, image, text)
+        shown = [f"heat {out.heat.shape}" if out.heat is not None else "", f"{len(out.word_scores)} word scores" if out.word_scores is not None else ""]
+        return ", ".join(x for x in shown if x)
+
+    def deterministic() -> None:
+        a, b = c.explain(scorer, image, text), c.explain(scorer, image, text)
+        for what, x, y in (("heat map", a.heat, b.heat), ("word scores", a.word_scores, b.word_scores)):
+            if (x is None) != (y is None) or (x is not None and not np.allclose(np.asarray(x), np.asarray(y), atol=ATOL)):
+                raise RuleFailed(f"the same pair gave different {what}")
+
+    def odd_inputs() -> None:
+        for img in odd_images()[:2]:
+            c.explain(scorer, img, "circle")  # one word, grayscale and RGBA images
+
+    return {"declares modalities": declares, "output contract": output, "deterministic": deterministic, "odd inputs": odd_inputs}
+
+
 RULES = {"encoder": _encoder_rules, "similarity": _similarity_rules, "fusion": _fusion_rules,
-         "generator": _generator_rules, "metric": _metric_rules, "dataset": _dataset_rules}
+         "generator": _generator_rules, "metric": _metric_rules, "dataset": _dataset_rules, "explainer": _explainer_rules}
 
 
 def check_component(kind: str, name: str, defaults: bool = True, **options: Any) -> ConformanceReport:
