@@ -1,4 +1,4 @@
-"""The ``explain`` flow: why a matcher scores an image-text pair as it does."""
+"""The ``explain`` flow: why a matcher scores an image-text pair as it does, by one or more explainers."""
 
 from __future__ import annotations
 
@@ -6,40 +6,65 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data
-from itm_core.config import ExplainParams
+from itm_core.config import ComponentParams, ExplainParams
+from itm_core.contract.registry import create, spec
 from itm_core.data import DataError, open_image
 from itm_core.judge.evaluation import build_scorer
-from itm_core.judge.explain import Explanation, explain_pair, explanation_figure
+from itm_core.judge.explain import Attribution, PairScorer, attributions_figure, explain_with
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 
+def build_explainer(p: ComponentParams, grid: int | None = None) -> Any:
+    """The explainer plugin; ``occlusion`` takes ``grid`` unless its options say otherwise."""
+    options = dict(p.options)
+    if p.name == "occlusion" and grid is not None:
+        options.setdefault("grid", grid)
+    return create("explainer", p.name, **options)
+
+
 @task(name="explain", cache_policy=NO_CACHE)
-def explain_task(scorer: Any, image: Any, text: str, grid: int) -> Explanation:
-    return explain_pair(scorer, image, text, grid)
+def explain_task(explainer: Any, name: str, scorer: PairScorer, image: Any, text: str) -> Attribution:
+    return explain_with(explainer, name, scorer, image, text)
 
 
-def heat_markdown(explanation: Explanation) -> str:
-    """The explanation as Markdown: the per-word table and the occlusion grid as numbers."""
-    words = "".join(f"| {w} | {v:+.4f} |\n" for w, v in zip(explanation.words, explanation.word_contributions))
-    grid = explanation.heat
-    header = "| |" + "".join(f" {c} |" for c in range(grid.shape[1])) + "\n|---|" + "---|" * grid.shape[1] + "\n"
-    rows = "".join(f"| **{r}** |" + "".join(f" {v:+.3f} |" for v in grid[r]) + "\n" for r in range(grid.shape[0]))
-    return (f"score **{explanation.score:.4f}**\n\n### Per word (score drop without the word)\n\n| word | contribution |\n|---|---|\n{words}"
-            f"\n### Occlusion (score drop when the cell is hidden; row 0 is the top)\n\n{header}{rows}")
+def heat_markdown(found: list[Attribution]) -> str:
+    """The explanations as Markdown: a per-word table and each heat map as numbers (coarsened to 8 x 8 at most)."""
+    from itm_core.judge.faithfulness import cell_heat
+
+    out = f"score **{found[0].score:.4f}**\n\n"
+    bars = [a for a in found if a.word_scores is not None]
+    if bars:
+        out += "### Per word\n\n| word | " + " | ".join(a.explainer for a in bars) + " |\n|---|" + "---|" * len(bars) + "\n"
+        for n, w in enumerate(bars[0].words):
+            out += f"| {w} | " + " | ".join(f"{a.word_scores[n]:+.4f}" for a in bars) + " |\n"
+    for a in found:
+        if a.heat is None:
+            continue
+        grid = a.heat if max(a.heat.shape) <= 8 else cell_heat(a.heat, 8)
+        out += (f"\n### {a.explainer} (row 0 is the top)\n\n| |" + "".join(f" {c} |" for c in range(grid.shape[1]))
+                + "\n|---|" + "---|" * grid.shape[1] + "\n")
+        out += "".join(f"| **{r}** |" + "".join(f" {v:+.3f} |" for v in grid[r]) + "\n" for r in range(grid.shape[0]))
+    return out
 
 
 @flow(name="explain", log_prints=True, **FLOW_HOOKS)
 def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
-    """Occlusion heat map over the image and leave-one-word-out contributions for the text, logged to
-    MLflow (``explanation.png``, ``word_contributions.csv``) and shown as Prefect artifacts."""
+    """Each explainer's heat map over the image and/or per-word values for the text, side by side in
+    one figure (``explanation.png``), with ``heat_<explainer>.csv`` and ``words_<explainer>.csv``
+    (and ``occlusion_heat.csv``, ``word_contributions.csv`` from the default pair of explainers)
+    logged to MLflow and shown as Prefect artifacts."""
     import matplotlib.pyplot as plt
 
+    for p in params.explainers:  # an unknown name fails now, naming the known ones
+        spec("explainer", p.name)
+    explainers = [(p.name, build_explainer(p, params.grid)) for p in params.explainers]
     data, _ = load_data(params.dataset)
     train = data.split("train") if "train" in data.splits else None
     if params.image:
@@ -49,26 +74,38 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
     else:
         image_path = str(data.split(params.split).image_path(0))
     text = params.text or (data.split(params.split).captions_of(0)[0] if not params.image else None)
-    if not text:
+    if not text or not text.split():
         raise ValueError("explain: give the text to explain with the image")
-    image = open_image(Path(image_path))
-    scorer = build_scorer(params.matcher, train)
+    image = open_image(Path(image_path)).convert("RGB")
+    scorer = PairScorer(build_scorer(params.matcher, train))
     # Logged with the image and text resolved: each parameter key is logged once, with the value used.
     logged = params.model_copy(update={"image": image_path, "text": text}).model_dump()
     with tracked_run(params.experiment, params.run_name or f"explain {params.matcher.display_name()}", logged) as run:
-        explanation = explain_task(scorer, image, text, params.grid)
-        mlflow.log_metric("score", explanation.score)
-        fig = explanation_figure(image, text, explanation)
+        found = [explain_task(explainer, name, scorer, image, text) for name, explainer in explainers]
+        mlflow.log_metric("score", found[0].score)
+        mlflow.log_metrics({f"seconds_{a.explainer}": a.seconds for a in found})
+        fig = attributions_figure(image, text, found)
         mlflow.log_figure(fig, "explanation.png")
         plt.close(fig)
-        log_table(pd.DataFrame({"word": explanation.words, "contribution": explanation.word_contributions}), "word_contributions.csv")
-        log_table(pd.DataFrame(explanation.heat), "occlusion_heat.csv")
-        create_markdown_artifact(key="explanation", markdown=f"# {text}\n\n" + heat_markdown(explanation),
+        for a in found:
+            if a.heat is not None:
+                log_table(pd.DataFrame(a.heat), "occlusion_heat.csv" if a.explainer == "occlusion" else f"heat_{a.explainer}.csv")
+            if a.word_scores is not None:
+                name = "word_contributions.csv" if a.explainer == "word-deletion" else f"words_{a.explainer}.csv"
+                log_table(pd.DataFrame({"word": a.words, "contribution": a.word_scores}), name)
+        create_markdown_artifact(key="explanation", markdown=f"# {text}\n\n" + heat_markdown(found),
                                  description=f"{params.matcher.display_name()} on {image_path}")
         uri = mlflow.get_tracking_uri()
         if uri.startswith(("http://", "https://")):  # the tracking server serves the figure to the Prefect UI
             create_image_artifact(image_url=f"{uri.rstrip('/')}/get-artifact?path=explanation.png&run_uuid={run.info.run_id}",
-                                  key="explanation-heat-map", description="occlusion heat map and per-word contributions")
-        print(f"score {explanation.score:.4f}; words that matter most: {explanation.top_words()}")
-    return {"run_id": run.info.run_id, "score": explanation.score, "image": image_path, "text": text,
-            "words": dict(zip(explanation.words, explanation.word_contributions)), "heat": explanation.heat.tolist()}
+                                  key="explanation-heat-map", description="each explainer's heat map and per-word values")
+        words = next((a for a in found if a.word_scores is not None), None)
+        heat = next((a for a in found if a.heat is not None), None)
+        print(f"score {found[0].score:.4f}" + (f"; words that matter most ({words.explainer}): {words.top_words()}" if words else ""))
+    return {
+        "run_id": run.info.run_id, "score": found[0].score, "image": image_path, "text": text,
+        "words": dict(zip(words.words, words.word_scores)) if words else {},
+        "heat": np.asarray(heat.heat).tolist() if heat else [],
+        "explainers": {a.explainer: {"heat": None if a.heat is None else np.asarray(a.heat).tolist(), "word_scores": a.word_scores,
+                                     "seconds": a.seconds} for a in found},
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 RECALL_KEYS = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 
@@ -207,17 +207,49 @@ class GenerateParams(Params):
     run_name: str | None = None
 
 
+def _explainer_list(value: Any) -> Any:
+    """``"lime"`` is short for ``{"name": "lime"}``."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
 class ExplainParams(Params):
-    """Explain a matcher's score for one image-text pair: an occlusion heat map and per-word contributions."""
+    """Explain a matcher's score for one image-text pair with one or more explainers (occlusion heat
+    map and per-word contributions by default; lime, shap, integrated-gradients, grad-cam or a plugin's)."""
 
     matcher: MatcherRef = Field(default_factory=lambda: MatcherRef(model_uri="models:/itm-matcher@champion"), description="The matcher to explain")
     image: str | None = Field(None, description="An image file (default: the first image of the dataset split)")
     text: str | None = Field(None, description="The text (default: the first caption of that image)")
     dataset: DatasetParams = Field(default_factory=DatasetParams, description="Where the default pair comes from, and the training captions for encoders that need fitting")
     split: str = Field("test")
-    grid: int = Field(8, ge=1, le=32, description="The image is occluded cell by cell on a grid x grid raster")
+    grid: int = Field(8, ge=1, le=32, description="The image is occluded cell by cell on a grid x grid raster (occlusion without its own grid option)")
+    explainers: list[ComponentParams] = Field(
+        default_factory=lambda: [ComponentParams(name="occlusion"), ComponentParams(name="word-deletion")],
+        description="Explainer plugins, by name or {name, options}: occlusion, word-deletion, lime, shap, integrated-gradients, grad-cam")
     experiment: str = Field("itm-explain", description="MLflow experiment")
     run_name: str | None = None
+
+    _names = field_validator("explainers", mode="before")(_explainer_list)
+
+
+class ExplainBenchmarkParams(Params):
+    """Score each explainer's faithfulness on test pairs: deletion and insertion curves over image
+    cells and words, pointing at the named object where the data says where it is, time per explanation."""
+
+    matcher: MatcherRef = Field(default_factory=lambda: MatcherRef(model_uri="models:/itm-matcher@champion"), description="The matcher to explain")
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    split: str = Field("test")
+    explainers: list[ComponentParams] = Field(default_factory=list, description="Explainers to compare, by name or {name, options} (empty: every registered one)")
+    pairs: int = Field(20, ge=1, le=10_000, description="Test pairs to explain: each image with its first caption, from the start of the split")
+    single_object: bool = Field(False, description="Only images with a single object (where the data says where objects are): every pair counts for pointing")
+    grid: int = Field(8, ge=2, le=32, description="Cells per side for the deletion and insertion curves")
+    steps: int = Field(8, ge=2, le=64, description="Points on each curve")
+    seed: int = Field(0, description="Seed of the random reference order")
+    experiment: str = Field("itm-explain-benchmark", description="MLflow experiment")
+    run_name: str | None = None
+
+    _names = field_validator("explainers", mode="before")(_explainer_list)
 
 
 class IndexSettingsParams(Params):

@@ -111,7 +111,11 @@ class KernelShap(Explainer):
         self.nsamples, self.segments, self.seed = nsamples, segments, seed
 
     def _shapley(self, f: Any, n: int) -> np.ndarray:
-        import shap
+        import warnings
+
+        with warnings.catch_warnings():  # shap's colour maps warn about matplotlib deprecations on import
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            import shap
 
         np.random.seed(self.seed)  # Kernel SHAP draws its coalitions from numpy's global generator
         explainer = shap.KernelExplainer(f, np.zeros((1, n)))

@@ -3,8 +3,10 @@
 Each image shows one shape (with a size and a position) or two shapes side by side. Five captions
 per image paraphrase the same facts. Each image also keeps hard-negative captions that swap colours,
 shapes or left and right (with the canonical true caption they are written against), for
-compositional probes, and questions with answers about colour, shape, count, size and position. Everything is deterministic in ``seed`` and is
-written once as PNG files plus a JSONL manifest, then read through the same loader as user data.
+compositional probes, and questions with answers about colour, shape, count, size and position.
+``objects`` says where each object is (centre and radius as fractions of the side). Everything is
+deterministic in ``seed`` and is written once as PNG files plus a JSONL manifest, then read through
+the same loader as user data.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ PROBE_TRUE_COLUMN = "probe_true"  # the canonical caption the hard negatives are
 QA_COLUMN = "qa"  # a list of {"question", "answer", "type"} per image
 QUESTION_TYPES = ("colour", "shape", "count", "size", "position")
 COUNT_WORDS = {1: "one", 2: "two"}
-FORMAT = 2  # bump when the files written for the same options change
+FORMAT = 3  # bump when the files written for the same options change
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, size: int, rng: random.Random) -> "Any":
-    """Draw ``scene`` on a grey background with a little jitter in place, shade and noise."""
+def render(scene: Scene, size: int, rng: random.Random, placed: list[dict[str, Any]] | None = None) -> "Any":
+    """Draw ``scene`` on a grey background with a little jitter in place, shade and noise; where each
+    object landed (centre and radius as fractions of the side) is appended to ``placed`` when given."""
     from PIL import Image, ImageDraw
 
     shade = rng.randint(110, 150)
@@ -222,6 +225,8 @@ def render(scene: Scene, size: int, rng: random.Random) -> "Any":
         cx = fx * size + rng.uniform(-0.04, 0.04) * size
         cy = fy * size + rng.uniform(-0.04, 0.04) * size
         fill = COLORS[o.color]
+        if placed is not None:
+            placed.append({**asdict(o), "cx": round(cx / size, 4), "cy": round(cy / size, 4), "r": round(r / size, 4)})
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
@@ -255,7 +260,8 @@ def build(
             for i in range(n):
                 scene = random_scene(rng, two_object_fraction)
                 rel = f"{split}/{i:05d}.png"
-                render(scene, image_size, rng).save(folder / rel)
+                placed: list[dict[str, Any]] = []
+                render(scene, image_size, rng, placed).save(folder / rel)
                 rows.append(
                     {
                         "image": rel,
@@ -264,7 +270,7 @@ def build(
                         **hard_negatives(scene, rng),
                         PROBE_TRUE_COLUMN: canonical(scene),
                         QA_COLUMN: questions(scene, rng),
-                        "objects": [asdict(o) for o in scene.objects],
+                        "objects": placed,
                         "position": scene.position or "left-right",
                     }
                 )

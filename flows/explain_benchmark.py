@@ -1,0 +1,126 @@
+"""The ``explain-benchmark`` flow: which explainer to trust, measured on test pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.explain import build_explainer
+from flows.tasks import load_data
+from itm_core.config import ComponentParams, ExplainBenchmarkParams
+from itm_core.contract.registry import names, spec
+from itm_core.data import open_image
+from itm_core.judge.evaluation import build_scorer
+from itm_core.judge.explain import PairScorer, attributions_figure, explain_with
+from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+
+COLUMNS = ["explainer", "deletion_auc", "insertion_auc", "insertion_minus_deletion", "word_deletion_auc", "word_insertion_auc",
+           "pointing_accuracy", "pointing_pairs", "seconds_per_explanation", "pairs", "note"]
+
+
+def choose_pairs(data: Any, n: int, single_object: bool) -> list[tuple[int, str, dict[str, float] | None]]:
+    """``(image index, its first caption, the named object's region or None)`` for up to ``n`` images from the start."""
+    objects = data.image_extras.get("objects")
+    out = []
+    for i in range(len(data)):
+        region = named_object(objects[i]) if objects is not None else None
+        if single_object and region is None:
+            continue
+        captions = data.captions_of(i)
+        if captions:
+            out.append((i, captions[0], region))
+        if len(out) == n:
+            break
+    return out
+
+
+def summarise(name: str, results: list[Faithfulness], seconds: list[float]) -> dict[str, Any]:
+    def mean(key: str) -> float | None:
+        values = [getattr(r, key) for r in results if getattr(r, key) is not None]
+        return float(np.mean(values)) if values else None
+
+    pointed = [r.pointing for r in results if r.pointing is not None]
+    row = {"explainer": name, "deletion_auc": mean("deletion"), "insertion_auc": mean("insertion"), "word_deletion_auc": mean("word_deletion"),
+           "word_insertion_auc": mean("word_insertion"), "pointing_accuracy": float(np.mean(pointed)) if pointed else None,
+           "pointing_pairs": len(pointed), "seconds_per_explanation": float(np.mean(seconds)) if seconds else None, "pairs": len(results)}
+    if row["deletion_auc"] is not None:
+        row["insertion_minus_deletion"] = row["insertion_auc"] - row["deletion_auc"]
+    return row
+
+
+@task(name="explain-and-judge", cache_policy=NO_CACHE)
+def run_explainer(p: ComponentParams, scorer: PairScorer, pairs: list[tuple[Any, str, Any]], params: ExplainBenchmarkParams) -> tuple[dict[str, Any], list[Any]]:
+    """One explainer over every pair, in a nested MLflow run: its faithfulness and its attributions."""
+    explainer = build_explainer(p)
+    with tracked_run(params.experiment, p.name, {"explainer": p.name, **p.options}, nested=True):
+        results, seconds, found = [], [], []
+        for image, text, region in pairs:
+            a = explain_with(explainer, p.name, scorer, image, text)
+            found.append(a)
+            seconds.append(a.seconds)
+            results.append(judge(scorer, image, text, a, params.grid, params.steps, region))
+        row = summarise(p.name, results, seconds)
+        mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "pairs"})
+    return row, found
+
+
+@flow(name="explain-benchmark", log_prints=True, **FLOW_HOOKS)
+def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams()) -> list[dict[str, Any]]:
+    """Every explainer (or ``explainers``) on the same test pairs and matcher: deletion and insertion
+    areas over image cells and words, pointing at the named object, seconds per explanation; a
+    random order is the reference row. Logged as ``explainer_leaderboard.csv``, one nested run per
+    explainer, a figure of every explainer on the first pair, and a Prefect table."""
+    import matplotlib.pyplot as plt
+
+    chosen = params.explainers or [ComponentParams(name=n) for n in names("explainer")]
+    for p in chosen:
+        spec("explainer", p.name)
+    data, _ = load_data(params.dataset)
+    split = data.split(params.split)
+    train = data.split("train") if "train" in data.splits else None
+    picked = choose_pairs(split, params.pairs, params.single_object)
+    if not picked:
+        raise ValueError(f"explain-benchmark: the {params.split} split has no "
+                         + ("single-object images with object positions (the data needs an 'objects' column with cx, cy, r)" if params.single_object else "captioned images"))
+    pairs = [(open_image(split.image_path(i)).convert("RGB"), text, region) for i, text, region in picked]
+    scorer = PairScorer(build_scorer(params.matcher, train))
+    with tracked_run(params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()):
+        rows, first = [], []
+        for p in chosen:
+            if spec("explainer", p.name).metadata.get("needs") == "encode_differentiable" and not scorer.differentiable():
+                enc = type(scorer.image_encoder()).__name__
+                rows.append({"explainer": p.name, "pairs": 0, "note": f"needs gradients through the image encoder; {enc} has no encode_differentiable"})
+                print(f"{p.name}: skipped: {rows[-1]['note']}")
+                continue
+            try:
+                row, found = run_explainer(p, scorer, pairs, params)
+                first.append(found[0])
+            except ValueError as exc:  # an explainer this matcher cannot serve (no gradients through its encoder)
+                row = {"explainer": p.name, "note": str(exc), "pairs": 0}
+                print(f"{p.name}: skipped: {exc}")
+            rows.append(row)
+        reference = [random_reference(scorer, image, text, params.seed + n, params.grid, params.steps, region) for n, (image, text, region) in enumerate(pairs)]
+        rows.append({**summarise("random (reference)", reference, []), "note": "cells and words in a random order"})
+        board = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        log_table(board, "explainer_leaderboard.csv")
+        mlflow.log_metrics({f"{r['explainer'].split(' ')[0]}_{k}": v for r in rows for k, v in r.items()
+                            if k in ("insertion_minus_deletion", "pointing_accuracy") and v is not None})
+        if first:
+            fig = attributions_figure(pairs[0][0], pairs[0][1], first)
+            mlflow.log_figure(fig, "explainers_first_pair.png")
+            plt.close(fig)
+        create_table_artifact(
+            key="explainer-leaderboard", table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
+            description=f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher is better.",
+        )
+        for r in rows:
+            shown = ", ".join(f"{k} {r[k]:.3f}" for k in ("deletion_auc", "insertion_auc", "word_deletion_auc", "pointing_accuracy") if r.get(k) is not None)
+            print(f"{r['explainer']}: {shown or r.get('note', '')}")
+    return board.astype(object).where(board.notna(), None).to_dict("records")
