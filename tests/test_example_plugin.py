@@ -42,8 +42,8 @@ def test_listed_by_itm_plugins(installed_example):
     result = CliRunner().invoke(app, ["plugins", "--json"])
     example = {p["name"]: p for p in json.loads(result.stdout)}["example"]
     assert example["version"] == "0.1.0" and example["builtin"] is False and "error" not in example
-    assert {c["kind"] for c in example["components"]} == {"encoder", "similarity", "fusion", "generator", "metric", "dataset"}
-    assert set(example["hooks"]) == {f"register_{k}" for k in ("encoders", "similarities", "fusions", "generators", "metrics", "datasets")}
+    assert {c["kind"] for c in example["components"]} == {"encoder", "similarity", "fusion", "generator", "metric", "dataset", "explainer"}
+    assert set(example["hooks"]) == {f"register_{k}" for k in ("encoders", "similarities", "fusions", "generators", "metrics", "datasets", "explainers")}
 
 
 def test_its_own_tests_pass(installed_example, tmp_path):

@@ -6,6 +6,7 @@
 - generator ``colour-namer``: captions an image with its dominant colour
 - metric ``exact-match``: share of generated captions equal to one of the references
 - dataset ``colour-swatches``: noisy swatches of one colour each, written to a folder
+- explainer ``quadrants``: how much the score drops when each quarter of the image is hidden
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from itm_core import hookimpl
-from itm_core.components import Dataset, Encoder, Fusion, Generator, Metric, Similarity
+from itm_core.components import Dataset, Encoder, Explainer, Fusion, Generator, Metric, Similarity
 from itm_core.data import ImageTextSet, load_manifest
 
 COLOURS = {
@@ -138,6 +139,28 @@ class ColourSwatches(Dataset):
         return load_manifest(manifest, name="colour-swatches")
 
 
+class Quadrants(Explainer):
+    """A 2 x 2 heat map: the score drop when each quarter of the image is painted black."""
+
+    modalities = ("image",)
+
+    def explain(self, scorer: Any, image: Any, text: str) -> Any:
+        import numpy as np
+
+        from itm_core.judge.explain import Attribution
+
+        image = image.convert("RGB")
+        w, h = image.size
+        hidden = []
+        for row in range(2):
+            for col in range(2):
+                copy = image.copy()
+                copy.paste((0, 0, 0), (col * w // 2, row * h // 2, (col + 1) * w // 2, (row + 1) * h // 2))
+                hidden.append(copy)
+        scores = scorer.score_images([image, *hidden], text)  # any matcher's scores, through the scorer
+        return Attribution("quadrants", float(scores[0]), heat=(scores[0] - scores[1:]).reshape(2, 2).astype(np.float32), words=text.split())
+
+
 @hookimpl
 def register_encoders(register):
     register("colour-names", ColourNames, modality="image|text", dim=len(NAMES), description="Images and texts as shares of 8 colour names")
@@ -166,3 +189,8 @@ def register_metrics(register):
 @hookimpl
 def register_datasets(register):
     register("colour-swatches", ColourSwatches, splits=["train", "val", "test"], description="Noisy one-colour swatches with captions")
+
+
+@hookimpl
+def register_explainers(register):
+    register("quadrants", Quadrants, modalities=["image"], description="Score drop when each quarter of the image is hidden")

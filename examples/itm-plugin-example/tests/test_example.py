@@ -14,6 +14,7 @@ COMPONENTS = [
     ("generator", "colour-namer", {}),
     ("metric", "exact-match", {}),
     ("dataset", "colour-swatches", {"per_colour": 5}),
+    ("explainer", "quadrants", {}),
 ]
 
 
