@@ -87,3 +87,12 @@ def test_dataset_is_deterministic_and_carries_the_probe_and_questions(tmp_path):
     assert np.array_equal(np.asarray(Image.open(a.image_paths()[0])), np.asarray(Image.open(b.image_paths()[0])))
     with pytest.raises(ValueError, match="max_objects must be between 1 and 4"):
         create("dataset", "scenes", max_objects=6)
+
+
+def test_demo_names_the_datasets_it_runs_on():
+    from typer.testing import CliRunner
+
+    from itm_core.cli import app
+
+    out = CliRunner().invoke(app, ["demo", "--dataset", "coco"])
+    assert out.exit_code == 2 and "--dataset must be shapes or scenes, got 'coco'" in out.output

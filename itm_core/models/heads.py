@@ -128,7 +128,6 @@ class HeadConfig:
     in_batch_negatives: bool = True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
     select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
     rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
-    rank_negatives: int = 7  # ITM: also a listwise loss ranking each positive above this many mined negatives (0: off)
 
 
 @dataclass
@@ -323,18 +322,7 @@ def train_itm(
             logits = head.score(train, torch.tensor(images), torch.tensor(texts))
             # weight the matches as much as the non-matches
             balance = (target == 0).sum() / (target == 1).sum()
-            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
-            m = min(config.rank_negatives, neg_captions.shape[1], neg_images.shape[1])
-            if m > 0:  # the reranking task itself: the positive first among mined negatives, both ways
-                picks = [rng.sample(range(neg_captions.shape[1]), m) for _ in batch]
-                cap = torch.tensor([[c, *(int(neg_captions[i, j]) for j in js)] for i, c, js in zip(batch, pos, picks)])
-                picks = [rng.sample(range(neg_images.shape[1]), m) for _ in batch]
-                img = torch.tensor([[i, *(int(neg_images[c, j]) for j in js)] for i, c, js in zip(batch, pos, picks)])
-                i2t = head.score(train, torch.tensor(batch).repeat_interleave(m + 1), cap.flatten()).view(-1, m + 1)
-                t2i = head.score(train, img.flatten(), torch.tensor(pos).repeat_interleave(m + 1)).view(-1, m + 1)
-                zero = torch.zeros(len(batch), dtype=torch.long)
-                loss = loss + (F.cross_entropy(i2t, zero) + F.cross_entropy(t2i, zero)) / 2
-            yield loss
+            yield F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
 
     parts = [p for p in config.select.split("+") if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)] or ["auc"]
 
