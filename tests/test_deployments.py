@@ -17,7 +17,7 @@ def test_each_flow_has_a_default_deployment_that_loads():
     for d in doc["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         found[flow.name] = d["name"]
-    assert found == {name: "default" for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain", "index", "search")}
+    assert found == {name: "default" for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain", "explain-benchmark", "index", "search")}
     from flows import FLOWS
 
     assert set(found) == set(FLOWS)
@@ -40,7 +40,7 @@ def test_forms_offer_registered_components_by_kind():
     from itm_core.ops.stack import build_deployments
 
     schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
-    assert len(schemas) == 7
+    assert len(schemas) == 8
     defs = {}
     for schema in schemas:
         defs.update(schema["definitions"])
@@ -55,6 +55,7 @@ def test_forms_offer_registered_components_by_kind():
     assert "minilm" in choices("RetrainParams", "text_encoder") and "clip" in choices("RetrainParams", "text_encoder")
     assert {"bleu", "r_precision", "fd"} <= set(choices("GenerateParams", "metrics"))
     assert "trained-captioner" in choices("GenerateParams", "generator")
-    assert {"shapes", "manifest"} <= set(choices("RetrainParams", "dataset"))
+    assert {"shapes", "scenes", "manifest"} <= set(choices("RetrainParams", "dataset"))
+    assert {"occlusion", "lime", "shap", "grad-cam"} <= set(choices("ExplainParams", "explainers")) == set(choices("ExplainBenchmarkParams", "explainers"))
     assert {"mean", "bilinear"} <= set(choices("FusionBenchmarkParams", "fusions"))
     assert "cosine" in choices("MatcherRef", "similarity")

@@ -17,6 +17,7 @@ COMPONENT_FIELDS: dict[str, tuple[str, str | None]] = {
     "text_encoder": ("encoder", "text"),
     "metrics": ("metric", None),
     "dataset": ("dataset", None),
+    "explainers": ("explainer", None),
 }
 NAME_FIELDS: dict[str, str] = {"generator": "generator", "similarity": "similarity", "fusions": "fusion"}
 
