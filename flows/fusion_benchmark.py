@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset
-from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
+from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, attention_examples, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import build_encoders
@@ -67,12 +67,44 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
         def on_epoch(head: str, epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics({f"{head}_{k}": v for k, v in metrics.items()}, step=epoch)
 
+        def on_itm(head: Any) -> None:  # fusions that attend to image patches show where each caption looks
+            import matplotlib.pyplot as plt
+
+            examples = attention_examples(head, data.features["test"])
+            if examples:
+                fig = attention_figure(examples)
+                mlflow.log_figure(fig, "attention_maps.png")
+                plt.close(fig)
+
         vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(data.features["train"].data) else None
         itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select)
-        metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch)
+        metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch, on_itm)
         mlflow.log_metrics(metrics)
     print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "itm_only_i2t_r1", "reranked_i2t_r1", "itm_only_t2i_r1", "reranked_t2i_r1", "vqa_accuracy") if k in metrics))
     return metrics
+
+
+def attention_figure(examples: list[tuple[str, str, Any]]) -> Any:
+    """Each test image with the ITM head's text-to-patch attention over it and the caption as title."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 3.6), squeeze=False)
+    for ax, (path, caption, heat) in zip(axes[0], examples):
+        image = Image.open(path).convert("RGB")
+        big = Image.fromarray(heat.float().numpy()).resize(image.size, Image.BILINEAR)
+        ax.imshow(image)
+        ax.imshow(big, cmap="magma", alpha=0.55)
+        ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=7)
+        ax.axis("off")
+    fig.suptitle("cross-attention: where the caption looks (last layer, mean over heads and words)", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def bar_chart(board: pd.DataFrame) -> Any:

@@ -106,8 +106,10 @@ class CrossAttentionLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, image_pad: torch.Tensor | None) -> torch.Tensor:
-        attended, _ = self.attn(text, image, image, key_padding_mask=image_pad, need_weights=False)
+    def forward(self, text: torch.Tensor, image: torch.Tensor, image_pad: torch.Tensor | None, keep: list | None = None) -> torch.Tensor:
+        attended, weights = self.attn(text, image, image, key_padding_mask=image_pad, need_weights=keep is not None)
+        if keep is not None:
+            keep.append(weights.detach())  # (N, text tokens, image patches), averaged over heads
         text = self.norm1(text + attended)
         return self.norm2(text + self.ff(text))
 
@@ -131,6 +133,21 @@ class CrossAttentionFusion(nn.Module, Fusion):
         nn.init.normal_(self.image_pos, std=0.02)
         nn.init.normal_(self.text_pos, std=0.02)
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, dropout) for _ in range(layers))
+        self.attention: list[torch.Tensor] | None = None  # a list to fill: each layer's attention on the next call
+
+    def attention_maps(self, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor | None = None,
+                       text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """How much the text attends to each image patch: the last layer's attention (averaged over
+        heads) averaged over the text's real tokens, ``(N, patches)``; each row sums to 1."""
+        self.attention = []
+        try:
+            with torch.no_grad():
+                self.fuse(image, text, image_mask, text_mask)
+            weights = self.attention[-1]
+        finally:
+            self.attention = None
+        keep = torch.ones(weights.shape[:2]) if text_mask is None else text_mask.to(weights.dtype)
+        return (weights * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
 
     def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         if image.ndim != 3 or text.ndim != 3:
@@ -141,7 +158,7 @@ class CrossAttentionFusion(nn.Module, Fusion):
         txt = self.text_proj(text) + self.text_pos[: text.shape[1]]
         image_pad = None if image_mask is None else ~image_mask.bool()
         for layer in self.layers:
-            txt = layer(txt, img, image_pad)
+            txt = layer(txt, img, image_pad, self.attention)
         if text_mask is None:
             return txt.mean(1)
         keep = text_mask.unsqueeze(-1).to(txt.dtype)

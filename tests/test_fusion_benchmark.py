@@ -52,6 +52,9 @@ def test_benchmark_on_shapes(prefect_server, mlflow_store, tiny_shapes_options):
             "itm_auc"} <= set(child.data.metrics)
     for key in ("itm_val_itm_auc", "itm_val_rerank_r1", "itm_val_select"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2]
+    attention = next(c for c in children if c.info.run_name == "cross-attention")
+    assert "attention_maps.png" in {a.path for a in client.list_artifacts(attention.info.run_id)}
+    assert "attention_maps.png" not in {a.path for a in client.list_artifacts(child.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"fusion_leaderboard.csv", "fusion_leaderboard.png"} <= artifacts
     table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="fusion_leaderboard.csv"))

@@ -117,3 +117,18 @@ def test_vqa_head_learns_and_reports_per_type():
     train_vqa(head, data, data, HeadConfig(epochs=30, batch_size=32, lr=3e-3, patience=30, input_dropout=0.0))
     out = evaluate_vqa(head, data)
     assert set(out) == {"vqa_accuracy", "vqa_accuracy_sign0", "vqa_accuracy_sign1"} and out["vqa_accuracy"] > 0.9
+
+
+def test_cross_attention_maps_through_the_head_follow_the_patches():
+    """The head's attention maps: one distribution over patches per pair; padding text tokens do not count."""
+    torch.manual_seed(0)
+    head = ITMHead(create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2, dropout=0.0))
+    image = ModalityFeatures(torch.randn(3, 6), torch.randn(3, 4, 6), torch.ones(3, 4, dtype=torch.bool))
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    text = ModalityFeatures(torch.randn(2, 5), torch.randn(2, 3, 5), mask)
+    head.fit_statistics(image, text)
+    maps = head.attention_maps(image, [0, 2], text, [0, 1])
+    assert maps.shape == (2, 4) and torch.allclose(maps.sum(1), torch.ones(2))
+    padded = ModalityFeatures(text.pooled, torch.cat([text.tokens[:, :2], 100 * torch.randn(2, 1, 5)], 1), mask)
+    assert torch.allclose(head.attention_maps(image, [0], padded, [0]), maps[:1], atol=1e-5)
+    assert ITMHead(create("fusion", "mean", image_dim=6, text_dim=5, dim=8)).attention_maps(image, [0], text, [0]) is None

@@ -154,6 +154,7 @@ def benchmark_fusion(
     vqa_config: HeadConfig | None,
     rerank_k: int,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
+    on_itm: Callable[[ITMHead], None] | None = None,
 ) -> dict[str, float]:
     """Train and judge one fusion method: its ITM head (accuracy, AUC, probe, reranked retrieval)
     and, when the data has questions and ``vqa_config`` is given, its VQA head.
@@ -174,6 +175,8 @@ def benchmark_fusion(
     itm = ITMHead(fusion(), input_dropout=config.input_dropout)
     config = dataclasses.replace(config, rerank_k=rerank_k)
     result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe, data.val_base)
+    if on_itm is not None:
+        on_itm(itm)
     metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch)}
     metrics.update(evaluate_itm(itm, data.test))
     choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
@@ -197,3 +200,20 @@ def uses_tokens(names: list[str]) -> bool:
     from itm_core.contract.registry import spec
 
     return any(spec("fusion", n).metadata.get("inputs", "pooled") == "tokens" for n in names)
+
+
+def attention_examples(itm: ITMHead, f: SplitFeatures, n: int = 4) -> list[tuple[str, str, torch.Tensor]] | None:
+    """``(image path, caption, (side, side) attention map)`` for the first ``n`` images of a split with
+    their first caption, from an ITM head whose fusion attends to patches; None for other fusions."""
+    data = f.data
+    rows = [i for i in range(min(n, len(data))) if data.captions_of(i)]
+    first = {}
+    for c, owner in enumerate(data.caption_image):
+        first.setdefault(int(owner), c)
+    maps = itm.attention_maps(f.image, rows, f.text, [first[i] for i in rows])
+    if maps is None:
+        return None
+    side = int(round(maps.shape[1] ** 0.5))
+    if side * side != maps.shape[1]:
+        return None
+    return [(str(data.image_path(i)), data.captions[first[i]], maps[k].view(side, side)) for k, i in enumerate(rows)]

@@ -74,6 +74,17 @@ class FusionHead(nn.Module):
         return self.classifier(self._fuse(img, txt, **masks))
 
     @torch.no_grad()
+    def attention_maps(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int]) -> torch.Tensor | None:
+        """For fusions that attend from text to image patches (``attention_maps``, as ``cross-attention``
+        has): how much each pair's text attends to each patch, ``(N, patches)``; None for other fusions."""
+        if not hasattr(self.fusion, "attention_maps"):
+            return None
+        self.eval()
+        img, img_mask = image.rows(torch.as_tensor(image_rows, dtype=torch.long), self.tokens)
+        txt, txt_mask = text.rows(torch.as_tensor(text_rows, dtype=torch.long), self.tokens)
+        return self.fusion.attention_maps(self.image_norm(img), self.text_norm(txt), img_mask, txt_mask)
+
+    @torch.no_grad()
     def predict(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int], batch: int = 1024) -> torch.Tensor:
         """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
