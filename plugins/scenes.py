@@ -4,9 +4,9 @@ Each image holds one to four objects (shape, colour, size) in the cells of a 3 x
 overlapping, on a textured, noisy background, with colour and lighting jitter. Captions mention every
 object and the relation of each object to the next (left of, right of, above, below, bigger than,
 smaller than), in five paraphrases. Images come in families that share their words: a scene, the
-same scene with two objects' colours swapped, mirrored, or with two shapes swapped. A bag of words
-cannot tell a family's captions apart and a colour histogram cannot tell its images apart, so only a
-model that binds attributes to objects and reads relations can match them.
+same scene with two objects' colours swapped, mirrored, or with two shapes swapped. A bag of single
+words cannot tell a family's captions apart and a global colour histogram cannot tell its images
+apart, so a model must bind attributes to objects and read relations to match them.
 
 Like ``shapes``, each image keeps hard-negative captions against its canonical caption (an attribute
 binding swap of colours, of shapes, and a relation swap), questions with answers, and where each
