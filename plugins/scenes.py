@@ -28,7 +28,7 @@ from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from plugins.shapes import (
-    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon,
+    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, paraphrases,
 )
 
 FORMAT = 1  # bump when the files written for the same options change
@@ -124,16 +124,7 @@ def describe(spec: SceneSpec, rng: random.Random | None) -> str:
 
 
 def captions(spec: SceneSpec, n: int, rng: random.Random) -> list[str]:
-    out: list[str] = []
-    for _ in range(n * 20):
-        c = describe(spec, rng)
-        if c not in out:
-            out.append(c)
-        if len(out) == n:
-            break
-    while len(out) < n:
-        out.append(describe(spec, rng))
-    return out
+    return paraphrases(lambda r: describe(spec, r), n, rng)
 
 
 def _with_objects(spec: SceneSpec, objects: list[Obj]) -> SceneSpec:

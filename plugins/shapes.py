@@ -18,7 +18,7 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from itm_core import hookimpl
 from itm_core.components import Dataset
@@ -101,18 +101,23 @@ def describe(scene: Scene, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def captions(scene: Scene, n: int, rng: random.Random) -> list[str]:
-    """``n`` distinct paraphrases where the templates allow, else repeats."""
+def paraphrases(say: Callable[[random.Random], str], n: int, rng: random.Random) -> list[str]:
+    """``n`` distinct outputs of ``say`` where its templates allow, else repeats."""
     out: list[str] = []
     for _ in range(n * 20):
-        c = describe(scene, rng)
+        c = say(rng)
         if c not in out:
             out.append(c)
         if len(out) == n:
             break
     while len(out) < n:
-        out.append(describe(scene, rng))
+        out.append(say(rng))
     return out
+
+
+def captions(scene: Scene, n: int, rng: random.Random) -> list[str]:
+    """``n`` distinct paraphrases of ``scene`` where the templates allow, else repeats."""
+    return paraphrases(lambda r: describe(scene, r), n, rng)
 
 
 def canonical(scene: Scene) -> str:
