@@ -268,23 +268,26 @@ def explain_pair_command(
     text: Optional[str] = typer.Option(None, "--text", "-t", help="Text to explain with it (default: that image's first caption)"),
     matcher: str = typer.Option("models:/itm-matcher@champion", "--matcher", "-m", help="Model URI or saved matcher folder"),
     grid: int = typer.Option(8, help="Occlusion grid (grid x grid cells)"),
+    explainer: Optional[list[str]] = typer.Option(None, "--explainer", "-e", help="An explainer plugin (repeat for several; default: occlusion and word-deletion)"),
 ) -> None:
-    """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions."""
+    """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions, or other explainers."""
     from flows.explain import explain
     from itm_core.config import ExplainParams, MatcherRef
 
     _flows_console()
     try:
-        params = ExplainParams(matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid)
+        chosen = {"explainers": list(explainer)} if explainer else {}
+        params = ExplainParams(matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid, **chosen)
         result = explain(params)
     except _user_errors() as exc:
         _fail(exc)
-    table = Table("word", "score drop without it")
-    for word, value in result["words"].items():
-        table.add_row(word, f"{value:+.4f}")
+    bars = {name: r["word_scores"] for name, r in result["explainers"].items() if r["word_scores"] is not None}
+    table = Table("word", *(f"{name}" for name in bars))
+    for n, word in enumerate(result["text"].split()):
+        table.add_row(word, *(f"{values[n]:+.4f}" for values in bars.values()))
     console.print(f"score {result['score']:.4f} for {result['text']!r} on {result['image']}")
     console.print(table)
-    console.print(f"heat map: explanation.png in MLflow run {result['run_id']}")
+    console.print(f"heat maps: explanation.png in MLflow run {result['run_id']}")
 
 
 @app.command("search")

@@ -132,6 +132,16 @@ def test_explain_and_explain_benchmark_flows(prefect_server, mlflow_store, tiny_
     artifacts = {a.path for a in MlflowClient().list_artifacts(result["run_id"])}
     assert {"explanation.png", "occlusion_heat.csv", "word_contributions.csv", "heat_lime.csv", "words_lime.csv", "heat_shap.csv", "words_shap.csv"} <= artifacts
 
+    from typer.testing import CliRunner
+
+    from itm_core.cli import app
+
+    out = CliRunner().invoke(app, ["explain", "-e", "word-deletion", "-e", "lime", "-e", "occlusion", "--grid", "2"])
+    assert out.exit_code == 0, out.output
+    assert "word-deletion" in out.output and "lime" in out.output and "explanation.png" in out.output
+    out = CliRunner().invoke(app, ["explain", "-e", "limee"])
+    assert out.exit_code == 2 and "unknown explainer 'limee'" in out.output and "Did you mean 'lime'" in out.output
+
     chosen = [{"name": "occlusion", "options": {"grid": 4}}, "word-deletion", {"name": "lime", "options": {"num_samples": 40, "segments": 12}},
               {"name": "shap", "options": {"nsamples": 40, "segments": 12}}, "integrated-gradients"]
     board = explain_benchmark(ExplainBenchmarkParams(dataset=dataset, explainers=chosen, pairs=10, single_object=True, grid=4, steps=4))
