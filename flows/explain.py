@@ -29,6 +29,13 @@ def build_explainer(p: ComponentParams, grid: int | None = None) -> Any:
     return create("explainer", p.name, **options)
 
 
+def cannot_serve(name: str, scorer: PairScorer) -> str | None:
+    """Why explainer ``name`` cannot explain this matcher (it needs gradients its image encoder lacks), or None."""
+    if spec("explainer", name).metadata.get("needs") == "encode_differentiable" and not scorer.differentiable():
+        return f"needs gradients through the image encoder; {type(scorer.image_encoder()).__name__} has no encode_differentiable"
+    return None
+
+
 @task(name="explain", cache_policy=NO_CACHE)
 def explain_task(explainer: Any, name: str, scorer: PairScorer, image: Any, text: str) -> Attribution:
     return explain_with(explainer, name, scorer, image, text)
@@ -78,10 +85,18 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         raise ValueError("explain: give the text to explain with the image")
     image = open_image(Path(image_path)).convert("RGB")
     scorer = PairScorer(build_scorer(params.matcher, train))
+    skipped = {name: reason for name, _ in explainers if (reason := cannot_serve(name, scorer))}
+    if len(skipped) == len(explainers):
+        raise ValueError("explain: no chosen explainer can explain this matcher: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+    explainers = [(name, e) for name, e in explainers if name not in skipped]
     # Logged with the image and text resolved: each parameter key is logged once, with the value used.
     logged = params.model_copy(update={"image": image_path, "text": text}).model_dump()
     with tracked_run(params.experiment, params.run_name or f"explain {params.matcher.display_name()}", logged) as run:
         found = [explain_task(explainer, name, scorer, image, text) for name, explainer in explainers]
+        for name, reason in skipped.items():
+            print(f"{name}: skipped: {reason}")
+        if skipped:
+            mlflow.set_tag("explain.skipped", "; ".join(f"{n}: {r}" for n, r in skipped.items()))
         mlflow.log_metric("score", found[0].score)
         mlflow.log_metrics({f"seconds_{a.explainer}": a.seconds for a in found})
         fig = attributions_figure(image, text, found)
@@ -108,4 +123,5 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         "heat": np.asarray(heat.heat).tolist() if heat else [],
         "explainers": {a.explainer: {"heat": None if a.heat is None else np.asarray(a.heat).tolist(), "word_scores": a.word_scores,
                                      "seconds": a.seconds} for a in found},
+        "skipped": skipped,
     }

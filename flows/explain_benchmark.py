@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.explain import build_explainer
+from flows.explain import build_explainer, cannot_serve
 from flows.tasks import load_data
 from itm_core.config import ComponentParams, ExplainBenchmarkParams
 from itm_core.contract.registry import names, spec
@@ -94,10 +94,10 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     with tracked_run(params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()):
         rows, first = [], []
         for p in chosen:
-            if spec("explainer", p.name).metadata.get("needs") == "encode_differentiable" and not scorer.differentiable():
-                enc = type(scorer.image_encoder()).__name__
-                rows.append({"explainer": p.name, "pairs": 0, "note": f"needs gradients through the image encoder; {enc} has no encode_differentiable"})
-                print(f"{p.name}: skipped: {rows[-1]['note']}")
+            reason = cannot_serve(p.name, scorer)
+            if reason:
+                rows.append({"explainer": p.name, "pairs": 0, "note": reason})
+                print(f"{p.name}: skipped: {reason}")
                 continue
             try:
                 row, found = run_explainer(p, scorer, pairs, params)

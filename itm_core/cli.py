@@ -286,6 +286,8 @@ def explain_pair_command(
     for n, word in enumerate(result["text"].split()):
         table.add_row(word, *(f"{values[n]:+.4f}" for values in bars.values()))
     console.print(f"score {result['score']:.4f} for {result['text']!r} on {result['image']}")
+    for name, reason in result["skipped"].items():
+        console.print(f"{name}: skipped: {reason}")
     console.print(table)
     console.print(f"heat maps: explanation.png in MLflow run {result['run_id']}")
 

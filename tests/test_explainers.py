@@ -139,6 +139,10 @@ def test_explain_and_explain_benchmark_flows(prefect_server, mlflow_store, tiny_
     out = CliRunner().invoke(app, ["explain", "-e", "word-deletion", "-e", "lime", "-e", "occlusion", "--grid", "2"])
     assert out.exit_code == 0, out.output
     assert "word-deletion" in out.output and "lime" in out.output and "explanation.png" in out.output
+    out = CliRunner().invoke(app, ["explain", "-e", "grad-cam", "-e", "word-deletion"])  # a colour histogram has no gradients
+    assert out.exit_code == 0 and "grad-cam: skipped: needs gradients" in out.output, out.output
+    out = CliRunner().invoke(app, ["explain", "-e", "grad-cam"])
+    assert out.exit_code == 2 and "no chosen explainer can explain this matcher" in out.output
     out = CliRunner().invoke(app, ["explain", "-e", "limee"])
     assert out.exit_code == 2 and "unknown explainer 'limee'" in out.output and "Did you mean 'lime'" in out.output
 
