@@ -16,9 +16,6 @@ explanation benchmark. Everything is deterministic in ``seed`` and written once.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +25,7 @@ from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from plugins.shapes import (
-    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, paraphrases,
+    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, data_folder, paraphrases, write_manifest,
 )
 
 FORMAT = 1  # bump when the files written for the same options change
@@ -306,10 +303,7 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
                     })
                     written += 1
                     bar.update()
-    tmp = folder / ".manifest.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(manifest)
-    return manifest
+    return write_manifest(folder, rows)
 
 
 class ScenesDataset(Dataset):
@@ -326,9 +320,7 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: family_size must be between 1 (no variants) and 4, got {family_size}")
         self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
                            max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
-        key = hashlib.sha256(json.dumps({**self.params, "format": FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
-        base = Path(root) if root else Path(os.environ.get("ITM_HOME", ".itm")) / "data"
-        self.folder = base / f"scenes-{key}"
+        self.folder = data_folder("scenes", self.params, FORMAT, root)
 
     def load(self) -> ImageTextSet:
         manifest = build(self.folder, **self.params)

@@ -280,10 +280,23 @@ def build(
                     }
                 )
                 bar.update()
+    return write_manifest(folder, rows)
+
+
+def write_manifest(folder: Path, rows: list[dict[str, Any]]) -> Path:
+    """``folder/manifest.jsonl`` written whole or not at all (a temporary file, then a rename)."""
+    manifest = folder / "manifest.jsonl"
     tmp = folder / ".manifest.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(manifest)
     return manifest
+
+
+def data_folder(prefix: str, params: dict[str, Any], fmt: int, root: str | None) -> Path:
+    """Where a procedural dataset with these options is written: ``<root or $ITM_HOME/data>/<prefix>-<hash>``."""
+    key = hashlib.sha256(json.dumps({**params, "format": fmt}, sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(root) if root else Path(os.environ.get("ITM_HOME", ".itm")) / "data"
+    return base / f"{prefix}-{key}"
 
 
 class ShapesDataset(Dataset):
@@ -309,9 +322,7 @@ class ShapesDataset(Dataset):
             n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size,
             captions_per_image=captions_per_image, two_object_fraction=two_object_fraction,
         )
-        key = hashlib.sha256(json.dumps({**self.params, "format": FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
-        base = Path(root) if root else Path(os.environ.get("ITM_HOME", ".itm")) / "data"
-        self.folder = base / f"shapes-{key}"
+        self.folder = data_folder("shapes", self.params, FORMAT, root)
 
     def load(self) -> ImageTextSet:
         manifest = build(self.folder, **self.params)
