@@ -71,6 +71,16 @@ def hide(image: Any, mask: np.ndarray, fill: tuple[int, int, int] | None = None)
     return Image.fromarray(array)
 
 
+def cell_mask(cells: Sequence[int], grid: int, size: tuple[int, int]) -> np.ndarray:
+    """``(h, w)`` bool mask of the listed cells (row-major) of a ``grid x grid`` raster over ``size`` = (w, h)."""
+    w, h = size
+    mask = np.zeros((h, w), dtype=bool)
+    for c in cells:
+        row, col = divmod(int(c), grid)
+        mask[row * h // grid : (row + 1) * h // grid, col * w // grid : (col + 1) * w // grid] = True
+    return mask
+
+
 class PairScorer:
     """What explainers call: the matcher's score of image-text pairs, batched, and (when its image
     encoder allows) a differentiable path from pixels to the score for gradient explainers."""
@@ -175,14 +185,8 @@ def occlusion_heat(scorer: PairScorer, image: Any, text: str, grid: int) -> tupl
     if grid < 1:
         raise ValueError(f"explain: grid must be at least 1, got {grid}")
     image = image.convert("RGB")
-    w, h = image.size
     fill = fill_colour(image)
-    occluded = []
-    for row in range(grid):
-        for col in range(grid):
-            mask = np.zeros((h, w), dtype=bool)
-            mask[row * h // grid : (row + 1) * h // grid, col * w // grid : (col + 1) * w // grid] = True
-            occluded.append(hide(image, mask, fill))
+    occluded = [hide(image, cell_mask([c], grid, image.size), fill) for c in range(grid * grid)]
     scores = scorer.score_images([image, *occluded], text)
     return float(scores[0]), (scores[0] - scores[1:]).reshape(grid, grid)
 

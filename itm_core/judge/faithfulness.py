@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from itm_core.judge.explain import Attribution, PairScorer, fill_colour, hide
+from itm_core.judge.explain import Attribution, PairScorer, cell_mask, fill_colour, hide
 
 POINTING_TOLERANCE = 1 / 16
 
@@ -31,16 +31,6 @@ def cell_heat(heat: np.ndarray, grid: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize((grid, grid), Image.BOX), dtype=np.float64)
-
-
-def cell_mask(cells: Sequence[int], grid: int, size: tuple[int, int]) -> np.ndarray:
-    """``(h, w)`` bool mask of the listed cells (row-major) of a ``grid x grid`` raster over ``size`` = (w, h)."""
-    w, h = size
-    mask = np.zeros((h, w), dtype=bool)
-    for c in cells:
-        row, col = divmod(int(c), grid)
-        mask[row * h // grid : (row + 1) * h // grid, col * w // grid : (col + 1) * w // grid] = True
-    return mask
 
 
 def area(curve: Sequence[float]) -> float:
