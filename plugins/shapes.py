@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -150,6 +151,45 @@ def hard_negatives(scene: Scene, rng: random.Random) -> dict[str, str]:
         "neg_shape": canonical(Scene((other_shape,), scene.position)),
         "neg_position": canonical(Scene((o,), position)),
     }
+
+
+_SIZE_WORD = {w: size for size, words in SIZE_WORDS.items() for w in words}
+_SIZE_RE = "|".join(sorted(map(re.escape, _SIZE_WORD), key=len, reverse=True))
+_COLOR_RE = "|".join(COLORS)
+_SHAPE_RE = "|".join(SHAPES)
+# The three ways the templates name an object, tried in this order at each place in the text.
+_MENTIONS = (
+    re.compile(rf"\b(?P<color>{_COLOR_RE}) (?P<shape>{_SHAPE_RE}) of (?P<size>{_SIZE_RE}) size\b"),
+    re.compile(rf"\b(?P<size>{_SIZE_RE}) (?P<shape>{_SHAPE_RE}) colored (?P<color>{_COLOR_RE})\b"),
+    re.compile(rf"\b(?:(?P<size>{_SIZE_RE}) )?(?P<color>{_COLOR_RE}) (?P<shape>{_SHAPE_RE})\b"),
+)
+_PLACE = {phrase: place for place, phrases in POSITION_PHRASES.items() for phrase in phrases}
+
+
+def _mentions(text: str) -> list[tuple[int, Obj]]:
+    found: list[tuple[int, int, Obj]] = []
+    for pattern in _MENTIONS:
+        for m in pattern.finditer(text):
+            if any(s < m.end() and m.start() < e for s, e, _ in found):
+                continue
+            size = _SIZE_WORD[m["size"]] if m["size"] else "medium"
+            found.append((m.start(), m.end(), Obj(m["shape"], m["color"], size)))
+    return [(s, o) for s, _, o in sorted(found, key=lambda f: f[0])]
+
+
+def parse(text: str) -> Scene | None:
+    """The scene a ``shapes`` caption describes (any of its templates, or a prompt in the same words),
+    or ``None`` when the text names no object, more than two, or a single object without a place.
+    An object named without a size word is read as medium."""
+    text = " ".join(text.lower().split())
+    objects = [o for _, o in _mentions(text)]
+    if len(objects) == 1:
+        places = [place for phrase, place in _PLACE.items() if phrase in text]
+        return Scene((objects[0],), places[0]) if len(set(places)) == 1 else None
+    if len(objects) != 2:
+        return None
+    right_first = " to the right of " in text or text.startswith("on the right ")
+    return Scene(tuple(reversed(objects)) if right_first else tuple(objects))
 
 
 def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
