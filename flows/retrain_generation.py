@@ -162,12 +162,18 @@ def t2i_config(params: RetrainParams) -> Any:
     from itm_core.models.text_to_image import TextToImageConfig
 
     t = params.text_to_image
-    epochs = t.epochs or (60 if t.model == "cvae" else 14)
     return TextToImageConfig(
-        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, latent_dim=t.latent_dim, kl_weight=t.kl_weight,
-        block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale,
-        epochs=epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed, time_limit_s=t.time_limit_s,
+        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, channels=t.channels, latent_dim=t.latent_dim, kl_weight=t.kl_weight,
+        block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
+        noise_dim=t.noise_dim, mismatch_weight=t.mismatch_weight, codebook_size=t.codebook_size, vq_epochs=t.vq_epochs,
+        prior_width=t.prior_width, prior_layers=t.prior_layers, top_k=t.top_k,
+        epochs=t.epochs or EPOCHS[t.model], batch_size=t.batch_size, lr=t.lr or LR.get(t.model, 1e-3), seed=t.seed, time_limit_s=t.time_limit_s,
     )
+
+
+EPOCHS = {"cvae": 60, "diffusion": 14, "gan": 120, "vqvae": 60}
+LR = {"gan": 2e-4}
+GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
 
 
 def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:

@@ -105,17 +105,27 @@ class CaptioningParams(Params):
 class TextToImageParams(Params):
     """The trained text-to-image model, conditioned on the text encoder's features, at low resolution."""
 
-    model: Literal["cvae", "diffusion"] = Field("cvae", description="`cvae` (conditional VAE, fast) or `diffusion` (UNet2DConditionModel + DDPM/DDIM)")
-    resolution: int = Field(32, ge=8, le=128, description="Image side in pixels (a multiple of 8)")
-    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: 60 for cvae, 14 for diffusion)")
+    model: Literal["cvae", "diffusion", "gan", "vqvae"] = Field(
+        "cvae", description="`cvae` (conditional VAE, fastest), `diffusion` (UNet2DConditionModel + DDPM/DDIM), `gan` (conditional GAN, "
+                            "projection discriminator, hinge loss) or `vqvae` (VQ-VAE + text-conditional transformer prior)")
+    resolution: int = Field(32, ge=8, le=128, description="Image side in pixels (a multiple of 8; gan: 16, 32, 64 or 128)")
+    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 60, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 for gan, 1e-3 for the others)")
     cond_dim: int = Field(128, ge=8, description="Width the text features are projected to")
+    channels: int = Field(64, ge=4, description="cvae, gan, vqvae: base number of convolution channels")
     latent_dim: int = Field(32, ge=2, description="cvae: latent size")
     kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
     block_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, description="diffusion: UNet channels per resolution level")
     sample_steps: int = Field(30, ge=1, description="diffusion: DDIM steps when sampling")
-    guidance_scale: float = Field(3.0, ge=0, description="diffusion: classifier-free guidance scale")
+    guidance_scale: float | None = Field(None, ge=0, description="diffusion, vqvae: classifier-free guidance scale (default: 3.0 diffusion, 2.0 vqvae)")
+    noise_dim: int = Field(64, ge=1, description="gan: size of the noise vector")
+    mismatch_weight: float = Field(0.5, ge=0, le=1, description="gan: share of the discriminator's fake term given to real images with the wrong text")
+    codebook_size: int = Field(512, ge=2, description="vqvae: number of codes")
+    vq_epochs: int = Field(20, ge=1, description="vqvae: epochs of the auto-encoder before the prior (or a third of the time limit)")
+    prior_width: int = Field(256, ge=16, description="vqvae: transformer prior width")
+    prior_layers: int = Field(4, ge=1, description="vqvae: transformer prior layers")
+    top_k: int = Field(32, ge=0, description="vqvae: sample each code among the k most likely (0: all)")
     sample_every: int = Field(5, ge=1, description="Log a grid of generated images for fixed validation prompts every this many epochs")
     time_limit_s: float = Field(840, ge=0, description="End training after the epoch that passes this many seconds (0: no limit)")
     matcher: str = Field("models:/itm-matcher@champion", description="The matcher that scores r_precision and alignment on the test prompts")
@@ -127,6 +137,10 @@ class TextToImageParams(Params):
     def _resolution(self) -> "TextToImageParams":
         if self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if self.model == "gan" and self.resolution not in (16, 32, 64, 128):
+            raise ValueError(f"gan: resolution must be 16, 32, 64 or 128, got {self.resolution}")
+        if self.model == "vqvae" and self.epochs is not None and self.epochs <= self.vq_epochs:
+            raise ValueError(f"vqvae: epochs ({self.epochs}) must be more than vq_epochs ({self.vq_epochs}), or the prior never trains")
         return self
 
 

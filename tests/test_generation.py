@@ -1,4 +1,4 @@
-"""The trained generators (captioner, conditional VAE, diffusion) and the generation metrics, on
+"""The trained generators (captioner, conditional VAE, diffusion, GAN, VQ-VAE) and the generation metrics, on
 solid-colour images whose captions name their colour: small enough to train in seconds."""
 
 from __future__ import annotations
@@ -142,6 +142,62 @@ def test_diffusion_trains_samples_and_round_trips(tmp_path):
     loaded = TextToImage.load(model.save(tmp_path / "diffusion"))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(["a red square", "a blue square"], seed=1), first))
     assert model.generate([]) == []
+
+
+@pytest.mark.parametrize("model_name, options", [
+    ("gan", dict(channels=8, noise_dim=8, epochs=40, lr=2e-3, ema_decay=0.9)),
+    ("vqvae", dict(channels=16, code_dim=8, codebook_size=16, vq_epochs=20, prior_width=32, prior_layers=1, epochs=40, top_k=4, guidance_scale=2.0, lr=5e-3)),
+])
+def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
+    from itm_core.models.text_to_image import MODELS, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+
+    images, names = colour_images(24, seed=0)
+    prompts = [f"a {c} square" for c in names]
+    encoder = create("encoder", "bow")
+    encoder.fit(prompts)
+    config = TextToImageConfig(model=model_name, resolution=16, cond_dim=16, batch_size=8, **options)
+    val_images, val_names = colour_images(2, seed=1)
+    stages = []
+    model, result = train_text_to_image(
+        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
+        images_to_tensor(val_images, 16), _text_features([f"a {c} square" for c in val_names], encoder), config,
+        on_epoch=lambda epoch, metrics, m: stages.append(metrics.get("stage")),
+    )
+    assert isinstance(model.model, MODELS[model_name]) and result.steps == config.epochs * 9
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
+    if model_name == "vqvae":  # the auto-encoder first, then the prior
+        assert stages == [0.0] * 20 + [1.0] * 20
+    model.encoder = encoder
+    asked = ["a red square", "a green square", "a blue square"] * 2
+    drawn = model.generate(asked, seed=3)
+    assert [img.size for img in drawn] == [(16, 16)] * 6
+    assert [mean_colour(img) for img in drawn] == [p.split()[1] for p in asked]
+    loaded = TextToImage.load(model.save(tmp_path / model_name))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=3), drawn))
+    other = model.generate(asked, seed=4)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(other, drawn))
+
+
+def test_vq_codebook_starts_on_data_restarts_dead_codes_and_passes_gradients_straight_through():
+    from itm_core.models.text_to_image import Codebook
+
+    torch.manual_seed(0)
+    book = Codebook(8, 4, decay=0.5).train()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    quantised, commitment = book(z)
+    quantised.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight-through
+    still = Codebook(8, 4, decay=1.0).train()  # no moving average: the codes stay where they started
+    still(z.detach())
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    assert all(torch.cdist(code[None], flat).min() < 1e-3 for code in still.embed)  # started on encodings
+    far = z.detach() + 50.0  # the data moves away from every code
+    error = lambda x: float((book.lookup(book.codes(x)) - x).abs().mean())
+    before = error(far)
+    for _ in range(10):
+        book(far)
+    assert error(far) < before / 20  # codes left unused were restarted on the new encodings
+    assert commitment.item() >= 0
 
 
 # --- metrics ----------------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ Two models share the conditioning, the training loop and the save format:
   (predicting the clean image by default: on a CPU budget of a few hundred steps it gives cleaner
   samples than noise prediction) and sampled with ``DDIMScheduler`` and classifier-free guidance.
 - ``cvae``: a conditional variational auto-encoder on the pooled text feature, the fast alternative.
+- ``gan``: a DCGAN-style generator with text-conditional batch norm and a spectrally normalised
+  projection discriminator, trained with the hinge loss and, as in GAN-INT-CLS, real images paired
+  with the wrong text as a second kind of fake; samples come from an exponential moving average of
+  the generator.
+- ``vqvae``: a VQ-VAE (exponential-moving-average codebook, dead codes restarted) compresses images
+  to a grid of codes; then a transformer prior, cross-attending to the text tokens, predicts the codes
+  one by one (the DALL-E 1 route), sampled with top-k and classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ CONFIG_FILE = "text_to_image.json"
 
 @dataclass
 class TextToImageConfig(TrainSchedule):
-    model: Literal["diffusion", "cvae"] = "cvae"
+    model: Literal["diffusion", "cvae", "gan", "vqvae"] = "cvae"
     resolution: int = 32
     cond_dim: int = 128
     # cvae
@@ -46,6 +53,16 @@ class TextToImageConfig(TrainSchedule):
     guidance_scale: float = 3.0
     uncond_prob: float = 0.1
     ema_decay: float = 0.995
+    # gan
+    noise_dim: int = 64
+    mismatch_weight: float = 0.5
+    # vqvae
+    codebook_size: int = 512
+    code_dim: int = 64
+    vq_epochs: int = 20
+    prior_width: int = 256
+    prior_layers: int = 4
+    top_k: int = 32
     epochs: int = 60
 
 
@@ -186,12 +203,317 @@ class ConditionalDiffusion(nn.Module):
         return x
 
 
-MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion}
+class ConditionalBatchNorm(nn.Module):
+    """Batch norm whose scale and shift are predicted from the condition (as in DF-GAN's affine blocks)."""
+
+    def __init__(self, channels: int, cond_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.affine = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(cond)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(x) * (1 + gamma) + beta
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cond_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm = ConditionalBatchNorm(cout, cond_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), cond))
+
+
+class TextGAN(nn.Module):
+    """Generator ``G(z, c)`` (4x4 seed, nearest upsampling, text-conditional batch norm) and projection
+    discriminator ``D(x, c) = psi(phi(x)) + <embed(c), phi(x)>`` with spectral norm on every layer."""
+
+    def __init__(self, text_dim: int, config: TextToImageConfig) -> None:
+        super().__init__()
+        r, ch, self.config = config.resolution, config.channels, config
+        levels = int(np.log2(r / 4))
+        if 4 * 2**levels != r:
+            raise ValueError(f"gan: resolution must be 4 times a power of two (16, 32, 64, 128), got {r}")
+        sn = nn.utils.spectral_norm
+        self.condition = TextCondition(text_dim, config.cond_dim)
+        widths = [min(ch * 8, ch * 2 ** (levels - i)) for i in range(levels + 1)]  # 4x4 ... r x r
+        self.seed = nn.Linear(config.noise_dim + config.cond_dim, widths[0] * 16)
+        self.seed_norm = ConditionalBatchNorm(widths[0], config.cond_dim)
+        self.up = nn.ModuleList([_UpBlock(widths[i], widths[i + 1], config.cond_dim) for i in range(levels)])
+        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
+        down: list[nn.Module] = [sn(nn.Conv2d(3, widths[-1], 3, 1, 1)), nn.LeakyReLU(0.2)]
+        for i in range(levels, 0, -1):
+            down += [sn(nn.Conv2d(widths[i], widths[i - 1], 4, 2, 1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*down)
+        self.critic = sn(nn.Linear(widths[0], 1))
+        self.project = sn(nn.Linear(config.cond_dim, widths[0]))
+        self.widths = widths
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return [*self.seed.parameters(), *self.seed_norm.parameters(), *self.up.parameters(), *self.to_rgb.parameters(), *self.condition.parameters()]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return [*self.features.parameters(), *self.critic.parameters(), *self.project.parameters()]
+
+    def generate(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.seed(torch.cat([z, cond], dim=1)).view(len(z), self.widths[0], 4, 4)
+        h = F.relu(self.seed_norm(h, cond))
+        for block in self.up:
+            h = block(h, cond)
+        return torch.tanh(self.to_rgb(h))
+
+    def discriminate(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.features(images).sum(dim=(2, 3))
+        return self.critic(h).squeeze(1) + (self.project(cond) * h).sum(1)
+
+    def losses(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hinge losses: the discriminator's (real, fake, real with the wrong text) and the generator's."""
+        cond = self.condition(text)
+        fake = self.generate(torch.randn(len(images), self.config.noise_dim), cond)
+        real_loss = F.relu(1 - self.discriminate(images, cond.detach())).mean()
+        fake_loss = F.relu(1 + self.discriminate(fake.detach(), cond.detach())).mean()
+        wrong = cond.detach().roll(1, dims=0)
+        w = self.config.mismatch_weight
+        d_loss = real_loss + (1 - w) * fake_loss + w * F.relu(1 + self.discriminate(images, wrong)).mean()
+        g_loss = -self.discriminate(fake, cond).mean()
+        return d_loss, g_loss, fake
+
+    def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The discriminator's hinge loss (what validation reports: how well real and fake are told apart)."""
+        return self.losses(images, text)[0]
+
+    @torch.no_grad()
+    def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        cond = self.condition(text)
+        return self.generate(torch.randn(len(text), self.config.noise_dim, generator=generator), cond)
+
+
+class _Residual(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ReLU(), nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Codebook(nn.Module):
+    """Vector quantisation with an exponential moving average codebook (VQ-VAE-2), started on encoder
+    outputs of the first training batch; a code chosen on average less than once a step lately is
+    restarted on a random encoder output of the batch (as Jukebox does)."""
+
+    def __init__(self, size: int, dim: int, decay: float = 0.99) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("embed", torch.randn(size, dim) * 0.1)
+        self.register_buffer("cluster_size", torch.ones(size))
+        self.register_buffer("embed_sum", self.embed.clone())
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """``(N, D, H, W)`` encodings to ``(N, H, W)`` code indices."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.T + self.embed.pow(2).sum(1)
+        return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.embed[codes].permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantised encodings (straight-through) and the commitment loss."""
+        if self.training and not self.initialised:
+            with torch.no_grad():
+                flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                self.embed.copy_(flat[torch.randint(0, len(flat), (len(self.embed),))])
+                self.embed_sum.copy_(self.embed)
+                self.initialised.fill_(True)
+        codes = self.codes(z)
+        quantised = self.lookup(codes)
+        if self.training:
+            with torch.no_grad():
+                flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                onehot = F.one_hot(codes.flatten(), len(self.embed)).type(flat.dtype)
+                self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+                self.embed_sum.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+                n = self.cluster_size.sum()
+                size = (self.cluster_size + 1e-5) / (n + len(self.embed) * 1e-5) * n
+                self.embed.copy_(self.embed_sum / size[:, None])
+                dead = self.cluster_size < 1.0  # on average less than one encoding a step lately
+                if dead.any():
+                    pick = flat[torch.randint(0, len(flat), (int(dead.sum()),))]
+                    self.embed[dead] = pick
+                    self.embed_sum[dead] = pick
+                    self.cluster_size[dead] = 1.0
+        commitment = F.mse_loss(z, quantised.detach())
+        return z + (quantised - z).detach(), commitment
+
+
+class VQPrior(nn.Module):
+    """A causal transformer over the code grid (a start token, then the codes in raster order) that
+    cross-attends to the text tokens; a learned null text stands in for dropped conditions."""
+
+    def __init__(self, codes: int, length: int, cond_dim: int, width: int, layers: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(codes + 1, width)
+        self.start = codes
+        self.position = nn.Parameter(torch.randn(length, width) * 0.02)
+        self.memory = nn.Linear(cond_dim, width)
+        self.null = nn.Parameter(torch.zeros(1, 1, width))
+        layer = nn.TransformerDecoderLayer(width, max(1, width // 64), 4 * width, dropout=0.1, batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, layers)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, codes)
+
+    def logits(self, previous: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None) -> torch.Tensor:
+        """Next-code logits after each of ``previous`` (``(N, T)``, the start token first)."""
+        t = previous.shape[1]
+        x = self.tokens(previous) + self.position[:t]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, dtype=x.dtype)
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_mask)
+        return self.head(self.norm(h))
+
+
+class VQVAE(nn.Module):
+    """Stage one (``phase = "vq"``): the auto-encoder; stage two (``phase = "prior"``): the text-conditional prior."""
+
+    def __init__(self, text_dim: int, config: TextToImageConfig) -> None:
+        super().__init__()
+        r, ch, self.config = config.resolution, config.channels, config
+        if r % 8:
+            raise ValueError(f"vqvae: resolution must be a multiple of 8, got {r}")
+        self.side = r // 8
+        self.phase = "vq"
+        self.condition = TextCondition(text_dim, config.cond_dim)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, ch, 4, 2, 1), nn.ReLU(), nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.ReLU(), nn.Conv2d(ch * 2, ch * 2, 4, 2, 1),
+            _Residual(ch * 2), _Residual(ch * 2), nn.ReLU(), nn.Conv2d(ch * 2, config.code_dim, 1),
+        )
+        self.codebook = Codebook(config.codebook_size, config.code_dim)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.code_dim, ch * 2, 3, 1, 1), _Residual(ch * 2), _Residual(ch * 2), nn.ReLU(),
+            nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(ch, 3, 4, 2, 1),
+        )
+        self.prior = VQPrior(config.codebook_size, self.side * self.side, config.cond_dim, config.prior_width, config.prior_layers)
+
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def prior_parameters(self) -> list[nn.Parameter]:
+        return [*self.prior.parameters(), *self.condition.parameters()]
+
+    def _memory(self, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if text.dim() == 2:
+            text, mask = text[:, None], None
+        return self.prior.memory(self.condition(text)), None if mask is None else ~mask
+
+    def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.phase == "vq":
+            quantised, commitment = self.codebook(self.encoder(images))
+            return F.mse_loss(self.decoder(quantised), images) + 0.25 * commitment
+        with torch.no_grad():
+            codes = self.codebook.codes(self.encoder(images)).flatten(1)
+        memory, memory_mask = self._memory(text, mask)
+        if self.training:
+            drop = torch.rand(len(images)) < 0.1
+            memory = torch.where(drop[:, None, None], self.prior.null.expand_as(memory), memory)
+            if memory_mask is not None:
+                memory_mask = memory_mask & ~drop[:, None]
+        previous = torch.cat([torch.full((len(codes), 1), self.prior.start), codes[:, :-1]], dim=1)
+        return F.cross_entropy(self.prior.logits(previous, memory, memory_mask).flatten(0, 1), codes.flatten())
+
+    @torch.no_grad()
+    def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        n, g, k = len(text), self.config.guidance_scale, self.config.top_k
+        memory, memory_mask = self._memory(text, mask)
+        null = self.prior.null.expand(n, memory.shape[1], -1)
+        both = torch.cat([memory, null])
+        both_mask = None if memory_mask is None else torch.cat([memory_mask, memory_mask])
+        codes = torch.full((n, 1), self.prior.start)
+        for _ in range(self.side * self.side):
+            logits = self.prior.logits(torch.cat([codes, codes]), both, both_mask)[:, -1]
+            cond, uncond = logits.chunk(2)
+            logits = uncond + g * (cond - uncond) if g != 1 else cond
+            if 0 < k < logits.shape[1]:
+                floor = logits.topk(k, dim=1).values[:, -1:]
+                logits = logits.masked_fill(logits < floor, float("-inf"))
+            codes = torch.cat([codes, torch.multinomial(logits.softmax(1), 1, generator=generator)], dim=1)
+        grid = codes[:, 1:].view(n, self.side, self.side)
+        return self.decoder(self.codebook.lookup(grid)).clamp(-1, 1)
+
+
+MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion, "gan": TextGAN, "vqvae": VQVAE}
+
+
+class LossTrainer:
+    """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
+
+    def __init__(self, model: nn.Module, config: TextToImageConfig, steps_per_epoch: int) -> None:
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
+
+    def start_epoch(self, epoch: int, elapsed: float) -> None:
+        pass
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
+
+
+class GanTrainer:
+    """One discriminator step, then one generator step, each with Adam(0, 0.9) as for SN-GANs; the
+    reported loss is the discriminator's."""
+
+    def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:
+        self.model = model
+        self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
+        self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
+
+    def start_epoch(self, epoch: int, elapsed: float) -> None:
+        pass
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        d_loss, g_loss, _ = self.model.losses(images, text)
+        self.d_opt.zero_grad()
+        d_loss.backward(inputs=self.model.discriminator_parameters())
+        self.d_opt.step()
+        self.g_opt.zero_grad()
+        g_loss.backward(inputs=self.model.generator_parameters())
+        self.g_opt.step()
+        return float(d_loss.detach())
+
+
+class VQTrainer:
+    """``vq_epochs`` of the auto-encoder (or a third of ``time_limit_s``, whichever ends first), then the
+    prior for the remaining epochs, each stage with its own optimiser and one-cycle schedule."""
+
+    def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
+        self.model, self.config, self.steps_per_epoch = model, config, steps_per_epoch
+        self.prior_epochs = max(1, config.epochs - config.vq_epochs)
+        self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
+        self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)
+
+    def start_epoch(self, epoch: int, elapsed: float) -> None:
+        c = self.config
+        if self.model.phase == "vq" and (epoch > c.vq_epochs or (c.time_limit_s and elapsed > c.time_limit_s / 3)):
+            self.model.phase = "prior"
+            self.optimizer = torch.optim.AdamW(self.model.prior_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+            self.scheduler = one_cycle(self.optimizer, c.lr, (c.epochs - epoch + 1) * self.steps_per_epoch, 0.05)
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
+
+
+TRAINERS: dict[str, Any] = {"cvae": LossTrainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
 
 
 def uses_tokens(config: TextToImageConfig, text_encoder: Any) -> bool:
-    """The diffusion model cross-attends to token features when the text encoder gives them."""
-    return config.model == "diffusion" and hasattr(text_encoder, "encode_tokens")
+    """The diffusion model and the VQ-VAE prior cross-attend to token features when the text encoder gives them."""
+    return config.model in ("diffusion", "vqvae") and hasattr(text_encoder, "encode_tokens")
 
 
 class TextToImage:
@@ -291,7 +613,7 @@ def train_text_to_image(
     on_epoch: Callable[[int, dict[str, float], TextToImage], None] | None = None,
 ) -> tuple[TextToImage, T2ITrainResult]:
     """Train on (image, caption) pairs, one random caption per image each epoch; the diffusion model
-    keeps an exponential moving average of its weights, which is what it samples with.
+    and the GAN keep an exponential moving average of their weights, which is what they sample with.
 
     ``time_limit_s`` (when above 0) ends training after the epoch that passes it."""
     seed_everything(config.seed)
@@ -299,16 +621,16 @@ def train_text_to_image(
     tokens = train.text.dim() == 3
     model = MODELS[config.model](train.text.shape[-1], config)
     model.condition.set_statistics(train.text, train.mask)
-    ema = copy.deepcopy(model) if config.model == "diffusion" else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = copy.deepcopy(model) if config.model in ("diffusion", "gan") else None
     per_image = captions_per_image(train.caption_image, len(train_images))
     usable = [i for i, rows in enumerate(per_image) if rows]
     steps_per_epoch = max(1, len(usable) // config.batch_size)
-    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
+    trainer = TRAINERS[config.model](model, config, steps_per_epoch)
     rng = random.Random(config.seed)
     result = T2ITrainResult()
     trained = TextToImage(ema if ema is not None else model, text_encoder_spec, train.text.shape[-1], tokens)
     for epoch in range(1, config.epochs + 1):
+        trainer.start_epoch(epoch, time.perf_counter() - start)
         model.train()
         order = usable[:]
         rng.shuffle(order)
@@ -317,15 +639,22 @@ def train_text_to_image(
             batch = order[b * config.batch_size : (b + 1) * config.batch_size]
             picked = torch.tensor([rng.choice(per_image[i]) for i in batch])
             mask = None if train.mask is None else train.mask[picked]
-            loss = clipped_step(model.training_loss(train_images[batch], train.text[picked].float(), mask), model, optimizer, scheduler)
+            loss = trainer.step(train_images[batch], train.text[picked].float(), mask)
             if ema is not None:
                 decay = min(config.ema_decay, (1 + result.steps) / (10 + result.steps))
                 with torch.no_grad():
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p, 1 - decay)
+                    for e, p in zip(ema.buffers(), model.buffers()):
+                        if e.dtype.is_floating_point:
+                            e.lerp_(p, 1 - decay)
+                        else:
+                            e.copy_(p)
             result.steps += 1
             losses.append(loss)
         metrics = {"train_loss": float(np.mean(losses)), "val_loss": validation_loss(trained.model, val_images, val, config.seed)}
+        if getattr(model, "phase", None) is not None:
+            metrics["stage"] = 0.0 if model.phase == "vq" else 1.0
         result.history.append({"epoch": epoch, **metrics})
         result.best_epoch = epoch
         if on_epoch is not None:
