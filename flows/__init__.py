@@ -11,7 +11,8 @@ from itm_core.ops.console import quiet_libraries
 if os.environ.get("ITM_DEBUG", "0") in ("", "0"):  # flow runs served by `itm up` print what the CLI would
     quiet_libraries()
 
-from itm_core.config import EvaluateParams, ExplainBenchmarkParams, ExplainParams, FusionBenchmarkParams, GenerateParams, IndexParams, Params, RetrainParams, SearchParams
+from itm_core.config import (EvaluateParams, ExplainBenchmarkParams, ExplainParams, FusionBenchmarkParams, GenerateParams, GenerationBenchmarkParams, IndexParams,
+                             Params, RetrainParams, SearchParams)
 
 FLOWS: dict[str, tuple[str, type[Params]]] = {
     "retrain": ("flows.retrain:retrain", RetrainParams),
@@ -20,6 +21,7 @@ FLOWS: dict[str, tuple[str, type[Params]]] = {
     "fusion-benchmark": ("flows.fusion_benchmark:fusion_benchmark", FusionBenchmarkParams),
     "explain": ("flows.explain:explain", ExplainParams),
     "explain-benchmark": ("flows.explain_benchmark:explain_benchmark", ExplainBenchmarkParams),
+    "generation-benchmark": ("flows.generation_benchmark:generation_benchmark", GenerationBenchmarkParams),
     "index": ("flows.index:index", IndexParams),
     "search": ("flows.search:search", SearchParams),
 }

@@ -144,6 +144,48 @@ class TextToImageParams(Params):
         return self
 
 
+T2I_MODELS = ("cvae", "gan", "vqvae", "diffusion")
+
+
+class GenerationBenchmarkParams(Params):
+    """Train every text-to-image model (or the chosen ones) on the same data, seed and time budget; score
+    each on the same test prompts: r_precision, alignment, fd, kid and the attribute accuracies."""
+
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
+    models: list[Literal["cvae", "gan", "vqvae", "diffusion"]] = Field(
+        default_factory=lambda: list(T2I_MODELS), min_length=1, description="Text-to-image models to train and compare")
+    model_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per model (any text_to_image option of retrain), e.g. {'gan': {'channels': 48}}")
+    time_limit_s: float = Field(840, ge=0, description="The training budget of every model: training ends after the epoch that passes it (0: epochs only)")
+    matcher: str = Field("models:/itm-matcher@champion", description="The matcher that scores r_precision and alignment")
+    candidates: int = Field(100, ge=2, description="r_precision: the prompt is retrieved among this many candidate prompts")
+    test_prompts: int = Field(500, ge=2, description="Test images whose first caption is drawn by every model")
+    attribute_reader: dict[str, Any] | None = Field(
+        default_factory=dict, description="Options of the attribute_accuracy metric (shapes prompts; null: leave it out, for other datasets)")
+    distance_options: dict[str, Any] = Field(default_factory=dict, description="Options of the fd and kid metrics (encoder, encoder_options)")
+    real_resolution: int = Field(32, ge=8, le=1024, description="The real test images are scored at this side as the reference row")
+    seed: int = Field(0)
+    experiment: str = Field("itm-generation-benchmark", description="MLflow experiment")
+    run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _options(self) -> "GenerationBenchmarkParams":
+        unknown = sorted(set(self.model_options) - set(self.models))
+        if unknown:
+            raise ValueError(f"model_options names {unknown}, which are not among models {self.models}")
+        for name in self.models:
+            options = {k: v for k, v in self.model_options.get(name, {}).items()}
+            if "model" in options:
+                raise ValueError(f"model_options.{name}: 'model' is set by the key, leave it out")
+            try:
+                TextToImageParams(model=name, **options)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"model_options.{name}: {problems}") from None
+        return self
+
+
 REGISTERED_MODELS = {"matching": "itm-matcher", "captioning": "itm-captioner", "text-to-image": "itm-text-to-image"}
 
 

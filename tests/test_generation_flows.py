@@ -116,3 +116,46 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
         generate(GenerateParams(generator="trained-captioner", prompts=["a red circle"]))
     with pytest.raises(DataError, match="cannot read prompts_file"):
         generate(GenerateParams(generator="trained-text-to-image", prompts_file=str(tmp_path / "missing.txt")))
+
+
+def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_side_by_side(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+    from flows.generation_benchmark import COLUMNS, generation_benchmark
+    from itm_core.config import GenerationBenchmarkParams
+    from plugins.check_setups import matcher_folder
+
+    matcher = matcher_folder(tmp_path)  # an untrained classic matcher, saved: scoring needs no registry
+    tiny = {"cvae": {"channels": 8, "latent_dim": 4, "epochs": 2}, "gan": {"channels": 8, "noise_dim": 8, "epochs": 2},
+            "vqvae": {"channels": 8, "codebook_size": 16, "vq_epochs": 1, "prior_width": 32, "prior_layers": 1, "epochs": 2},
+            "diffusion": {"block_channels": [16, 32], "sample_steps": 2, "epochs": 1}}
+    params = GenerationBenchmarkParams(
+        dataset=DatasetParams(options=tiny_shapes_options), text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}),
+        model_options={k: {"resolution": 16, "batch_size": 16, "cond_dim": 16, **v} for k, v in tiny.items()},
+        matcher=matcher, candidates=4, test_prompts=8, real_resolution=16,
+        attribute_reader={"dataset": tiny_shapes_options, "resolution": 16, "epochs": 2},
+        distance_options={"encoder": "color-histogram"},
+    )
+    rows = generation_benchmark(params)
+    assert [r["model"] for r in rows] == ["real test images (16 px)", "cvae", "gan", "vqvae", "diffusion"]
+    for row in rows[1:]:
+        assert row["r_precision_chance"] == pytest.approx(0.25) and 0 <= row["r_precision"] <= 1
+        assert row["parameters"] > 0 and row["resolution"] == 16 and row["train_seconds"] > 0 and row["sample_seconds_per_image"] > 0
+        assert row["fd"] >= 0 and all(0 <= row[f"attr_{a}"] <= 1 for a in ("color", "shape", "size", "position", "count", "all"))
+    assert rows[2]["epochs"] == 2 and rows[3]["epochs"] == 2 and rows[4]["epochs"] == 1
+    # the reference row: real images, scored by the same reader (its own accuracy) and matcher
+    assert rows[0]["attr_all"] == pytest.approx(rows[0]["reader_all"])
+
+    client = MlflowClient()
+    parent = next(r for r in mlflow.search_runs(experiment_names=["itm-generation-benchmark"], output_format="list") if "mlflow.parentRunId" not in r.data.tags)
+    assert {"generation_leaderboard.csv", "samples_by_model.png"} <= artifacts(client, parent.info.run_id)
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="generation_leaderboard.csv", dst_path=str(tmp_path / "b")))
+    assert list(board.columns) == COLUMNS and len(board) == 5
+    children = mlflow.search_runs(experiment_names=["itm-generation-benchmark"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
+    assert sorted(c.data.tags["mlflow.runName"] for c in children) == ["cvae", "diffusion", "gan", "vqvae"]
+    for child in children:
+        assert "samples.png" in artifacts(client, child.info.run_id) and "r_precision" in child.data.metrics
+
+    # options are checked per model before anything runs
+    with pytest.raises(ValueError, match=r"model_options.vqvae: .*epochs \(2\) must be more than vq_epochs \(5\)"):
+        GenerationBenchmarkParams(models=["vqvae"], model_options={"vqvae": {"epochs": 2, "vq_epochs": 5}})
+    with pytest.raises(ValueError, match=r"model_options names \['gan'\], which are not among models"):
+        GenerationBenchmarkParams(models=["cvae"], model_options={"gan": {}})

@@ -1,0 +1,167 @@
+"""The ``generation-benchmark`` flow: every text-to-image model trained on the same data, seed and
+budget, scored on the same test prompts, one leaderboard."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.retrain_generation import t2i_config, text_features
+from flows.tasks import load_data, log_dataset
+from itm_core.config import GenerationBenchmarkParams, RetrainParams
+from itm_core.contract.registry import create
+from itm_core.data import load_images
+from itm_core.encode.embed import EmbeddingCache
+from itm_core.judge.evaluation import build_encoder
+from itm_core.ops.plots import log_grid
+from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_table, tracked_run
+
+COLUMNS = ["model", "r_precision", "r_precision_chance", "alignment", "fd", "kid", "attr_color", "attr_shape", "attr_size", "attr_position",
+           "attr_count", "attr_all", "reader_all", "parameters", "resolution", "epochs", "train_seconds", "sample_seconds_per_image", "stopped"]
+GRID = 16
+
+
+def model_params(params: GenerationBenchmarkParams, name: str) -> RetrainParams:
+    """The retrain parameters of one model: the shared budget, then the model's own options."""
+    t2i = {"model": name, "seed": params.seed, "time_limit_s": params.time_limit_s, "matcher": params.matcher,
+           "candidates": params.candidates, "test_prompts": params.test_prompts, **params.model_options.get(name, {})}
+    return RetrainParams(task="text-to-image", dataset=params.dataset, text_encoder=params.text_encoder, text_to_image=t2i)
+
+
+def score(images: list[Any], prompts: list[str], test: Any, reference: list[Any], params: GenerationBenchmarkParams) -> dict[str, float]:
+    """Every metric of the leaderboard for ``images`` drawn for ``prompts``."""
+    equivalents = test.captions_by_image()
+    values = create("metric", "r_precision", matcher=params.matcher, candidates=params.candidates, seed=params.seed).compute(
+        images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
+    values.update(create("metric", "alignment", matcher=params.matcher).compute(images=images, prompts=prompts))
+    for name in ("fd", "kid"):
+        values.update(create("metric", name, **params.distance_options).compute(images=images, reference_images=reference))
+    if params.attribute_reader is not None:
+        values.update(create("metric", "attribute_accuracy", **params.attribute_reader).compute(images=images, prompts=prompts))
+    return values
+
+
+@task(name="train-and-score", cache_policy=NO_CACHE)
+def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any], encoder: Any, cache: EmbeddingCache) -> dict[str, Any]:
+    """One model in a nested MLflow run: trained with the shared budget, its test images scored, a grid logged."""
+    from itm_core.models.text_to_image import images_to_tensor, train_text_to_image, uses_tokens
+
+    run = model_params(params, name)
+    t = run.text_to_image
+    config = t2i_config(run)
+    if name == "diffusion":
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            raise ImportError("generation-benchmark: model 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
+    tokens = uses_tokens(config, encoder)
+    features = {s: text_features(encoder, d, cache, tokens) for s, d in data["splits"].items() if s != "test"}
+    images = {s: images_to_tensor(data["images"][s], t.resolution) for s in ("train", "val")}
+    with tracked_run(params.experiment, name, {"model": name, **t.model_dump()}, nested=True):
+
+        def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            print(f"{name} epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
+
+        model, result = train_text_to_image(run.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)
+        model.encoder = encoder
+        prompts = data["prompts"]
+        start = time.perf_counter()
+        generated = model.generate(prompts, seed=params.seed)
+        sample_seconds = (time.perf_counter() - start) / max(1, len(prompts))
+        reference = images_to_tensor_images(data["reference"], t.resolution)
+        values = score(generated, prompts, data["splits"]["test"], reference, params)
+        row = {"model": name, **values, "parameters": sum(p.numel() for p in model.model.parameters()), "resolution": t.resolution,
+               "epochs": len(result.history), "train_seconds": result.seconds, "sample_seconds_per_image": sample_seconds, "stopped": result.stopped}
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
+        mlflow.set_tag("training.stopped", result.stopped)
+        log_grid(generated[:GRID], prompts[:GRID], "samples.png")
+    return {"row": row, "grid": generated[:GRID]}
+
+
+def images_to_tensor_images(images: list[Any], resolution: int) -> list[Any]:
+    """``images`` at ``resolution`` (as the models see them), back as PIL images."""
+    from itm_core.models.text_to_image import images_to_tensor, tensor_to_images
+
+    return tensor_to_images(images_to_tensor(images, resolution))
+
+
+def grid_figure(grids: dict[str, list[Any]], prompts: list[str]) -> Any:
+    """One row per model over the same prompts, the real test image first."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    columns = min(8, len(prompts))
+    fig, axes = plt.subplots(len(grids), columns, figsize=(1.6 * columns, 1.75 * len(grids) + 0.6), squeeze=False)
+    for r, (label, images) in enumerate(grids.items()):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.imshow(images[c].convert("RGB").resize((96, 96), Image.NEAREST))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == 0:
+                ax.set_title("\n".join(textwrap.wrap(prompts[c], 22)), fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+@flow(name="generation-benchmark", log_prints=True, **FLOW_HOOKS)
+def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmarkParams()) -> list[dict[str, Any]]:
+    """Every text-to-image model (or ``models``) trained on the same data, seed and time budget, each in a
+    nested MLflow run; the leaderboard (r_precision against ``candidates`` prompts, alignment, fd, kid,
+    the attribute accuracies, parameters, training and sampling time), one sample grid per model over
+    the same prompts, and the real test images scored the same way as the reference row."""
+    import matplotlib.pyplot as plt
+
+    try:  # fail before training when the scoring matcher is missing
+        load_matcher(params.matcher)
+    except LookupError as exc:
+        raise LookupError(f"generation-benchmark: the test images are scored by matcher {params.matcher!r}, which cannot be loaded ({exc}). "
+                          "Train a matcher first (`itm run retrain`), or set matcher to another model URI or a saved matcher folder.") from None
+    data, skipped = load_data(params.dataset)
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    test = splits["test"].head(params.test_prompts)
+    prompts = [refs[0] for refs in test.captions_by_image()]
+    encoder = build_encoder(params.text_encoder, "text", splits["train"])
+    shared = {"splits": {**splits, "test": test}, "prompts": prompts,
+              "images": {s: load_images(splits[s].image_paths()) for s in ("train", "val")}, "reference": load_images(test.image_paths())}
+    cache = EmbeddingCache()
+    with tracked_run(params.experiment, params.run_name or f"generation benchmark on {data.name}", params.model_dump()):
+        log_dataset(data, skipped)
+        rows, grids = [], {}
+        real_resolution = params.real_resolution
+        real = images_to_tensor_images(shared["reference"], real_resolution)
+        real_row = {"model": f"real test images ({real_resolution} px)", **score(real, prompts, test, real, params), "resolution": real_resolution}
+        real_row.pop("fd", None), real_row.pop("kid", None), real_row.pop("kid_std", None)
+        rows.append(real_row)
+        grids["real"] = real[:GRID]
+        for name in params.models:
+            out = run_model(name, params, shared, encoder, cache)
+            rows.append(out["row"])
+            grids[name] = out["grid"]
+        board = pd.DataFrame(rows).reindex(columns=COLUMNS)
+        log_table(board, "generation_leaderboard.csv")
+        fig = grid_figure(grids, prompts[:GRID])
+        mlflow.log_figure(fig, "samples_by_model.png")
+        plt.close(fig)
+        create_table_artifact(
+            key="generation-leaderboard",
+            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
+            description=f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked first among {params.candidates} "
+                        "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all is the reader "
+                        "on real test images. The first row scores the real test images the same way.",
+        )
+    return board.to_dict("records")
