@@ -84,6 +84,10 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
     if task_kind == "text-to-image" and params.images:
         raise DataError(f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files")
     notes: list[str] = []
+    if prompts:
+        from itm_core.models.text_to_image import check_prompts
+
+        notes += check_prompts(prompts)
     data = skipped = split = None
     if params.images:
         missing = [p for p in params.images if not Path(p).is_file()]

@@ -176,6 +176,8 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=3), drawn))
     other = model.generate(asked, seed=4)
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(other, drawn))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        model.generate(["a red square", ""])
 
 
 def test_vq_codebook_starts_on_data_restarts_dead_codes_and_passes_gradients_straight_through():
@@ -198,6 +200,21 @@ def test_vq_codebook_starts_on_data_restarts_dead_codes_and_passes_gradients_str
         book(far)
     assert error(far) < before / 20  # codes left unused were restarted on the new encodings
     assert commitment.item() >= 0
+
+
+def test_prompts_that_are_empty_too_long_or_not_text_fail_by_number_and_other_scripts_are_reported():
+    from itm_core.data import DataError
+    from itm_core.models.text_to_image import check_prompts
+
+    assert check_prompts(["a red circle", "a big blue star at the top"]) == []
+    notes = check_prompts(["a red circle", "赤い丸", "красный круг", "3 + 4"])
+    assert notes == ["2 prompt(s) (1, 2) have no letters in the Latin script; an English text encoder reads them as unknown words"]
+    with pytest.raises(DataError, match="prompt 1 is empty; describe the image"):
+        check_prompts(["a red circle", "   "])
+    with pytest.raises(DataError, match="prompt 0 has 1001 characters; at most 1000 are accepted"):
+        check_prompts(["x" * 1001])
+    with pytest.raises(DataError, match="prompt 0 is NoneType None, not text"):
+        check_prompts([None])
 
 
 # --- metrics ----------------------------------------------------------------------------------------

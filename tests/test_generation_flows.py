@@ -109,6 +109,12 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
     gen_run = mlflow.search_runs(experiment_names=["itm-generate"], order_by=["start_time DESC"], output_format="list")[0]
     assert gen_run.data.metrics["fd"] >= 0 and "kid" in gen_run.data.metrics
 
+    # prompts in another script are drawn and reported; an empty prompt is refused by number
+    result = generate(GenerateParams(generator="trained-text-to-image", prompts=["赤い丸", "a red circle"]))
+    assert result["generated"] == 2 and "1 prompt(s) (0) have no letters in the Latin script" in result["notes"][0]
+    with pytest.raises(DataError, match="prompt 1 is empty"):
+        generate(GenerateParams(generator="trained-text-to-image", prompts=["a red circle", " "]))
+
     # wrong combinations fail with what would be accepted
     with pytest.raises(ValueError, match="scored by 'text-to-image' metrics"):
         generate(GenerateParams(generator="trained-text-to-image", prompts=["a red circle"], metrics=[ComponentParams(name="bleu")]))

@@ -316,8 +316,19 @@ def _generator_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[]
             if any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(first, second)):
                 raise RuleFailed("the same prompts gave different images (fix the seed)")
 
-    def odd_inputs() -> None:
-        c.generate(odd_images()[:3] if to_text else ["", "word " * 300])
+    def odd_inputs() -> str | None:
+        if to_text:
+            c.generate(odd_images()[:3])
+            return None
+        refused = []
+        for prompt in ("", "word " * 300):  # each drawn, or refused with a ValueError that says which prompt and why
+            try:
+                c.generate([prompt])
+            except ValueError as exc:
+                if "prompt" not in str(exc):
+                    raise RuleFailed(f"refused the prompt {prompt[:20]!r} with a message that does not say it is the prompt: {exc}") from None
+                refused.append(str(exc))
+        return "refused with: " + " | ".join(refused) if refused else None
 
     return {"output contract": output, "empty input": empty, "deterministic": deterministic, "odd inputs": odd_inputs}
 

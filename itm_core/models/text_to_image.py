@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from itm_core.data import DataError
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything
 
@@ -516,6 +517,32 @@ def uses_tokens(config: TextToImageConfig, text_encoder: Any) -> bool:
     return config.model in ("diffusion", "vqvae") and hasattr(text_encoder, "encode_tokens")
 
 
+MAX_PROMPT_CHARS = 1000
+
+
+def check_prompts(prompts: Sequence[Any], limit: int = MAX_PROMPT_CHARS) -> list[str]:
+    """Fail on a prompt that is not text, is empty or is longer than ``limit`` characters (naming it);
+    return notes on prompts that have letters but none in the Latin script, which the built-in text
+    encoders (trained on English) read as unknown words."""
+    import unicodedata
+
+    foreign = []
+    for n, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise DataError(f"prompt {n} is {type(prompt).__name__} {prompt!r}, not text")
+        if not prompt.strip():
+            raise DataError(f"prompt {n} is empty; describe the image, for example 'a small red circle on the left'")
+        if len(prompt) > limit:
+            raise DataError(f"prompt {n} has {len(prompt)} characters; at most {limit} are accepted (the text encoder reads far fewer)")
+        letters = [c for c in prompt if c.isalpha()]
+        if letters and not any(unicodedata.name(c, "").startswith("LATIN") for c in letters):
+            foreign.append(n)
+    if not foreign:
+        return []
+    shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
+    return [f"{len(foreign)} prompt(s) ({shown}) have no letters in the Latin script; an English text encoder reads them as unknown words"]
+
+
 class TextToImage:
     """A trained model with its text encoder: prompts in, PIL images out (the same seed, the same images)."""
 
@@ -547,8 +574,10 @@ class TextToImage:
         return torch.cat(parts) if parts else torch.zeros(0, 3, self.config.resolution, self.config.resolution)
 
     def generate(self, prompts: Sequence[str], seed: int = 0) -> list[Any]:
+        """One image per prompt; an empty, non-text or over-long prompt raises :class:`DataError` naming it."""
         if len(prompts) == 0:
             return []
+        check_prompts(prompts)
         text, mask = self.text_features(prompts)
         return tensor_to_images(self.generate_from_features(text, mask, seed))
 
