@@ -17,7 +17,7 @@ def test_each_flow_has_a_default_deployment_that_loads():
     for d in doc["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         found[flow.name] = d["name"]
-    assert found == {name: "default" for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain", "explain-benchmark", "index", "search")}
+    assert found == {name: "default" for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "generation-benchmark", "explain", "explain-benchmark", "index", "search")}
     from flows import FLOWS
 
     assert set(found) == set(FLOWS)
@@ -40,7 +40,7 @@ def test_forms_offer_registered_components_by_kind():
     from itm_core.ops.stack import build_deployments
 
     schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
-    assert len(schemas) == 8
+    assert len(schemas) == 9
     defs = {}
     for schema in schemas:
         defs.update(schema["definitions"])
@@ -58,4 +58,6 @@ def test_forms_offer_registered_components_by_kind():
     assert {"shapes", "scenes", "manifest"} <= set(choices("RetrainParams", "dataset"))
     assert {"occlusion", "lime", "shap", "grad-cam"} <= set(choices("ExplainParams", "explainers")) == set(choices("ExplainBenchmarkParams", "explainers"))
     assert {"mean", "bilinear"} <= set(choices("FusionBenchmarkParams", "fusions"))
+    assert {"cvae", "gan", "vqvae", "diffusion"} == set(choices("GenerationBenchmarkParams", "models"))
+    assert "minilm" in choices("GenerationBenchmarkParams", "text_encoder")
     assert "cosine" in choices("MatcherRef", "similarity")

@@ -58,11 +58,12 @@ class TextToImageConfig(TrainSchedule):
     noise_dim: int = 64
     mismatch_weight: float = 0.5
     # vqvae
-    codebook_size: int = 512
+    codebook_size: int = 128
     code_dim: int = 64
     vq_epochs: int = 20
     prior_width: int = 256
     prior_layers: int = 4
+    prior_dropout: float = 0.2
     top_k: int = 32
     epochs: int = 60
 
@@ -357,14 +358,14 @@ class VQPrior(nn.Module):
     """A causal transformer over the code grid (a start token, then the codes in raster order) that
     cross-attends to the text tokens; a learned null text stands in for dropped conditions."""
 
-    def __init__(self, codes: int, length: int, cond_dim: int, width: int, layers: int) -> None:
+    def __init__(self, codes: int, length: int, cond_dim: int, width: int, layers: int, dropout: float) -> None:
         super().__init__()
         self.tokens = nn.Embedding(codes + 1, width)
         self.start = codes
         self.position = nn.Parameter(torch.randn(length, width) * 0.02)
         self.memory = nn.Linear(cond_dim, width)
         self.null = nn.Parameter(torch.zeros(1, 1, width))
-        layer = nn.TransformerDecoderLayer(width, max(1, width // 64), 4 * width, dropout=0.1, batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(width, max(1, width // 64), 4 * width, dropout=dropout, batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, codes)
@@ -399,7 +400,7 @@ class VQVAE(nn.Module):
             nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.ReLU(),
             nn.ConvTranspose2d(ch, 3, 4, 2, 1),
         )
-        self.prior = VQPrior(config.codebook_size, self.side * self.side, config.cond_dim, config.prior_width, config.prior_layers)
+        self.prior = VQPrior(config.codebook_size, self.side * self.side, config.cond_dim, config.prior_width, config.prior_layers, config.prior_dropout)
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
