@@ -167,6 +167,8 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
     if model_name == "vqvae":  # the auto-encoder first, then the prior
         assert stages == [0.0] * 20 + [1.0] * 20
+        prior = [h for h in result.history if h["stage"] == 1.0]  # the prior of its best validation epoch is kept
+        assert result.best_epoch == min(prior, key=lambda h: h["val_loss"])["epoch"]
     model.encoder = encoder
     asked = ["a red square", "a green square", "a blue square"] * 2
     drawn = model.generate(asked, seed=3)

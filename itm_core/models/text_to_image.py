@@ -60,6 +60,7 @@ class TextToImageConfig(TrainSchedule):
     # vqvae
     codebook_size: int = 128
     code_dim: int = 64
+    code_stride: int = 4
     vq_epochs: int = 20
     prior_width: int = 256
     prior_layers: int = 4
@@ -384,22 +385,24 @@ class VQVAE(nn.Module):
 
     def __init__(self, text_dim: int, config: TextToImageConfig) -> None:
         super().__init__()
-        r, ch, self.config = config.resolution, config.channels, config
-        if r % 8:
-            raise ValueError(f"vqvae: resolution must be a multiple of 8, got {r}")
-        self.side = r // 8
+        r, ch, stride, self.config = config.resolution, config.channels, config.code_stride, config
+        if stride not in (2, 4, 8) or r % stride:
+            raise ValueError(f"vqvae: code_stride must be 2, 4 or 8 and divide the resolution {r}, got {stride}")
+        self.side = r // stride
         self.phase = "vq"
         self.condition = TextCondition(text_dim, config.cond_dim)
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, ch, 4, 2, 1), nn.ReLU(), nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.ReLU(), nn.Conv2d(ch * 2, ch * 2, 4, 2, 1),
-            _Residual(ch * 2), _Residual(ch * 2), nn.ReLU(), nn.Conv2d(ch * 2, config.code_dim, 1),
-        )
+        widths = [ch] + [ch * 2] * (int(np.log2(stride)) - 1)  # per stride-2 level
+        down: list[nn.Module] = [nn.Conv2d(3, widths[0], 4, 2, 1)]
+        for a, b in zip(widths, widths[1:]):
+            down += [nn.ReLU(), nn.Conv2d(a, b, 4, 2, 1)]
+        up: list[nn.Module] = []
+        for a, b in zip(widths[:0:-1], widths[-2::-1]):
+            up += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.ReLU()]
+        up.append(nn.ConvTranspose2d(widths[0], 3, 4, 2, 1))
+        ch = widths[-1]
+        self.encoder = nn.Sequential(*down, _Residual(ch), _Residual(ch), nn.ReLU(), nn.Conv2d(ch, config.code_dim, 1))
         self.codebook = Codebook(config.codebook_size, config.code_dim)
-        self.decoder = nn.Sequential(
-            nn.Conv2d(config.code_dim, ch * 2, 3, 1, 1), _Residual(ch * 2), _Residual(ch * 2), nn.ReLU(),
-            nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(ch, 3, 4, 2, 1),
-        )
+        self.decoder = nn.Sequential(nn.Conv2d(config.code_dim, ch, 3, 1, 1), _Residual(ch), _Residual(ch), nn.ReLU(), *up)
         self.prior = VQPrior(config.codebook_size, self.side * self.side, config.cond_dim, config.prior_width, config.prior_layers, config.prior_dropout)
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
@@ -462,21 +465,24 @@ class LossTrainer:
     def start_epoch(self, epoch: int, elapsed: float) -> None:
         pass
 
+    def end_epoch(self, epoch: int, val_loss: float) -> None:
+        pass
+
+    def finish(self) -> int:
+        return 0
+
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
-class GanTrainer:
+class GanTrainer(LossTrainer):
     """One discriminator step, then one generator step, each with Adam(0, 0.9) as for SN-GANs; the
     reported loss is the discriminator's."""
 
-    def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:
+    def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:  # noqa: D107
         self.model = model
         self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
-
-    def start_epoch(self, epoch: int, elapsed: float) -> None:
-        pass
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         d_loss, g_loss, _ = self.model.losses(images, text)
@@ -489,12 +495,14 @@ class GanTrainer:
         return float(d_loss.detach())
 
 
-class VQTrainer:
+class VQTrainer(LossTrainer):
     """``vq_epochs`` of the auto-encoder (or a third of ``time_limit_s``, whichever ends first), then the
-    prior for the remaining epochs, each stage with its own optimiser and one-cycle schedule."""
+    prior for the remaining epochs, each stage with its own optimiser and one-cycle schedule; the prior
+    of the epoch with the lowest validation loss is kept (on a few thousand images it overfits)."""
 
-    def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
+    def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:  # noqa: D107
         self.model, self.config, self.steps_per_epoch = model, config, steps_per_epoch
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self.prior_epochs = max(1, config.epochs - config.vq_epochs)
         self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)
@@ -505,6 +513,20 @@ class VQTrainer:
             self.model.phase = "prior"
             self.optimizer = torch.optim.AdamW(self.model.prior_parameters(), lr=c.lr, weight_decay=c.weight_decay)
             self.scheduler = one_cycle(self.optimizer, c.lr, (c.epochs - epoch + 1) * self.steps_per_epoch, 0.05)
+
+    def end_epoch(self, epoch: int, val_loss: float) -> None:
+        if self.model.phase == "prior" and (self.best is None or val_loss < self.best[0]):
+            state = {k: v.detach().clone() for k, v in [*self.model.prior.state_dict().items(), *(("condition." + k, v) for k, v in self.model.condition.state_dict().items())]}
+            self.best = (val_loss, epoch, state)
+
+    def finish(self) -> int:
+        """Restore the best prior; its epoch (0 when the prior never trained)."""
+        if self.best is None:
+            return 0
+        _, epoch, state = self.best
+        self.model.prior.load_state_dict({k: v for k, v in state.items() if not k.startswith("condition.")})
+        self.model.condition.load_state_dict({k[len("condition."):]: v for k, v in state.items() if k.startswith("condition.")})
+        return epoch
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
@@ -687,11 +709,13 @@ def train_text_to_image(
             metrics["stage"] = 0.0 if model.phase == "vq" else 1.0
         result.history.append({"epoch": epoch, **metrics})
         result.best_epoch = epoch
+        trainer.end_epoch(epoch, metrics["val_loss"])
         if on_epoch is not None:
             on_epoch(epoch, metrics, trained)
         if config.time_limit_s and time.perf_counter() - start > config.time_limit_s:
             result.stopped = "time limit"
             break
+    result.best_epoch = trainer.finish() or result.best_epoch
     trained.model.eval()
     result.seconds = time.perf_counter() - start
     return trained, result
