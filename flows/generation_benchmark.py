@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retrain_generation import t2i_config, text_features
 from flows.tasks import load_data, log_dataset
-from itm_core.config import GenerationBenchmarkParams, RetrainParams
+from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
 from itm_core.contract.registry import create
 from itm_core.data import load_images
 from itm_core.encode.embed import EmbeddingCache
@@ -85,6 +85,29 @@ def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any]
     return {"row": row, "grid": generated[:GRID]}
 
 
+CAPTION_COLUMNS = ["captioner", "bleu1", "bleu4", "rouge_l", "cider", "clipscore", "seconds_per_image"]
+
+
+@task(name="caption-and-score", cache_policy=NO_CACHE)
+def run_captioner(p: ComponentParams, params: GenerationBenchmarkParams, images: list[Any], references: list[list[str]]) -> dict[str, Any]:
+    """One captioner on the test images in a nested run: BLEU, ROUGE-L, CIDEr against the references, CLIPScore under the matcher."""
+    generator = create("generator", p.name, **p.options)
+    if getattr(generator, "task", None) != "image-to-text":
+        raise ValueError(f"generation-benchmark: captioners lists {p.name!r}, which is a {getattr(generator, 'task', '?')} generator, not image-to-text")
+    with tracked_run(params.experiment, p.name, {"captioner": p.name, **p.options}, nested=True):
+        start = time.perf_counter()
+        captions = [str(c) for c in generator.generate(images)]
+        seconds = (time.perf_counter() - start) / max(1, len(images))
+        row: dict[str, Any] = {"captioner": p.name}
+        for name in ("bleu", "rouge_l", "cider"):
+            row.update(create("metric", name).compute(predictions=captions, references=references))
+        row.update(create("metric", "clipscore", matcher=params.matcher).compute(predictions=captions, images=images))
+        row["seconds_per_image"] = seconds
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
+        log_grid(images[:GRID], captions[:GRID], "captions.png")
+    return row
+
+
 def images_to_tensor_images(images: list[Any], resolution: int) -> list[Any]:
     """``images`` at ``resolution`` (as the models see them), back as PIL images."""
     from itm_core.models.text_to_image import images_to_tensor, tensor_to_images
@@ -123,7 +146,8 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
     """Every text-to-image model (or ``models``) trained on the same data, seed and time budget, each in a
     nested MLflow run; the leaderboard (r_precision against ``candidates`` prompts, alignment, fd, kid,
     the attribute accuracies, parameters, training and sampling time), one sample grid per model over
-    the same prompts, and the real test images scored the same way as the reference row."""
+    the same prompts, and the real test images scored the same way as the reference row. ``captioners``
+    (image-to-text generators) are compared on the same test images in ``caption_leaderboard.csv``."""
     import matplotlib.pyplot as plt
 
     try:  # fail before training when the scoring matcher is missing
@@ -152,6 +176,12 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             out = run_model(name, params, shared, encoder, cache)
             rows.append(out["row"])
             grids[name] = out["grid"]
+        if params.captioners:
+            references = test.captions_by_image()
+            captions = pd.DataFrame([run_captioner(p, params, shared["reference"], references) for p in params.captioners]).reindex(columns=CAPTION_COLUMNS)
+            log_table(captions, "caption_leaderboard.csv")
+            create_table_artifact(key="caption-leaderboard", table=captions.round(4).astype(object).where(captions.notna(), None).to_dict("records"),
+                                  description=f"Captioners on the same {len(references)} test images: n-gram scores against their captions, clipscore under the matcher.")
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "generation_leaderboard.csv")
         fig = grid_figure(grids, prompts[:GRID])

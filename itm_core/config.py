@@ -167,6 +167,8 @@ class GenerationBenchmarkParams(Params):
         default_factory=dict, description="Options of the attribute_accuracy metric (shapes prompts; null: leave it out, for other datasets)")
     distance_options: dict[str, Any] = Field(default_factory=dict, description="Options of the fd and kid metrics (encoder, encoder_options)")
     real_resolution: int = Field(32, ge=8, le=1024, description="The real test images are scored at this side as the reference row")
+    captioners: list[ComponentParams] = Field(
+        default_factory=list, description="Image-to-text generators compared on the same test images (bleu, rouge_l, cider, clipscore), e.g. trained-captioner, retrieval-captioner")
     seed: int = Field(0)
     experiment: str = Field("itm-generation-benchmark", description="MLflow experiment")
     run_name: str | None = None

@@ -214,21 +214,22 @@ def cache_folder() -> Path:
     return Path(os.environ.get("ITM_HOME", ".itm")) / "readers"
 
 
-def load_or_train(dataset_options: dict[str, Any], resolution: int, epochs: int, seed: int) -> AttributeReader:
+def load_or_train(dataset_options: dict[str, Any], resolution: int, epochs: int, seed: int, cache: str | Path | None = None) -> AttributeReader:
     """The reader for these options from the cache, trained and saved there the first time."""
     import torch
 
-    key = hashlib.sha256(json.dumps({"data": dataset_options, "resolution": resolution, "epochs": epochs, "seed": seed,
+    dataset = S.shapes(**dataset_options)  # its options as resolved (ITM_SHAPES_DEFAULTS included) name the cache entry
+    key = hashlib.sha256(json.dumps({"data": dataset.params, "resolution": resolution, "epochs": epochs, "seed": seed,
                                      "format": FORMAT, "shapes": S.FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache_folder() / f"shapes-reader-{key}"
+    folder = Path(cache or cache_folder()) / f"shapes-reader-{key}"
     if (folder / "reader.json").is_file():
         net = _reader_net(resolution)
         net.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
         return AttributeReader(net, resolution, json.loads((folder / "reader.json").read_text())["real_scores"])
-    reader = train_reader(S.shapes(**dataset_options), resolution, epochs, seed)
+    reader = train_reader(dataset, resolution, epochs, seed)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(reader.net.state_dict(), folder / "weights.pt")
-    (folder / ".reader.json.tmp").write_text(json.dumps({"resolution": resolution, "dataset": dataset_options, "real_scores": reader.real_scores}))
+    (folder / ".reader.json.tmp").write_text(json.dumps({"resolution": resolution, "dataset": dataset.params, "real_scores": reader.real_scores}))
     (folder / ".reader.json.tmp").replace(folder / "reader.json")
     return reader
 
@@ -238,23 +239,24 @@ class AttributeAccuracy(Metric):
     ``reader_*`` (the same scores on real test images) and ``attr_unread`` (prompts not parsed).
 
     ``dataset``: options of the ``shapes`` dataset the reader trains on (default: the built-in one);
-    ``resolution``: the side the reader reads at (images are resized to it)."""
+    ``resolution``: the side the reader reads at (images are resized to it); ``cache``: the folder of
+    trained readers (default ``$ITM_HOME/readers``)."""
 
     task = "text-to-image"
 
-    def __init__(self, dataset: dict[str, Any] | None = None, resolution: int = 32, epochs: int = 30, seed: int = 0) -> None:
+    def __init__(self, dataset: dict[str, Any] | None = None, resolution: int = 32, epochs: int = 30, seed: int = 0, cache: str | None = None) -> None:
         if resolution % 8 or not 16 <= resolution <= 128:
             raise ValueError(f"attribute_accuracy: resolution must be a multiple of 8 between 16 and 128, got {resolution}")
         if epochs < 1:
             raise ValueError(f"attribute_accuracy: epochs must be at least 1, got {epochs}")
         self.dataset_options = dict(dataset or {})
-        self.resolution, self.epochs, self.seed = resolution, epochs, seed
+        self.resolution, self.epochs, self.seed, self.cache = resolution, epochs, seed, cache
         self._reader: AttributeReader | None = None
 
     @property
     def reader(self) -> AttributeReader:
         if self._reader is None:
-            self._reader = load_or_train(self.dataset_options, self.resolution, self.epochs, self.seed)
+            self._reader = load_or_train(self.dataset_options, self.resolution, self.epochs, self.seed, self.cache)
         return self._reader
 
     def compute(self, images: Sequence[Any], prompts: Sequence[str], **_: Any) -> dict[str, float]:
@@ -275,4 +277,5 @@ class AttributeAccuracy(Metric):
 def register_metrics(register):
     register("attribute_accuracy", AttributeAccuracy, task="text-to-image",
              description="Colour, shape, size, count and position of generated shapes images read by a trained attribute reader (GenEval style)",
-             check_options={"dataset": {"n_train": 64, "n_val": 16, "n_test": 16}, "epochs": 1})
+             check_options=lambda folder: {"dataset": {"n_train": 64, "n_val": 16, "n_test": 16, "root": str(folder / "shapes")}, "epochs": 1,
+                                           "cache": str(folder / "readers")})

@@ -60,4 +60,5 @@ def test_forms_offer_registered_components_by_kind():
     assert {"mean", "bilinear"} <= set(choices("FusionBenchmarkParams", "fusions"))
     assert {"cvae", "gan", "vqvae", "diffusion"} == set(choices("GenerationBenchmarkParams", "models"))
     assert "minilm" in choices("GenerationBenchmarkParams", "text_encoder")
+    assert {"trained-captioner", "retrieval-captioner"} <= set(choices("GenerationBenchmarkParams", "captioners")) and "trained-text-to-image" not in choices("GenerationBenchmarkParams", "captioners")
     assert "cosine" in choices("MatcherRef", "similarity")

@@ -139,6 +139,7 @@ def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_s
         matcher=matcher, candidates=4, test_prompts=8, real_resolution=16,
         attribute_reader={"dataset": tiny_shapes_options, "resolution": 16, "epochs": 2},
         distance_options={"encoder": "color-histogram"},
+        captioners=[ComponentParams(name="retrieval-captioner", options={"matcher": matcher, "bank_options": tiny_shapes_options})],
     )
     rows = generation_benchmark(params)
     assert [r["model"] for r in rows] == ["real test images (16 px)", "cvae", "gan", "vqvae", "diffusion"]
@@ -155,9 +156,11 @@ def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_s
     assert {"generation_leaderboard.csv", "samples_by_model.png"} <= artifacts(client, parent.info.run_id)
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="generation_leaderboard.csv", dst_path=str(tmp_path / "b")))
     assert list(board.columns) == COLUMNS and len(board) == 5
+    captions = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="caption_leaderboard.csv", dst_path=str(tmp_path / "c")))
+    assert captions["captioner"].tolist() == ["retrieval-captioner"] and 0 <= captions["bleu4"][0] <= 1 and captions["clipscore"][0] >= 0
     children = mlflow.search_runs(experiment_names=["itm-generation-benchmark"], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", output_format="list")
-    assert sorted(c.data.tags["mlflow.runName"] for c in children) == ["cvae", "diffusion", "gan", "vqvae"]
-    for child in children:
+    assert sorted(c.data.tags["mlflow.runName"] for c in children) == ["cvae", "diffusion", "gan", "retrieval-captioner", "vqvae"]
+    for child in (c for c in children if c.data.tags["mlflow.runName"] != "retrieval-captioner"):
         assert "samples.png" in artifacts(client, child.info.run_id) and "r_precision" in child.data.metrics
 
     # options are checked per model before anything runs

@@ -343,7 +343,7 @@ def _metric_inputs(task: str) -> dict[str, Any]:
                 "images": sample_images()[:3]}
     if task == "text-to-image":
         images = sample_images()
-        return {"images": images[:3], "prompts": ["a red circle", "two blue squares", "a green star"],
+        return {"images": images[:3], "prompts": ["a red circle on the left", "a blue square to the left of a green star", "a small green star in the middle"],
                 "reference_images": images[-3:], "distractors": list(SAMPLE_TEXTS)}
     raise RuleSkipped(f"the kit has no sample inputs for metric task {task!r}; test it in the plugin's own suite")
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-# field name -> (kind, modality) of the component it names
+# field name -> (kind, modality or generator task) of the component it names
 COMPONENT_FIELDS: dict[str, tuple[str, str | None]] = {
     "image_encoder": ("encoder", "image"),
     "text_encoder": ("encoder", "text"),
     "metrics": ("metric", None),
     "dataset": ("dataset", None),
     "explainers": ("explainer", None),
+    "captioners": ("generator", "image-to-text"),
 }
 NAME_FIELDS: dict[str, str] = {"generator": "generator", "similarity": "similarity", "fusions": "fusion"}
 
@@ -26,7 +27,8 @@ def component_names(kind: str, modality: str | None = None) -> list[str]:
     from itm_core.contract.registry import collect
 
     specs = collect().get(kind, {})
-    return sorted(n for n, s in specs.items() if modality is None or modality in str(s.metadata.get("modality", "")).split("|"))
+    return sorted(n for n, s in specs.items()
+                  if modality is None or modality in str(s.metadata.get("modality", s.metadata.get("task", ""))).split("|"))
 
 
 def _def_name(ref: str) -> str:
