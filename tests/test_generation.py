@@ -182,6 +182,22 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
         model.generate(["a red square", ""])
 
 
+def test_the_gan_averages_its_generator_and_keeps_the_live_discriminator():
+    import copy
+
+    from itm_core.models.text_to_image import TextGAN, TextToImageConfig, update_average
+
+    live = TextGAN(10, TextToImageConfig(model="gan", resolution=16, channels=8))
+    ema = copy.deepcopy(live)
+    with torch.no_grad():
+        for p in live.parameters():
+            p.add_(1.0)
+    update_average(ema, live, 0.9)
+    averaged, current = dict(ema.named_parameters()), dict(live.named_parameters())
+    assert torch.allclose(averaged["critic.weight_orig"], current["critic.weight_orig"])  # copied
+    assert torch.allclose(averaged["to_rgb.weight"], current["to_rgb.weight"] - 0.9, atol=1e-6)  # moved a tenth of the way
+
+
 def test_vq_codebook_starts_on_data_restarts_dead_codes_and_passes_gradients_straight_through():
     from itm_core.models.text_to_image import Codebook
 

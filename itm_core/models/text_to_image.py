@@ -256,6 +256,10 @@ class TextGAN(nn.Module):
         self.project = sn(nn.Linear(config.cond_dim, widths[0]))
         self.widths = widths
 
+    def averaged(self, name: str) -> bool:
+        """The generator's weights are averaged over training; the discriminator's are not."""
+        return not name.startswith(("features.", "critic.", "project."))
+
     def generator_parameters(self) -> list[nn.Parameter]:
         return [*self.seed.parameters(), *self.seed_norm.parameters(), *self.up.parameters(), *self.to_rgb.parameters(), *self.condition.parameters()]
 
@@ -655,6 +659,19 @@ def validation_loss(model: nn.Module, images: torch.Tensor, features: TextFeatur
     return float(sum(losses) / max(1, len(rows)))
 
 
+@torch.no_grad()
+def update_average(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Move ``ema`` toward ``model``: parameters and floating buffers named by ``model.averaged(name)``
+    (all when it has no such method) by ``1 - decay``; the others are copied, so a GAN's averaged
+    generator is judged by the discriminator being trained."""
+    averaged = getattr(model, "averaged", lambda name: True)
+    for (name, e), p in zip([*ema.named_parameters(), *ema.named_buffers()], [*model.parameters(), *model.buffers()]):
+        if averaged(name) and e.dtype.is_floating_point:
+            e.lerp_(p, 1 - decay)
+        else:
+            e.copy_(p)
+
+
 def train_text_to_image(
     text_encoder_spec: dict[str, Any],
     train_images: torch.Tensor,
@@ -693,15 +710,7 @@ def train_text_to_image(
             mask = None if train.mask is None else train.mask[picked]
             loss = trainer.step(train_images[batch], train.text[picked].float(), mask)
             if ema is not None:
-                decay = min(config.ema_decay, (1 + result.steps) / (10 + result.steps))
-                with torch.no_grad():
-                    for e, p in zip(ema.parameters(), model.parameters()):
-                        e.lerp_(p, 1 - decay)
-                    for e, p in zip(ema.buffers(), model.buffers()):
-                        if e.dtype.is_floating_point:
-                            e.lerp_(p, 1 - decay)
-                        else:
-                            e.copy_(p)
+                update_average(ema, model, min(config.ema_decay, (1 + result.steps) / (10 + result.steps)))
             result.steps += 1
             losses.append(loss)
         metrics = {"train_loss": float(np.mean(losses)), "val_loss": validation_loss(trained.model, val_images, val, config.seed)}
