@@ -458,16 +458,15 @@ class VQVAE(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion, "gan": TextGAN, "vqvae": VQVAE}
 
 
-class LossTrainer:
-    """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
-
-    def __init__(self, model: nn.Module, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
+class Trainer:
+    """How one model learns from a batch (``step``), with hooks the training loop calls around each
+    epoch; ``finish`` may restore the weights of a better epoch and returns that epoch (0: the last)."""
 
     def start_epoch(self, epoch: int, elapsed: float) -> None:
         pass
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        raise NotImplementedError
 
     def end_epoch(self, epoch: int, val_loss: float) -> None:
         pass
@@ -475,15 +474,24 @@ class LossTrainer:
     def finish(self) -> int:
         return 0
 
+
+class LossTrainer(Trainer):
+    """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
+
+    def __init__(self, model: nn.Module, config: TextToImageConfig, steps_per_epoch: int) -> None:
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
+
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
-class GanTrainer(LossTrainer):
+class GanTrainer(Trainer):
     """One discriminator step, then one generator step, each with Adam(0, 0.9) as for SN-GANs; the
     reported loss is the discriminator's."""
 
-    def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:  # noqa: D107
+    def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:
         self.model = model
         self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
@@ -499,15 +507,14 @@ class GanTrainer(LossTrainer):
         return float(d_loss.detach())
 
 
-class VQTrainer(LossTrainer):
+class VQTrainer(Trainer):
     """``vq_epochs`` of the auto-encoder (or a third of ``time_limit_s``, whichever ends first), then the
     prior for the remaining epochs, each stage with its own optimiser and one-cycle schedule; the prior
     of the epoch with the lowest validation loss is kept (on a few thousand images it overfits)."""
 
-    def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:  # noqa: D107
+    def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
         self.model, self.config, self.steps_per_epoch = model, config, steps_per_epoch
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-        self.prior_epochs = max(1, config.epochs - config.vq_epochs)
         self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)
 
@@ -517,6 +524,9 @@ class VQTrainer(LossTrainer):
             self.model.phase = "prior"
             self.optimizer = torch.optim.AdamW(self.model.prior_parameters(), lr=c.lr, weight_decay=c.weight_decay)
             self.scheduler = one_cycle(self.optimizer, c.lr, (c.epochs - epoch + 1) * self.steps_per_epoch, 0.05)
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
     def end_epoch(self, epoch: int, val_loss: float) -> None:
         if self.model.phase == "prior" and (self.best is None or val_loss < self.best[0]):
@@ -536,7 +546,7 @@ class VQTrainer(LossTrainer):
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
-TRAINERS: dict[str, Any] = {"cvae": LossTrainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
+TRAINERS: dict[str, type[Trainer]] = {"cvae": LossTrainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
 
 
 def uses_tokens(config: TextToImageConfig, text_encoder: Any) -> bool:
