@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.retrain_generation import t2i_config, text_features
+from flows.retrain_generation import require_diffusers, require_matcher, t2i_config, text_features
 from flows.tasks import load_data, log_dataset
 from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
 from itm_core.contract.registry import create
@@ -20,7 +20,7 @@ from itm_core.data import load_images
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
-from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_table, tracked_run
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 COLUMNS = ["model", "r_precision", "r_precision_chance", "alignment", "fd", "kid", "attr_color", "attr_shape", "attr_size", "attr_position",
            "attr_count", "attr_all", "reader_all", "parameters", "resolution", "epochs", "train_seconds", "sample_seconds_per_image", "stopped"]
@@ -34,13 +34,14 @@ def model_params(params: GenerationBenchmarkParams, name: str) -> RetrainParams:
     return RetrainParams(task="text-to-image", dataset=params.dataset, text_encoder=params.text_encoder, text_to_image=t2i)
 
 
-def score(images: list[Any], prompts: list[str], test: Any, reference: list[Any], params: GenerationBenchmarkParams) -> dict[str, float]:
-    """Every metric of the leaderboard for ``images`` drawn for ``prompts``."""
+def score(images: list[Any], prompts: list[str], test: Any, reference: list[Any] | None, params: GenerationBenchmarkParams) -> dict[str, float]:
+    """Every metric of the leaderboard for ``images`` drawn for ``prompts`` (fd and kid against
+    ``reference`` when given)."""
     equivalents = test.captions_by_image()
     values = create("metric", "r_precision", matcher=params.matcher, candidates=params.candidates, seed=params.seed).compute(
         images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
     values.update(create("metric", "alignment", matcher=params.matcher).compute(images=images, prompts=prompts))
-    for name in ("fd", "kid"):
+    for name in ("fd", "kid") if reference is not None else ():
         values.update(create("metric", name, **params.distance_options).compute(images=images, reference_images=reference))
     if params.attribute_reader is not None:
         values.update(create("metric", "attribute_accuracy", **params.attribute_reader).compute(images=images, prompts=prompts))
@@ -55,11 +56,7 @@ def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any]
     run = model_params(params, name)
     t = run.text_to_image
     config = t2i_config(run)
-    if name == "diffusion":
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            raise ImportError("generation-benchmark: model 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
+    require_diffusers(name, "generation-benchmark: model")
     tokens = uses_tokens(config, encoder)
     features = {s: text_features(encoder, d, cache, tokens) for s, d in data["splits"].items() if s != "test"}
     images = {s: images_to_tensor(data["images"][s], t.resolution) for s in ("train", "val")}
@@ -150,11 +147,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
     (image-to-text generators) are compared on the same test images in ``caption_leaderboard.csv``."""
     import matplotlib.pyplot as plt
 
-    try:  # fail before training when the scoring matcher is missing
-        load_matcher(params.matcher)
-    except LookupError as exc:
-        raise LookupError(f"generation-benchmark: the test images are scored by matcher {params.matcher!r}, which cannot be loaded ({exc}). "
-                          "Train a matcher first (`itm run retrain`), or set matcher to another model URI or a saved matcher folder.") from None
+    require_matcher(params.matcher, "generation-benchmark", "matcher")
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     test = splits["test"].head(params.test_prompts)
@@ -168,9 +161,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
         rows, grids = [], {}
         real_resolution = params.real_resolution
         real = images_to_tensor_images(shared["reference"], real_resolution)
-        real_row = {"model": f"real test images ({real_resolution} px)", **score(real, prompts, test, real, params), "resolution": real_resolution}
-        real_row.pop("fd", None), real_row.pop("kid", None), real_row.pop("kid_std", None)
-        rows.append(real_row)
+        rows.append({"model": f"real test images ({real_resolution} px)", **score(real, prompts, test, None, params), "resolution": real_resolution})
         grids["real"] = real[:GRID]
         for name in params.models:
             out = run_model(name, params, shared, encoder, cache)

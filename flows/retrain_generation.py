@@ -177,21 +177,31 @@ CHANNELS = {"gan": 32}
 GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
 
 
+def require_diffusers(model: str, option: str) -> None:
+    """The diffusion model needs diffusers: fail with the install command before any work."""
+    if model == "diffusion":
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            raise ImportError(f"{option} 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
+
+
+def require_matcher(uri: str, who: str, option: str) -> None:
+    """Fail before training when the matcher that scores the test images cannot be loaded."""
+    try:
+        load_matcher(uri)
+    except LookupError as exc:
+        raise LookupError(f"{who}: the test images are scored by {option} {uri!r}, which cannot be loaded "
+                          f"({exc}). Train a matcher first (`itm run retrain`), or set {option} to another model URI "
+                          "or a saved matcher folder.") from None
+
+
 def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
     from itm_core.models.text_to_image import images_to_tensor, uses_tokens
 
     t = params.text_to_image
-    if t.model == "diffusion":
-        try:
-            import diffusers  # noqa: F401
-        except ImportError:
-            raise ImportError("text_to_image.model 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
-    try:  # fail before training when the scoring matcher is missing
-        load_matcher(t.matcher)
-    except LookupError as exc:
-        raise LookupError(f"text-to-image: the test images are scored by text_to_image.matcher {t.matcher!r}, which cannot be loaded "
-                          f"({exc}). Train a matcher first (`itm run retrain`), or set text_to_image.matcher to another model URI "
-                          "or a saved matcher folder.") from None
+    require_diffusers(t.model, "text_to_image.model")
+    require_matcher(t.matcher, "text-to-image", "text_to_image.matcher")
     data, skipped = load_data(params.dataset)
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     encoder = build_encoder(params.text_encoder, "text", splits["train"])

@@ -146,6 +146,11 @@ class TextToImageParams(Params):
         return self
 
 
+def problems(exc: ValidationError) -> str:
+    """Each validation error as ``field.path: message``, joined by semicolons."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
+
+
 T2I_MODELS = ("cvae", "gan", "vqvae", "diffusion")
 
 
@@ -179,14 +184,13 @@ class GenerationBenchmarkParams(Params):
         if unknown:
             raise ValueError(f"model_options names {unknown}, which are not among models {self.models}")
         for name in self.models:
-            options = {k: v for k, v in self.model_options.get(name, {}).items()}
+            options = self.model_options.get(name, {})
             if "model" in options:
                 raise ValueError(f"model_options.{name}: 'model' is set by the key, leave it out")
             try:
                 TextToImageParams(model=name, **options)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ValueError(f"model_options.{name}: {problems}") from None
+                raise ValueError(f"model_options.{name}: {problems(exc)}") from None
         return self
 
 
@@ -378,8 +382,7 @@ def load_params(path: str | Path, model: type[Params]) -> Params:
     try:
         return model.model_validate(data or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
-        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems}") from None
+        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems(exc)}") from None
 
 
 class HeadTrainingParams(Params):
