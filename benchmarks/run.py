@@ -309,13 +309,13 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
     return rows
 
 
-def bench_scaling(sizes: list[int], home: Path) -> list[Row]:
+def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
     rows = []
     for n in sizes:
-        options = {"n_train": n, "n_val": 500, "n_test": 500}
-        _shapes(n, 500, home)  # built before timing: the run starts from a cold embedding cache, not from no data
+        options = {"n_train": n, "n_val": n_eval, "n_test": n_eval}
+        _shapes(n, n_eval, home)  # built before timing: the run starts from a cold embedding cache, not from no data
         got = run_retrain(home, options)
-        images, captions = n + 1000, 5 * (n + 1000)
+        images, captions = n + 2 * n_eval, 5 * (n + 2 * n_eval)
         features = (images * 6400 + captions * 384) * 4
         rows.append({"what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
                      "reference": "seconds per image across sizes", "value": got["wall"] / images, "ref_value": None, "ratio": None,
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         "retrieval": lambda: bench_retrieval(500 if q else 5000),
         "training": lambda: bench_training(512 if q else 4000, 1 if q else 3),
         "overhead": lambda: bench_overhead((48, 96) if q else (200, 800), home, 2 if q else 3),
-        "scaling": lambda: bench_scaling([64, 128] if q else [2000, 8000], home),
+        "scaling": lambda: bench_scaling([64, 128] if q else [2000, 8000], home, 32 if q else 500),
         "dask": lambda: bench_dask(64 if q else 1024, home),
         "search": lambda: bench_search(20_000 if q else 1_000_000, 200 if q else 1000),
         "serving": lambda: bench_serving(40 if q else 500, 8, home, 40 if q else 1000, 16),
@@ -581,7 +581,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.run" + (" --quick" if q else "") + (f" --only {' '.join(args.only)}" if args.only else "")
     for name in chosen:
         print(f"== {name}", flush=True)
+        started = time.perf_counter()
         rows = suite[name]()
+        print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
         for r in rows:
             print(f"   {r['what']}: {r['value']:.4g} vs {r.get('ref_value')} -> {r.get('ratio')}", flush=True)
         results[name] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "command": command, "rows": rows}
