@@ -17,6 +17,7 @@ from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
+from itm_core.models.distributed import train_in_processes
 from itm_core.models.matcher import Matcher
 from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
 from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
@@ -68,7 +69,12 @@ def train_matcher(
 
     if resume is not None:
         print(f"resuming from the checkpoint of epoch {resume['epoch']}")
-    result = train_contrastive(matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume)
+    if t.processes > 1:
+        print(f"training data-parallel in {t.processes} processes (torch.distributed, gloo)")
+        result = train_in_processes(t.processes, matcher, train, val, config, unlocked, resume, checkpointer.path if checkpointer else None,
+                                    on_epoch, checkpointer.publish if checkpointer else None)
+    else:
+        result = train_contrastive(matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
 

@@ -45,6 +45,14 @@ class TrainingParams(Params):
     time_limit_s: float = Field(0, ge=0, description="End training after the epoch that passes this many seconds (0: no limit); the best epoch so far is kept")
     resume: bool = Field(False, description="Continue the last unfinished run of these same parameters from its last checkpoint (after a crash, kill or cancel)")
     checkpoint_every: int = Field(5, ge=0, description="Also log the checkpoint to the MLflow run every this many epochs (0: never); it is written locally every epoch")
+    processes: int = Field(1, ge=1, le=256, description="Train data-parallel in this many processes on this machine (torch.distributed, gloo): each embeds its slice of every global batch and the loss spans the whole batch, as in one process")
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainingParams":
+        if self.processes > self.batch_size:
+            raise ValueError(f"training.processes ({self.processes}) is larger than training.batch_size ({self.batch_size}): "
+                             "every process takes a slice of each batch; use at most batch_size processes")
+        return self
 
 
 class ExecutorParams(Params):

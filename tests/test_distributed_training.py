@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = """
@@ -46,3 +47,43 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     assert torch.allclose(torch.tensor(one["losses"]), torch.tensor(two["losses"]), atol=1e-5)
     for name, weight in one["state"].items():
         assert torch.allclose(weight, two["state"][name], atol=1e-5), name
+
+
+def _history(run_id: str, key: str) -> list[float]:
+    from mlflow import MlflowClient
+
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_retrain_in_two_processes_matches_one(prefect_server, mlflow_store, tiny_shapes_options):
+    """`training.processes: 2` runs the flow's training loop under torchrun: the same epochs, curves,
+    checkpoints and test scores as one process (dropout off, so the steps are the same)."""
+    from mlflow import MlflowClient
+
+    from flows.retrain import retrain
+    from itm_core.config import RetrainParams
+
+    def run(processes: int) -> dict:
+        return retrain(RetrainParams.model_validate({
+            "dataset": {"options": tiny_shapes_options}, "image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf"},
+            "training": {"epochs": 4, "batch_size": 16, "dropout": 0.0, "patience": 10, "checkpoint_every": 2, "processes": processes},
+        }))
+
+    one, two = run(1), run(2)
+    assert two["epochs"] == one["epochs"] == 4 and two["best_epoch"] == one["best_epoch"]
+    for key in ("train_loss", "val_rsum", "temperature"):
+        a, b = _history(one["run_id"], key), _history(two["run_id"], key)
+        assert len(a) == len(b) == 4, key
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4), (key, a, b)
+    assert _history(one["run_id"], "train_loss")[-1] < _history(one["run_id"], "train_loss")[0]  # it learns
+    for metric, value in one["test"].items():
+        assert two["test"][metric] == pytest.approx(value, abs=1e-3), metric
+    logged = [a.path for a in MlflowClient().list_artifacts(two["run_id"], "checkpoint")]
+    assert logged, "the checkpoint written by rank 0 is logged to the run"
+
+
+def test_processes_must_fit_the_batch():
+    from itm_core.config import TrainingParams
+
+    with pytest.raises(ValueError, match=r"training.processes \(8\) is larger than training.batch_size \(4\)"):
+        TrainingParams(processes=8, batch_size=4)

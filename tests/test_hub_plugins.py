@@ -224,3 +224,44 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
     locked_text = dict(towers, text_encoder=ComponentParams(name="minilm"))
     with pytest.raises(ValueError, match="the text encoder 'minilm' is not trainable"):
         retrain(RetrainParams(dataset=dataset, training=training, **locked_text))
+
+
+@pytest.mark.timeout(600)
+def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_shapes):
+    """Fine-tuning unlocked towers data-parallel (two gloo processes under torchrun) gives the
+    weights one process gives on the same global batches."""
+    from itm_core import create
+    from itm_core.encode.embed import FeatureSplit
+    from itm_core.models.distributed import train_in_processes
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.training import ContrastiveConfig, LiveTower, train_contrastive
+
+    def setup() -> tuple:
+        towers = {m: create("encoder", "clip", modality=m, model=clip_dir) for m in ("image", "text")}
+        splits = {s: tiny_shapes.split(s) for s in ("train", "val")}
+        items = {s: {"image": [str(p) for p in d.image_paths()], "text": list(d.captions)} for s, d in splits.items()}
+        live = {m: LiveTower(towers[m], items["train"][m], items["val"][m]) for m in towers}
+        feats = {s: FeatureSplit(live["image"].all_features(items[s]["image"]), live["text"].all_features(items[s]["text"]),
+                                 torch.tensor(splits[s].caption_image)) for s in splits}
+        torch.manual_seed(0)
+        matcher = Matcher({"name": "clip"}, {"name": "clip"}, towers["image"].dim, towers["text"].dim, embed_dim=16, hidden_dim=0, dropout=0.0)
+        return matcher, feats, live
+
+    config = ContrastiveConfig(epochs=2, batch_size=16, lr=1e-3, tower_lr=1e-3, patience=5)
+    m1, f1, live1 = setup()
+    r1 = train_contrastive(m1, f1["train"], f1["val"], config, unlocked=live1)
+    m2, f2, live2 = setup()
+    epochs: list[int] = []
+    r2 = train_in_processes(2, m2, f2["train"], f2["val"], config, live2, on_epoch=lambda e, _: epochs.append(e))
+    assert epochs == [1, 2] and r2.best_epoch == r1.best_epoch
+    assert [h["train_loss"] for h in r2.history] == pytest.approx([h["train_loss"] for h in r1.history], abs=1e-4)
+    for m in ("image", "text"):
+        before = create("encoder", "clip", modality=m, model=clip_dir).train_module().state_dict()
+        one, two = live1[m].encoder.train_module().state_dict(), live2[m].encoder.train_module().state_dict()
+        assert any(not torch.allclose(one[k], before[k]) for k in one), f"the {m} tower was fine-tuned"
+        # attention key biases are left out: softmax ignores them, so their true gradient is zero and
+        # AdamW turns the rounding noise in it into steps of lr size that differ with summation order
+        differ = [k for k in one if not k.endswith("k_proj.bias") and not torch.allclose(one[k], two[k], atol=1e-4)]
+        assert not differ, (m, differ, [float((one[k] - two[k]).abs().max()) for k in differ])
+    for k, w in m1.state_dict().items():
+        assert torch.allclose(w, m2.state_dict()[k], atol=1e-4), k

@@ -278,7 +278,12 @@ class Checked:
     def unwrapped(self) -> Any:
         return self._component
 
+    def __reduce__(self) -> Any:  # pickles (to another process) as the component with its wrapper
+        return (type(self), (self._component, self.kind, self.name, self.plugin, self.options))
+
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "_component":  # not the component's: e.g. while unpickling
+            raise AttributeError(attr)
         value = getattr(self._component, attr)
         check = _OUTPUT_CHECKS[self.kind].get(attr)
         if check is None or not callable(value):

@@ -8,6 +8,7 @@ retrieval every epoch; early stopping on a validation metric; the best weights r
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from itm_core.encode.embed import FeatureSplit
+from itm_core.models.distributed import Ranks, average_gradients, broadcast_parameters, gather_with_grad, share_decision
 from itm_core.models.matcher import Matcher
 from itm_core.judge.retrieval import ranks, recall_metrics
 
@@ -150,6 +152,7 @@ def train_contrastive(
     unlocked: dict[str, LiveTower] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
+    ranks: Ranks = Ranks(),
 ) -> TrainResult:
     """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``.
 
@@ -159,6 +162,13 @@ def train_contrastive(
     ``checkpoint(state)`` is called at the end of every epoch with everything needed to go on
     (weights, optimiser, schedule, random states, early-stopping state, history); training given
     that ``resume`` state continues from the next epoch and ends as the uninterrupted run would.
+
+    With ``ranks`` of more than one process (``torch.distributed`` initialised, see
+    ``itm_core.models.distributed``) every process draws the same global batches, encodes and
+    embeds its own slice of each, and the loss is computed over the whole batch from embeddings
+    gathered with their gradients; gradients are averaged over the processes, so each step equals
+    the one-process step on the same global batch. Rank 0 decides early stopping and alone calls
+    ``on_epoch`` and ``checkpoint``.
     """
     unlocked = unlocked or {}
     seed_everything(config.seed)
@@ -166,6 +176,8 @@ def train_contrastive(
     matcher.image_head.set_statistics(train.image)
     matcher.text_head.set_statistics(train.text)
     modules = {m: t.encoder.train_module() for m, t in unlocked.items()}
+    for module in (matcher, *modules.values()):
+        broadcast_parameters(module, ranks)
     groups = [{"params": list(matcher.parameters()), "lr": config.lr}]
     groups += [{"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -209,12 +221,19 @@ def train_contrastive(
             rng.shuffle(order)
             for b in range(max(1, len(order) // config.batch_size)):
                 batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+                batch = batch[: len(batch) - len(batch) % ranks.world]  # equal slices
                 if len(batch) < 2:
                     continue
                 picked = [rng.choice(captions[i]) for i in batch]
-                loss = clip_loss(matcher.logits(batch_features("image", batch, train.image), batch_features("text", picked, train.text)))
+                mine = ranks.slice(len(batch))
+                image_emb = matcher.embed_image_features(batch_features("image", batch[mine], train.image))
+                text_emb = matcher.embed_text_features(batch_features("text", picked[mine], train.text))
+                scale = matcher.logit_scale.clamp(max=math.log(100.0)).exp()
+                loss = clip_loss(scale * gather_with_grad(image_emb, ranks) @ gather_with_grad(text_emb, ranks).T)
                 optimizer.zero_grad()
                 loss.backward()
+                for module in (matcher, *modules.values()):
+                    average_gradients(module, ranks)
                 optimizer.step()
                 if scheduler.last_epoch < scheduler.total_steps - 1:
                     scheduler.step()
@@ -227,8 +246,9 @@ def train_contrastive(
                 caption_image=val.caption_image,
             )
         metrics.update({f"val_{k}": v for k, v in evaluate_features(matcher, val).items()})
+        metrics = share_decision(metrics, ranks)  # every rank follows rank 0's validation
         result.history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None:
+        if on_epoch is not None and ranks.main:
             on_epoch(epoch, metrics)
         value = metrics[f"val_{config.monitor}"]
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{config.monitor: f"{value:.3f}"})
@@ -238,7 +258,8 @@ def train_contrastive(
         else:
             stale += 1
         done = stale >= config.patience or bool(config.time_limit_s and time.perf_counter() - start > config.time_limit_s)
-        if checkpoint is not None:
+        done = bool(share_decision({"done": float(done)}, ranks)["done"])  # rank 0's clock
+        if checkpoint is not None and ranks.main:
             checkpoint({
                 "epoch": epoch, "done": done, "matcher": matcher.state_dict(), "towers": {m: mod.state_dict() for m, mod in modules.items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": list(_flatten_rng(rng.getstate())),

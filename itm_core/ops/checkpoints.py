@@ -47,7 +47,11 @@ class Checkpointer:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
-        if self.every and (state["epoch"] % self.every == 0 or state["done"]):
+        self.publish(state["epoch"], state["done"])
+
+    def publish(self, epoch: int, done: bool) -> None:
+        """Log the local checkpoint (written for ``epoch``) to the active run when it is due."""
+        if self.every and (epoch % self.every == 0 or done):
             mlflow.log_artifact(str(self.path), ARTIFACT_DIR)
 
     def clear(self) -> None:
