@@ -127,11 +127,17 @@ def bench_cache(n: int, home: Path) -> list[Row]:
 
 
 ENCODE_JOB = """
-import sys
+import os, sys
 from itm_core import create
 from itm_core.encode.embed import EmbeddingCache, EncodeOptions, encode
 paths = open(sys.argv[2]).read().split("\\n")
-encode(create("encoder", "efficientnet-lite0"), paths, EmbeddingCache(sys.argv[1]), options=EncodeOptions(compile="off", shard_size=int(sys.argv[3])))
+encoder = create("encoder", "efficientnet-lite0")
+model, work = encoder.unwrapped.encode_preprocessed, os.open(sys.argv[4], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def counted(batch):  # the work: images handed to the model, counted when a batch starts
+    os.write(work, f"{len(batch)}\\n".encode())
+    return model(batch)
+encoder.unwrapped.encode_preprocessed = counted
+encode(encoder, paths, EmbeddingCache(sys.argv[1]), options=EncodeOptions(compile="off", shard_size=int(sys.argv[3])))
 """
 
 
@@ -145,7 +151,11 @@ def bench_kill(n: int, home: Path, shard: int) -> list[Row]:
     key = encoder_key(create("encoder", "efficientnet-lite0"))
 
     def job(cache: Path) -> subprocess.Popen:
-        return subprocess.Popen([PYTHON, "-c", ENCODE_JOB, str(cache), str(listing), str(shard)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen([PYTHON, "-c", ENCODE_JOB, str(cache), str(listing), str(shard), str(cache / "work.txt")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def work(cache: Path) -> int:
+        return sum(int(line) for line in (cache / "work.txt").read_text().split())
 
     whole = Path(tempfile.mkdtemp(dir=home))
     t_whole, _ = _timed(lambda: job(whole).wait())
@@ -160,9 +170,12 @@ def bench_kill(n: int, home: Path, shard: int) -> list[Row]:
     committed = EmbeddingCache(killed).count(key)
     t_rerun, _ = _timed(lambda: job(killed).wait())
     assert EmbeddingCache(killed).count(key) == n
-    return [{"what": f"kill -9 at {committed}/{n} images committed, then a re-run: total s", "reference": "an uninterrupted run",
-             "value": t_killed + t_rerun, "ref_value": t_whole, "ratio": (t_killed + t_rerun) / t_whole, "target": "total work <= 1.1x",
-             "note": f"shards of {shard} rows; both runs pay process and model start-up (about 3 s each)"}]
+    done_whole, done_killed = work(whole), work(killed)
+    return [{"what": f"kill -9 at {committed}/{n} images committed, then a re-run: images through the model", "reference": "an uninterrupted run",
+             "value": done_killed, "ref_value": done_whole, "ratio": done_killed / done_whole, "target": "total work <= 1.1x",
+             "note": f"shards of {shard} rows; counted as each batch starts, so the batch the kill cut short counts"},
+            {"what": "the same, wall time of both runs, s", "reference": "an uninterrupted run", "value": t_killed + t_rerun, "ref_value": t_whole,
+             "ratio": (t_killed + t_rerun) / t_whole, "target": "reported", "note": "the second run pays process and model start-up again (about 3 s)"}]
 
 
 # --- retrieval and training ----------------------------------------------------------------------
