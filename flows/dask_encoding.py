@@ -9,6 +9,7 @@ folder must therefore be one that every worker reaches (the same machine, or a s
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Sequence
 
 from prefect import flow, task
@@ -43,21 +44,23 @@ def worker_encoder(spec: dict[str, Any]) -> Any:
 
 
 @task(name="encode-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
-def encode_shard(spec: dict[str, Any], items: Sequence[str], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> dict[str, int]:
-    """Encode one shard of items into the cache on a worker; bad images are left for the flow to report."""
+def encode_shard(spec: dict[str, Any], items: Sequence[str], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> dict[str, float]:
+    """Encode one shard of items into the cache on a worker; bad images are left for the flow to
+    report. Returns the counts and when the shard started and finished (epoch seconds)."""
     import torch
 
+    started = time.time()
     if threads:
         torch.set_num_threads(threads)
     options = encoding.options()
     options.workers = 0  # Dask worker processes are daemonic: they cannot start loader processes
     options.shard_size = max(options.shard_size, len(items))
     encoded = encode_into_cache(worker_encoder(spec), items, EmbeddingCache(cache_folder, float16=float16), options)
-    return {"items": len(items), "failed": len(encoded.failures)}
+    return {"items": len(items), "failed": len(encoded.failures), "started": started, "finished": time.time()}
 
 
 @flow(name="encode-on-dask", log_prints=True)
-def encode_shards(jobs: list[tuple[dict[str, Any], list[str]]], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> list[dict[str, int]]:
+def encode_shards(jobs: list[tuple[dict[str, Any], list[str]]], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> list[dict[str, float]]:
     """Map every (encoder, shard) job to a task on the cluster and wait for all of them."""
     futures = [encode_shard.submit(spec, items, cache_folder, float16, encoding, threads) for spec, items in jobs]
     return [f.result() for f in futures]
@@ -76,7 +79,7 @@ def task_runner(executor: ExecutorParams) -> Any:
     )
 
 
-def encode_on_dask(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams) -> list[dict[str, int]]:
+def encode_on_dask(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams) -> list[dict[str, float]]:
     """Fill ``cache`` with both towers' features of ``data``, shard by shard, on the cluster."""
     size = encoding.executor.shard_images
     paths = [os.path.abspath(p) for p in data.image_paths()]  # as the cache's file index records them
