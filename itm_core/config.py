@@ -71,7 +71,9 @@ class EncodingParams(Params):
     batch_size: int = Field(64, ge=1, description="Images per encoder batch")
     text_batch_size: int = Field(256, ge=1, description="Texts per encoder batch (texts go in length order, so batches pad little)")
     workers: int | None = Field(None, ge=0, description="Loader processes that read and decode images beside the model (empty: one per two cores; 0: none)")
-    compile: Literal["auto", "on", "off"] = Field("auto", description="Run locked towers through torch.compile: `auto` for passes large enough to repay the compile time")
+    compile: Literal["auto", "on", "off", "onnxruntime", "torch"] = Field(
+        "auto", description="Run locked towers compiled: `auto` in the best runtime the encoder offers (ONNX Runtime, else torch.compile) for passes "
+                            "large enough to repay building it; `on` always; `onnxruntime` or `torch` that runtime; `off` eagerly")
     shard_size: int = Field(2048, ge=1, description="Rows per committed cache shard (a killed run redoes at most one)")
     float16: bool = Field(False, description="Store cached features at half precision (half the disk and page cache)")
     executor: ExecutorParams = Field(default_factory=ExecutorParams, description="Where encoding runs")

@@ -42,7 +42,8 @@ class EfficientNetLite0(Encoder):
         # channels-last runs the depthwise convolutions about 1.5x faster on CPUs
         self.model.eval().to(device, memory_format=torch.channels_last)
         self._compiled = None
-        self._use_compiled = False
+        self._onnx = None
+        self._use_compiled: str | bool = False  # False, "torch" or "onnxruntime"
         self.device = device
         self.image_size = image_size
         self.pool = pool
@@ -58,20 +59,33 @@ class EfficientNetLite0(Encoder):
         array = np.asarray(image.convert("RGB").resize(size), dtype=np.float32).transpose(2, 0, 1)
         return (array / 255.0 - 0.5) / 0.5
 
-    def set_compiled(self, on: bool) -> None:
-        """Run the feature extractor through ``torch.compile`` (built on first use) or eagerly."""
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """Compiled runtimes, best first: ONNX Runtime (CPU only) runs this network several times
+        faster than ``torch.compile`` on a CPU."""
+        return ("onnxruntime", "torch") if str(self.device) == "cpu" else ("torch",)
+
+    def set_compiled(self, on: bool, runtime: str = "torch") -> None:
+        """Run the feature extractor in ``runtime`` (built on first use) or eagerly."""
         import torch
 
-        if on and self._compiled is None:
+        if on and runtime == "onnxruntime" and self._onnx is None:
+            from itm_core.encode.runtime import OnnxModule
+
+            example = torch.zeros(2, 3, self.image_size, self.image_size)
+            self._onnx = OnnxModule(_feature_extractor(self.model), (example,), ["image"], {"image": {0: "batch"}, "out": {0: "batch"}})
+        if on and runtime == "torch" and self._compiled is None:
             self._compiled = torch.compile(self.model.extract_features, dynamic=False)
-        self._use_compiled = on
+        self._use_compiled = runtime if on else False
 
     def _features(self, x: "torch.Tensor") -> "torch.Tensor":
         import torch
 
+        if self._use_compiled == "onnxruntime":
+            return self._onnx(x.float())
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            fn = self._compiled if self._use_compiled else self.model.extract_features
+            fn = self._compiled if self._use_compiled == "torch" else self.model.extract_features
             return fn(x).float()
 
     def _feature_map(self, items: Sequence) -> "torch.Tensor":
@@ -126,6 +140,21 @@ class EfficientNetLite0(Encoder):
             return torch.zeros(0, side * side, self.token_dim), torch.zeros(0, side * side, dtype=torch.bool)
         tokens = self._feature_map(items).flatten(2).transpose(1, 2).cpu()
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
+
+
+def _feature_extractor(model: "torch.nn.Module") -> "torch.nn.Module":
+    """``model.extract_features`` as a module's forward (what the ONNX export traces)."""
+    import torch
+
+    class FeatureExtractor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model.extract_features(x)
+
+    return FeatureExtractor()
 
 
 @hookimpl

@@ -175,14 +175,32 @@ def test_a_compiled_forward_that_disagrees_with_eager_is_not_used(tiny_shapes, c
     assert torch.equal(far, eager) and "differs from eager" in caplog.text
 
 
-def test_compiled_efficientnet_matches_eager(tiny_shapes):
+@pytest.mark.parametrize("mode, runtime", [("torch", "torch"), ("onnxruntime", "onnxruntime"), ("on", "onnxruntime")])
+def test_compiled_efficientnet_matches_eager(tiny_shapes, mode, runtime):
     paths = [str(p) for p in tiny_shapes.split("val").image_paths()]
     options = dict(workers=0, batch_size=8)
     eager = encode(create("encoder", "efficientnet-lite0", image_size=64), paths, options=EncodeOptions(compile="off", **options))
     enc = create("encoder", "efficientnet-lite0", image_size=64)
-    compiled = encode(enc, paths, options=EncodeOptions(compile="on", **options))
-    assert enc.unwrapped._use_compiled  # the pass switched to the compiled forward
-    assert (compiled - eager).abs().max() <= 1e-4
+    compiled = encode(enc, paths, options=EncodeOptions(compile=mode, **options))
+    assert enc.unwrapped._use_compiled == runtime  # the pass switched to that runtime's forward
+    assert not torch.equal(compiled, eager) and (compiled - eager).abs().max() <= 1e-4
+
+
+def test_auto_picks_the_best_runtime_for_large_passes(monkeypatch):
+    from itm_core.encode import runtime as rt
+
+    image, text = create("encoder", "efficientnet-lite0", image_size=64), create("encoder", "minilm")
+    assert rt.runtimes(image) == ["onnxruntime", "torch"] and rt.runtimes(text) == []
+    assert rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["onnxruntime"], "auto") == "onnxruntime"
+    assert rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["onnxruntime"] - 1, "auto") is None  # too small to repay the export
+    assert rt.choose_runtime(image, "tokens", 10**6, "auto") is None  # only pooled features run compiled
+    assert rt.choose_runtime(text, "pooled", 10**6, "on") is None and rt.choose_runtime(text, "pooled", 10, "onnxruntime") is None
+    monkeypatch.setattr(rt, "onnxruntime_installed", lambda: False)
+    assert rt.runtimes(image) == ["torch"] and rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["torch"], "auto") == "torch"
+    with pytest.raises(ValueError, match=r"compile: onnxruntime needs the onnxruntime package: pip install"):
+        rt.choose_runtime(image, "pooled", 10, "onnxruntime")
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off, onnxruntime, torch; got 'fast'"):
+        rt.choose_runtime(image, "pooled", 10, "fast")
 
 
 def test_dask_workers_fill_the_cache_with_the_local_embeddings(prefect_server, tiny_shapes, tmp_path):

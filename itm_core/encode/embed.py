@@ -39,7 +39,7 @@ class EncodeOptions:
     text_batch_size: int = 256
     workers: int | None = None
     shard_size: int = 2048
-    compile: Literal["auto", "on", "off"] = "auto"
+    compile: Literal["auto", "on", "off", "onnxruntime", "torch"] = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
