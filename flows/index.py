@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -17,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.tasks import load_data, log_dataset, transient_only
 from itm_core.config import IndexParams
 from itm_core.data import ImageTextSet
-from itm_core.encode.embed import EmbeddingCache
+from itm_core.data.images import SkippedImage
+from itm_core.encode.embed import EmbeddingCache, encode_images
 from itm_core.models.search_index import SearchIndex
 from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
 from itm_core.ops.tracking import CHAMPION, FLOW_HOOKS, champion_version, load_matcher, tracked_run
@@ -32,13 +34,20 @@ def load_matcher_task(uri: str) -> Any:
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed(matcher: Any, data: ImageTextSet, captions: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def embed(matcher: Any, data: ImageTextSet, captions: bool, on_bad_image: str) -> tuple[ImageTextSet, np.ndarray, np.ndarray | None, list[SkippedImage]]:
     """Joint-space embeddings through the cached, resumable encoding path (tower features come from
-    the embedding cache when present, and are written there in shards as they are computed)."""
+    the embedding cache when present, and are written there in shards as they are computed). Each
+    image file is read, checked and decoded once, in that pass: bad ones are skipped (and returned)
+    or fail the flow, by ``on_bad_image``."""
     cache = EmbeddingCache()
-    images = matcher.embed_images([str(p) for p in data.image_paths()], cache).numpy()
-    texts = matcher.embed_texts(data.captions, cache).numpy() if captions else None
-    return images, texts
+    matcher.eval()
+    kept, features, skipped = encode_images(matcher._encoder("image"), data, cache, on_bad_image=on_bad_image)
+    for s in skipped:
+        print(f"skipped image {s.path}: {s.reason}")
+    with torch.no_grad():
+        images = matcher.embed_image_features(features).numpy()
+    texts = matcher.embed_texts(kept.captions, cache).numpy() if captions else None
+    return kept, images, texts, skipped
 
 
 @task(name="build-index", cache_policy=NO_CACHE)
@@ -64,14 +73,14 @@ def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
     matcher it needs) to MLflow, and register matcher and index as the search model."""
     identity = matcher_identity(params.matcher)
     matcher = load_matcher_task(identity.version_uri or params.matcher)
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     data = select_splits(data, params.splits)
     meta = {"matcher_id": identity.id, "matcher_uri": params.matcher, "matcher_version_uri": identity.version_uri,
             "dataset": data.name, "dataset_fingerprint": data.fingerprint()}
     with tracked_run(params.experiment, params.run_name or f"index {data.name} with {identity.id}", params.model_dump()) as run:
-        log_dataset(data, skipped)
         mlflow.set_tags({"dataset.fingerprint": meta["dataset_fingerprint"], "matcher.id": identity.id})
-        image_vectors, caption_vectors = embed(matcher, data, params.captions)
+        data, image_vectors, caption_vectors, skipped = embed(matcher, data, params.captions, params.dataset.on_bad_image)
+        log_dataset(data, skipped)
         firsts = [caps[0] if caps else "" for caps in data.captions_by_image()]
         items = pd.DataFrame({"image": [str(p.resolve()) for p in data.image_paths()], "split": data.image_split, "caption": firsts})
         images = build_index(image_vectors, items, params, meta)

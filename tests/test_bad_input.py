@@ -185,3 +185,17 @@ def test_retrain_reports_bad_images_from_its_encoding_pass(prefect_server, mlflo
     skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
     assert sorted(skipped["path"]) == ["bomb.png", "truncated.png"]
     _one_line_error(retrain(on_bad_image="fail"), "truncated.png")
+
+    def index(**dataset):  # the index flow checks images in its one encoding pass too
+        params = tmp_path / "index.json"
+        params.write_text(json.dumps({"dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
+                                      "matcher": "models:/bad-input@champion", "captions": True, "registered_model": None}))
+        return _run(["run", "index", "--params", str(params)])
+
+    result = index()
+    assert result.exit_code == 0, result.output[-3000:]
+    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])
+    assert result_json["images"] == 13 and result_json["captions"] == 13
+    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result_json["run_id"], artifact_path="skipped_images.csv"))
+    assert sorted(skipped["path"]) == ["bomb.png", "truncated.png"]
+    _one_line_error(index(on_bad_image="fail"), "truncated.png")

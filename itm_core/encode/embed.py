@@ -316,6 +316,31 @@ def _from_sources(sources: tuple[CachedRows, CachedRows], caption_image: torch.T
     return FeatureSplit(sources[0].load(), sources[1].load(), caption_image, sources)
 
 
+def _image_pass(encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None, options: EncodeOptions,
+                on_bad_image: Literal["fail", "skip"]) -> tuple[ImageTextSet, Encoded, list[SkippedImage]]:
+    paths = [str(p) for p in data.image_paths()]
+    try:
+        images = _pooled_pass(encoder, paths, cache, options, f"{data.name}: {getattr(encoder, 'name', 'image')}", on_bad_image)
+    except DataError as exc:
+        raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
+    skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
+    if not images.ok.any():
+        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
+    kept = data if images.ok.all() else data.subset(np.flatnonzero(images.ok).tolist())
+    return kept, images, skipped
+
+
+def encode_images(
+    encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None = None, options: EncodeOptions | None = None,
+    on_bad_image: Literal["fail", "skip"] = "fail",
+) -> tuple[ImageTextSet, torch.Tensor, list[SkippedImage]]:
+    """The image tower's features of every usable image of ``data``, each file read, checked and
+    decoded once, with the same bad-image rules as :func:`encode_split`: the usable subset (captions
+    follow their images), its feature rows and the skipped images."""
+    kept, images, skipped = _image_pass(encoder, data, cache, options or EncodeOptions(), on_bad_image)
+    return kept, torch.from_numpy(images.arrays["emb"][images.ok]), skipped
+
+
 def encode_split(
     image_encoder: Any,
     text_encoder: Any,
@@ -328,15 +353,7 @@ def encode_split(
     images: each file is read, checked and decoded once. Bad images fail the pass (naming the file)
     or, with ``on_bad_image="skip"``, are left out with their captions and reported."""
     options = options or EncodeOptions()
-    paths = [str(p) for p in data.image_paths()]
-    try:
-        images = _pooled_pass(image_encoder, paths, cache, options, f"{data.name}: {getattr(image_encoder, 'name', 'image')}", on_bad_image)
-    except DataError as exc:
-        raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
-    skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
-    if not images.ok.any():
-        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
-    kept = data if images.ok.all() else data.subset(np.flatnonzero(images.ok).tolist())
+    kept, images, skipped = _image_pass(image_encoder, data, cache, options, on_bad_image)
     image_rows = images.arrays["emb"] if images.ok.all() else images.arrays["emb"][images.ok]
     text = _pooled_pass(text_encoder, kept.captions, cache, options, f"{data.name}: {getattr(text_encoder, 'name', 'text')}")
     sources = None
