@@ -91,6 +91,41 @@ def bench_encoding(n: int, home: Path) -> list[Row]:
                      "note": f"building it and checking it against eager on 128 images took {t_first:.1f} s once; largest difference from the plain loop's "
                              f"embeddings {float((compiled - ref).abs().max()):.1e} (eager {float((eager - ref).abs().max()):.1e})"})
     rows += bench_text_encoders(min(n * 5, 2048))
+    rows += bench_hub_image_encoder(paths[: max(16, n // 8)], home)
+    return rows
+
+
+def bench_hub_image_encoder(paths: list[str], home: Path) -> list[Row]:
+    """The ``clip`` image tower at the size of openai/clip-vit-base-patch32 (ViT-B/32, 224 pixels;
+    random weights, built locally: speed does not depend on the weights), eager against ONNX
+    Runtime and ``torch.compile`` through the encoding pipeline (building excluded)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from itm_core import create
+    from itm_core.encode.embed import EncodeOptions, encode
+    from plugins.tiny_hub import tokenizer
+
+    folder = home / "clip-vit-b-32"
+    if not folder.is_dir():
+        tok = tokenizer(folder, "clip", max_length=77)
+        torch.manual_seed(0)
+        config = CLIPConfig(text_config={"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+                            vision_config={"image_size": 224, "patch_size": 32}, projection_dim=512)
+        CLIPModel(config).save_pretrained(folder)
+        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+    eager_enc = create("encoder", "clip", modality="image", model=str(folder))
+    encode(eager_enc, paths[:8], options=EncodeOptions(compile="off"))  # warm-up
+    t_eager, eager = _timed(lambda: encode(eager_enc, paths, options=EncodeOptions(compile="off")))
+    rows = []
+    for runtime, label in (("onnxruntime", "ONNX Runtime"), ("torch", "torch.compile")):
+        enc = create("encoder", "clip", modality="image", model=str(folder))
+        t_build, _ = _timed(lambda: encode(enc, paths[:64], options=EncodeOptions(compile=runtime)))
+        t_fast, fast = _timed(lambda: encode(enc, paths, options=EncodeOptions(compile=runtime)))
+        rows.append({"what": f"clip image tower (ViT-B/32, 224 px), {label}, images/s", "reference": "the same tower eager, same pipeline",
+                     "value": len(paths) / t_fast, "ref_value": len(paths) / t_eager, "ratio": t_eager / t_fast, "target": "measured",
+                     "note": f"{len(paths)} images; building and checking took {t_build:.1f} s once; largest difference {float((fast - eager).abs().max()):.1e}; "
+                             "random weights at the real size (no network here)"})
     return rows
 
 
