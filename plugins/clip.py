@@ -43,32 +43,6 @@ class ClipEncoder(Encoder):
         self.tuned = False
         self.dim = int(self.model.config.projection_dim)
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
-        self._runtime: str | None = None  # compiled image forward in use: "onnxruntime", "torch" or None
-        self._built: dict[str, Any] = {}
-
-    @property
-    def runtimes(self) -> tuple[str, ...]:
-        """Compiled runtimes of the image tower, best first (CPU, float32); texts stay eager."""
-        if self.modality != "image" or str(self.device) != "cpu" or str(self.model.dtype) != "torch.float32":
-            return ()
-        return ("onnxruntime", "torch")
-
-    def set_compiled(self, on: bool, runtime: str = "torch") -> None:
-        """Run the image tower in ``runtime`` (built on first use, from the current weights) or eagerly."""
-        import torch
-
-        if on and runtime not in self._built:
-            module = _image_features(self.model).eval()
-            if runtime == "onnxruntime":
-                from itm_core.encode.runtime import OnnxModule
-
-                size = self.processor.crop_size if hasattr(self.processor, "crop_size") else None
-                side = int(size["height"]) if isinstance(size, dict) else int(self.model.config.vision_config.image_size)
-                example = torch.zeros(2, 3, side, side)
-                self._built[runtime] = OnnxModule(module, (example,), ["pixel_values"], {"pixel_values": {0: "batch"}, "out": {0: "batch"}})
-            else:
-                self._built[runtime] = torch.compile(module, dynamic=False)
-        self._runtime = runtime if on else None
 
     def inputs(self, items: Sequence[Any]) -> dict[str, Any]:
         """The model inputs for ``items`` (what CLIPModel's own forward takes)."""
@@ -91,14 +65,10 @@ class ClipEncoder(Encoder):
 
     def encode(self, items: Sequence[Any]) -> "torch.Tensor":
         import torch
-        import torch.nn.functional as F
 
         if len(items) == 0:
             return torch.zeros(0, self.dim)
         with torch.inference_mode():
-            if self._runtime is not None:
-                pixels = self.inputs(items)["pixel_values"].to(self.model.dtype)
-                return F.normalize(self._built[self._runtime](pixels).float(), dim=-1).cpu()
             return self.forward_features(items).cpu()
 
     def train_module(self) -> "torch.nn.Module":
@@ -106,14 +76,9 @@ class ClipEncoder(Encoder):
         import torch
 
         self.tuned = True
-        self._built.clear()  # compiled copies would keep the old weights
-        self._runtime = None
         m = self.model
         parts = [m.vision_model, m.visual_projection] if self.modality == "image" else [m.text_model, m.text_projection]
         return torch.nn.ModuleList(parts)
-
-    def __getstate__(self) -> dict[str, Any]:  # compiled copies do not travel (to training processes)
-        return {**self.__dict__, "_built": {}, "_runtime": None}
 
     def get_state(self) -> Any:
         if not self.tuned:
@@ -124,21 +89,6 @@ class ClipEncoder(Encoder):
         if state is not None:
             self.train_module().load_state_dict(state)
             self.model.eval()
-
-
-def _image_features(model: Any) -> "torch.nn.Module":
-    """``CLIPModel.get_image_features`` as a module's forward (what ONNX export and torch.compile take)."""
-    import torch
-
-    class ImageFeatures(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return features(self.model.get_image_features(pixel_values=pixel_values))
-
-    return ImageFeatures()
 
 
 @hookimpl

@@ -266,23 +266,3 @@ def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_sha
     for k, w in m1.state_dict().items():
         assert torch.allclose(w, m2.state_dict()[k], atol=1e-4), k
 
-
-def test_clip_image_tower_runs_in_onnxruntime_like_eager(clip_dir, tiny_shapes):
-    import pickle
-
-    from itm_core import create
-    from itm_core.encode.embed import EncodeOptions, encode
-
-    paths = [str(p) for p in tiny_shapes.split("val").image_paths()]
-    options = dict(workers=0, batch_size=8)
-    eager = encode(create("encoder", "clip", modality="image", model=clip_dir), paths, options=EncodeOptions(compile="off", **options))
-    enc = create("encoder", "clip", modality="image", model=clip_dir)
-    fast = encode(enc, paths, options=EncodeOptions(compile="on", **options))
-    assert enc.unwrapped._runtime == "onnxruntime"
-    assert not torch.equal(fast, eager) and (fast - eager).abs().max() <= 1e-4
-    copy = pickle.loads(pickle.dumps(enc))  # to training processes, without the ONNX session
-    from PIL import Image
-
-    assert copy.unwrapped._runtime is None and torch.allclose(copy.encode([Image.open(paths[0])]), eager[:1], atol=1e-5)
-    text = create("encoder", "clip", modality="text", model=clip_dir)
-    assert text.runtimes == ()
