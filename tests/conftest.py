@@ -72,3 +72,11 @@ def tiny_shapes(tiny_shapes_options):
 import sys  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny-model builders in tests/tiny_models.py
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_experiment():
+    """``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID`` for child processes; a flow run in
+    this process must not hand its store's experiment id to another test's subprocesses."""
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
