@@ -2,7 +2,7 @@
 
 An encoder that can run compiled implements ``set_compiled(on: bool)`` and, when it offers more
 than ``torch.compile``, lists the runtimes it supports best first in ``runtimes`` (``"onnxruntime"``,
-``"torch"``) and takes ``set_compiled(on, runtime=...)``. ``onnx_session`` exports a module to ONNX
+``"torch"``) and takes ``set_compiled(on, runtime=...)``. ``OnnxModule`` exports a module to ONNX
 and runs it in ONNX Runtime, for plugins that want it.
 
 ``compile="auto"`` picks the encoder's best installed runtime for passes large enough to repay
@@ -48,7 +48,7 @@ def choose_runtime(encoder: Any, what: str, n_items: int, mode: str) -> str | No
     if mode not in MODES:
         raise ValueError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "onnxruntime" and not onnxruntime_installed():
-        raise ValueError("compile: onnxruntime needs the onnxruntime package: pip install 'itm-workbench[onnx]' (or choose auto, torch or off)")
+        raise ValueError("compile: onnxruntime needs the onnxruntime package: pip install onnxruntime (or choose auto, torch or off)")
     if mode == "off" or what != "pooled":
         return None
     offered = runtimes(encoder)
@@ -63,16 +63,11 @@ def choose_runtime(encoder: Any, what: str, n_items: int, mode: str) -> str | No
     return best if mode == "on" or n_items >= AUTO_ITEMS[best] else None
 
 
-def wants_compile(encoder: Any, what: str, n_items: int, mode: str) -> bool:
-    """Whether a pass of ``n_items`` should run ``encoder`` compiled under ``mode``."""
-    return choose_runtime(encoder, what, n_items, mode) is not None
-
-
-def _switch(encoder: Any, on: bool, runtime: str | None) -> None:
-    if not on or runtime in (None, "torch") and not hasattr(encoder, "runtimes"):
-        encoder.set_compiled(on)  # encoders that only know torch.compile take no runtime
+def _switch_on(encoder: Any, runtime: str) -> None:
+    if hasattr(encoder, "runtimes"):
+        encoder.set_compiled(True, runtime=runtime)
     else:
-        encoder.set_compiled(on, runtime=runtime)
+        encoder.set_compiled(True)  # encoders that only know torch.compile take no runtime
 
 
 class OnnxModule:
@@ -125,7 +120,7 @@ class Accelerator:
             return self._padded(compute, values)
         eager = compute(values)
         try:
-            _switch(self.encoder, True, self.runtime)
+            _switch_on(self.encoder, self.runtime)
             compiled = self._padded(compute, values)
             self.max_difference = max(float((compiled[f].float() - eager[f].float()).abs().max()) for f in eager)
         except Exception as exc:  # a backend that cannot compile this model: stay eager
