@@ -10,11 +10,11 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset, transient_only
+from flows.tasks import checked_by_encoding, load_data, log_dataset, transient_only
 from itm_core.config import EvaluateParams, MatcherRef
-from itm_core.data import ImageTextSet, load_images
+from itm_core.data import ImageTextSet, SkippedImage, load_images
 from itm_core.encode.embed import EmbeddingCache
-from itm_core.judge.evaluation import RetrievalReport, build_scorer, retrieval_report
+from itm_core.judge.evaluation import RetrievalReport, build_scorer, image_tower, retrieval_report
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
@@ -37,17 +37,24 @@ def log_retrieval_figures(report: RetrievalReport, data: ImageTextSet, label: st
 
 
 @task(name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | None, experiment: str, cache: EmbeddingCache) -> dict[str, Any]:
+def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | None, experiment: str, cache: EmbeddingCache,
+                     on_bad_image: str | None = None) -> dict[str, Any]:
     """Score one matcher in a nested MLflow run, with its recall@K curve and retrieval examples.
+    With ``on_bad_image``, the images are checked in this matcher's encoding pass (each read once) and
+    the row carries the usable subset (``_data``) and the skipped images (``_skipped``).
     Retried once: loading a registered model from a tracking server can fail transiently."""
     name = ref.display_name()
+    skipped: list[SkippedImage] = []
     with tracked_run(experiment, name, ref.model_dump(exclude_none=True), nested=True):
-        report = retrieval_report(build_scorer(ref, train), data, cache)
+        scorer = build_scorer(ref, train)
+        if on_bad_image is not None:
+            data, skipped = checked_by_encoding(image_tower(scorer), data, cache, on_bad_image)
+        report = retrieval_report(scorer, data, cache)
         metrics = report.metrics
         mlflow.log_metrics(metrics)
         log_retrieval_figures(report, data, name)
     print(f"{name}: i2t R@1 {metrics['i2t_r1']:.3f}, t2i R@1 {metrics['t2i_r1']:.3f}, rsum {metrics['rsum']:.1f}")
-    return {"matcher": name, **metrics, "_ranks": report.ranks}
+    return {"matcher": name, **metrics, "_ranks": report.ranks, "_data": data, "_skipped": skipped}
 
 
 @flow(name="evaluate", log_prints=True, **FLOW_HOOKS)
@@ -55,17 +62,20 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     """Retrieval metrics for each matcher on ``split``, logged as nested runs and a leaderboard table."""
     import matplotlib.pyplot as plt
 
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # the images are checked in the first matcher's encoding pass
     split = data.split(params.split)
     train = data.split("train") if "train" in data.splits else None
     cache = EmbeddingCache()
     with tracked_run(params.experiment, params.run_name or f"leaderboard on {split.name}", params.model_dump(exclude={"matchers"})):
-        log_dataset(split, skipped)
         mlflow.log_param("matchers", ", ".join(m.display_name() for m in params.matchers))
         rows = []
         progress = create_progress_artifact(0.0, key="evaluate-progress", description="matchers evaluated")
         for n, ref in enumerate(params.matchers, 1):
-            rows.append(evaluate_matcher(ref, split, train, params.experiment, cache))
+            row = evaluate_matcher(ref, split, train, params.experiment, cache, params.dataset.on_bad_image if n == 1 else None)
+            if n == 1:  # every matcher is scored on the images the first one could read
+                split = row["_data"]
+                log_dataset(split, row["_skipped"])
+            rows.append({k: v for k, v in row.items() if k not in ("_data", "_skipped")})
             update_progress_artifact(progress, 100.0 * n / len(params.matchers))
         fig = recall_at_k_figure({r["matcher"]: r.pop("_ranks") for r in rows})
         mlflow.log_figure(fig, "recall_at_k.png")

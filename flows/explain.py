@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data
+from flows.tasks import load_data, read_checked
 from itm_core.config import ComponentParams, ExplainParams
 from itm_core.contract.registry import create, spec
 from itm_core.data import DataError, open_image
@@ -72,18 +72,19 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
     for p in params.explainers:  # an unknown name fails now, naming the known ones
         spec("explainer", p.name)
     explainers = [(p.name, build_explainer(p, params.grid)) for p in params.explainers]
-    data, _ = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # only the image explained is read, and checked then
     train = data.split("train") if "train" in data.splits else None
     if params.image:
         if not Path(params.image).is_file():
             raise DataError(f"explain: image file not found: {params.image}")
-        image_path = params.image
-    else:
-        image_path = str(data.split(params.split).image_path(0))
-    text = params.text or (data.split(params.split).captions_of(0)[0] if not params.image else None)
+        image_path, image = params.image, open_image(Path(params.image))
+        text = params.text
+    else:  # the split's first usable image and its first caption
+        first, decoded, _ = read_checked(data.split(params.split), params.dataset.on_bad_image, limit=1)
+        image_path, image = str(first.image_path(0)), decoded[0]
+        text = params.text or first.captions_of(0)[0]
     if not text or not text.split():
         raise ValueError("explain: give the text to explain with the image")
-    image = open_image(Path(image_path)).convert("RGB")
     scorer = PairScorer(build_scorer(params.matcher, train))
     skipped = {name: reason for name, _ in explainers if (reason := cannot_serve(name, scorer))}
     if len(skipped) == len(explainers):

@@ -12,10 +12,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.explain import build_explainer, cannot_serve
-from flows.tasks import load_data
+from flows.tasks import load_data, read_checked
 from itm_core.config import ComponentParams, ExplainBenchmarkParams
 from itm_core.contract.registry import names, spec
-from itm_core.data import open_image
 from itm_core.judge.evaluation import build_scorer
 from itm_core.judge.explain import PairScorer, attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
@@ -82,14 +81,15 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     chosen = params.explainers or [ComponentParams(name=n) for n in names("explainer")]
     for p in chosen:
         spec("explainer", p.name)
-    data, _ = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # only the images explained are read, and checked then
     split = data.split(params.split)
     train = data.split("train") if "train" in data.splits else None
-    picked = choose_pairs(split, params.pairs, params.single_object)
-    if not picked:
+    candidates = [i for i, _, _ in choose_pairs(split, len(split), params.single_object)]
+    if not candidates:
         raise ValueError(f"explain-benchmark: the {params.split} split has no "
                          + ("single-object images with object positions (the data needs an 'objects' column with cx, cy, r)" if params.single_object else "captioned images"))
-    pairs = [(open_image(split.image_path(i)).convert("RGB"), text, region) for i, text, region in picked]
+    usable, decoded, _ = read_checked(split.subset(candidates), params.dataset.on_bad_image, limit=params.pairs)
+    pairs = [(image, text, region) for image, (_, text, region) in zip(decoded, choose_pairs(usable, params.pairs, params.single_object))]
     scorer = PairScorer(build_scorer(params.matcher, train))
     with tracked_run(params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()):
         rows, first = [], []

@@ -11,9 +11,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset
+from flows.tasks import checked_by_encoding, load_data, log_dataset, without_skipped
 from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, attention_examples, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
+from itm_core.data import SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import build_encoders
 from itm_core.models.heads import HeadConfig
@@ -34,11 +35,17 @@ def head_config(p: HeadTrainingParams, hard_pool: int, seed: int, **itm: Any) ->
 
 
 @task(name="encode", cache_policy=NO_CACHE)
-def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: list[str]) -> dict[str, SplitFeatures]:
-    """Pooled (and, for token-level fusions, token) features of images, captions, probe captions and questions."""
+def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: list[str]) -> tuple[dict[str, SplitFeatures], list[SkippedImage]]:
+    """Pooled (and, for token-level fusions, token) features of images, captions, probe captions and
+    questions, and the images skipped: each image is checked in the pass that encodes it."""
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
     cache, tokens = EmbeddingCache(), uses_tokens(methods)
-    return {s: encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True) for s, d in splits.items()}
+    features, skipped = {}, []
+    for s, d in splits.items():
+        d, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
+        skipped += bad
+        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True)
+    return features, skipped
 
 
 @task(name="train-similarity", cache_policy=NO_CACHE)
@@ -136,12 +143,12 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
     methods = params.fusions or names("fusion")
     for name in methods:  # an unknown name fails now, listing the known ones, not after the encoding
         spec("fusion", name)
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     with tracked_run(params.experiment, params.run_name or f"fusion benchmark on {data.name}", params.model_dump()):
-        log_dataset(data, skipped)
         mlflow.set_tags({"tasks.vqa": str(has_qa(data)), "tasks.probe": str(has_probe(data))})
-        features = encode_all(params, splits, methods)
+        features, skipped = encode_all(params, splits, methods)
+        log_dataset(without_skipped(data, skipped), skipped)
         shared = train_similarity(params, features)
         similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset, transient_only
+from flows.tasks import load_data, log_dataset, read_checked, transient_only
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.data import DataError, load_images
 from itm_core.ops.plots import log_grid
@@ -88,23 +88,22 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
         from itm_core.models.text_to_image import check_prompts
 
         notes += check_prompts(prompts)
-    data = skipped = split = None
+    data = skipped = split = decoded = None
     if params.images:
         missing = [p for p in params.images if not Path(p).is_file()]
         if missing:
             raise DataError(f"generate: image files not found: {', '.join(missing)}")
         paths, references = list(params.images), [[] for _ in params.images]
     elif not prompts:
-        data, skipped = load_data(params.dataset)
-        available = len(data.split(params.split))
-        split = data.split(params.split).head(params.num_images)
-        if available < params.num_images:
-            notes.append(f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {available} images: generated for all {available}")
+        data, _ = load_data(params.dataset, check=False)  # only the images used are read, each once, and checked then
+        split, decoded, skipped = read_checked(data.split(params.split), params.dataset.on_bad_image, limit=params.num_images)
+        if len(split) < params.num_images:
+            notes.append(f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {len(split)} images: generated for all {len(split)}")
         paths = [str(p) for p in split.image_paths()]
         references = split.captions_by_image()
     elif uses_distractors(params.metrics):
         # r_precision ranks each prompt among distractors from the split's captions, as with split prompts
-        data, skipped = load_data(params.dataset)
+        data, skipped = load_data(params.dataset, check=False)  # its captions only: no image is read
         notes.append(f"r_precision draws its distractors from the captions of split {params.split!r} of {data.name}")
     for note in notes:
         print(f"note: {note}")
@@ -129,10 +128,10 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
                 if data is not None:
                     inputs["distractors"] = data.split(params.split).captions
                 if split is not None:
-                    inputs.update(reference_images=load_images([Path(p) for p in paths]), equivalents=references)
+                    inputs.update(reference_images=decoded, equivalents=references)
                 scores = score_outputs(params.metrics, task_kind, inputs)
         else:
-            images = load_images([Path(p) for p in paths])
+            images = decoded if decoded is not None else load_images([Path(p) for p in paths])
             outputs = run_generator(params, images)
             rows = [{"image": path, "caption": c, "reference": refs[0] if refs else ""} for path, c, refs in zip(paths, outputs, references)]
             log_grid(images[:32], [str(c) for c in outputs[:32]], "caption_grid.png")

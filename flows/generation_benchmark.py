@@ -13,10 +13,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retrain_generation import require_diffusers, require_matcher, t2i_config, text_features
-from flows.tasks import load_data, log_dataset
+from flows.tasks import load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
 from itm_core.contract.registry import create
-from itm_core.data import load_images
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
@@ -148,16 +147,20 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
     import matplotlib.pyplot as plt
 
     require_matcher(params.matcher, "generation-benchmark", "matcher")
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # each image is checked as it is read, once
     splits = {s: data.split(s) for s in ("train", "val", "test")}
-    test = splits["test"].head(params.test_prompts)
+    images, skipped = {}, []
+    for s in ("train", "val"):
+        splits[s], images[s], bad = read_checked(splits[s], params.dataset.on_bad_image)
+        skipped += bad
+    test, reference, bad = read_checked(splits["test"], params.dataset.on_bad_image, limit=params.test_prompts)
+    skipped += bad
     prompts = [refs[0] for refs in test.captions_by_image()]
     encoder = build_encoder(params.text_encoder, "text", splits["train"])
-    shared = {"splits": {**splits, "test": test}, "prompts": prompts,
-              "images": {s: load_images(splits[s].image_paths()) for s in ("train", "val")}, "reference": load_images(test.image_paths())}
+    shared = {"splits": {**splits, "test": test}, "prompts": prompts, "images": images, "reference": reference}
     cache = EmbeddingCache()
     with tracked_run(params.experiment, params.run_name or f"generation benchmark on {data.name}", params.model_dump()):
-        log_dataset(data, skipped)
+        log_dataset(without_skipped(data, skipped), skipped)
         rows, grids = [], {}
         real_resolution = params.real_resolution
         real = images_to_tensor_images(shared["reference"], real_resolution)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.evaluate import log_retrieval_figures
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
-from flows.tasks import Progress, encode_features, load_data, log_dataset
+from flows.tasks import Progress, encode_features, load_data, log_dataset, without_skipped
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
@@ -129,8 +129,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         for s, d in list(splits.items()):
             splits[s], features[s], bad = encode_features(image_encoder, text_encoder, d, cache, params.encoding, params.dataset.on_bad_image)
             skipped += bad
-        bad_paths = {b.path for b in skipped}
-        log_dataset(data.subset([i for i, rel in enumerate(data.images) if rel not in bad_paths]) if skipped else data, skipped)
+        log_dataset(without_skipped(data, skipped), skipped)
         unlocked = unlocked_towers(params, encoders, splits)
         dims = (int(image_encoder.dim), int(text_encoder.dim))
         matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked, checkpointer, resumable[1] if resumable else None)

@@ -11,10 +11,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import Progress, load_data, log_dataset
+from flows.tasks import Progress, load_data, log_dataset, read_checked, report_skipped, without_skipped
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, load_images
-from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
+from itm_core.encode.embed import EmbeddingCache, encode, encode_images, encode_tokens
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
 from itm_core.contract.registry import create
@@ -86,15 +86,19 @@ def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor
 
 
 def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     encoder = build_encoder(params.image_encoder, "image", splits["train"])
     bleu = create("metric", "bleu")
     cache = EmbeddingCache()
     run_name = params.run_name or f"captioner on {params.image_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
-        log_dataset(data, skipped)
-        features = {s: encode(encoder, [str(p) for p in d.image_paths()], cache, desc=f"{s}: {encoder.name}") for s, d in splits.items()}
+        features, skipped = {}, []
+        for s, d in list(splits.items()):
+            splits[s], features[s], bad = encode_images(encoder, d, cache, on_bad_image=params.dataset.on_bad_image)
+            report_skipped(bad)
+            skipped += bad
+        log_dataset(without_skipped(data, skipped), skipped)
         captioner, result = train_captioner_task(params, features, splits)
         captioner.encoder = encoder
         test = splits["test"]
@@ -202,7 +206,7 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
     t = params.text_to_image
     require_diffusers(t.model, "text_to_image.model")
     require_matcher(t.matcher, "text-to-image", "text_to_image.matcher")
-    data, skipped = load_data(params.dataset)
+    data, _ = load_data(params.dataset, check=False)  # the images are checked as they are read for training
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     encoder = build_encoder(params.text_encoder, "text", splits["train"])
     cache = EmbeddingCache()
@@ -210,9 +214,13 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
     tokens = uses_tokens(config, encoder)
     run_name = params.run_name or f"{t.model} on {params.text_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
-        log_dataset(data, skipped)
+        images, skipped = {}, []
+        for s in ("train", "val"):  # the test split gives prompts only: its images are not read
+            splits[s], decoded, bad = read_checked(splits[s], params.dataset.on_bad_image)
+            images[s] = images_to_tensor(decoded, t.resolution)
+            skipped += bad
+        log_dataset(without_skipped(data, skipped), skipped)
         features = {s: text_features(encoder, d, cache, tokens) for s, d in splits.items()}
-        images = {s: images_to_tensor(load_images(d.image_paths()), t.resolution) for s, d in splits.items() if s != "test"}
         val = splits["val"]
         model, result = train_t2i_task(params, images, features, [refs[0] for refs in val.captions_by_image()])
         model.encoder = encoder

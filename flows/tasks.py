@@ -12,9 +12,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from itm_core.config import DatasetParams, EncodingParams
-from itm_core.data import ImageTextSet, SkippedImage
+from itm_core.data import ImageTextSet, SkippedImage, read_images
 from itm_core.data.source import load_dataset
-from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_split, encoder_key
+from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_images, encode_split, encoder_key
 from itm_core.ops.tracking import log_table
 
 
@@ -38,9 +38,37 @@ def load_data(params: DatasetParams, check: bool = True) -> tuple[ImageTextSet, 
     """Build or read the dataset; with ``check``, decode every image once to leave out bad ones
     (without it, the encoding pass checks each image as it reads it)."""
     data, skipped = load_dataset(params, check)
+    report_skipped(skipped)
+    return data, skipped
+
+
+def report_skipped(skipped: list[SkippedImage]) -> None:
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
-    return data, skipped
+
+
+def without_skipped(data: ImageTextSet, skipped: list[SkippedImage]) -> ImageTextSet:
+    """``data`` less the images of ``skipped`` (with their captions)."""
+    bad = {s.path for s in skipped}
+    return data.subset([i for i, rel in enumerate(data.images) if rel not in bad]) if bad else data
+
+
+def checked_by_encoding(image_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: str,
+                        options: Any = None) -> tuple[ImageTextSet, list[SkippedImage]]:
+    """Encode every image of ``data`` with ``image_encoder`` into ``cache``, each file read, checked and
+    decoded once, and return the usable subset with the skipped images: the bad-image check of a flow
+    whose dataset was loaded with ``check=False``. Later passes of the same encoder read the cache."""
+    kept, _, skipped = encode_images(image_encoder, data, cache, options, on_bad_image)
+    report_skipped(skipped)
+    return kept, skipped
+
+
+def read_checked(data: ImageTextSet, on_bad_image: str, limit: int | None = None) -> tuple[ImageTextSet, list[Any], list[SkippedImage]]:
+    """Decode the images of ``data`` once, keeping them in memory (see :func:`itm_core.data.read_images`),
+    with the skipped ones reported: the bad-image check of a flow that needs the images themselves."""
+    kept, images, skipped = read_images(data, on_bad_image, limit=limit)
+    report_skipped(skipped)
+    return kept, images, skipped
 
 
 class Progress:

@@ -81,23 +81,44 @@ def load_images(paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 SKIP_HINT = "Set the dataset's on_bad_image to 'skip' to leave bad images out (they are listed in skipped_images.csv)."
 
 
+def read_images(
+    data: ImageTextSet, on_error: OnError = "fail", max_pixels: int = DEFAULT_MAX_PIXELS, limit: int | None = None
+) -> tuple[ImageTextSet, list[Image.Image], list[SkippedImage]]:
+    """Decode the images of ``data`` in order, each once, and keep them: the usable subset (captions
+    follow their images), its decoded images and the skipped ones. With ``on_error="skip"`` bad images
+    are left out and reported, else the first one fails naming the file; ``limit`` stops after that
+    many usable images (the subset is then the first ``limit`` usable ones)."""
+    return _read(data, on_error, max_pixels, limit, keep_images=True)
+
+
 def check_images(
     data: ImageTextSet, on_error: OnError = "fail", max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Decode every image once. With ``on_error="skip"`` drop bad ones and report them; else fail on the first."""
+    kept, _, skipped = _read(data, on_error, max_pixels, None, keep_images=False)
+    return kept, skipped
+
+
+def _read(data: ImageTextSet, on_error: OnError, max_pixels: int, limit: int | None,
+          keep_images: bool) -> tuple[ImageTextSet, list[Image.Image], list[SkippedImage]]:
     if on_error not in ("fail", "skip"):
         raise DataError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     keep: list[int] = []
+    images: list[Image.Image] = []
     skipped: list[SkippedImage] = []
     for i, rel in enumerate(data.images):
+        if limit is not None and len(keep) >= limit:
+            break
         try:
-            open_image(resolve_inside(data.root, rel), max_pixels)
+            image = open_image(resolve_inside(data.root, rel), max_pixels)
         except DataError as exc:
             if on_error == "fail":
                 raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
             skipped.append(SkippedImage(rel, str(exc)))
             continue
         keep.append(i)
+        if keep_images:
+            images.append(image)
     if not keep:
-        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
-    return (data if len(keep) == len(data) else data.subset(keep)), skipped
+        raise DataError(f"{data.name}: none of its {len(skipped) if limit else len(data)} images could be read")
+    return (data if len(keep) == len(data) else data.subset(keep)), images, skipped

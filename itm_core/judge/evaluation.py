@@ -81,6 +81,11 @@ def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher 
     return EncoderPair(image, text, create("similarity", ref.similarity))
 
 
+def image_tower(scorer: Matcher | EncoderPair) -> Any:
+    """The image encoder a scorer reads image files with."""
+    return scorer.image_encoder if isinstance(scorer, EncoderPair) else scorer._encoder("image")
+
+
 def evaluate_retrieval(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None) -> dict[str, float]:
     """Retrieval metrics (both directions) of ``scorer`` on every image and caption of ``data``."""
     image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
