@@ -482,7 +482,8 @@ def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
                      "reference": "seconds per image across sizes", "value": got["wall"] / images, "ref_value": None, "ratio": None,
                      "target": "within 1.25x; RSS <= 2x features",
                      "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x the feature tensors ({features / 2**30:.2f} GiB); "
-                             f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}"})
+                             f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}",
+                     "images": images, "rss_gib": got["rss"] / 2**30})
     per_image = [r["value"] for r in rows]
     if len(per_image) > 1:
         rows[-1]["ratio"] = max(per_image) / min(per_image)
@@ -708,7 +709,27 @@ def render(results: dict[str, Any]) -> str:
             note = r.get("note", "").replace("|", "\\|")
             lines.append(f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | {fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {note} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + coco_projection(results))
+
+
+COCO_IMAGES, COCO_CAPTIONS = 123_287, 616_767
+
+
+def coco_projection(results: dict[str, Any]) -> list[str]:
+    """Peak RSS of a COCO-size retrain, extrapolated along the line through the two largest measured
+    runs (scaling and Flickr rows): what grows with the data, at the rate measured."""
+    points = sorted((r["images"], r["rss_gib"]) for name in ("scaling", "flickr") for r in results.get(name, {}).get("rows", []) if "rss_gib" in r)
+    if len(points) < 2 or points[-1][0] == points[-2][0]:
+        return []
+    (n1, m1), (n2, m2) = points[-2:]
+    slope = (m2 - m1) / (n2 - n1)
+    projected = m2 + slope * (COCO_IMAGES - n2)
+    features = (COCO_IMAGES * 6400 + COCO_CAPTIONS * 384) * 4 / 2**30
+    return ["## COCO-size projection", "",
+            f"Peak RSS measured at {n1:,} images: {m1:.2f} GiB; at {n2:,}: {m2:.2f} GiB; growth {slope * 2**20:.1f} KiB per image "
+            f"(its features: {(6400 + 5 * 384) * 4 / 1024:.1f} KiB). Along that line a COCO-size retrain ({COCO_IMAGES:,} images, "
+            f"{COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about **{projected:.1f} GiB** "
+            f"({projected / features:.2f}x its features), against the 12 GB budget.", ""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -770,7 +791,8 @@ def bench_flickr(home: Path, quick: bool) -> list[Row]:
              "value": got["wall"], "ref_value": 720.0, "ratio": got["wall"] / 720.0, "target": "< 12 min, RSS < 4 GiB",
              "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
                      f"building the dataset took {t_build:.0f} s before; training.time_limit_s {limit}: {got['result']['epochs']} epochs, "
-                     f"best {got['result']['best_epoch']}; test rsum {got['result']['test']['rsum']:.1f}"}]
+                     f"best {got['result']['best_epoch']}; test rsum {got['result']['test']['rsum']:.1f}",
+             "images": images, "rss_gib": got["rss"] / 2**30}]
 
 
 if __name__ == "__main__":
