@@ -26,6 +26,7 @@ from itm_core.models.training import ContrastiveConfig, train_contrastive
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
 COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
            "probe_accuracy_position", *RETRIEVAL, "rerank_i2t_k", "rerank_i2t_weight", "rerank_t2i_k", "rerank_t2i_weight",
+           "rerank_i2t_fixed", "rerank_i2t_broke", "rerank_i2t_ceiling", "rerank_t2i_fixed", "rerank_t2i_broke", "rerank_t2i_ceiling",
            "parameters", "train_seconds"]
 
 

@@ -90,6 +90,11 @@ def test_report_names_combined_itm_only_and_the_choice():
     assert out["rerank_i2t_k"] == 4 and out["rerank_i2t_weight"] == 2.0 and out["rerank_t2i_k"] == 0
     assert out["reranked_t2i_r1"] == float((base.t2i <= 1).float().mean())
     assert {"itm_only_i2t_r1", "itm_only_t2i_r1", "reranked_rsum", "itm_only_rsum"} <= set(out)
+    # what reranking did at rank 1: R@1 after = before + fixed - broke; nothing changes without reranking
+    before = float((base.i2t <= 1).float().mean())
+    assert abs(out["reranked_i2t_r1"] - (before + out["rerank_i2t_fixed"] - out["rerank_i2t_broke"])) < 1e-6
+    assert out["rerank_i2t_fixed"] > 0 and out["rerank_t2i_fixed"] == out["rerank_t2i_broke"] == 0.0
+    assert out["rerank_i2t_ceiling"] == float((base.i2t <= 4).float().mean()) >= out["reranked_i2t_r1"]
 
 
 def test_in_batch_negatives_draw_similar_non_matches_only():

@@ -128,9 +128,17 @@ def rerank_r1(found: dict[str, Candidates], choice: dict[str, Choice]) -> float:
 
 def report(found: dict[str, Candidates], choice: dict[str, Choice]) -> dict[str, float]:
     """``reranked_*`` (the combined score under ``choice``), ``itm_only_*`` (the ITM logit alone over
-    the candidates) recall metrics, and the choice itself (``rerank_<dir>_k``, ``rerank_<dir>_weight``)."""
-    out = {f"reranked_{k}": v for k, v in recall_metrics(reranked(found, choice)).items()}
+    the candidates) recall metrics, the choice itself (``rerank_<dir>_k``, ``rerank_<dir>_weight``)
+    and what reranking did at rank 1: the share of queries it ``fixed`` (wrong under contrastive
+    ranking, right after), ``broke`` (right, then wrong), and the ``ceiling`` (the answer among the
+    candidates: the most any reranker of these candidates could reach)."""
+    ranked = reranked(found, choice)
+    out = {f"reranked_{k}": v for k, v in recall_metrics(ranked).items()}
     out.update({f"itm_only_{k}": v for k, v in recall_metrics(itm_only(found)).items()})
     for d in DIRECTIONS:
         out.update(choice[d].as_metrics(d))
+        before, after = found[d].base <= 1, getattr(ranked, d) <= 1
+        out[f"rerank_{d}_fixed"] = float((after & ~before).float().mean())
+        out[f"rerank_{d}_broke"] = float((before & ~after).float().mean())
+        out[f"rerank_{d}_ceiling"] = float(found[d].hits.any(1).float().mean())
     return out
