@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def bench_flickr(home: Path, quick: bool) -> list[Row]:
     """Retrain on a Flickr30k-size shapes (29,000 / 1,000 / 1,000 images, five captions each) from a
-    cold cache, then the same run killed during its encoding and run again."""
+    cold cache (the Flickr-size kill -9 and re-run is described in the README, measured by hand)."""
     n_train, n_eval = (200, 50) if quick else (29000, 1000)
     options = {"n_train": n_train, "n_val": n_eval, "n_test": n_eval}
     t_build, _ = _timed(lambda: _shapes(n_train, n_eval, home))
