@@ -48,7 +48,7 @@ def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | 
     with tracked_run(experiment, name, ref.model_dump(exclude_none=True), nested=True):
         scorer = build_scorer(ref, train)
         if on_bad_image is not None:
-            data, skipped = checked_by_encoding(image_tower(scorer), data, cache, on_bad_image)
+            data, _, skipped = checked_by_encoding(image_tower(scorer), data, cache, on_bad_image)
         report = retrieval_report(scorer, data, cache)
         metrics = report.metrics
         mlflow.log_metrics(metrics)

@@ -43,7 +43,7 @@ def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: l
     cache, tokens = EmbeddingCache(), uses_tokens(methods)
     features, skipped = {}, []
     for s, d in splits.items():
-        d, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
+        d, _, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
         skipped += bad
         features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True)
     return features, skipped

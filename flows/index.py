@@ -15,11 +15,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset, transient_only
+from flows.tasks import checked_by_encoding, load_data, log_dataset, transient_only
 from itm_core.config import IndexParams
 from itm_core.data import ImageTextSet
 from itm_core.data.images import SkippedImage
-from itm_core.encode.embed import EmbeddingCache, encode_images
+from itm_core.encode.embed import EmbeddingCache
 from itm_core.models.search_index import SearchIndex
 from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
 from itm_core.ops.tracking import CHAMPION, FLOW_HOOKS, champion_version, load_matcher, tracked_run
@@ -41,9 +41,7 @@ def embed(matcher: Any, data: ImageTextSet, captions: bool, on_bad_image: str) -
     or fail the flow, by ``on_bad_image``."""
     cache = EmbeddingCache()
     matcher.eval()
-    kept, features, skipped = encode_images(matcher._encoder("image"), data, cache, on_bad_image=on_bad_image)
-    for s in skipped:
-        print(f"skipped image {s.path}: {s.reason}")
+    kept, features, skipped = checked_by_encoding(matcher._encoder("image"), data, cache, on_bad_image)
     with torch.no_grad():
         images = matcher.embed_image_features(features).numpy()
     texts = matcher.embed_texts(kept.captions, cache).numpy() if captions else None

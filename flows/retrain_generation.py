@@ -11,10 +11,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import Progress, load_data, log_dataset, read_checked, report_skipped, without_skipped
+from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, load_images
-from itm_core.encode.embed import EmbeddingCache, encode, encode_images, encode_tokens
+from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
 from itm_core.contract.registry import create
@@ -95,8 +95,7 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
         features, skipped = {}, []
         for s, d in list(splits.items()):
-            splits[s], features[s], bad = encode_images(encoder, d, cache, on_bad_image=params.dataset.on_bad_image)
-            report_skipped(bad)
+            splits[s], features[s], bad = checked_by_encoding(encoder, d, cache, params.dataset.on_bad_image)
             skipped += bad
         log_dataset(without_skipped(data, skipped), skipped)
         captioner, result = train_captioner_task(params, features, splits)

@@ -54,13 +54,14 @@ def without_skipped(data: ImageTextSet, skipped: list[SkippedImage]) -> ImageTex
 
 
 def checked_by_encoding(image_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: str,
-                        options: Any = None) -> tuple[ImageTextSet, list[SkippedImage]]:
+                        options: Any = None) -> tuple[ImageTextSet, Any, list[SkippedImage]]:
     """Encode every image of ``data`` with ``image_encoder`` into ``cache``, each file read, checked and
-    decoded once, and return the usable subset with the skipped images: the bad-image check of a flow
-    whose dataset was loaded with ``check=False``. Later passes of the same encoder read the cache."""
-    kept, _, skipped = encode_images(image_encoder, data, cache, options, on_bad_image)
+    decoded once: the usable subset, its feature rows and the skipped images (reported). The bad-image
+    check of a flow whose dataset was loaded with ``check=False``; later passes of the same encoder
+    read the cache."""
+    kept, features, skipped = encode_images(image_encoder, data, cache, options, on_bad_image)
     report_skipped(skipped)
-    return kept, skipped
+    return kept, features, skipped
 
 
 def read_checked(data: ImageTextSet, on_bad_image: str, limit: int | None = None) -> tuple[ImageTextSet, list[Any], list[SkippedImage]]:

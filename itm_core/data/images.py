@@ -120,5 +120,5 @@ def _read(data: ImageTextSet, on_error: OnError, max_pixels: int, limit: int | N
         if keep_images:
             images.append(image)
     if not keep:
-        raise DataError(f"{data.name}: none of its {len(skipped) if limit else len(data)} images could be read")
+        raise DataError(f"{data.name}: none of its {len(data)} images could be read")
     return (data if len(keep) == len(data) else data.subset(keep)), images, skipped
