@@ -35,6 +35,17 @@ def _shapes(n_train: int, n_eval: int, home: Path) -> Any:
     return create("dataset", "shapes", n_train=n_train, n_val=n_eval, n_test=n_eval).load()
 
 
+def _captions(n: int) -> list[str]:
+    """``n`` short shapes-style captions (48 distinct, repeated)."""
+    texts = [f"a {s} {c} {sh} on the {p}" for s in ("small", "large") for c in ("red", "green", "blue", "yellow") for sh in ("circle", "square", "star") for p in ("left", "right")]
+    return (texts * (n // len(texts) + 1))[:n]
+
+
+def _feature_bytes(images: int, captions: int) -> int:
+    """The size of the float32 feature tensors of a retrain: efficientnet-lite0 (6400) per image, MiniLM (384) per caption."""
+    return (images * 6400 + captions * 384) * 4
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
@@ -219,8 +230,7 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
             mask = attention_mask.unsqueeze(-1).float()
             return (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    texts = [f"a {s} {c} {sh} on the {p}" for s in ("small", "large") for c in ("red", "green", "blue", "yellow") for sh in ("circle", "square", "star") for p in ("left", "right")]
-    texts = (texts * 8)[: 4 * len(paths)]
+    texts = _captions(min(8 * 48, 4 * len(paths)))  # at most eight rounds of the 48 captions
     batches = []
     for s in range(0, len(texts), 64):
         tokens = text_enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
@@ -237,8 +247,7 @@ def bench_text_encoders(n: int) -> list[Row]:
     from itm_core import create
 
     enc = create("encoder", "minilm").unwrapped
-    texts = [f"a {s} {c} {sh} on the {p}" for s in ("small", "large") for c in ("red", "green", "blue", "yellow") for sh in ("circle", "square", "star") for p in ("left", "right")]
-    texts = (texts * (n // len(texts) + 1))[:n]
+    texts = _captions(n)
     batch = enc.tokenizer(texts[:64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     with torch.inference_mode():
         enc.model(**batch)
@@ -477,7 +486,7 @@ def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
         _shapes(n, n_eval, home)  # built before timing: the run starts from a cold embedding cache, not from no data
         got = run_retrain(home, options)
         images, captions = n + 2 * n_eval, 5 * (n + 2 * n_eval)
-        features = (images * 6400 + captions * 384) * 4
+        features = _feature_bytes(images, captions)
         rows.append({"what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
                      "reference": "seconds per image across sizes", "value": got["wall"] / images, "ref_value": None, "ratio": None,
                      "target": "within 1.25x; RSS <= 2x features",
@@ -724,10 +733,10 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
     (n1, m1), (n2, m2) = points[-2:]
     slope = (m2 - m1) / (n2 - n1)
     projected = m2 + slope * (COCO_IMAGES - n2)
-    features = (COCO_IMAGES * 6400 + COCO_CAPTIONS * 384) * 4 / 2**30
+    features = _feature_bytes(COCO_IMAGES, COCO_CAPTIONS) / 2**30
     return ["## COCO-size projection", "",
             f"Peak RSS measured at {n1:,} images: {m1:.2f} GiB; at {n2:,}: {m2:.2f} GiB; growth {slope * 2**20:.1f} KiB per image "
-            f"(its features: {(6400 + 5 * 384) * 4 / 1024:.1f} KiB). Along that line a COCO-size retrain ({COCO_IMAGES:,} images, "
+            f"(its features: {_feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a COCO-size retrain ({COCO_IMAGES:,} images, "
             f"{COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about **{projected:.1f} GiB** "
             f"({projected / features:.2f}x its features), against the 12 GB budget.", ""]
 
@@ -786,7 +795,7 @@ def bench_flickr(home: Path, quick: bool) -> list[Row]:
     limit = 20 if quick else 150
     got = run_retrain(home, options, {"training": {"time_limit_s": limit}})
     images, captions = n_train + 2 * n_eval, 5 * (n_train + 2 * n_eval)
-    features = (images * 6400 + captions * 384) * 4
+    features = _feature_bytes(images, captions)
     return [{"what": f"retrain, Flickr30k-size shapes ({images} images, {captions} captions), cold cache, s", "reference": "12 minutes",
              "value": got["wall"], "ref_value": 720.0, "ratio": got["wall"] / 720.0, "target": "< 12 min, RSS < 4 GiB",
              "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
