@@ -31,6 +31,21 @@ def test_minilm_batch_independent(minilm):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def test_minilm_int8_is_close_faster_variant_cached_apart(minilm):
+    texts = ["a red circle on the left", "a crimson disc at the left side", "tax law of 1987", "a big green star at the top"]
+    int8 = create("encoder", "minilm", quantize="int8")
+    emb, ref = int8.encode(texts), minilm.encode(texts)
+    assert emb.shape == (4, 384) and torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert (emb * ref).sum(1).min() > 0.97 and not torch.allclose(emb, ref, atol=1e-3)  # int8 weights: close, not equal
+    cos = emb @ emb.T
+    assert cos[0, 1] > cos[0, 2] + 0.2
+    assert encoder_key(int8) != encoder_key(minilm)
+    tokens, mask = int8.encode_tokens(texts[:2])
+    assert tokens.shape == (2, 64, 384) and mask[0].sum() < 64
+    with pytest.raises(ValueError, match="quantize must be one of none, int8; got 'int4'"):
+        create("encoder", "minilm", quantize="int4")
+
+
 def test_efficientnet_features_and_pooling():
     images = [Image.new("RGB", (100, 80), "red"), Image.new("L", (64, 64), 30)]
     grid = create("encoder", "efficientnet-lite0", image_size=64)
