@@ -61,7 +61,8 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
     torch.manual_seed(params.seed)
     matcher = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), features["train"].image.pooled.shape[1],
                       features["train"].text.pooled.shape[1], embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout)
-    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=params.seed)
+    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=params.seed,
+                               precision=t.precision)
     train_contrastive(matcher, split(features["train"]), split(features["val"]), config)
     return prepare(features, matcher, params.dataset_negatives)
 

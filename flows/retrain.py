@@ -57,7 +57,7 @@ def train_matcher(
     )
     config = ContrastiveConfig(
         epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor,
-        seed=t.seed, tower_lr=t.tower_lr, time_limit_s=t.time_limit_s,
+        seed=t.seed, tower_lr=t.tower_lr, time_limit_s=t.time_limit_s, precision=t.precision,
     )
 
     progress = Progress("training-progress", f"epochs of {t.epochs} (early stopping may end sooner)")

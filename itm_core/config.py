@@ -43,6 +43,7 @@ class TrainingParams(Params):
     unlock: list[Literal["image", "text"]] = Field(default_factory=list, description="Towers to fine-tune with the heads (trainable encoders only, e.g. clip); locked by default")
     tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
     time_limit_s: float = Field(0, ge=0, description="End training after the epoch that passes this many seconds (0: no limit); the best epoch so far is kept")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: training steps run under bfloat16 autocast (weights, loss and validation stay float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX, much slower on CPUs without them")
     resume: bool = Field(False, description="Continue the last unfinished run of these same parameters from its last checkpoint (after a crash, kill or cancel)")
     checkpoint_every: int = Field(5, ge=0, description="Also log the checkpoint to the MLflow run every this many epochs (0: never); it is written locally every epoch")
     processes: int = Field(1, ge=1, le=256, description="Train data-parallel in this many processes on this machine (torch.distributed, gloo): each embeds its slice of every global batch and the loss spans the whole batch, as in one process")

@@ -46,6 +46,32 @@ def test_training_learns_and_keeps_the_best_epoch():
     assert {"train_loss", "temperature", "val_i2t_r1", "val_t2i_medr"} <= set(result.history[0])
 
 
+def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
+    train, val, test = synthetic(200, 1), synthetic(50, 2), synthetic(50, 3)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        matcher, seen = new_matcher(), set()
+        linear = next(m for m in matcher.image_head.modules() if isinstance(m, torch.nn.Linear))
+        hook = linear.register_forward_hook(lambda module, args, out: seen.add((module.training, out.dtype)))
+        config = ContrastiveConfig(epochs=30, batch_size=32, lr=3e-3, patience=30, precision=precision)
+        result = train_contrastive(matcher, train, val, config)
+        hook.remove()
+        runs[precision] = (result, evaluate_features(matcher, test), seen, matcher)
+    (fp32, fp32_test, fp32_seen, _), (bf16, bf16_test, bf16_seen, bf16_matcher) = runs["fp32"], runs["bf16"]
+    assert fp32_seen == {(True, torch.float32), (False, torch.float32)}
+    assert bf16_seen == {(True, torch.bfloat16), (False, torch.float32)}  # steps in bf16, validation in float32
+    assert all(p.dtype == torch.float32 for p in bf16_matcher.parameters())
+    assert bf16.history[0]["train_loss"] != fp32.history[0]["train_loss"]
+    assert bf16.history[0]["train_loss"] == pytest.approx(fp32.history[0]["train_loss"], rel=0.05)
+    assert bf16_test["i2t_r1"] > 0.8 and bf16_test["t2i_r1"] > 0.8
+    assert abs(bf16_test["rsum"] - fp32_test["rsum"]) < 30
+
+
+def test_an_unknown_training_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        train_contrastive(new_matcher(), synthetic(32, 1), synthetic(16, 2), ContrastiveConfig(epochs=1, batch_size=16, precision="fp16"))
+
+
 def test_early_stopping():
     train, val = synthetic(64, 1), synthetic(16, 5)
     val = FeatureSplit(val.image, torch.randn_like(val.text), val.caption_image)  # nothing to learn on val
