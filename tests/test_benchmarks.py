@@ -29,3 +29,17 @@ def test_every_benchmark_runs_and_is_reported(tmp_path):
     assert kill["what"].startswith("kill -9 at ") and "/128 images committed" in kill["what"]
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| retrieval ranks, 500 images x 2500 captions, s |" in report and "cores" in report
+
+
+def test_coco_projection_uses_runs_of_the_same_settings_and_bounds_with_the_others():
+    from benchmarks.run import coco_projection
+
+    results = {"scaling": {"rows": [{"images": 3000, "rss_gib": 1.0}, {"images": 9000, "rss_gib": 1.5}]},
+               "flickr": {"rows": [{"images": 31000, "rss_gib": 4.0, "settings": "int8"}]}}
+    text = " ".join(coco_projection(results))
+    slope = 0.5 / 6000
+    assert f"**{1.5 + slope * (123287 - 9000):.1f} GiB**" in text  # the default runs' line, not through the int8 run
+    assert f"upper bound of **{1.5 + 2.5 / 22000 * (123287 - 9000):.1f} GiB**" in text and "(int8)" in text
+    results["flickr"]["rows"][0].pop("settings")  # all default: the line through the two largest
+    text = " ".join(coco_projection(results))
+    assert f"**{4.0 + 2.5 / 22000 * (123287 - 31000):.1f} GiB**" in text and "upper bound" not in text
