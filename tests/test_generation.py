@@ -118,6 +118,51 @@ def test_conditional_vae_draws_the_prompted_colour(tmp_path):
         create("generator", "trained-captioner", model=str(folder))
 
 
+def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from_it(tmp_path):
+    import json
+
+    from itm_core.models.text_to_image import CONFIG_FILE, ConditionalVAE, TextToImage, TextToImageConfig
+
+    torch.manual_seed(0)
+    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
+    learned, standard = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="standard"))
+    assert learned.prior is not None and standard.prior is None
+    standard.load_state_dict({k: v for k, v in learned.state_dict().items() if not k.startswith("prior.")})
+    images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
+    last = learned.prior[-1]
+    with torch.no_grad():
+        last.weight.zero_(), last.bias.zero_()  # p(z | c) = N(0, I): the same objective as the standard prior
+    torch.manual_seed(1)
+    a = learned.training_loss(images, text, None)
+    torch.manual_seed(1)
+    b = standard.training_loss(images, text, None)
+    assert torch.allclose(a, b, atol=1e-6)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([1.5, -2.0, 0.5, 3.0, -8.0, -8.0, -8.0, -8.0]))  # mean, then a tiny log-variance
+        mu, logvar = learned.prior_of(learned.condition(text))
+        assert torch.allclose(mu, torch.tensor([1.5, -2.0, 0.5, 3.0]).expand(5, 4)) and torch.all(logvar == -8)
+        drawn = learned.sample(text, None, torch.Generator().manual_seed(0))
+        assert torch.allclose(drawn, learned.decode(mu, learned.condition(text)), atol=1e-2)
+        last.bias[4:] = 5.0  # a prior wider than N(0, I) is clamped to unit variance
+        assert torch.all(learned.prior_of(learned.condition(text))[1] == 0)
+    with pytest.raises(ValueError, match="cvae_prior must be learned or standard"):
+        ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="flat"))
+
+    # a model saved before the learned prior existed has no cvae_prior in its config: it loads as standard
+    encoder = create("encoder", "bow")
+    encoder.fit(["a red square", "a blue square"])
+    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard"))
+    folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
+    meta_file = folder / CONFIG_FILE
+    meta = json.loads(meta_file.read_text())
+    del meta["config"]["cvae_prior"]
+    meta_file.write_text(json.dumps(meta))
+    loaded = TextToImage.load(folder)
+    assert loaded.config.cvae_prior == "standard" and loaded.model.prior is None
+    same = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(loaded.generate(["a red square"], seed=3), same.generate(["a red square"], seed=3)))
+
+
 def test_diffusion_trains_samples_and_round_trips(tmp_path):
     from itm_core.models.text_to_image import ConditionalDiffusion, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
 

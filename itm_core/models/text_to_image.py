@@ -46,6 +46,7 @@ class TextToImageConfig(TrainSchedule):
     latent_dim: int = 32
     channels: int = 64
     kl_weight: float = 1.0
+    cvae_prior: Literal["learned", "standard"] = "learned"
     # diffusion
     block_channels: tuple[int, ...] = (32, 64, 64)
     train_timesteps: int = 1000
@@ -105,7 +106,13 @@ class TextCondition(nn.Module):
 
 
 class ConditionalVAE(nn.Module):
-    """Conv encoder q(z | x, c) and deconv decoder p(x | z, c); ``c`` is the pooled text condition."""
+    """Conv encoder q(z | x, c), deconv decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled
+    text condition.
+
+    With ``cvae_prior: learned`` (Sohn et al., 2015) the prior is a Gaussian predicted from the text,
+    and samples draw z from it: what the encoder put into z about the image (where the object is,
+    its shape) is then what the text says it should be. With ``standard`` the prior is N(0, I), so a
+    sample's z carries whatever the encoder learned to store there, independent of the prompt."""
 
     def __init__(self, text_dim: int, config: TextToImageConfig) -> None:
         super().__init__()
@@ -121,10 +128,21 @@ class ConditionalVAE(nn.Module):
         flat = ch * 2 * self.side * self.side
         self.to_latent = nn.Linear(flat + config.cond_dim, 2 * config.latent_dim)
         self.from_latent = nn.Sequential(nn.Linear(config.latent_dim + config.cond_dim, flat), nn.SiLU())
+        if config.cvae_prior not in ("learned", "standard"):
+            raise ValueError(f"cvae: cvae_prior must be learned or standard, got {config.cvae_prior!r}")
+        self.prior = (nn.Sequential(nn.Linear(config.cond_dim, 2 * config.cond_dim), nn.SiLU(), nn.Linear(2 * config.cond_dim, 2 * config.latent_dim))
+                      if config.cvae_prior == "learned" else None)
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.SiLU(),
             nn.ConvTranspose2d(ch, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh(),
         )
+
+    def prior_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z | c)."""
+        if self.prior is None:
+            return torch.zeros(len(cond), self.config.latent_dim), torch.zeros(len(cond), self.config.latent_dim)
+        mu, logvar = self.prior(cond).chunk(2, dim=1)
+        return mu, logvar.clamp(-8, 0)
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(torch.cat([z, cond], dim=1)).view(len(z), -1, self.side, self.side)
@@ -136,13 +154,15 @@ class ConditionalVAE(nn.Module):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = self.decode(z, cond)
         rec = F.mse_loss(recon, images, reduction="none").flatten(1).sum(1).mean()
-        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+        prior_mu, prior_logvar = self.prior_of(cond)
+        kl = (0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)).mean()
         return (rec + self.config.kl_weight * kl) / images[0].numel()
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = self.condition(text)
-        z = torch.randn(len(text), self.config.latent_dim, generator=generator)
+        mu, logvar = self.prior_of(cond)
+        z = mu + torch.randn(len(text), self.config.latent_dim, generator=generator) * (0.5 * logvar).exp()
         return self.decode(z, cond)
 
 
@@ -626,7 +646,8 @@ class TextToImage:
     def load(cls, folder: str | Path) -> "TextToImage":
         meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
-        config = TextToImageConfig(**{**raw, "block_channels": tuple(raw["block_channels"])})
+        # models saved before the learned cvae prior existed were trained with N(0, I)
+        config = TextToImageConfig(**{"cvae_prior": "standard", **raw, "block_channels": tuple(raw["block_channels"])})
         model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
         return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
 
