@@ -140,7 +140,8 @@ class ConditionalVAE(nn.Module):
     def prior_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | c)."""
         if self.prior is None:
-            return torch.zeros(len(cond), self.config.latent_dim), torch.zeros(len(cond), self.config.latent_dim)
+            zeros = cond.new_zeros(len(cond), self.config.latent_dim)
+            return zeros, zeros
         mu, logvar = self.prior(cond).chunk(2, dim=1)
         return mu, logvar.clamp(-8, 0)
 
