@@ -129,6 +129,8 @@ class TextToImageParams(Params):
     kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
     cvae_prior: Literal["learned", "standard"] = Field(
         "learned", description="cvae: `learned`: samples draw z from a Gaussian predicted from the text (the prompt decides where and what); `standard`: from N(0, I)")
+    cvae_decoder: Literal["film", "deconv"] = Field(
+        "film", description="cvae: `film`: upsampling + convolution blocks whose normalisation the text scales and shifts at every resolution; `deconv`: three transposed convolutions, the text only at the input")
     block_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, description="diffusion: UNet channels per resolution level")
     sample_steps: int = Field(30, ge=1, description="diffusion: DDIM steps when sampling")
     guidance_scale: float | None = Field(None, ge=0, description="diffusion, vqvae: classifier-free guidance scale (default: 3.0 diffusion, 2.0 vqvae)")

@@ -101,10 +101,11 @@ def test_conditional_vae_draws_the_prompted_colour(tmp_path):
     assert seen == list(range(1, 61)) and result.steps == 60 * 3
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     model.encoder = encoder
-    asked = ["a red square", "a green square", "a blue square"] * 2
+    asked = ["a red square", "a green square", "a blue square"] * 10
     drawn = model.generate(asked, seed=5)
-    assert [img.size for img in drawn] == [(16, 16)] * 6
-    assert [mean_colour(img) for img in drawn] == [p.split()[1] for p in asked]
+    assert [img.size for img in drawn] == [(16, 16)] * 30
+    # z is drawn from the prior, so a draw from its tail may miss: nine in ten follow the prompt
+    assert sum(mean_colour(img) == p.split()[1] for img, p in zip(drawn, asked)) >= 27
     same = model.generate(asked, seed=5)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, same))
 
@@ -141,26 +142,68 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
         last.bias.copy_(torch.tensor([1.5, -2.0, 0.5, 3.0, -8.0, -8.0, -8.0, -8.0]))  # mean, then a tiny log-variance
         mu, logvar = learned.prior_of(learned.condition(text))
         assert torch.allclose(mu, torch.tensor([1.5, -2.0, 0.5, 3.0]).expand(5, 4)) and torch.all(logvar == -8)
+        learned.decode = lambda z, cond: z  # sample() then returns the z it drew
         drawn = learned.sample(text, None, torch.Generator().manual_seed(0))
-        assert torch.allclose(drawn, learned.decode(mu, learned.condition(text)), atol=1e-2)
+        assert torch.allclose(drawn, mu, atol=0.1)  # a standard deviation of e^-4 around the prior's mean
         last.bias[4:] = 5.0  # a prior wider than N(0, I) is clamped to unit variance
         assert torch.all(learned.prior_of(learned.condition(text))[1] == 0)
+        assert 0.5 < (learned.sample(text, None, torch.Generator().manual_seed(0)) - mu).std() < 1.5
+        del learned.decode
     with pytest.raises(ValueError, match="cvae_prior must be learned or standard"):
         ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="flat"))
 
-    # a model saved before the learned prior existed has no cvae_prior in its config: it loads as standard
+    # a model saved before the learned prior and the FiLM decoder existed has neither key in its config:
+    # it loads as a standard prior with the deconvolution decoder, and draws what it drew before
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
-    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard"))
+    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv"))
     folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
     meta_file = folder / CONFIG_FILE
     meta = json.loads(meta_file.read_text())
-    del meta["config"]["cvae_prior"]
+    del meta["config"]["cvae_prior"], meta["config"]["cvae_decoder"]
     meta_file.write_text(json.dumps(meta))
     loaded = TextToImage.load(folder)
     assert loaded.config.cvae_prior == "standard" and loaded.model.prior is None
+    assert loaded.config.cvae_decoder == "deconv" and loaded.model.decoder is not None
     same = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(loaded.generate(["a red square"], seed=3), same.generate(["a red square"], seed=3)))
+
+
+def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
+    from pydantic import ValidationError
+
+    from itm_core.config import RetrainParams
+    from torch.nn import functional as F
+
+    from itm_core.models.text_to_image import ConditionalVAE, FiLMUpBlock, TextToImageConfig
+
+    torch.manual_seed(0)
+    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
+    film, deconv = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="deconv"))
+    assert film.decoder is None and len(film.up) == 3 and deconv.decoder is not None and not hasattr(deconv, "up")
+    z, text = torch.randn(5, 4), torch.randn(5, 6)
+    for model in (film, deconv):
+        out = model.decode(z, model.condition(text))
+        assert out.shape == (5, 3, 16, 16) and out.abs().max() <= 1
+        model.training_loss(torch.rand(5, 3, 16, 16) * 2 - 1, text, None).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    block = FiLMUpBlock(4, 8, cond_dim=3)
+    x, c1, c2 = torch.randn(2, 4, 5, 5), torch.randn(2, 3), torch.randn(2, 3)
+    with torch.no_grad():
+        shortcut = block.shortcut(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        assert block(x, c1).shape == (2, 8, 10, 10)
+        assert not torch.allclose(block(x, c1), block(x, c2))  # the text changes the block's output
+        block.film.weight.zero_()
+        shift = torch.linspace(-1, 1, 8)
+        block.film.bias.copy_(torch.cat([torch.zeros(8), torch.zeros(8), -torch.ones(8), shift]))  # second scale 1 + (-1) = 0
+        assert torch.allclose(block(x, c1) - shortcut, F.silu(shift)[None, :, None, None].expand(2, 8, 10, 10), atol=1e-6)
+        assert torch.allclose(block(x, c1), block(x, c2))  # with the text's weights zeroed, only the bias acts
+
+    with pytest.raises(ValueError, match="cvae_decoder must be film or deconv"):
+        ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="unet"))
+    with pytest.raises(ValidationError, match="cvae_decoder"):
+        RetrainParams(task="text-to-image", text_to_image={"cvae_decoder": "unet"})
 
 
 def test_diffusion_trains_samples_and_round_trips(tmp_path):

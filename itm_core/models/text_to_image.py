@@ -47,6 +47,7 @@ class TextToImageConfig(TrainSchedule):
     channels: int = 64
     kl_weight: float = 1.0
     cvae_prior: Literal["learned", "standard"] = "learned"
+    cvae_decoder: Literal["film", "deconv"] = "film"
     # diffusion
     block_channels: tuple[int, ...] = (32, 64, 64)
     train_timesteps: int = 1000
@@ -105,6 +106,26 @@ class TextCondition(nn.Module):
         return self.proj((features.float() - self.mean) / self.std)
 
 
+class FiLMUpBlock(nn.Module):
+    """Nearest upsampling, then two 3x3 convolutions, each group-normalised and scaled and shifted by the
+    text condition (FiLM), with a 1x1 shortcut: the text reaches every resolution of the decoder."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int) -> None:
+        super().__init__()
+        groups = 8 if cout % 8 == 0 else 1
+        self.conv1, self.norm1 = nn.Conv2d(cin, cout, 3, 1, 1), nn.GroupNorm(groups, cout)
+        self.conv2, self.norm2 = nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(groups, cout)
+        self.film = nn.Linear(cond_dim, 4 * cout)
+        self.shortcut = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        scale1, shift1, scale2, shift2 = self.film(cond)[:, :, None, None].chunk(4, dim=1)
+        h = F.silu(self.norm1(self.conv1(x)) * (1 + scale1) + shift1)
+        h = F.silu(self.norm2(self.conv2(h)) * (1 + scale2) + shift2)
+        return h + self.shortcut(x)
+
+
 class ConditionalVAE(nn.Module):
     """Conv encoder q(z | x, c), deconv decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled
     text condition.
@@ -132,10 +153,18 @@ class ConditionalVAE(nn.Module):
             raise ValueError(f"cvae: cvae_prior must be learned or standard, got {config.cvae_prior!r}")
         self.prior = (nn.Sequential(nn.Linear(config.cond_dim, 2 * config.cond_dim), nn.SiLU(), nn.Linear(2 * config.cond_dim, 2 * config.latent_dim))
                       if config.cvae_prior == "learned" else None)
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(ch, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh(),
-        )
+        if config.cvae_decoder == "film":
+            self.decoder = None
+            self.up = nn.ModuleList([FiLMUpBlock(ch * 2, ch * 2, config.cond_dim), FiLMUpBlock(ch * 2, ch, config.cond_dim),
+                                     FiLMUpBlock(ch, max(8, ch // 2), config.cond_dim)])
+            self.to_rgb = nn.Conv2d(max(8, ch // 2), 3, 3, 1, 1)
+        elif config.cvae_decoder == "deconv":
+            self.decoder = nn.Sequential(
+                nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.SiLU(),
+                nn.ConvTranspose2d(ch, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh(),
+            )
+        else:
+            raise ValueError(f"cvae: cvae_decoder must be film or deconv, got {config.cvae_decoder!r}")
 
     def prior_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | c)."""
@@ -147,7 +176,11 @@ class ConditionalVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.from_latent(torch.cat([z, cond], dim=1)).view(len(z), -1, self.side, self.side)
-        return self.decoder(h)
+        if self.decoder is not None:
+            return self.decoder(h)
+        for block in self.up:
+            h = block(h, cond)
+        return torch.tanh(self.to_rgb(h))
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         cond = self.condition(text)
@@ -647,8 +680,8 @@ class TextToImage:
     def load(cls, folder: str | Path) -> "TextToImage":
         meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
-        # models saved before the learned cvae prior existed were trained with N(0, I)
-        config = TextToImageConfig(**{"cvae_prior": "standard", **raw, "block_channels": tuple(raw["block_channels"])})
+        # models saved before the learned cvae prior and the FiLM decoder existed: N(0, I) and deconvolutions
+        config = TextToImageConfig(**{"cvae_prior": "standard", "cvae_decoder": "deconv", **raw, "block_channels": tuple(raw["block_channels"])})
         model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
         return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
 
