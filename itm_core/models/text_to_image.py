@@ -6,7 +6,8 @@ Two models share the conditioning, the training loop and the save format:
   features (its pooled feature when it has no ``encode_tokens``), trained with a ``DDPMScheduler``
   (predicting the clean image by default: on a CPU budget of a few hundred steps it gives cleaner
   samples than noise prediction) and sampled with ``DDIMScheduler`` and classifier-free guidance.
-- ``cvae``: a conditional variational auto-encoder on the pooled text feature, the fast alternative.
+- ``cvae``: a conditional variational auto-encoder on the pooled text feature (a learned prior, a FiLM
+  decoder), the fast alternative.
 - ``gan``: a DCGAN-style generator with text-conditional batch norm and a spectrally normalised
   projection discriminator, trained with the hinge loss and, as in GAN-INT-CLS, real images paired
   with the wrong text as a second kind of fake; samples come from an exponential moving average of
@@ -127,8 +128,9 @@ class FiLMUpBlock(nn.Module):
 
 
 class ConditionalVAE(nn.Module):
-    """Conv encoder q(z | x, c), deconv decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled
-    text condition.
+    """Conv encoder q(z | x, c), decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled text
+    condition. The decoder is three :class:`FiLMUpBlock` (``cvae_decoder: film``: the text scales and
+    shifts every resolution) or three transposed convolutions (``deconv``: the text at the input only).
 
     With ``cvae_prior: learned`` (Sohn et al., 2015) the prior is a Gaussian predicted from the text,
     and samples draw z from it: what the encoder put into z about the image (where the object is,
