@@ -171,10 +171,9 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
 
 def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
     from pydantic import ValidationError
-
-    from itm_core.config import RetrainParams
     from torch.nn import functional as F
 
+    from itm_core.config import RetrainParams
     from itm_core.models.text_to_image import ConditionalVAE, FiLMUpBlock, TextToImageConfig
 
     torch.manual_seed(0)

@@ -157,9 +157,10 @@ class ConditionalVAE(nn.Module):
                       if config.cvae_prior == "learned" else None)
         if config.cvae_decoder == "film":
             self.decoder = None
+            last = max(8, ch // 2)
             self.up = nn.ModuleList([FiLMUpBlock(ch * 2, ch * 2, config.cond_dim), FiLMUpBlock(ch * 2, ch, config.cond_dim),
-                                     FiLMUpBlock(ch, max(8, ch // 2), config.cond_dim)])
-            self.to_rgb = nn.Conv2d(max(8, ch // 2), 3, 3, 1, 1)
+                                     FiLMUpBlock(ch, last, config.cond_dim)])
+            self.to_rgb = nn.Conv2d(last, 3, 3, 1, 1)
         elif config.cvae_decoder == "deconv":
             self.decoder = nn.Sequential(
                 nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.SiLU(),
