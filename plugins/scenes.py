@@ -236,13 +236,29 @@ def _background(size: int, rng: random.Random, textured: bool) -> Any:
     return img
 
 
-def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True, jitter: bool = True) -> tuple[Any, list[dict[str, float]]]:
+def _clutter(draw: Any, size: int, rng: random.Random, strokes: int) -> None:
+    """``strokes`` thin scribbles in the objects' palette: colour in the image that no caption names."""
+    width = max(1, round(size / 64))
+    for _ in range(strokes):
+        x, y = rng.uniform(0, size), rng.uniform(0, size)
+        points = [(x, y)]
+        for _ in range(rng.randint(2, 4)):
+            x = min(size, max(0.0, x + rng.uniform(-0.25, 0.25) * size))
+            y = min(size, max(0.0, y + rng.uniform(-0.25, 0.25) * size))
+            points.append((x, y))
+        fill = tuple(int(min(255, max(0, c + rng.randint(-25, 25)))) for c in COLORS[rng.choice(list(COLORS))])
+        draw.line(points, fill=fill, width=width)
+
+
+def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True, jitter: bool = True,
+           clutter: int = 0) -> tuple[Any, list[dict[str, float]]]:
     """The image and where each object is (centre and radius as fractions of the side)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(_background(size, rng, textured).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
+    _clutter(draw, size, rng, clutter)
     placed = []
     for p in spec.objects:
         r = SIZES[p.obj.size] * 0.8
@@ -274,7 +290,7 @@ def family(spec: SceneSpec, size: int, rng: random.Random) -> list[SceneSpec]:
 
 
 def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_size: int, captions_per_image: int, max_objects: int,
-          family_size: int, textured: bool, jitter: bool) -> Path:
+          family_size: int, textured: bool, jitter: bool, clutter: int = 0) -> Path:
     """Write the images and ``manifest.jsonl`` into ``folder`` (once); return the manifest path."""
     from tqdm.auto import tqdm
 
@@ -294,7 +310,7 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
                     if written == n:
                         break
                     rel = f"{split}/{written:05d}.png"
-                    image, placed = render(spec, image_size, rng, textured, jitter)
+                    image, placed = render(spec, image_size, rng, textured, jitter, clutter)
                     image.save(folder / rel)
                     rows.append({
                         "image": rel, "caption": captions(spec, captions_per_image, rng), "split": split, **hard_negatives(spec, rng),
@@ -308,7 +324,8 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
 
 class ScenesDataset(Dataset):
     def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 500, seed: int = 0, image_size: int = 128, captions_per_image: int = 5,
-                 max_objects: int = 4, family_size: int = 3, textured: bool = True, jitter: bool = True, root: str | None = None) -> None:
+                 max_objects: int = 4, family_size: int = 3, textured: bool = True, jitter: bool = True, clutter: int = 0,
+                 root: str | None = None) -> None:
         for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("captions_per_image", captions_per_image)):
             if value < 1:
                 raise ValueError(f"scenes: {name} must be at least 1, got {value}")
@@ -318,8 +335,12 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: max_objects must be between 1 and 4, got {max_objects}")
         if not 1 <= family_size <= 4:
             raise ValueError(f"scenes: family_size must be between 1 (no variants) and 4, got {family_size}")
+        if not 0 <= clutter <= 64:
+            raise ValueError(f"scenes: clutter must be between 0 (none) and 64 strokes, got {clutter}")
         self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
                            max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
+        if clutter:  # only when set, so that the folders of existing options keep their names
+            self.params["clutter"] = int(clutter)
         self.folder = data_folder("scenes", self.params, FORMAT, root)
 
     def load(self) -> ImageTextSet:

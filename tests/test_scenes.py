@@ -62,11 +62,12 @@ def test_families_share_their_words_but_not_their_meaning():
     assert shared > 100
 
 
-def test_objects_are_drawn_where_the_manifest_says():
+@pytest.mark.parametrize("clutter", [0, 16])
+def test_objects_are_drawn_where_the_manifest_says(clutter):
     rng = random.Random(6)
     checked = 0
     for spec in _specs(60, 7):
-        image, placed = render(spec, 128, rng, textured=True, jitter=False)
+        image, placed = render(spec, 128, rng, textured=True, jitter=False, clutter=clutter)
         pixels = np.asarray(image).astype(int)
         for where in placed:
             covered = [o for o in placed if o is not where and (o["cx"] - where["cx"]) ** 2 + (o["cy"] - where["cy"]) ** 2 < (o["r"] + where["r"]) ** 2]
@@ -76,6 +77,38 @@ def test_objects_are_drawn_where_the_manifest_says():
             assert np.abs(pixels[y, x] - np.array(COLORS[where["color"]])).max() <= 1
             checked += 1
     assert checked > 20
+
+
+def test_clutter_puts_palette_colours_no_caption_names_outside_the_objects(tmp_path):
+    def palette_pixels_outside_objects(clutter: int) -> tuple[int, set[str]]:
+        rng = random.Random(11)
+        count, colours = 0, set()
+        for spec in _specs(20, 12):
+            image, placed = render(spec, 128, rng, textured=False, jitter=False, clutter=clutter)
+            pixels = np.asarray(image).astype(int)
+            yy, xx = np.mgrid[0:128, 0:128] / 128
+            outside = np.ones((128, 128), bool)
+            for o in placed:  # a margin around each object's disc
+                outside &= (xx - o["cx"]) ** 2 + (yy - o["cy"]) ** 2 > (o["r"] * 1.5) ** 2
+            named = {o["color"] for o in placed}
+            for name, rgb in COLORS.items():
+                near = (np.abs(pixels - np.array(rgb)).max(axis=2) <= 25) & outside
+                count += int(near.sum())
+                if near.sum() >= 20 and name not in named:
+                    colours.add(name)
+        return count, colours
+
+    plain, plain_colours = palette_pixels_outside_objects(0)
+    cluttered, cluttered_colours = palette_pixels_outside_objects(16)
+    assert plain == 0 and not plain_colours  # the plain grey background holds no palette colour
+    assert cluttered > 20 * 300 and len(cluttered_colours) >= 6  # several hundred pixels an image, in colours the captions do not name
+
+    def folder(**options):
+        return create("dataset", "scenes", root=str(tmp_path), **options).folder
+
+    assert folder() == folder(clutter=0) != folder(clutter=8)  # the folders of existing options keep their names
+    with pytest.raises(ValueError, match="clutter must be between 0 .none. and 64 strokes, got 100"):
+        create("dataset", "scenes", clutter=100)
 
 
 def test_dataset_is_deterministic_and_carries_the_probe_and_questions(tmp_path):
