@@ -1,9 +1,10 @@
 """The built-in ``scenes`` dataset: a harder benchmark, where matching needs composition.
 
 Each image holds one to four objects (shape, colour, size) in the cells of a 3 x 3 layout, sometimes
-overlapping, on a textured, noisy background, with colour and lighting jitter. Captions mention every
-object and the relation of each object to the next (left of, right of, above, below, bigger than,
-smaller than), in five paraphrases. Images come in families that share their words: a scene, the
+overlapping, on a textured, noisy background, with colour and lighting jitter and a colour cast (the
+white balance off by up to ``cast`` in each channel), and optionally ``clutter`` (scribbles in the
+objects' colours). Captions mention every object and the relation of each object to the next (left
+of, right of, above, below, bigger than, smaller than), in five paraphrases. Images come in families that share their words: a scene, the
 same scene with two objects' colours swapped, mirrored, or with two shapes swapped. A bag of single
 words cannot tell a family's captions apart and a global colour histogram cannot tell its images
 apart, so a model must bind attributes to objects and read relations to match them.
@@ -251,7 +252,7 @@ def _clutter(draw: Any, size: int, rng: random.Random, strokes: int) -> None:
 
 
 def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True, jitter: bool = True,
-           clutter: int = 0) -> tuple[Any, list[dict[str, float]]]:
+           clutter: int = 0, cast: float = 0.0) -> tuple[Any, list[dict[str, float]]]:
     """The image and where each object is (centre and radius as fractions of the side)."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -279,6 +280,9 @@ def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True
         light = rng.uniform(0.8, 1.1) + rng.uniform(-0.15, 0.15) * (xx - 0.5) + rng.uniform(-0.15, 0.15) * (yy - 0.5)
         arr = arr * light[..., None] + g.normal(0, 6, arr.shape)
         img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    if cast:  # white balance: each channel's gain drawn apart, the whole image tinted
+        gains = np.array([rng.uniform(1 - cast, 1 + cast) for _ in range(3)], dtype=np.float32)
+        img = Image.fromarray((np.asarray(img, dtype=np.float32) * gains).clip(0, 255).astype(np.uint8))
     return img, placed
 
 
@@ -290,7 +294,7 @@ def family(spec: SceneSpec, size: int, rng: random.Random) -> list[SceneSpec]:
 
 
 def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_size: int, captions_per_image: int, max_objects: int,
-          family_size: int, textured: bool, jitter: bool, clutter: int = 0) -> Path:
+          family_size: int, textured: bool, jitter: bool, clutter: int = 0, cast: float = 0.0) -> Path:
     """Write the images and ``manifest.jsonl`` into ``folder`` (once); return the manifest path."""
     from tqdm.auto import tqdm
 
@@ -310,7 +314,7 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
                     if written == n:
                         break
                     rel = f"{split}/{written:05d}.png"
-                    image, placed = render(spec, image_size, rng, textured, jitter, clutter)
+                    image, placed = render(spec, image_size, rng, textured, jitter, clutter, cast)
                     image.save(folder / rel)
                     rows.append({
                         "image": rel, "caption": captions(spec, captions_per_image, rng), "split": split, **hard_negatives(spec, rng),
@@ -325,7 +329,7 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
 class ScenesDataset(Dataset):
     def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 500, seed: int = 0, image_size: int = 128, captions_per_image: int = 5,
                  max_objects: int = 4, family_size: int = 3, textured: bool = True, jitter: bool = True, clutter: int = 0,
-                 root: str | None = None) -> None:
+                 cast: float = 0.2, root: str | None = None) -> None:
         for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("captions_per_image", captions_per_image)):
             if value < 1:
                 raise ValueError(f"scenes: {name} must be at least 1, got {value}")
@@ -339,8 +343,11 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: clutter must be between 0 (none) and 64 strokes, got {clutter}")
         self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
                            max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
-        if clutter:  # only when set, so that the folders of existing options keep their names
-            self.params["clutter"] = int(clutter)
+        if not 0 <= cast < 1:
+            raise ValueError(f"scenes: cast must be at least 0 (none) and below 1, got {cast}")
+        for name, value in (("clutter", int(clutter)), ("cast", float(cast))):
+            if value:  # only when set, so that the folders of existing options keep their names
+                self.params[name] = value
         self.folder = data_folder("scenes", self.params, FORMAT, root)
 
     def load(self) -> ImageTextSet:

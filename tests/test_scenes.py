@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from itm_core import create
-from plugins.scenes import COLORS, SceneSpec, describe, family, hard_negatives, random_spec, render, true_relations
+from plugins.scenes import COLORS, FORMAT, SceneSpec, describe, family, hard_negatives, random_spec, render, true_relations
+from plugins.shapes import data_folder
 
 
 def _specs(n: int, seed: int = 0) -> list[SceneSpec]:
@@ -109,6 +110,30 @@ def test_clutter_puts_palette_colours_no_caption_names_outside_the_objects(tmp_p
     assert folder() == folder(clutter=0) != folder(clutter=8)  # the folders of existing options keep their names
     with pytest.raises(ValueError, match="clutter must be between 0 .none. and 64 strokes, got 100"):
         create("dataset", "scenes", clutter=100)
+
+
+def test_cast_tints_the_whole_image_with_one_gain_per_channel(tmp_path):
+    gains = []
+    for spec in _specs(12, 13):
+        plain, placed = render(spec, 96, random.Random(str(spec)), jitter=False)
+        tinted, same_places = render(spec, 96, random.Random(str(spec)), jitter=False, cast=0.3)
+        assert same_places == placed
+        a, b = np.asarray(plain).astype(float), np.asarray(tinted).astype(float)
+        usable = (a > 20) & (b < 250)  # not clipped in either image
+        gain = np.array([np.median(b[..., c][usable[..., c]] / a[..., c][usable[..., c]]) for c in range(3)])
+        assert np.all((gain > 0.69) & (gain < 1.31))
+        predicted = np.clip(a * gain, 0, 255)
+        assert np.mean(np.abs(predicted - b) <= 2) > 0.98  # the same gain on every pixel of a channel
+        gains.append(gain)
+    spread = np.ptp(np.array(gains), axis=0)
+    assert np.all(spread > 0.2)  # drawn anew for each image
+    assert np.all(np.ptp(np.array(gains), axis=1) > 0.02)  # and apart for each channel: a tint, not a brightness change
+    untinted = create("dataset", "scenes", cast=0.0, root=str(tmp_path))
+    before = {k: v for k, v in untinted.params.items() if k != "cast"}
+    assert "cast" not in untinted.params and untinted.folder == data_folder("scenes", before, FORMAT, str(tmp_path))  # as named before the option
+    assert create("dataset", "scenes", root=str(tmp_path)).params["cast"] == 0.2  # the default tints
+    with pytest.raises(ValueError, match="cast must be at least 0 .none. and below 1, got 1.5"):
+        create("dataset", "scenes", cast=1.5)
 
 
 def test_dataset_is_deterministic_and_carries_the_probe_and_questions(tmp_path):
