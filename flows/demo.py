@@ -1,4 +1,4 @@
-"""``itm demo``: the whole workbench on the built-in ``shapes`` data, offline.
+"""``itm demo``: the whole workbench on built-in data (``scenes`` by default, or ``shapes``), offline.
 
 Builds the data, retrains twice (pretrained towers, then classic features) so the registry holds a
 champion and a challenger, evaluates both beside untrained heads as a chance reference, and
@@ -25,7 +25,7 @@ CLASSIC = (ComponentParams(name="color-histogram"), ComponentParams(name="tfidf"
 
 def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | None = None, num_captions: int = 12, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
-    dataset = dataset or DatasetParams()
+    dataset = dataset or DatasetParams(name="scenes")
     training = training or TrainingParams()
     start = time.perf_counter()
     runs = {}

@@ -246,7 +246,7 @@ def run_flow(
 def demo(
     train_images: int = typer.Option(2000, help="Training images of the dataset"),
     eval_images: int = typer.Option(500, help="Validation and test images each"),
-    dataset: str = typer.Option("shapes", help="The built-in data: shapes, or scenes (harder: relations between up to four objects)"),
+    dataset: str = typer.Option("scenes", help="The built-in data: scenes (relations between up to four objects), or shapes (one or two objects, easier)"),
 ) -> None:
     """Build the data, retrain twice, evaluate a leaderboard and caption test images; all in MLflow."""
     from flows.demo import run_demo

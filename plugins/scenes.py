@@ -26,7 +26,8 @@ from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from plugins.shapes import (
-    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, data_folder, paraphrases, write_manifest,
+    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, data_folder,
+    environment_defaults, paraphrases, write_manifest,
 )
 
 FORMAT = 1  # bump when the files written for the same options change
@@ -356,11 +357,19 @@ class ScenesDataset(Dataset):
         return load_manifest(manifest, extra_columns=extras, name="scenes")
 
 
+DEFAULTS_VARIABLE = "ITM_SCENES_DEFAULTS"
+
+
+def scenes(**options: Any) -> ScenesDataset:
+    """``scenes`` with ``ITM_SCENES_DEFAULTS`` (a JSON object of options) over the built-in defaults."""
+    return ScenesDataset(**{**environment_defaults(DEFAULTS_VARIABLE, ScenesDataset), **options})
+
+
 @hookimpl
 def register_datasets(register):
     register(
         "scenes",
-        ScenesDataset,
+        scenes,
         description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, families that share their words; built offline, cached",
         splits=["train", "val", "test"],
         check_options=lambda folder: {"n_train": 6, "n_val": 3, "n_test": 3, "image_size": 64, "root": str(folder / "scenes")},

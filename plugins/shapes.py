@@ -373,22 +373,25 @@ class ShapesDataset(Dataset):
 DEFAULTS_VARIABLE = "ITM_SHAPES_DEFAULTS"
 
 
-def environment_defaults() -> dict[str, Any]:
-    """Shapes options from ``ITM_SHAPES_DEFAULTS`` (a JSON object): they replace the built-in
-    defaults, and options given explicitly still win. A quick way to try every command on small data."""
+def environment_defaults(variable: str = DEFAULTS_VARIABLE, dataset: Any = None) -> dict[str, Any]:
+    """Options of ``dataset`` (``shapes`` by default) from the environment variable ``variable`` (a
+    JSON object): they replace the built-in defaults, and options given explicitly still win. A
+    quick way to try every command on small data."""
     import inspect
 
-    text = os.environ.get(DEFAULTS_VARIABLE, "").strip()
+    dataset = dataset or ShapesDataset
+    name = variable.removeprefix("ITM_").removesuffix("_DEFAULTS").lower()
+    text = os.environ.get(variable, "").strip()
     if not text:
         return {}
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{DEFAULTS_VARIABLE} is not valid JSON ({exc}); give an object such as '{{\"n_train\": 200, \"n_val\": 50, \"n_test\": 50}}'") from None
-    known = [p for p in inspect.signature(ShapesDataset).parameters]
+        raise ValueError(f"{variable} is not valid JSON ({exc}); give an object such as '{{\"n_train\": 200, \"n_val\": 50, \"n_test\": 50}}'") from None
+    known = [p for p in inspect.signature(dataset).parameters]
     if not isinstance(values, dict) or set(values) - set(known):
         extra = sorted(set(values) - set(known)) if isinstance(values, dict) else values
-        raise ValueError(f"{DEFAULTS_VARIABLE}: expected a JSON object of shapes options ({', '.join(known)}), got {extra!r}")
+        raise ValueError(f"{variable}: expected a JSON object of {name} options ({', '.join(known)}), got {extra!r}")
     return values
 
 

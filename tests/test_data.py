@@ -253,3 +253,19 @@ def test_shapes_defaults_from_the_environment(monkeypatch):
     monkeypatch.setenv("ITM_SHAPES_DEFAULTS", "n_train=7")
     with pytest.raises(ValueError, match="ITM_SHAPES_DEFAULTS is not valid JSON"):
         create("dataset", "shapes")
+
+
+def test_scenes_defaults_from_the_environment(monkeypatch):
+    """ITM_SCENES_DEFAULTS does for scenes what ITM_SHAPES_DEFAULTS does for shapes, and only for scenes."""
+    from itm_core import create
+
+    monkeypatch.setenv("ITM_SCENES_DEFAULTS", '{"n_train": 7, "image_size": 64, "cast": 0.1}')
+    assert create("dataset", "scenes").params["n_train"] == 7 and create("dataset", "scenes").params["cast"] == 0.1
+    assert create("dataset", "scenes", n_train=9).params == {**create("dataset", "scenes").params, "n_train": 9}
+    assert create("dataset", "shapes").params["n_train"] == 2000
+    monkeypatch.setenv("ITM_SCENES_DEFAULTS", '{"two_object_fraction": 0.5}')  # a shapes option
+    with pytest.raises(ValueError, match=r"ITM_SCENES_DEFAULTS: expected a JSON object of scenes options \(n_train, .*max_objects.*\['two_object_fraction'\]"):
+        create("dataset", "scenes")
+    monkeypatch.setenv("ITM_SCENES_DEFAULTS", "{")
+    with pytest.raises(ValueError, match="ITM_SCENES_DEFAULTS is not valid JSON"):
+        create("dataset", "scenes")

@@ -234,12 +234,12 @@ def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes
     assert {"generations.csv", "image_grid.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_demo_command_on_tiny_scenes(prefect_server, mlflow_store):
-    """`itm demo --dataset scenes` end to end (small data; the README runs it on shapes): two retrains,
-    a leaderboard of four, captions from a caption bank of scenes, a champion."""
+def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
+    """`itm demo --dataset shapes` end to end (small data; the README runs the default, scenes): two
+    retrains, a leaderboard of four, captions from a caption bank of shapes, a champion."""
     from itm_core.cli import app
 
-    result = CliRunner().invoke(app, ["demo", "--dataset", "scenes", "--train-images", "40", "--eval-images", "12"])
+    result = CliRunner().invoke(app, ["demo", "--dataset", "shapes", "--train-images", "40", "--eval-images", "12"])
     assert result.exit_code == 0, result.output
     for text in ("ITM demo", "champion", "untrained heads (chance)", "classic", "mlflow ui --backend-store-uri", "bleu4", "cider"):
         assert text in result.output

@@ -1,8 +1,8 @@
 """The READMEs run as written: every code block of README.md and of the example plugin's README, in
 order, in one fresh working folder, as a user who has run `make install` would (``itm`` and
 ``pytest`` on the PATH from ``.venv``, nothing else configured: MLflow's default store in the
-folder, ``$ITM_HOME`` at its default ``./.itm``). ``ITM_SHAPES_DEFAULTS`` keeps the built-in data
-small. How a block is tested is said by the ``readme-test`` marker above it (see
+folder, ``$ITM_HOME`` at its default ``./.itm``). ``ITM_SHAPES_DEFAULTS`` and ``ITM_SCENES_DEFAULTS``
+keep the built-in data small. How a block is tested is said by the ``readme-test`` marker above it (see
 ``tests/readme_blocks.py``); a block that needs a network, a GPU, real data or a server that runs
 until stopped is skipped with that reason, and a README edit that breaks a command fails here.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 DOCUMENTS = [(ROOT / "README.md", "README.md"), (ROOT / "examples" / "itm-plugin-example" / "README.md", "examples/itm-plugin-example/README.md")]
 BLOCKS = [b for path, name in DOCUMENTS for b in parse(path, name)]
-SMALL_SHAPES = {"n_train": 64, "n_val": 16, "n_test": 16, "image_size": 64}
+SMALL_DATA = {"n_train": 64, "n_val": 16, "n_test": 16, "image_size": 64}  # for shapes and scenes
 PLUGINS_INSTALLED = ("itm-plugin-mine", "itm-plugin-example")  # what the walk-throughs pip install into .venv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -47,7 +47,7 @@ class Workspace:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ITM_", "MLFLOW_", "PYTEST_"))}
         env.update(
             PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(VENV_BIN.parent),
-            ITM_SHAPES_DEFAULTS=json.dumps(SMALL_SHAPES), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+            ITM_SHAPES_DEFAULTS=json.dumps(SMALL_DATA), ITM_SCENES_DEFAULTS=json.dumps(SMALL_DATA), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
             PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the session's server: a flow run needs no temporary one
             PREFECT_HOME=str(self.dir.parent / "prefect-home"),
             PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1",  # offline installs
