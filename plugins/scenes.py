@@ -4,10 +4,11 @@ Each image holds one to four objects (shape, colour, size) in the cells of a 3 x
 overlapping, on a textured, noisy background, with colour and lighting jitter and a colour cast (the
 white balance off by up to ``cast`` in each channel), and optionally ``clutter`` (scribbles in the
 objects' colours). Captions mention every object and the relation of each object to the next (left
-of, right of, above, below, bigger than, smaller than), in five paraphrases. Images come in families that share their words: a scene, the
-same scene with two objects' colours swapped, mirrored, or with two shapes swapped. A bag of single
-words cannot tell a family's captions apart and a global colour histogram cannot tell its images
-apart, so a model must bind attributes to objects and read relations to match them.
+of, right of, above, below, bigger than, smaller than), in five paraphrases. Images come in families
+that share their words: a scene, the same scene with two objects' colours swapped, mirrored, or with
+two shapes swapped. A bag of single words cannot tell a family's captions apart and a global colour
+histogram cannot tell its images apart, so a model must bind attributes to objects and read
+relations to match them.
 
 Like ``shapes``, each image keeps hard-negative captions against its canonical caption (an attribute
 binding swap of colours, of shapes, and a relation swap), questions with answers, and where each
@@ -342,10 +343,10 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: family_size must be between 1 (no variants) and 4, got {family_size}")
         if not 0 <= clutter <= 64:
             raise ValueError(f"scenes: clutter must be between 0 (none) and 64 strokes, got {clutter}")
-        self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
-                           max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
         if not 0 <= cast < 1:
             raise ValueError(f"scenes: cast must be at least 0 (none) and below 1, got {cast}")
+        self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
+                           max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
         for name, value in (("clutter", int(clutter)), ("cast", float(cast))):
             if value:  # only when set, so that the folders of existing options keep their names
                 self.params[name] = value
@@ -370,7 +371,7 @@ def register_datasets(register):
     register(
         "scenes",
         scenes,
-        description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, families that share their words; built offline, cached",
+        description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, a colour cast, families that share their words; built offline, cached",
         splits=["train", "val", "test"],
         check_options=lambda folder: {"n_train": 6, "n_val": 3, "n_test": 3, "image_size": 64, "root": str(folder / "scenes")},
     )
