@@ -1,10 +1,11 @@
 """The READMEs run as written: every code block of README.md and of the example plugin's README, in
 order, in one fresh working folder, as a user who has run `make install` would (``itm`` and
 ``pytest`` on the PATH from ``.venv``, nothing else configured: MLflow's default store in the
-folder, ``$ITM_HOME`` at its default ``./.itm``). ``ITM_SHAPES_DEFAULTS`` and ``ITM_SCENES_DEFAULTS``
-keep the built-in data small. How a block is tested is said by the ``readme-test`` marker above it (see
-``tests/readme_blocks.py``); a block that needs a network, a GPU, real data or a server that runs
-until stopped is skipped with that reason, and a README edit that breaks a command fails here.
+folder, ``$ITM_HOME`` at its default ``./.itm``). ``ITM_SHAPES_DEFAULTS`` and
+``ITM_SCENES_DEFAULTS`` keep the built-in data small. How a block is tested is said by the
+``readme-test`` marker above it (see ``tests/readme_blocks.py``); a block that needs a network, a
+GPU, real data or a server that runs until stopped is skipped with that reason, and a README edit
+that breaks a command fails here.
 """
 
 from __future__ import annotations
