@@ -239,6 +239,11 @@ def _background(size: int, rng: random.Random, textured: bool) -> Any:
     return img
 
 
+def _paint(rgb: tuple[int, int, int], rng: random.Random, jitter: bool = True) -> tuple[int, ...]:
+    """``rgb`` with each channel moved by up to 25 levels when ``jitter``."""
+    return tuple(int(min(255, max(0, c + (rng.randint(-25, 25) if jitter else 0)))) for c in rgb)
+
+
 def _clutter(draw: Any, size: int, rng: random.Random, strokes: int) -> None:
     """``strokes`` thin scribbles in the objects' palette: colour in the image that no caption names."""
     width = max(1, round(size / 64))
@@ -249,8 +254,7 @@ def _clutter(draw: Any, size: int, rng: random.Random, strokes: int) -> None:
             x = min(size, max(0.0, x + rng.uniform(-0.25, 0.25) * size))
             y = min(size, max(0.0, y + rng.uniform(-0.25, 0.25) * size))
             points.append((x, y))
-        fill = tuple(int(min(255, max(0, c + rng.randint(-25, 25)))) for c in COLORS[rng.choice(list(COLORS))])
-        draw.line(points, fill=fill, width=width)
+        draw.line(points, fill=_paint(COLORS[rng.choice(list(COLORS))], rng), width=width)
 
 
 def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True, jitter: bool = True,
@@ -269,7 +273,7 @@ def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True
         cy = (0.2 + 0.3 * p.row) + rng.uniform(-0.05, 0.05)
         placed.append({"shape": p.obj.shape, "color": p.obj.color, "size": p.obj.size, "cx": round(cx, 4), "cy": round(cy, 4), "r": round(r, 4)})
     for p, where in sorted(zip(spec.objects, placed), key=lambda _: rng.random()):  # a random drawing order: either may cover the other
-        fill = tuple(int(min(255, max(0, c + (rng.randint(-25, 25) if jitter else 0)))) for c in COLORS[p.obj.color])
+        fill = _paint(COLORS[p.obj.color], rng, jitter)
         cx, cy, r = where["cx"] * size, where["cy"] * size, where["r"] * size
         if p.obj.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)

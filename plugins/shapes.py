@@ -373,13 +373,12 @@ class ShapesDataset(Dataset):
 DEFAULTS_VARIABLE = "ITM_SHAPES_DEFAULTS"
 
 
-def environment_defaults(variable: str = DEFAULTS_VARIABLE, dataset: Any = None) -> dict[str, Any]:
+def environment_defaults(variable: str = DEFAULTS_VARIABLE, dataset: type[Dataset] = ShapesDataset) -> dict[str, Any]:
     """Options of ``dataset`` (``shapes`` by default) from the environment variable ``variable`` (a
     JSON object): they replace the built-in defaults, and options given explicitly still win. A
     quick way to try every command on small data."""
     import inspect
 
-    dataset = dataset or ShapesDataset
     name = variable.removeprefix("ITM_").removesuffix("_DEFAULTS").lower()
     text = os.environ.get(variable, "").strip()
     if not text:
