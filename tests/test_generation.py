@@ -411,6 +411,50 @@ def test_r_precision_alignment_and_clipscore_follow_the_matcher(colour_matcher):
         alignment.compute(images=images, prompts=right[:5])
 
 
+def test_matcher_text_conditions_a_generator_with_the_matchers_text_tower_and_keeps_its_copy(colour_matcher, tmp_path):
+    import shutil
+
+    from itm_core.models.matcher import Matcher
+    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+
+    encoder = create("encoder", "matcher-text", matcher=colour_matcher)
+    matcher = Matcher.load(colour_matcher)
+    prompts = ["a red square", "a green square", "a blue square"]
+    assert encoder.dim == 16
+    emb = encoder.encode(prompts)
+    assert torch.allclose(emb, matcher.embed_texts(prompts).float(), atol=1e-6)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert encoder.encode([]).shape == (0, 16)
+
+    images, names = colour_images(12, seed=0)
+    captions = [f"a {c} square" for c in names]
+    val_images, val_names = colour_images(2, seed=1)
+    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
+    model, _ = train_text_to_image({"name": "matcher-text", "options": {"matcher": colour_matcher}}, images_to_tensor(images, 16),
+                                   _text_features(captions, encoder), images_to_tensor(val_images, 16),
+                                   _text_features([f"a {c} square" for c in val_names], encoder), config)
+    model.encoder = encoder
+    asked = prompts * 10
+    drawn = model.generate(asked, seed=5)
+    assert sum(mean_colour(img) == p.split()[1] for img, p in zip(drawn, asked)) >= 27
+    folder = model.save(tmp_path / "cvae")
+
+    # the saved model reads prompts with its own copy of the text tower, even once the matcher is gone
+    moved = tmp_path / "gone"
+    shutil.move(colour_matcher, moved)
+    try:
+        loaded = TextToImage.load(folder)
+        assert torch.allclose(loaded.encoder.encode(prompts), emb, atol=1e-6)
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=5), drawn))
+    finally:
+        shutil.move(moved, colour_matcher)
+
+    with pytest.raises(LookupError, match=r"matcher-text: cannot load the matcher .*itm run retrain"):
+        create("encoder", "matcher-text", matcher=str(tmp_path / "no-such-matcher")).encode(["a red square"])
+    with pytest.raises(ValueError, match="matcher must be a model URI or a saved matcher folder"):
+        create("encoder", "matcher-text", matcher=" ")
+
+
 def test_generation_metrics_pass_the_conformance_kit(colour_matcher):
     from itm_core.testing import assert_conforms
 

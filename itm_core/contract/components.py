@@ -9,6 +9,7 @@ the plugin when one is wrong.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
@@ -250,6 +251,14 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
+def _lacks(component: Any, attr: str) -> bool:
+    try:
+        inspect.getattr_static(component, attr)
+    except AttributeError:
+        return not hasattr(component, attr)  # one that ``__getattr__`` provides
+    return False
+
+
 class Checked:
     """A transparent proxy that checks a component's outputs against its kind's contract.
 
@@ -263,7 +272,8 @@ class Checked:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "plugin", plugin)
         object.__setattr__(self, "options", dict(options))
-        missing = [a for a in _REQUIRED[kind] if not hasattr(component, a)]
+        # looked up statically: an attribute computed on first use (a ``dim`` that loads a model) is not run here
+        missing = [a for a in _REQUIRED[kind] if _lacks(component, a)]
         if missing:
             raise ContractError(f"{self._label()} lacks {', '.join(missing)} required of a {kind}")
         if kind == "encoder" and component.modality not in MODALITIES:
