@@ -86,7 +86,8 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
                 plt.close(fig)
 
         vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(data.features["train"].data) else None
-        itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select)
+        itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select,
+                          listwise=params.listwise)
         metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch, on_itm)
         mlflow.log_metrics(metrics)
     print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "itm_only_i2t_r1", "reranked_i2t_r1", "itm_only_t2i_r1", "reranked_t2i_r1", "vqa_accuracy") if k in metrics))

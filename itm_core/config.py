@@ -426,8 +426,16 @@ class FusionBenchmarkParams(Params):
     dataset_negatives: bool = Field(True, description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) of the training images")
     rerank_k: int = Field(16, ge=1, description="The ITM head reranks at most the contrastive top k (k and the contrastive weight are chosen on validation)")
     in_batch_negatives: bool = Field(True, description="Also train ITM heads on a negative caption and image per pair drawn from the batch by contrastive similarity (ALBEF)")
+    listwise: int = Field(0, ge=0, description="Also train ITM heads on the reranking task itself: a softmax over each query's match and this many of its "
+                                               "hard_pool mined negatives, in both directions (0: off; at most hard_pool)")
     itm_select: Literal["rerank+probe", "rerank", "probe", "auc"] = Field(
         "rerank+probe", description="Validation score that picks each ITM head's best epoch: reranked R@1 (mean of both directions), probe accuracy, their sum, or ITM AUC")
     seed: int = Field(0)
     experiment: str = Field("itm-fusion-benchmark", description="MLflow experiment")
     run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _listwise_within_the_pool(self) -> "FusionBenchmarkParams":
+        if self.listwise > self.hard_pool:
+            raise ValueError(f"listwise ({self.listwise}) draws from each query's hard_pool mined negatives, so it can be at most hard_pool ({self.hard_pool})")
+        return self

@@ -9,7 +9,7 @@ from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
 from itm_core.judge.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
 from itm_core.judge.retrieval import Ranks, ranks
-from itm_core.models.heads import HeadConfig, ITMHead, PairSet, in_batch_negatives, train_itm
+from itm_core.models.heads import HeadConfig, ITMHead, PairSet, hard_negatives, in_batch_negatives, listwise_loss, train_itm
 
 
 class Dot:
@@ -110,6 +110,27 @@ def test_in_batch_negatives_draw_similar_non_matches_only():
         assert owner[t] != i and not ({i, int(owner[t])} == {2, 3})  # never a match, never a duplicate
     # at a low temperature the most similar non-match is drawn: images 0 and 1 are each other's
     assert (0, 1) in pairs and (1, 0) in pairs
+
+
+def test_listwise_loss_is_a_softmax_over_each_querys_match_and_its_mined_negatives():
+    import pytest
+
+    data, _ = _pairs(12, 4)
+    head = NoisyOracle(data.caption_image, 0.7, seed=1)
+    neg_c, neg_i = hard_negatives(data.image_emb, data.caption_emb, data.caption_image, 4)
+    images, captions = [0, 3, 5], [1, 9, 15]  # a caption of each image
+    loss = listwise_loss(head, data, images, captions, neg_c, neg_i, 4, torch.Generator().manual_seed(0))
+    by_hand = 0.0
+    for i, c in zip(images, captions):  # every mined negative drawn: their order does not change the cross-entropy
+        t = head.score(data, torch.tensor([i] * 5), torch.tensor([c, *neg_c[i].tolist()]))
+        im = head.score(data, torch.tensor([i, *neg_i[c].tolist()]), torch.tensor([c] * 5))
+        by_hand += float(-t.log_softmax(0)[0] - im.log_softmax(0)[0]) / 2
+    assert float(loss) == pytest.approx(by_hand / 3, rel=1e-6)
+    # fewer negatives, drawn from the same pool: an easier task, never a larger loss
+    for seed in range(5):
+        assert float(listwise_loss(head, data, images, captions, neg_c, neg_i, 2, torch.Generator().manual_seed(seed))) <= float(loss) + 1e-6
+    with pytest.raises(ValueError, match=r"listwise must be between 0 \(off\) and hard_pool \(4\)"):
+        train_itm(head, data, data, HeadConfig(epochs=1, hard_pool=4, listwise=5))
 
 
 def test_itm_checkpoint_is_chosen_on_validation_reranking():

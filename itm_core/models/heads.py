@@ -139,6 +139,7 @@ class HeadConfig:
     in_batch_negatives: bool = True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
     select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
     rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
+    listwise: int = 0  # ITM: also a softmax over each query's match and this many mined negatives (0: off)
 
 
 @dataclass
@@ -287,6 +288,22 @@ def in_batch_negatives(train: PairSet, images: list[int], captions: list[int], g
     return out_i, out_t
 
 
+def listwise_loss(head: "ITMHead", train: PairSet, images: list[int], captions: list[int], neg_captions: torch.Tensor,
+                  neg_images: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """The reranking task itself: each image's caption against ``n`` of its mined negative captions,
+    and each caption's image against ``n`` of its mined negative images, a cross-entropy over each
+    query's ``1 + n`` logits with the match first (both directions averaged)."""
+    i, c = torch.tensor(images), torch.tensor(captions)
+    pick = lambda pool, rows: pool[rows].gather(1, torch.rand(len(rows), pool.shape[1], generator=generator).argsort(1)[:, :n])
+    texts = torch.cat([c.unsqueeze(1), pick(neg_captions, i)], 1)  # (B, 1+n) per image
+    imgs = torch.cat([i.unsqueeze(1), pick(neg_images, c)], 1)  # (B, 1+n) per caption
+    b, m = texts.shape
+    logit_t = head.score(train, i.repeat_interleave(m), texts.flatten()).view(b, m)
+    logit_i = head.score(train, imgs.flatten(), c.repeat_interleave(m)).view(b, m)
+    zero = torch.zeros(b, dtype=torch.long)
+    return (F.cross_entropy(logit_t, zero) + F.cross_entropy(logit_i, zero)) / 2
+
+
 def train_itm(
     head: ITMHead, train: PairSet, val: PairSet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     val_probe: PairSet | None = None, val_base: Ranks | None = None,
@@ -305,6 +322,8 @@ def train_itm(
     nothing left, ``auc``."""
     if config.select not in SELECT:
         raise ValueError(f"ITM select must be one of {', '.join(SELECT)}; got {config.select!r}")
+    if not 0 <= config.listwise <= config.hard_pool:
+        raise ValueError(f"ITM listwise must be between 0 (off) and hard_pool ({config.hard_pool}), the mined negatives it draws from; got {config.listwise}")
     seed_everything(config.seed)
     head.fit_statistics(train.image, train.text)
     neg_captions, neg_images = hard_negatives(train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group)
@@ -333,7 +352,10 @@ def train_itm(
             logits = head.score(train, torch.tensor(images), torch.tensor(texts))
             # weight the matches as much as the non-matches
             balance = (target == 0).sum() / (target == 1).sum()
-            yield F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
+            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
+            if config.listwise:
+                loss = loss + listwise_loss(head, train, batch, pos, neg_captions, neg_images, config.listwise, generator)
+            yield loss
 
     parts = [p for p in config.select.split("+") if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)] or ["auc"]
 
