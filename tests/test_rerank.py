@@ -131,6 +131,13 @@ def test_listwise_loss_is_a_softmax_over_each_querys_match_and_its_mined_negativ
         assert float(listwise_loss(head, data, images, captions, neg_c, neg_i, 2, torch.Generator().manual_seed(seed))) <= float(loss) + 1e-6
     with pytest.raises(ValueError, match=r"listwise must be between 0 \(off\) and hard_pool \(4\)"):
         train_itm(head, data, data, HeadConfig(epochs=1, hard_pool=4, listwise=5))
+    from pydantic import ValidationError
+
+    from itm_core.config import FusionBenchmarkParams
+
+    with pytest.raises(ValidationError, match=r"listwise \(17\) draws from each query's hard_pool mined negatives, so it can be at most hard_pool \(16\)"):
+        FusionBenchmarkParams(listwise=17)
+    assert FusionBenchmarkParams(listwise=16, hard_pool=16).listwise == 16
 
 
 def test_itm_checkpoint_is_chosen_on_validation_reranking():
