@@ -32,11 +32,9 @@ def encoder_spec(encoder: Any) -> dict[str, Any]:
 def worker_encoder(spec: dict[str, Any]) -> Any:
     """The encoder of ``spec``, built once per worker process."""
     if spec["key"] not in _WORKER_ENCODERS:
-        from itm_core import create
+        from itm_core.contract.registry import create_encoder
 
-        enc = create("encoder", spec["name"], **spec["options"])
-        if spec["state"] is not None:
-            enc.set_state(spec["state"])
+        enc = create_encoder(spec, spec["state"])
         if encoder_key(enc) != spec["key"]:
             raise RuntimeError(f"encoder {spec['name']!r} built on a worker differs from the flow's (another plugin version?)")
         _WORKER_ENCODERS[spec["key"]] = enc

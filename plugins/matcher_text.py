@@ -71,16 +71,12 @@ class MatcherText(Encoder):
         """Rebuild the text tower from a saved state, without loading ``matcher`` again."""
         if state is None:
             return
-        from itm_core.contract.registry import create
+        from itm_core.contract.registry import create_encoder
         from itm_core.models.matcher import Matcher
 
         matcher = Matcher(**state["config"])
         matcher.text_head.load_state_dict(state["text_head"])
-        spec = state["config"]["text_encoder"]
-        text = create("encoder", spec["name"], **spec.get("options", {}))
-        if state.get("text_encoder_state") is not None:
-            text.set_state(state["text_encoder_state"])
-        matcher.encoders = {"text": text}
+        matcher.encoders = {"text": create_encoder(state["config"]["text_encoder"], state.get("text_encoder_state"))}
         self._matcher = matcher.eval()
 
 

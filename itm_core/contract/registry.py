@@ -131,3 +131,11 @@ def create(kind: str, name: str, **options: Any) -> Any:
     except TypeError as exc:
         raise TypeError(f"{kind} {name!r} (plugin {s.plugin!r}) rejected options {sorted(options)}: {exc}") from exc
     return Checked(component, kind, name, s.plugin, options)
+
+
+def create_encoder(spec: dict[str, Any], state: Any = None) -> Any:
+    """The encoder a saved spec (``{"name", "options"}``) names, with its fitted ``state`` when there is one."""
+    encoder = create("encoder", spec["name"], **spec.get("options", {}))
+    if state is not None:
+        encoder.set_state(state)
+    return encoder

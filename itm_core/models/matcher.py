@@ -139,7 +139,7 @@ class Matcher(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, attach: bool = True) -> "Matcher":
         """Rebuild a saved matcher, with its encoders created from the registry and their fitted state."""
-        from itm_core.contract.registry import create
+        from itm_core.contract.registry import create_encoder
 
         folder = Path(folder)
         config_path = folder / CONFIG_FILE
@@ -152,13 +152,6 @@ class Matcher(nn.Module):
         load_weights_into(matcher, folder / WEIGHTS_FILE)
         matcher.eval()
         if attach:
-            encoders = {}
-            for modality in ("image", "text"):
-                spec = config[f"{modality}_encoder"]
-                enc = create("encoder", spec["name"], **spec.get("options", {}))
-                state = load_state(folder, f"{modality}_encoder_state")
-                if state is not None:
-                    enc.set_state(state)
-                encoders[modality] = enc
+            encoders = {m: create_encoder(config[f"{m}_encoder"], load_state(folder, f"{m}_encoder_state")) for m in ("image", "text")}
             matcher.attach_encoders(encoders["image"], encoders["text"])
         return matcher

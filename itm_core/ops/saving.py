@@ -41,10 +41,6 @@ def load_weights(folder: str | Path, module: torch.nn.Module) -> torch.nn.Module
 
 def restore_encoder(folder: str | Path, spec: dict[str, Any], role: str) -> Any:
     """The encoder ``spec`` names, created from the registry with its saved fitted state."""
-    from itm_core.contract.registry import create
+    from itm_core.contract.registry import create_encoder
 
-    encoder = create("encoder", spec["name"], **spec.get("options", {}))
-    state = load_state(folder, f"{role}_state")
-    if state is not None:
-        encoder.set_state(state)
-    return encoder
+    return create_encoder(spec, load_state(folder, f"{role}_state"))
