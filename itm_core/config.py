@@ -131,6 +131,11 @@ class TextToImageParams(Params):
         "learned", description="cvae: `learned`: samples draw z from a Gaussian predicted from the text (the prompt decides where and what); `standard`: from N(0, I)")
     cvae_decoder: Literal["film", "deconv"] = Field(
         "film", description="cvae: `film`: upsampling + convolution blocks whose normalisation the text scales and shifts at every resolution; `deconv`: three transposed convolutions, the text only at the input")
+    text_condition: Literal["auto", "tokens", "pooled"] = Field(
+        "auto", description="cvae, gan: `tokens`: a small transformer reads the text encoder's token features into the condition (which attribute goes "
+                            "with which object survives); `pooled`: the encoder's pooled sentence feature; `auto`: tokens when the encoder gives them")
+    condition_layers: int = Field(2, ge=0, le=8, description="cvae, gan with tokens: transformer layers over the token features")
+    condition_queries: int = Field(4, ge=1, le=16, description="cvae, gan with tokens: learned queries that pool the tokens into the condition")
     block_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, description="diffusion: UNet channels per resolution level")
     sample_steps: int = Field(30, ge=1, description="diffusion: DDIM steps when sampling")
     guidance_scale: float | None = Field(None, ge=0, description="diffusion, vqvae: classifier-free guidance scale (default: 3.0 diffusion, 2.0 vqvae)")

@@ -152,17 +152,19 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
     with pytest.raises(ValueError, match="cvae_prior must be learned or standard"):
         ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="flat"))
 
-    # a model saved before the learned prior and the FiLM decoder existed has neither key in its config:
-    # it loads as a standard prior with the deconvolution decoder, and draws what it drew before
+    # a model saved before the learned prior, the FiLM decoder and the token condition existed has none of their
+    # keys in its config: it loads as a standard prior with the deconvolution decoder on the pooled text, and
+    # draws what it drew before
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
     old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv"))
     folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
     meta_file = folder / CONFIG_FILE
     meta = json.loads(meta_file.read_text())
-    del meta["config"]["cvae_prior"], meta["config"]["cvae_decoder"]
+    del meta["config"]["cvae_prior"], meta["config"]["cvae_decoder"], meta["config"]["text_condition"]
     meta_file.write_text(json.dumps(meta))
     loaded = TextToImage.load(folder)
+    assert loaded.config.text_condition == "pooled" and not loaded.tokens
     assert loaded.config.cvae_prior == "standard" and loaded.model.prior is None
     assert loaded.config.cvae_decoder == "deconv" and loaded.model.decoder is not None
     same = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
@@ -483,3 +485,55 @@ def test_caption_grid_fits_its_images_and_long_titles():
             assert title.y1 <= box.y1 + 1 and title.x0 >= box.x0 - 1 and title.x1 <= box.x1 + 1
     finally:
         plt.close(fig)
+
+
+
+def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
+    """``text_condition: tokens`` (what ``auto`` picks for an encoder with tokens): a transformer over MiniLM's
+    token states gives the cvae its condition vector; padding does not change it; it saves and loads."""
+    import json
+
+    from itm_core.models.text_to_image import (CONFIG_FILE, TextFeatures, TextToImage, TextToImageConfig, TokenCondition,
+                                               images_to_tensor, train_text_to_image, uses_tokens)
+
+    encoder = create("encoder", "minilm", max_length=16)
+
+    def features(captions: list[str]) -> TextFeatures:
+        tokens, mask = encoder.encode_tokens(captions)
+        return TextFeatures(tokens, mask, torch.arange(len(captions)))
+
+    images, names = colour_images(12, seed=0)
+    rng = random.Random(0)
+    captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in names]
+    val_images, val_names = colour_images(2, seed=1)
+    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
+    assert uses_tokens(config, encoder)
+    model, _ = train_text_to_image({"name": "minilm", "options": {"max_length": 16}}, images_to_tensor(images, 16), features(captions),
+                                   images_to_tensor(val_images, 16), features([f"a {c} square" for c in val_names]), config)
+    assert model.tokens and model.config.text_condition == "tokens" and isinstance(model.model.condition, TokenCondition)
+    model.encoder = encoder
+    asked = ["a red square", "a square that is green", "a blue square"] * 10
+    drawn = model.generate(asked, seed=5)
+    assert sum(mean_colour(img) == next(c for c in COLOURS if c in p) for img, p in zip(drawn, asked)) >= 27
+
+    condition = model.model.condition
+    tokens, mask = encoder.encode_tokens(["a red square to the left of a blue square"])
+    with torch.no_grad():
+        longer = torch.cat([tokens, torch.randn(1, 5, tokens.shape[2])], dim=1)  # five more tokens, masked out as padding
+        padded = torch.cat([mask, torch.zeros(1, 5, dtype=torch.bool)], dim=1)
+        assert torch.allclose(condition(tokens, mask), condition(longer, padded), atol=1e-5)
+        other = encoder.encode_tokens(["a blue square to the left of a red square"])
+        assert not torch.allclose(condition(tokens, mask), condition(*other), atol=1e-3)  # the word order reaches the condition
+
+    folder = model.save(tmp_path / "cvae")
+    assert json.loads((folder / CONFIG_FILE).read_text())["config"]["text_condition"] == "tokens"
+    loaded = TextToImage.load(folder)
+    assert loaded.tokens and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=5), drawn))
+
+    bow = create("encoder", "bow")
+    bow.fit(captions)
+    with pytest.raises(ValueError, match=r"text_condition tokens needs token features, and the text encoder 'bow' gives none"):
+        uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), bow)
+    assert not uses_tokens(TextToImageConfig(model="cvae"), bow)  # auto falls back to the pooled feature
+    with pytest.raises(ValueError, match="layers must be at least 0"):
+        TokenCondition(8, 8, layers=-1, queries=4)

@@ -6,8 +6,8 @@ Two models share the conditioning, the training loop and the save format:
   features (its pooled feature when it has no ``encode_tokens``), trained with a ``DDPMScheduler``
   (predicting the clean image by default: on a CPU budget of a few hundred steps it gives cleaner
   samples than noise prediction) and sampled with ``DDIMScheduler`` and classifier-free guidance.
-- ``cvae``: a conditional variational auto-encoder on the pooled text feature (a learned prior, a FiLM
-  decoder), the fast alternative.
+- ``cvae``: a conditional variational auto-encoder on one text condition vector (a learned prior, a
+  FiLM decoder), the fast alternative.
 - ``gan``: a DCGAN-style generator with text-conditional batch norm and a spectrally normalised
   projection discriminator, trained with the hinge loss and, as in GAN-INT-CLS, real images paired
   with the wrong text as a second kind of fake; samples come from an exponential moving average of
@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from itm_core.data import DataError
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
+from itm_core.models.token_reader import TokenReader
 from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything
 
 CONFIG_FILE = "text_to_image.json"
@@ -49,6 +50,10 @@ class TextToImageConfig(TrainSchedule):
     kl_weight: float = 1.0
     cvae_prior: Literal["learned", "standard"] = "learned"
     cvae_decoder: Literal["film", "deconv"] = "film"
+    # cvae, gan: where their one condition vector comes from (auto: tokens when the text encoder has them)
+    text_condition: Literal["auto", "tokens", "pooled"] = "auto"
+    condition_layers: int = 2
+    condition_queries: int = 4
     # diffusion
     block_channels: tuple[int, ...] = (32, 64, 64)
     train_timesteps: int = 1000
@@ -89,22 +94,57 @@ def tensor_to_images(x: torch.Tensor) -> list[Any]:
     return [Image.fromarray(a) for a in arr]
 
 
-class TextCondition(nn.Module):
-    """Standardised text features projected to ``cond_dim``: ``(N, L, cond_dim)`` tokens with a mask."""
+class Standardised(nn.Module):
+    """Text features standardised with the training set's per-dimension mean and deviation."""
 
-    def __init__(self, feature_dim: int, cond_dim: int) -> None:
+    def __init__(self, feature_dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("std", torch.ones(feature_dim))
-        self.proj = nn.Sequential(nn.Linear(feature_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
 
     def set_statistics(self, features: torch.Tensor, mask: torch.Tensor | None) -> None:
-        flat = features.float() if features.dim() == 2 else features.float()[mask]
+        flat = (features if features.dim() == 2 else features[mask]).float()
         self.mean.copy_(flat.mean(0))
         self.std.copy_(flat.std(0).clamp_min(1e-4))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj((features.float() - self.mean) / self.std)
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.mean) / self.std
+
+
+class TextCondition(Standardised):
+    """Standardised text features projected to ``cond_dim`` one by one: ``(N, cond_dim)`` from pooled
+    features, ``(N, L, cond_dim)`` from tokens (their mask is the caller's)."""
+
+    def __init__(self, feature_dim: int, cond_dim: int) -> None:
+        super().__init__(feature_dim)
+        self.proj = nn.Sequential(nn.Linear(feature_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.proj(self.standardise(features))
+
+
+class TokenCondition(Standardised):
+    """One condition vector read from the text encoder's standardised token features by a
+    :class:`~itm_core.models.token_reader.TokenReader` (``layers`` transformer layers, ``queries``
+    attention queries), trained with the model: the condition then says which attribute goes with
+    which object, which a pooled sentence feature blurs."""
+
+    def __init__(self, feature_dim: int, cond_dim: int, layers: int, queries: int) -> None:
+        super().__init__(feature_dim)
+        self.reader = TokenReader(feature_dim, cond_dim, cond_dim, layers, queries)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reader(self.standardise(features), mask)
+
+
+def vector_condition(text_dim: int, config: TextToImageConfig) -> nn.Module:
+    """The condition of the models that take one vector per text (cvae, gan), as ``text_condition`` says
+    (``auto`` is settled by :func:`train_text_to_image` from the features; built directly, it reads pooled ones)."""
+    if config.text_condition == "tokens":
+        return TokenCondition(text_dim, config.cond_dim, config.condition_layers, config.condition_queries)
+    if config.text_condition in ("pooled", "auto"):
+        return TextCondition(text_dim, config.cond_dim)
+    raise ValueError(f"{config.model}: text_condition must be auto, tokens or pooled, got {config.text_condition!r}")
 
 
 class FiLMUpBlock(nn.Module):
@@ -143,7 +183,7 @@ class ConditionalVAE(nn.Module):
         if r % 8:
             raise ValueError(f"cvae: resolution must be a multiple of 8, got {r}")
         self.side = r // 8
-        self.condition = TextCondition(text_dim, config.cond_dim)
+        self.condition = vector_condition(text_dim, config)
         self.encoder = nn.Sequential(
             nn.Conv2d(3, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.Flatten(),
@@ -186,7 +226,7 @@ class ConditionalVAE(nn.Module):
         return torch.tanh(self.to_rgb(h))
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        cond = self.condition(text)
+        cond = self.condition(text, mask)
         mu, logvar = self.to_latent(torch.cat([self.encoder(images), cond], dim=1)).chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = self.decode(z, cond)
@@ -197,7 +237,7 @@ class ConditionalVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        cond = self.condition(text)
+        cond = self.condition(text, mask)
         mu, logvar = self.prior_of(cond)
         z = mu + torch.randn(len(text), self.config.latent_dim, generator=generator) * (0.5 * logvar).exp()
         return self.decode(z, cond)
@@ -299,7 +339,7 @@ class TextGAN(nn.Module):
         if 4 * 2**levels != r:
             raise ValueError(f"gan: resolution must be 4 times a power of two (16, 32, 64, 128), got {r}")
         sn = nn.utils.spectral_norm
-        self.condition = TextCondition(text_dim, config.cond_dim)
+        self.condition = vector_condition(text_dim, config)
         widths = [min(ch * 8, ch * 2 ** (levels - i)) for i in range(levels + 1)]  # 4x4 ... r x r
         self.seed = nn.Linear(config.noise_dim + config.cond_dim, widths[0] * 16)
         self.seed_norm = ConditionalBatchNorm(widths[0], config.cond_dim)
@@ -334,9 +374,9 @@ class TextGAN(nn.Module):
         h = self.features(images).sum(dim=(2, 3))
         return self.critic(h).squeeze(1) + (self.project(cond) * h).sum(1)
 
-    def losses(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hinge losses: the discriminator's (real, fake, real with the wrong text) and the generator's."""
-        cond = self.condition(text)
+        cond = self.condition(text, mask)
         fake = self.generate(torch.randn(len(images), self.config.noise_dim), cond)
         real_loss = F.relu(1 - self.discriminate(images, cond.detach())).mean()
         fake_loss = F.relu(1 + self.discriminate(fake.detach(), cond.detach())).mean()
@@ -348,11 +388,11 @@ class TextGAN(nn.Module):
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The discriminator's hinge loss (what validation reports: how well real and fake are told apart)."""
-        return self.losses(images, text)[0]
+        return self.losses(images, text, mask)[0]
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        cond = self.condition(text)
+        cond = self.condition(text, mask)
         return self.generate(torch.randn(len(text), self.config.noise_dim, generator=generator), cond)
 
 
@@ -554,7 +594,7 @@ class GanTrainer(Trainer):
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        d_loss, g_loss, _ = self.model.losses(images, text)
+        d_loss, g_loss, _ = self.model.losses(images, text, mask)
         self.d_opt.zero_grad()
         d_loss.backward(inputs=self.model.discriminator_parameters())
         self.d_opt.step()
@@ -607,8 +647,16 @@ TRAINERS: dict[str, type[Trainer]] = {"cvae": LossTrainer, "diffusion": LossTrai
 
 
 def uses_tokens(config: TextToImageConfig, text_encoder: Any) -> bool:
-    """The diffusion model and the VQ-VAE prior cross-attend to token features when the text encoder gives them."""
-    return config.model in ("diffusion", "vqvae") and hasattr(text_encoder, "encode_tokens")
+    """The diffusion model and the VQ-VAE prior cross-attend to token features when the text encoder
+    gives them; the cvae and the GAN read them with ``text_condition: tokens``, which needs them."""
+    has_tokens = hasattr(text_encoder, "encode_tokens")
+    if config.model in ("diffusion", "vqvae") or config.text_condition == "auto":
+        return has_tokens
+    if config.text_condition == "tokens" and not has_tokens:
+        name = getattr(text_encoder, "name", type(text_encoder).__name__)
+        raise ValueError(f"{config.model}: text_condition tokens needs token features, and the text encoder {name!r} gives none "
+                         f"(no encode_tokens); use text_condition: pooled or auto, or a text encoder with tokens such as minilm")
+    return config.text_condition == "tokens"
 
 
 MAX_PROMPT_CHARS = 1000
@@ -683,8 +731,9 @@ class TextToImage:
     def load(cls, folder: str | Path) -> "TextToImage":
         meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
-        # models saved before the learned cvae prior and the FiLM decoder existed: N(0, I) and deconvolutions
-        config = TextToImageConfig(**{"cvae_prior": "standard", "cvae_decoder": "deconv", **raw, "block_channels": tuple(raw["block_channels"])})
+        # models saved before the learned cvae prior, the FiLM decoder and the token condition existed
+        old = {"cvae_prior": "standard", "cvae_decoder": "deconv", "text_condition": "pooled"}
+        config = TextToImageConfig(**{**old, **raw, "block_channels": tuple(raw["block_channels"])})
         model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
         return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
 
@@ -756,6 +805,8 @@ def train_text_to_image(
     seed_everything(config.seed)
     start = time.perf_counter()
     tokens = train.text.dim() == 3
+    if config.text_condition == "auto":  # the saved config says which condition the model was built with
+        config = replace(config, text_condition="tokens" if tokens else "pooled")
     model = MODELS[config.model](train.text.shape[-1], config)
     model.condition.set_statistics(train.text, train.mask)
     ema = copy.deepcopy(model) if config.model in ("diffusion", "gan") else None
