@@ -45,7 +45,7 @@ def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: l
     for s, d in splits.items():
         d, _, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
         skipped += bad
-        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True)
+        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True, text_tokens=params.text_reader == "tokens")
     return features, skipped
 
 
@@ -85,9 +85,9 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
                 mlflow.log_figure(fig, "attention_maps.png")
                 plt.close(fig)
 
-        vqa = head_config(params.vqa, params.hard_pool, params.seed) if has_qa(data.features["train"].data) else None
+        vqa = head_config(params.vqa, params.hard_pool, params.seed, text_reader=params.text_reader) if has_qa(data.features["train"].data) else None
         itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select,
-                          listwise=params.listwise)
+                          listwise=params.listwise, text_reader=params.text_reader)
         metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch, on_itm)
         mlflow.log_metrics(metrics)
     print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "itm_only_i2t_r1", "reranked_i2t_r1", "itm_only_t2i_r1", "reranked_t2i_r1", "vqa_accuracy") if k in metrics))

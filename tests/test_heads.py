@@ -132,3 +132,46 @@ def test_cross_attention_maps_through_the_head_follow_the_patches():
     padded = ModalityFeatures(text.pooled, torch.cat([text.tokens[:, :2], 100 * torch.randn(2, 1, 5)], 1), mask)
     assert torch.allclose(head.attention_maps(image, [0], padded, [0]), maps[:1], atol=1e-5)
     assert ITMHead(create("fusion", "mean", image_dim=6, text_dim=5, dim=8)).attention_maps(image, [0], text, [0]) is None
+
+
+def _ordered_pairs(copies: int, seed: int) -> PairSet:
+    """Images of an ordered pair of colours (left, right); each caption is two word tokens, left colour
+    first, whose features carry their position. The swapped caption has the same mean (pooled)
+    feature, so only a head that reads the tokens can tell it from the true one."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    words, places = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    pairs = [(a, b) for a in range(4) for b in range(4) if a != b] * copies
+    image = torch.stack([torch.cat([F.one_hot(torch.tensor(a), 4), F.one_hot(torch.tensor(b), 4)]).float() for a, b in pairs])
+    image = image + 0.1 * torch.randn(image.shape, generator=g)
+
+    def said(first: int, second: int) -> torch.Tensor:  # two words and a padding token (masked out) of noise
+        return torch.stack([words[first] + places[0], words[second] + places[1], 10 * torch.randn(8, generator=g)])
+
+    tokens = torch.stack([said(a, b) for a, b in pairs] + [said(b, a) for a, b in pairs])
+    mask = torch.tensor([[True, True, False]]).expand(len(tokens), 3)
+    pooled = tokens[:, :2].mean(1)
+    n = len(pairs)
+    return PairSet(ModalityFeatures(image), ModalityFeatures(pooled, tokens, mask), torch.arange(n), F.normalize(image, dim=-1),
+                   F.normalize(pooled, dim=-1), negatives=n + torch.arange(n).unsqueeze(1), canonical=torch.arange(n))
+
+
+def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
+    from itm_core.models.token_reader import TokenReader
+
+    train, val = _ordered_pairs(8, seed=1), _ordered_pairs(2, seed=2)
+    n = len(val.image)
+    rows = torch.arange(n)
+    config = HeadConfig(epochs=25, batch_size=16, hard_pool=4, lr=3e-3, patience=25, input_dropout=0.0, select="auc")
+    wins = {}
+    for reader in (None, TokenReader(8, 16, 16, layers=1, queries=2)):
+        torch.manual_seed(0)
+        head = ITMHead(create("fusion", "concat-mlp", image_dim=8, text_dim=16 if reader else 8, dim=16), prior_scale=0.0, text_reader=reader)
+        train_itm(head, train, train, config)
+        true, swapped = head.predict_pairs(val, rows, rows), head.predict_pairs(val, rows, rows + n)
+        wins["tokens" if reader else "pooled"] = float((true > swapped + 1e-4).float().mean())
+    assert wins["pooled"] == 0.0  # the same pooled feature (up to rounding): the same score, never clearly higher
+    assert wins["tokens"] >= 0.9, wins
+    with pytest.raises(ValueError, match="reads token features itself"):
+        ITMHead(create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2), text_reader=TokenReader(5, 8, 8))

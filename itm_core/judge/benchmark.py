@@ -16,10 +16,13 @@ from itm_core.models.heads import (
     FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_itm, evaluate_vqa, parameter_count, probe_pair_scores, reranked_metrics, train_itm, train_vqa,
 )
 from itm_core.models.matcher import Matcher
+from itm_core.models.token_reader import TokenReader
 from itm_core.contract.registry import create
 from itm_core.judge.rerank import candidates, choose_both
 from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
+TEXT_READERS = ("pooled", "tokens")
+READER_WIDTH = 128  # the token reader's width and output: what a fusion of pooled features gets per text
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
 QA = "qa"
@@ -47,13 +50,17 @@ class SplitFeatures:
     kinds: list[str] | None = None
 
 
-def encode_split_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool, probe: bool) -> SplitFeatures:
-    """Images and captions (pooled, and tokens when a fusion needs them), probe captions and questions."""
+def encode_split_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool, probe: bool,
+                          text_tokens: bool | None = None) -> SplitFeatures:
+    """Images and captions (pooled, and tokens when a fusion needs them: ``tokens`` for both, ``text_tokens``
+    for the texts alone, by default as ``tokens``), probe captions and questions."""
+    text_tokens = tokens if text_tokens is None else text_tokens or tokens
     out = SplitFeatures(
         data=data,
         image=encode_features(image_encoder, [str(p) for p in data.image_paths()], cache, tokens, desc=f"{data.name} images"),
-        text=encode_features(text_encoder, data.captions, cache, tokens, desc=f"{data.name} captions"),
+        text=encode_features(text_encoder, data.captions, cache, text_tokens, desc=f"{data.name} captions"),
     )
+    tokens = text_tokens  # probe captions and questions are texts
     if probe and has_probe(data):
         out.probe = {k: encode_features(text_encoder, list(data.image_extras[k]), cache, tokens) for k in (PROBE_TRUE, *PROBE_NEGATIVES)}
     if has_qa(data):
@@ -165,14 +172,24 @@ def benchmark_fusion(
     logit alone over the top ``rerank_k``."""
     train, val, test = (data.features[s] for s in ("train", "val", "test"))
     tokens = uses_tokens([name])
+    if config.text_reader not in TEXT_READERS:
+        raise ValueError(f"text_reader must be one of {', '.join(TEXT_READERS)}; got {config.text_reader!r}")
+    read = config.text_reader == "tokens" and not tokens  # fusions of tokens read them themselves
 
     def fusion() -> Any:
         image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
-        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1])
+        text_dim = READER_WIDTH if read else int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1])
         return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **options)
 
+    def reader() -> TokenReader | None:
+        if not read:
+            return None
+        if train.text.tokens is None:
+            raise ValueError("text_reader tokens needs the texts' token features; encode them (encode_split_features with text_tokens)")
+        return TokenReader(int(train.text.tokens.shape[-1]), READER_WIDTH, READER_WIDTH)
+
     start = time.perf_counter()
-    itm = ITMHead(fusion(), input_dropout=config.input_dropout)
+    itm = ITMHead(fusion(), input_dropout=config.input_dropout, text_reader=reader())
     config = dataclasses.replace(config, rerank_k=rerank_k)
     result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe, data.val_base)
     if on_itm is not None:
@@ -186,7 +203,7 @@ def benchmark_fusion(
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
     if vqa_config is not None and train.questions is not None and test.questions is not None:
         vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
-        vqa = FusionHead(fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout)
+        vqa = FusionHead(fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout, text_reader=reader())
         vqa_result = train_vqa(vqa, qa_set(train, vocabulary), qa_set(val, vocabulary), vqa_config, (lambda e, m: on_epoch("vqa", e, m)) if on_epoch else None)
         metrics.update(evaluate_vqa(vqa, qa_set(test, vocabulary)))
         metrics["vqa_best_epoch"] = float(vqa_result.best_epoch)

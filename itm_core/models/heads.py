@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from itm_core.encode.embed import ModalityFeatures
 from itm_core.judge.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, rerank_r1
 from itm_core.judge.retrieval import Ranks
+from itm_core.models.token_reader import TokenReader
 from itm_core.models.training import captions_per_image, seed_everything
 
 
@@ -48,9 +49,14 @@ class Standardizer(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """A fusion plugin followed by an MLP with ``outputs`` logits (1 for ITM, the answer count for VQA)."""
+    """A fusion plugin followed by an MLP with ``outputs`` logits (1 for ITM, the answer count for VQA).
 
-    def __init__(self, fusion: Any, outputs: int, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0) -> None:
+    With a ``text_reader`` (a :class:`TokenReader`), a fusion of pooled features gets each text as
+    its token features read into one vector (the fusion's ``text_dim`` is the reader's output),
+    instead of the text encoder's pooled feature, which blurs which word goes with which object."""
+
+    def __init__(self, fusion: Any, outputs: int, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0,
+                 text_reader: TokenReader | None = None) -> None:
         super().__init__()
         self.input_dropout = nn.Dropout(input_dropout)
         self.fusion = fusion.unwrapped if hasattr(fusion, "unwrapped") else fusion
@@ -58,20 +64,29 @@ class FusionHead(nn.Module):
             raise TypeError(f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained")
         self._fuse = fusion.fuse  # through the contract checks
         self.tokens = getattr(fusion, "inputs", "pooled") == "tokens"
+        if text_reader is not None and self.tokens:
+            raise ValueError(f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text reader is for fusions of pooled features")
+        self.text_reader = text_reader
+        self.text_tokens = self.tokens or text_reader is not None
         self.image_norm = Standardizer(int(fusion.image_dim))
-        self.text_norm = Standardizer(int(fusion.text_dim))
+        self.text_norm = Standardizer(text_reader.proj.in_features if text_reader is not None else int(fusion.text_dim))
         self.classifier = nn.Sequential(nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
     def fit_statistics(self, image: ModalityFeatures, text: ModalityFeatures) -> None:
         self.image_norm.fit(image, self.tokens)
-        self.text_norm.fit(text, self.tokens)
+        self.text_norm.fit(text, self.text_tokens)
 
     def forward(self, image: ModalityFeatures, image_rows: Any, text: ModalityFeatures, text_rows: Any) -> torch.Tensor:
         img, img_mask = image.rows(image_rows, self.tokens)
-        txt, txt_mask = text.rows(text_rows, self.tokens)
+        if self.text_reader is not None:  # each distinct text is read once, however many pairs it is in
+            distinct, where = torch.as_tensor(text_rows, dtype=torch.long).unique(return_inverse=True)
+            tokens, mask = text.rows(distinct, True)
+            txt, txt_mask = self.text_reader(self.input_dropout(self.text_norm(tokens)), mask)[where], None
+        else:
+            txt, txt_mask = text.rows(text_rows, self.tokens)
+            txt = self.input_dropout(self.text_norm(txt))
         masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
-        img, txt = self.input_dropout(self.image_norm(img)), self.input_dropout(self.text_norm(txt))
-        return self.classifier(self._fuse(img, txt, **masks))
+        return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
 
     @torch.no_grad()
     def attention_maps(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int]) -> torch.Tensor | None:
@@ -140,6 +155,7 @@ class HeadConfig:
     select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
     rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
     listwise: int = 0  # ITM: also a softmax over each query's match and this many mined negatives (0: off)
+    text_reader: str = "pooled"  # fusions of pooled features: the text's pooled feature, or "tokens" read by a TokenReader
 
 
 @dataclass
@@ -172,8 +188,9 @@ class ITMHead(FusionHead):
     """The match classifier: the fused pair's logit plus a learned multiple of the pair's contrastive
     similarity, so the head corrects the matcher rather than starting from nothing."""
 
-    def __init__(self, fusion: Any, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0, prior_scale: float = 5.0) -> None:
-        super().__init__(fusion, outputs=1, hidden=hidden, dropout=dropout, input_dropout=input_dropout)
+    def __init__(self, fusion: Any, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0, prior_scale: float = 5.0,
+                 text_reader: TokenReader | None = None) -> None:
+        super().__init__(fusion, outputs=1, hidden=hidden, dropout=dropout, input_dropout=input_dropout, text_reader=text_reader)
         self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
 
     def score(self, data: PairSet, image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
