@@ -219,3 +219,51 @@ def test_dask_workers_fill_the_cache_with_the_local_embeddings(prefect_server, t
     _, local, _ = encode_split(image, text, data, None, EncodeOptions(workers=0))
     assert (from_cache.image - local.image).abs().max() <= 1e-6
     assert (from_cache.text - local.text).abs().max() <= 1e-6
+
+
+KILLED_READER = """
+import sys, time
+from itm_core.encode.loader import iter_images
+for batch in iter_images(sys.argv[1:], batch_size=2, workers=2):
+    print("batch", flush=True)
+    time.sleep(60)  # killed here, with the workers' read-ahead queue full
+"""
+
+
+def test_loader_workers_die_with_a_killed_run(tmp_path):
+    """kill -9 of a run mid-encoding leaves no loader process behind (they would hold memory, and CPU,
+    until the machine restarts)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    paths = []
+    for n in range(40):
+        Image.new("RGB", (512, 512), (n * 6, 0, 0)).save(tmp_path / f"{n}.png")  # decoded, far more than a pipe holds
+        paths.append(str(tmp_path / f"{n}.png"))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_READER, *paths], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "batch"
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) == 2
+        time.sleep(1)  # the workers fill their queue and wait
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    def running(p: psutil.Process) -> bool:  # an exited worker nobody has reaped yet is a zombie: gone too
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in workers if running(p)]
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} loader process(es) outlived the killed run"

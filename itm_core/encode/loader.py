@@ -7,9 +7,11 @@ back as a failure with the reason, never as an exception inside a worker.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -77,6 +79,20 @@ def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:
     return batch
 
 
+def _die_with(parent: int, worker_id: int) -> None:
+    """Loader workers are killed with the run that started them, even by kill -9 (on Linux): a worker
+    whose read-ahead queue is full would otherwise wait on it, holding its memory, forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the run died before the line above
+        os._exit(1)
+
+
 def iter_images(paths: Sequence[str], batch_size: int, workers: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                 preprocess: Callable[[Any], Any] | None = None) -> Iterator[list[LoadedImage]]:
     """Batches of :class:`LoadedImage`, in the order of ``paths``; ``workers`` processes read ahead
@@ -90,7 +106,7 @@ def iter_images(paths: Sequence[str], batch_size: int, workers: int, max_pixels:
         return
     loader = torch.utils.data.DataLoader(
         files, batch_size=batch_size, num_workers=workers, collate_fn=_as_list, prefetch_factor=4,
-        multiprocessing_context="fork" if "fork" in _start_methods() else None,
+        multiprocessing_context="fork" if "fork" in _start_methods() else None, worker_init_fn=functools.partial(_die_with, os.getpid()),
     )
     yield from loader
 
