@@ -167,7 +167,7 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
     wins = {}
     for reader in (None, TokenReader(8, 16, 16, layers=1, queries=2)):
         torch.manual_seed(0)
-        head = ITMHead(create("fusion", "concat-mlp", image_dim=8, text_dim=16 if reader else 8, dim=16), prior_scale=0.0, text_reader=reader)
+        head = ITMHead(create("fusion", "concat-mlp", image_dim=8, text_dim=8 + (16 if reader else 0), dim=16), prior_scale=0.0, text_reader=reader)
         train_itm(head, train, train, config)
         true, swapped = head.predict_pairs(val, rows, rows), head.predict_pairs(val, rows, rows + n)
         wins["tokens" if reader else "pooled"] = float((true > swapped + 1e-4).float().mean())

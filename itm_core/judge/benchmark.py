@@ -22,7 +22,7 @@ from itm_core.judge.rerank import candidates, choose_both
 from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
 TEXT_READERS = ("pooled", "tokens")
-READER_WIDTH = 128  # the token reader's width and output: what a fusion of pooled features gets per text
+READER_WIDTH = 128  # the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
 QA = "qa"
@@ -178,7 +178,7 @@ def benchmark_fusion(
 
     def fusion() -> Any:
         image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
-        text_dim = READER_WIDTH if read else int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1])
+        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1]) + (READER_WIDTH if read else 0)
         return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **options)
 
     def reader() -> TokenReader | None:

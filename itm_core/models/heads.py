@@ -51,9 +51,10 @@ class Standardizer(nn.Module):
 class FusionHead(nn.Module):
     """A fusion plugin followed by an MLP with ``outputs`` logits (1 for ITM, the answer count for VQA).
 
-    With a ``text_reader`` (a :class:`TokenReader`), a fusion of pooled features gets each text as
-    its token features read into one vector (the fusion's ``text_dim`` is the reader's output),
-    instead of the text encoder's pooled feature, which blurs which word goes with which object."""
+    With a ``text_reader`` (a :class:`TokenReader`), a fusion of pooled features gets each text's
+    pooled feature followed by its token features read into one vector (the fusion's ``text_dim`` is
+    the pooled dimension plus the reader's output): the pooled feature blurs which word goes with
+    which object, and the reader can keep it."""
 
     def __init__(self, fusion: Any, outputs: int, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0,
                  text_reader: TokenReader | None = None) -> None:
@@ -67,24 +68,25 @@ class FusionHead(nn.Module):
         if text_reader is not None and self.tokens:
             raise ValueError(f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text reader is for fusions of pooled features")
         self.text_reader = text_reader
-        self.text_tokens = self.tokens or text_reader is not None
         self.image_norm = Standardizer(int(fusion.image_dim))
-        self.text_norm = Standardizer(text_reader.proj.in_features if text_reader is not None else int(fusion.text_dim))
+        self.text_norm = Standardizer(int(fusion.text_dim) - (text_reader.out[-1].out_features if text_reader is not None else 0))
+        self.token_norm = Standardizer(text_reader.proj.in_features) if text_reader is not None else None
         self.classifier = nn.Sequential(nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
 
     def fit_statistics(self, image: ModalityFeatures, text: ModalityFeatures) -> None:
         self.image_norm.fit(image, self.tokens)
-        self.text_norm.fit(text, self.text_tokens)
+        self.text_norm.fit(text, self.tokens)
+        if self.token_norm is not None:
+            self.token_norm.fit(text, True)
 
     def forward(self, image: ModalityFeatures, image_rows: Any, text: ModalityFeatures, text_rows: Any) -> torch.Tensor:
         img, img_mask = image.rows(image_rows, self.tokens)
+        txt, txt_mask = text.rows(text_rows, self.tokens)
+        txt = self.input_dropout(self.text_norm(txt))
         if self.text_reader is not None:  # each distinct text is read once, however many pairs it is in
             distinct, where = torch.as_tensor(text_rows, dtype=torch.long).unique(return_inverse=True)
             tokens, mask = text.rows(distinct, True)
-            txt, txt_mask = self.text_reader(self.input_dropout(self.text_norm(tokens)), mask)[where], None
-        else:
-            txt, txt_mask = text.rows(text_rows, self.tokens)
-            txt = self.input_dropout(self.text_norm(txt))
+            txt = torch.cat([txt, self.text_reader(self.token_norm(tokens), mask)[where]], dim=-1)
         masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
         return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
 
