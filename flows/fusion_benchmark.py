@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import checked_by_encoding, load_data, log_dataset, without_skipped
-from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, attention_examples, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, similarity_results, uses_tokens
+from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, attention_examples, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, reads_text_tokens, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
 from itm_core.data import SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
@@ -27,7 +27,7 @@ RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm
 COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
            "probe_accuracy_position", *RETRIEVAL, "rerank_i2t_k", "rerank_i2t_weight", "rerank_t2i_k", "rerank_t2i_weight",
            "rerank_i2t_fixed", "rerank_i2t_broke", "rerank_i2t_ceiling", "rerank_t2i_fixed", "rerank_t2i_broke", "rerank_t2i_ceiling",
-           "parameters", "train_seconds"]
+           "text_reader_tokens", "parameters", "train_seconds"]
 
 
 def head_config(p: HeadTrainingParams, hard_pool: int, seed: int, **itm: Any) -> HeadConfig:
@@ -40,12 +40,12 @@ def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: l
     """Pooled (and, for token-level fusions, token) features of images, captions, probe captions and
     questions, and the images skipped: each image is checked in the pass that encodes it."""
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
-    cache, tokens = EmbeddingCache(), uses_tokens(methods)
+    cache, tokens, text_tokens = EmbeddingCache(), uses_tokens(methods), reads_text_tokens(params.text_reader, text_encoder)
     features, skipped = {}, []
     for s, d in splits.items():
         d, _, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
         skipped += bad
-        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True, text_tokens=params.text_reader == "tokens")
+        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True, text_tokens=text_tokens)
     return features, skipped
 
 

@@ -435,9 +435,10 @@ class FusionBenchmarkParams(Params):
                                                "hard_pool mined negatives, in both directions (0: off; at most hard_pool)")
     itm_select: Literal["rerank+probe", "rerank", "probe", "auc"] = Field(
         "rerank+probe", description="Validation score that picks each ITM head's best epoch: reranked R@1 (mean of both directions), probe accuracy, their sum, or ITM AUC")
-    text_reader: Literal["pooled", "tokens"] = Field(
-        "pooled", description="What fusions of pooled features (all but cross-attention) get of each text: the text encoder's pooled feature, or its token "
-                              "features read into one vector by a small transformer with attention pooling, trained with the head (`tokens`)")
+    text_reader: Literal["auto", "tokens", "pooled"] = Field(
+        "auto", description="What fusions of pooled features (all but cross-attention) get of each text: `tokens`: the text encoder's pooled feature and its "
+                            "token features read into one vector by a small transformer with attention pooling, trained with the head (which word goes "
+                            "with which object survives); `pooled`: the pooled feature alone; `auto`: tokens when the text encoder gives them")
     seed: int = Field(0)
     experiment: str = Field("itm-fusion-benchmark", description="MLflow experiment")
     run_name: str | None = None

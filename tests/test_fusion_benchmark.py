@@ -53,6 +53,8 @@ def test_benchmark_on_shapes(prefect_server, mlflow_store, tiny_shapes_options):
     for key in ("itm_val_itm_auc", "itm_val_rerank_r1", "itm_val_select"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2]
     attention = next(c for c in children if c.info.run_name == "cross-attention")
+    # text_reader auto: the mean fusion also reads the caption tokens; cross-attention reads tokens itself
+    assert child.data.metrics["text_reader_tokens"] == 1.0 and attention.data.metrics["text_reader_tokens"] == 0.0
     assert "attention_maps.png" in {a.path for a in client.list_artifacts(attention.info.run_id)}
     assert "attention_maps.png" not in {a.path for a in client.list_artifacts(child.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
@@ -79,6 +81,10 @@ def test_benchmark_on_a_dataset_without_questions_or_probe(prefect_server, mlflo
     assert pd.isna(board[1]["vqa_accuracy"]) and pd.isna(board[1]["probe_accuracy"]) and 0.0 <= board[1]["itm_auc"] <= 1.0
     _, parent, _ = _runs("itm-fusion-benchmark")
     assert parent[0].data.tags["tasks.vqa"] == "False" and parent[0].data.tags["tasks.probe"] == "False"
+    assert board[1]["text_reader_tokens"] == 0.0  # auto: tfidf gives no tokens, so the pooled feature alone
+
+    with pytest.raises(ValueError, match="text_reader tokens needs token features, and the text encoder 'tfidf' gives none"):
+        fusion_benchmark(params.model_copy(update={"text_reader": "tokens"}))
 
     with pytest.raises(ValueError, match="no token-level features"):
         fusion_benchmark(params.model_copy(update={"fusions": ["cross-attention"]}))

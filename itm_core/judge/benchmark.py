@@ -21,7 +21,7 @@ from itm_core.contract.registry import create
 from itm_core.judge.rerank import candidates, choose_both
 from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
-TEXT_READERS = ("pooled", "tokens")
+TEXT_READERS = ("auto", "tokens", "pooled")
 READER_WIDTH = 128  # the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
@@ -174,7 +174,8 @@ def benchmark_fusion(
     tokens = uses_tokens([name])
     if config.text_reader not in TEXT_READERS:
         raise ValueError(f"text_reader must be one of {', '.join(TEXT_READERS)}; got {config.text_reader!r}")
-    read = config.text_reader == "tokens" and not tokens  # fusions of tokens read them themselves
+    # fusions of tokens read them themselves; auto reads them when they were encoded
+    read = not tokens and (config.text_reader == "tokens" or (config.text_reader == "auto" and train.text.tokens is not None))
 
     def fusion() -> Any:
         image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
@@ -194,7 +195,7 @@ def benchmark_fusion(
     result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe, data.val_base)
     if on_itm is not None:
         on_itm(itm)
-    metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch)}
+    metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch), "text_reader_tokens": float(read)}
     metrics.update(evaluate_itm(itm, data.test))
     choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
     metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base, choice))
@@ -210,6 +211,17 @@ def benchmark_fusion(
         metrics["vqa_parameters"] = float(parameter_count(vqa))
     metrics["train_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def reads_text_tokens(text_reader: str, text_encoder: Any) -> bool:
+    """Whether the texts' token features are needed for ``text_reader``: ``tokens``, or ``auto`` with a
+    text encoder that gives them; ``tokens`` with one that does not is an error naming it."""
+    has_tokens = hasattr(text_encoder, "encode_tokens")
+    if text_reader == "tokens" and not has_tokens:
+        name = getattr(text_encoder, "name", type(text_encoder).__name__)
+        raise ValueError(f"text_reader tokens needs token features, and the text encoder {name!r} gives none (no encode_tokens); "
+                         "use text_reader: pooled or auto, or a text encoder with tokens such as minilm")
+    return text_reader == "tokens" or (text_reader == "auto" and has_tokens)
 
 
 def uses_tokens(names: list[str]) -> bool:

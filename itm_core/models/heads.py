@@ -157,7 +157,7 @@ class HeadConfig:
     select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
     rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
     listwise: int = 0  # ITM: also a softmax over each query's match and this many mined negatives (0: off)
-    text_reader: str = "pooled"  # fusions of pooled features: the text's pooled feature, or "tokens" read by a TokenReader
+    text_reader: str = "auto"  # fusions of pooled features: also the text's tokens read by a TokenReader ("tokens"; "auto": when encoded), or not ("pooled")
 
 
 @dataclass
