@@ -48,6 +48,7 @@ class TextToImageConfig(TrainSchedule):
     latent_dim: int = 32
     channels: int = 64
     kl_weight: float = 1.0
+    align_weight: float = 0.0
     cvae_prior: Literal["learned", "standard"] = "learned"
     cvae_decoder: Literal["film", "deconv"] = "film"
     # cvae, gan: where their one condition vector comes from (auto: tokens when the text encoder has them)
@@ -191,6 +192,8 @@ class ConditionalVAE(nn.Module):
         flat = ch * 2 * self.side * self.side
         self.to_latent = nn.Linear(flat + config.cond_dim, 2 * config.latent_dim)
         self.from_latent = nn.Sequential(nn.Linear(config.latent_dim + config.cond_dim, flat), nn.SiLU())
+        # align_weight: the condition is also trained to pick its image out of the batch (InfoNCE)
+        self.align = nn.ModuleList([nn.Linear(flat, config.cond_dim), nn.Linear(config.cond_dim, config.cond_dim)]) if config.align_weight > 0 else None
         if config.cvae_prior not in ("learned", "standard"):
             raise ValueError(f"cvae: cvae_prior must be learned or standard, got {config.cvae_prior!r}")
         self.prior = (nn.Sequential(nn.Linear(config.cond_dim, 2 * config.cond_dim), nn.SiLU(), nn.Linear(2 * config.cond_dim, 2 * config.latent_dim))
@@ -227,13 +230,19 @@ class ConditionalVAE(nn.Module):
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         cond = self.condition(text, mask)
-        mu, logvar = self.to_latent(torch.cat([self.encoder(images), cond], dim=1)).chunk(2, dim=1)
+        seen = self.encoder(images)
+        mu, logvar = self.to_latent(torch.cat([seen, cond], dim=1)).chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = self.decode(z, cond)
         rec = F.mse_loss(recon, images, reduction="none").flatten(1).sum(1).mean()
         prior_mu, prior_logvar = self.prior_of(cond)
         kl = (0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)).mean()
-        return (rec + self.config.kl_weight * kl) / images[0].numel()
+        loss = (rec + self.config.kl_weight * kl) / images[0].numel()
+        if self.align is not None and len(images) > 1:
+            logits = F.normalize(self.align[0](seen), dim=1) @ F.normalize(self.align[1](cond), dim=1).T / 0.1
+            target = torch.arange(len(images))
+            loss = loss + self.config.align_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return loss
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
