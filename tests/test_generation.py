@@ -375,6 +375,7 @@ def colour_matcher(tmp_path_factory):
     image_encoder, text_encoder = create("encoder", "color-histogram"), create("encoder", "bow")
     text_encoder.fit(captions)
     split = FeatureSplit(image_encoder.encode(images), text_encoder.encode(captions), torch.arange(len(images)))
+    torch.manual_seed(0)  # the heads' first weights: the same matcher whichever tests ran before
     matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "bow", "options": {}}, int(image_encoder.dim), int(text_encoder.dim),
                       embed_dim=16, hidden_dim=0, dropout=0.0)
     train_contrastive(matcher, split, split, ContrastiveConfig(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0))
@@ -537,3 +538,34 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     assert not uses_tokens(TextToImageConfig(model="cvae"), bow)  # auto falls back to the pooled feature
     with pytest.raises(ValueError, match="layers must be at least 0"):
         TokenCondition(8, 8, layers=-1, queries=4)
+
+
+def test_cvae_align_term_is_an_infonce_between_each_image_and_its_condition():
+    """``align_weight``: the loss adds that weight times a symmetric InfoNCE (temperature 0.1) between the
+    encoder's view of each image and its text condition, so the condition learns what tells images apart."""
+    from pydantic import ValidationError
+    from torch.nn import functional as F
+
+    from itm_core.config import RetrainParams
+    from itm_core.models.text_to_image import ConditionalVAE, TextToImageConfig
+
+    torch.manual_seed(0)
+    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
+    aligned, plain = ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)), ConditionalVAE(6, TextToImageConfig(**base))
+    assert plain.align is None
+    plain.load_state_dict({k: v for k, v in aligned.state_dict().items() if not k.startswith("align.")})
+    images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
+    torch.manual_seed(1)
+    with_term = aligned.training_loss(images, text, None)
+    torch.manual_seed(1)
+    without = plain.training_loss(images, text, None)
+    with torch.no_grad():
+        a = F.normalize(aligned.align[0](aligned.encoder(images)), dim=1)
+        b = F.normalize(aligned.align[1](aligned.condition(text)), dim=1)
+        logits = a @ b.T / 0.1
+        infonce = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
+    assert torch.allclose(with_term - without, 0.5 * infonce, atol=1e-5)
+    with_term.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in aligned.condition.parameters())
+    with pytest.raises(ValidationError, match="align_weight"):
+        RetrainParams(task="text-to-image", text_to_image={"align_weight": -1})
