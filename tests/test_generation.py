@@ -157,14 +157,15 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
     # draws what it drew before
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
-    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv"))
+    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv", align_weight=0.0))
     folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
     meta_file = folder / CONFIG_FILE
     meta = json.loads(meta_file.read_text())
-    del meta["config"]["cvae_prior"], meta["config"]["cvae_decoder"], meta["config"]["text_condition"]
+    for key in ("cvae_prior", "cvae_decoder", "text_condition", "align_weight"):
+        del meta["config"][key]
     meta_file.write_text(json.dumps(meta))
     loaded = TextToImage.load(folder)
-    assert loaded.config.text_condition == "pooled" and not loaded.tokens
+    assert loaded.config.text_condition == "pooled" and not loaded.tokens and loaded.model.align is None
     assert loaded.config.cvae_prior == "standard" and loaded.model.prior is None
     assert loaded.config.cvae_decoder == "deconv" and loaded.model.decoder is not None
     same = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
@@ -551,7 +552,7 @@ def test_cvae_align_term_is_an_infonce_between_each_image_and_its_condition():
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
-    aligned, plain = ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)), ConditionalVAE(6, TextToImageConfig(**base))
+    aligned, plain = ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)), ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.0))
     assert plain.align is None
     plain.load_state_dict({k: v for k, v in aligned.state_dict().items() if not k.startswith("align.")})
     images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)

@@ -48,7 +48,7 @@ class TextToImageConfig(TrainSchedule):
     latent_dim: int = 32
     channels: int = 64
     kl_weight: float = 1.0
-    align_weight: float = 0.0
+    align_weight: float = 0.01
     cvae_prior: Literal["learned", "standard"] = "learned"
     cvae_decoder: Literal["film", "deconv"] = "film"
     # cvae, gan: where their one condition vector comes from (auto: tokens when the text encoder has them)
@@ -740,8 +740,8 @@ class TextToImage:
     def load(cls, folder: str | Path) -> "TextToImage":
         meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
-        # models saved before the learned cvae prior, the FiLM decoder and the token condition existed
-        old = {"cvae_prior": "standard", "cvae_decoder": "deconv", "text_condition": "pooled"}
+        # models saved before the learned cvae prior, the FiLM decoder, the token condition and the align term existed
+        old = {"cvae_prior": "standard", "cvae_decoder": "deconv", "text_condition": "pooled", "align_weight": 0.0}
         config = TextToImageConfig(**{**old, **raw, "block_channels": tuple(raw["block_channels"])})
         model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
         return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
