@@ -134,7 +134,8 @@ class TextToImageParams(Params):
         "film", description="cvae: `film`: upsampling + convolution blocks whose normalisation the text scales and shifts at every resolution; `deconv`: three transposed convolutions, the text only at the input")
     text_condition: Literal["auto", "tokens", "pooled"] = Field(
         "auto", description="cvae, gan: `tokens`: a small transformer reads the text encoder's token features into the condition (which attribute goes "
-                            "with which object survives); `pooled`: the encoder's pooled sentence feature; `auto`: tokens when the encoder gives them")
+                            "with which object survives); `pooled`: the encoder's pooled sentence feature; `auto`: tokens for the cvae when the encoder gives them, "
+                            "pooled for the gan (which collapses on tokens)")
     condition_layers: int = Field(2, ge=0, le=8, description="cvae, gan with tokens: transformer layers over the token features")
     condition_queries: int = Field(4, ge=1, le=16, description="cvae, gan with tokens: learned queries that pool the tokens into the condition")
     block_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=2, description="diffusion: UNet channels per resolution level")

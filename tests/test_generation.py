@@ -537,6 +537,8 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     with pytest.raises(ValueError, match=r"text_condition tokens needs token features, and the text encoder 'bow' gives none"):
         uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), bow)
     assert not uses_tokens(TextToImageConfig(model="cvae"), bow)  # auto falls back to the pooled feature
+    assert not uses_tokens(TextToImageConfig(model="gan"), encoder)  # auto keeps the GAN on the pooled feature (it collapses on tokens)
+    assert uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), encoder)
     with pytest.raises(ValueError, match="layers must be at least 0"):
         TokenCondition(8, 8, layers=-1, queries=4)
 

@@ -1,9 +1,9 @@
 """Reading a text's token features into one vector, for heads and generators that take one vector per text.
 
-A mean-pooled sentence embedding blurs which word goes with which object: on ``shapes`` captions, a
-probe recovers every object's colour, shape and size from pooled all-MiniLM-L6-v2 features for 51%
-of captions, and for all of them from its token states read by two transformer layers and four
-attention queries (``python -m benchmarks.run --only condition``).
+A mean-pooled sentence embedding blurs which word goes with which object: on held-out ``shapes``
+captions, a probe recovers every object's colour, shape and size from pooled all-MiniLM-L6-v2
+features for 61% of them, and for all of them from its token states read by two transformer layers
+and four attention queries (``python -m benchmarks.run --only condition``).
 """
 
 from __future__ import annotations
