@@ -859,7 +859,7 @@ def main(argv: list[str] | None = None) -> None:
         "dask": lambda: bench_dask(64 if q else 2048, home),
         "search": lambda: bench_search(20_000 if q else 1_000_000, 200 if q else 1000),
         "serving": lambda: bench_serving(40 if q else 500, 8, home, 40 if q else 1000, 16),
-        "condition": lambda: bench_condition(600 if q else 12000, 2 if q else 15),
+        "condition": lambda: bench_condition(600 if q else 6000, 2 if q else 15),
         "flickr": lambda: bench_flickr(home, q),
     }
     chosen = args.only or [n for n in suite if n != "flickr"]
