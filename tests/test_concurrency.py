@@ -128,3 +128,25 @@ def test_embedding_cache_concurrent_writers(tmp_path):
     again = encode(enc, texts, EmbeddingCache(cache))  # read back from the shared cache
     assert torch.allclose(again, reference, atol=1e-6)
     assert EmbeddingCache(cache).count(encoder_key(enc)) == len(texts)  # each key listed once, none lost
+
+
+OPEN_INDEXES = """
+import sys, time
+from pathlib import Path
+from itm_core.encode.cache import SCHEMA, _connect
+root, start = Path(sys.argv[1]), float(sys.argv[2])
+while time.time() < start:  # every process opens the same new indexes at the same moment
+    pass
+for n in range(150):
+    _connect(root / str(n) / "index.sqlite", SCHEMA).close()
+"""
+
+
+def test_processes_creating_the_same_cache_index_at_once_all_get_it(tmp_path):
+    """Switching a new SQLite index to WAL can fail at once with "database is locked" while another
+    process is creating it; every opener waits its turn instead (this failed about once in a hundred
+    opens with six processes before)."""
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_INDEXES, str(tmp_path), str(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        assert p.wait(300) == 0, p.stderr.read()[-2000:]

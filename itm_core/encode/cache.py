@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -39,10 +40,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ITM_HOME", ".itm")) / "cache"
 
 
-def _connect(path: Path, schema: str) -> sqlite3.Connection:
+def _connect(path: Path, schema: str, timeout: float = 60.0) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
+    con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    # Switching to WAL takes an exclusive lock, and SQLite may answer "database is locked" at once,
+    # without waiting, while another process is creating the same index: retry until the timeout.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                con.close()
+                raise
+            time.sleep(0.05)
     con.execute("PRAGMA synchronous=NORMAL")
     con.executescript(schema)
     return con
