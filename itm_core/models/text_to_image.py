@@ -49,6 +49,7 @@ class TextToImageConfig(TrainSchedule):
     channels: int = 64
     kl_weight: float = 1.0
     align_weight: float = 0.01
+    adv_weight: float = 0.0
     cvae_prior: Literal["learned", "standard"] = "learned"
     cvae_decoder: Literal["film", "deconv"] = "film"
     # cvae, gan: where their one condition vector comes from (auto: tokens for the cvae when the text encoder has them)
@@ -148,6 +149,35 @@ def vector_condition(text_dim: int, config: TextToImageConfig) -> nn.Module:
     raise ValueError(f"{config.model}: text_condition must be auto, tokens or pooled, got {config.text_condition!r}")
 
 
+def projection_discriminator(widths: list[int], cond_dim: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The parts of a projection discriminator (Miyato and Koyama, 2018) with spectral norm on every
+    layer: ``features`` (a 3x3 stem at ``widths[-1]``, then strided 4x4 convolutions down to
+    ``widths[0]``), ``critic`` (the unconditional score) and ``project`` (the text's inner product)."""
+    sn = nn.utils.spectral_norm
+    levels = len(widths) - 1
+    down: list[nn.Module] = [sn(nn.Conv2d(3, widths[-1], 3, 1, 1)), nn.LeakyReLU(0.2)]
+    for i in range(levels, 0, -1):
+        down += [sn(nn.Conv2d(widths[i], widths[i - 1], 4, 2, 1)), nn.LeakyReLU(0.2)]
+    return nn.Sequential(*down), sn(nn.Linear(widths[0], 1)), sn(nn.Linear(cond_dim, widths[0]))
+
+
+def project_score(features: nn.Module, critic: nn.Module, project: nn.Module, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """``D(x, c) = psi(phi(x)) + <project(c), phi(x)>``, ``phi`` summed over positions."""
+    h = features(images).sum(dim=(2, 3))
+    return critic(h).squeeze(1) + (project(cond) * h).sum(1)
+
+
+def hinge_losses(discriminate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor, fake: torch.Tensor,
+                 cond: torch.Tensor, mismatch_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's hinge loss (real; fake; and, as in GAN-INT-CLS, real images with the wrong
+    text as a second kind of fake, weighted ``mismatch_weight``) and the generator's."""
+    real_loss = F.relu(1 - discriminate(images, cond.detach())).mean()
+    fake_loss = F.relu(1 + discriminate(fake.detach(), cond.detach())).mean()
+    wrong = cond.detach().roll(1, dims=0)
+    d_loss = real_loss + (1 - mismatch_weight) * fake_loss + mismatch_weight * F.relu(1 + discriminate(images, wrong)).mean()
+    return d_loss, -discriminate(fake, cond).mean()
+
+
 class FiLMUpBlock(nn.Module):
     """Nearest upsampling, then two 3x3 convolutions, each group-normalised and scaled and shifted by the
     text condition (FiLM), with a 1x1 shortcut: the text reaches every resolution of the decoder."""
@@ -211,6 +241,10 @@ class ConditionalVAE(nn.Module):
             )
         else:
             raise ValueError(f"cvae: cvae_decoder must be film or deconv, got {config.cvae_decoder!r}")
+        # adv_weight: a projection discriminator judges samples drawn from the prior against real images
+        # (and real images with the wrong text), so that what is sampled is sharp and fits its text
+        self.critic = (nn.ModuleList(projection_discriminator([ch * 2, ch * 2, ch, max(8, ch // 2)], config.cond_dim))
+                       if config.adv_weight > 0 else None)
 
     def prior_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | c)."""
@@ -229,6 +263,23 @@ class ConditionalVAE(nn.Module):
         return torch.tanh(self.to_rgb(h))
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.losses(images, text, mask)[0]
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return [] if self.critic is None else list(self.critic.parameters())
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        critic = {id(p) for p in self.discriminator_parameters()}
+        return [p for p in self.parameters() if id(p) not in critic]
+
+    def discriminate(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        assert self.critic is not None
+        return project_score(*self.critic, images, cond)
+
+    def losses(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None, adversarial: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The VAE loss (per pixel: reconstruction, KL, the align term), then with ``adversarial`` the
+        discriminator's hinge loss and the generator's adversarial loss on samples from the prior."""
         cond = self.condition(text, mask)
         seen = self.encoder(images)
         mu, logvar = self.to_latent(torch.cat([seen, cond], dim=1)).chunk(2, dim=1)
@@ -242,7 +293,11 @@ class ConditionalVAE(nn.Module):
             logits = F.normalize(self.align[0](seen), dim=1) @ F.normalize(self.align[1](cond), dim=1).T / 0.1
             target = torch.arange(len(images))
             loss = loss + self.config.align_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        return loss
+        if not adversarial or self.critic is None:
+            return loss, None, None
+        fake = self.decode(prior_mu + torch.randn_like(prior_mu) * (0.5 * prior_logvar).exp(), cond)
+        d_loss, g_loss = hinge_losses(self.discriminate, images, fake, cond, self.config.mismatch_weight)
+        return loss, d_loss, g_loss
 
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -347,19 +402,13 @@ class TextGAN(nn.Module):
         levels = int(np.log2(r / 4))
         if 4 * 2**levels != r:
             raise ValueError(f"gan: resolution must be 4 times a power of two (16, 32, 64, 128), got {r}")
-        sn = nn.utils.spectral_norm
         self.condition = vector_condition(text_dim, config)
         widths = [min(ch * 8, ch * 2 ** (levels - i)) for i in range(levels + 1)]  # 4x4 ... r x r
         self.seed = nn.Linear(config.noise_dim + config.cond_dim, widths[0] * 16)
         self.seed_norm = ConditionalBatchNorm(widths[0], config.cond_dim)
         self.up = nn.ModuleList([_UpBlock(widths[i], widths[i + 1], config.cond_dim) for i in range(levels)])
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
-        down: list[nn.Module] = [sn(nn.Conv2d(3, widths[-1], 3, 1, 1)), nn.LeakyReLU(0.2)]
-        for i in range(levels, 0, -1):
-            down += [sn(nn.Conv2d(widths[i], widths[i - 1], 4, 2, 1)), nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*down)
-        self.critic = sn(nn.Linear(widths[0], 1))
-        self.project = sn(nn.Linear(config.cond_dim, widths[0]))
+        self.features, self.critic, self.project = projection_discriminator(widths, config.cond_dim)
         self.widths = widths
 
     def averaged(self, name: str) -> bool:
@@ -380,19 +429,13 @@ class TextGAN(nn.Module):
         return torch.tanh(self.to_rgb(h))
 
     def discriminate(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.features(images).sum(dim=(2, 3))
-        return self.critic(h).squeeze(1) + (self.project(cond) * h).sum(1)
+        return project_score(self.features, self.critic, self.project, images, cond)
 
     def losses(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hinge losses: the discriminator's (real, fake, real with the wrong text) and the generator's."""
         cond = self.condition(text, mask)
         fake = self.generate(torch.randn(len(images), self.config.noise_dim), cond)
-        real_loss = F.relu(1 - self.discriminate(images, cond.detach())).mean()
-        fake_loss = F.relu(1 + self.discriminate(fake.detach(), cond.detach())).mean()
-        wrong = cond.detach().roll(1, dims=0)
-        w = self.config.mismatch_weight
-        d_loss = real_loss + (1 - w) * fake_loss + w * F.relu(1 + self.discriminate(images, wrong)).mean()
-        g_loss = -self.discriminate(fake, cond).mean()
+        d_loss, g_loss = hinge_losses(self.discriminate, images, fake, cond, self.config.mismatch_weight)
         return d_loss, g_loss, fake
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -593,6 +636,38 @@ class LossTrainer(Trainer):
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
+class AdversarialVAETrainer(Trainer):
+    """The cvae with ``adv_weight``: one discriminator step (Adam(0, 0.9), as for SN-GANs), then one step
+    of the rest on the VAE loss plus ``adv_weight`` times the adversarial loss, under the one-cycle
+    schedule; the reported loss is the VAE loss."""
+
+    def __init__(self, model: ConditionalVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
+        self.model, self.weight = model, config.adv_weight
+        self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
+        self.optimizer = torch.optim.AdamW(model.generator_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
+
+    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
+        vae_loss, d_loss, g_loss = self.model.losses(images, text, mask, adversarial=True)
+        assert d_loss is not None and g_loss is not None
+        self.d_opt.zero_grad()
+        d_loss.backward(inputs=self.model.discriminator_parameters(), retain_graph=True)
+        self.d_opt.step()
+        params = self.model.generator_parameters()
+        self.optimizer.zero_grad()
+        (vae_loss + self.weight * g_loss).backward(inputs=params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.optimizer.step()
+        if self.scheduler.last_epoch < self.scheduler.total_steps - 1:
+            self.scheduler.step()
+        return vae_loss.item()
+
+
+def cvae_trainer(model: ConditionalVAE, config: TextToImageConfig, steps_per_epoch: int) -> Trainer:
+    """The cvae learns from its loss alone, or with its discriminator when ``adv_weight`` is above 0."""
+    return (AdversarialVAETrainer if config.adv_weight > 0 else LossTrainer)(model, config, steps_per_epoch)
+
+
 class GanTrainer(Trainer):
     """One discriminator step, then one generator step, each with Adam(0, 0.9) as for SN-GANs; the
     reported loss is the discriminator's."""
@@ -652,7 +727,7 @@ class VQTrainer(Trainer):
         return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
-TRAINERS: dict[str, type[Trainer]] = {"cvae": LossTrainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
+TRAINERS: dict[str, Callable[[Any, TextToImageConfig, int], Trainer]] = {"cvae": cvae_trainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
 
 
 # The models ``text_condition: auto`` reads tokens for: measured on shapes, the token condition helps the
