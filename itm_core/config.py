@@ -129,6 +129,7 @@ class TextToImageParams(Params):
     kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
     align_weight: float = Field(0.01, ge=0, description="cvae: weight of a contrastive term that trains the text condition to pick its own image out of the batch (0: off)")
     adv_weight: float = Field(0.0, ge=0, description="cvae: weight of an adversarial term: a projection discriminator (hinge loss, real images with the wrong text as extra fakes) judges samples drawn from the prior (0: off)")
+    temperature: float = Field(1.0, ge=0, description="cvae, gan: scale of the noise drawn when sampling (cvae: the prior's deviation); below 1 trades variety for fidelity, as the truncation trick does")
     cvae_prior: Literal["learned", "standard"] = Field(
         "learned", description="cvae: `learned`: samples draw z from a Gaussian predicted from the text (the prompt decides where and what); `standard`: from N(0, I)")
     cvae_decoder: Literal["film", "deconv"] = Field(

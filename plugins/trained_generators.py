@@ -33,11 +33,12 @@ class TrainedCaptioner(Generator):
 
 class TrainedTextToImage(Generator):
     """Images from a text-to-image model trained by ``retrain`` (task ``text-to-image``); the same
-    ``seed`` gives the same images. ``size`` upsamples the low-resolution output for viewing (0: as trained)."""
+    ``seed`` gives the same images. ``size`` upsamples the low-resolution output for viewing (0: as trained).
+    ``temperature`` (cvae, gan) overrides the one the model was trained with: the scale of the noise it samples."""
 
     task = "text-to-image"
 
-    def __init__(self, model: str = "models:/itm-text-to-image@champion", seed: int = 0, size: int = 0) -> None:
+    def __init__(self, model: str = "models:/itm-text-to-image@champion", seed: int = 0, size: int = 0, temperature: float | None = None) -> None:
         from itm_core.models.text_to_image import TextToImage
         from itm_core.ops.tracking import load_generator_model
 
@@ -45,6 +46,11 @@ class TrainedTextToImage(Generator):
         if not isinstance(self.model, TextToImage):
             raise ValueError(f"trained-text-to-image: {model!r} is a captioner, not a text-to-image model; use trained-captioner")
         self.seed, self.size = seed, size
+        if temperature is not None:
+            try:
+                self.model.with_temperature(temperature)
+            except ValueError as e:
+                raise ValueError(f"trained-text-to-image: option {e}") from None
 
     def generate(self, inputs: Sequence[str], **options: Any) -> list[Any]:
         from PIL import Image

@@ -628,3 +628,55 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=3), drawn))
     with pytest.raises(ValidationError, match="adv_weight"):
         RetrainParams(task="text-to-image", text_to_image={"adv_weight": -0.5})
+
+
+def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
+    """``temperature`` multiplies the noise a cvae (its prior's deviation) or a GAN samples: at 0 every
+    seed draws the same image (the cvae's prior mean), at 1 seeds differ. It is saved with the model, the
+    ``trained-text-to-image`` generator can override it, and bad values are refused by name."""
+    from pydantic import ValidationError
+
+    from itm_core.config import RetrainParams
+    from itm_core.models.text_to_image import MODELS, TextToImage, TextToImageConfig
+
+    encoder = create("encoder", "bow")
+    encoder.fit(["a red square", "a blue square"])
+    for name in ("cvae", "gan"):
+        torch.manual_seed(0)
+        config = TextToImageConfig(model=name, resolution=16, cond_dim=8, latent_dim=4, channels=8, noise_dim=8)
+        model = TextToImage(MODELS[name](int(encoder.dim), config).eval(), {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
+        vary = [np.asarray(model.generate(["a red square"], seed=s)[0], dtype=float) for s in (1, 2)]
+        assert np.abs(vary[0] - vary[1]).max() > 0, name
+        model.with_temperature(0.0)
+        same = [np.asarray(model.generate(["a red square"], seed=s)[0]) for s in (1, 2)]
+        assert np.array_equal(*same), name
+        if name == "cvae":  # half the temperature, half the spread around the prior's mean, in z
+            vae = model.model
+            cond = vae.condition(torch.as_tensor(encoder.encode(["a red square"])).float())
+            mu, logvar = vae.prior_of(cond)
+            for t in (0.5, 1.0):
+                model.with_temperature(t)
+                zs = []
+                vae.decode = lambda z, c, zs=zs: (zs.append(z), torch.zeros(len(z), 3, 16, 16))[1]
+                vae.sample(torch.as_tensor(encoder.encode(["a red square"] * 4000)).float(), None, torch.Generator().manual_seed(0))
+                spread = ((torch.cat(zs) - mu) / (0.5 * logvar).exp()).std().item()
+                assert abs(spread - t) < 0.05 * t
+                del vae.decode
+            model.with_temperature(0.0)
+        folder = model.save(tmp_path / name)
+        assert TextToImage.load(folder).config.temperature == 0.0
+        loaded = create("generator", "trained-text-to-image", model=str(folder), temperature=1.0)
+        assert loaded.model.config.temperature == 1.0
+        again = [np.asarray(loaded.generate(["a red square"], seed=s)[0], dtype=float) for s in (1, 2)]
+        assert np.abs(again[0] - again[1]).max() > 0, name
+    with pytest.raises(ValueError, match="temperature must be 0 or more"):
+        model.with_temperature(-1.0)
+    with pytest.raises(ValueError, match="trained-text-to-image: option temperature must be 0 or more"):
+        create("generator", "trained-text-to-image", model=str(folder), temperature=-0.5)
+    diffusion = TextToImage(MODELS["cvae"](int(encoder.dim), TextToImageConfig(model="cvae", resolution=16, cond_dim=8, latent_dim=4, channels=8)),
+                            {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
+    diffusion.model.config = TextToImageConfig(model="diffusion")
+    with pytest.raises(ValueError, match="only the cvae and the gan sample with a temperature; this model is a diffusion"):
+        diffusion.with_temperature(0.5)
+    with pytest.raises(ValidationError, match="temperature"):
+        RetrainParams(task="text-to-image", text_to_image={"temperature": -1})

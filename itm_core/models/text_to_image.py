@@ -50,6 +50,8 @@ class TextToImageConfig(TrainSchedule):
     kl_weight: float = 1.0
     align_weight: float = 0.01
     adv_weight: float = 0.0
+    # cvae, gan: scale of the sampled noise (below 1 trades variety for fidelity)
+    temperature: float = 1.0
     cvae_prior: Literal["learned", "standard"] = "learned"
     cvae_decoder: Literal["film", "deconv"] = "film"
     # cvae, gan: where their one condition vector comes from (auto: tokens for the cvae when the text encoder has them)
@@ -303,7 +305,7 @@ class ConditionalVAE(nn.Module):
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = self.condition(text, mask)
         mu, logvar = self.prior_of(cond)
-        z = mu + torch.randn(len(text), self.config.latent_dim, generator=generator) * (0.5 * logvar).exp()
+        z = mu + self.config.temperature * torch.randn(len(text), self.config.latent_dim, generator=generator) * (0.5 * logvar).exp()
         return self.decode(z, cond)
 
 
@@ -445,7 +447,7 @@ class TextGAN(nn.Module):
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = self.condition(text, mask)
-        return self.generate(torch.randn(len(text), self.config.noise_dim, generator=generator), cond)
+        return self.generate(self.config.temperature * torch.randn(len(text), self.config.noise_dim, generator=generator), cond)
 
 
 class _Residual(nn.Module):
@@ -806,6 +808,16 @@ class TextToImage:
         parts = [self.model.sample(text[s : s + batch_size], None if mask is None else mask[s : s + batch_size], generator)
                  for s in range(0, len(text), batch_size)]
         return torch.cat(parts) if parts else torch.zeros(0, 3, self.config.resolution, self.config.resolution)
+
+    def with_temperature(self, temperature: float) -> "TextToImage":
+        """The cvae or GAN sampling its noise at ``temperature`` times its deviation from now on (below 1:
+        less variety, closer to what the prompt most often looks like; 0: the prior's mean)."""
+        if self.config.model not in ("cvae", "gan"):
+            raise ValueError(f"temperature: only the cvae and the gan sample with a temperature; this model is a {self.config.model}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be 0 or more, got {temperature!r}")
+        self.model.config = replace(self.config, temperature=float(temperature))
+        return self
 
     def generate(self, prompts: Sequence[str], seed: int = 0) -> list[Any]:
         """One image per prompt; an empty, non-text or over-long prompt raises :class:`DataError` naming it."""
