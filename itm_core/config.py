@@ -127,6 +127,7 @@ class TextToImageParams(Params):
     channels: int | None = Field(None, ge=4, description="cvae, gan, vqvae: base number of convolution channels (default: 32 for gan, 64 for the others)")
     latent_dim: int = Field(32, ge=2, description="cvae: latent size")
     kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
+    prior_weight: float | None = Field(None, ge=0, description="cvae with the learned prior: weight of the KL term's pull on the prior (KL balancing; default: kl_weight), so a small kl_weight can leave z free without starving the prior")
     align_weight: float = Field(0.01, ge=0, description="cvae: weight of a contrastive term that trains the text condition to pick its own image out of the batch (0: off)")
     adv_weight: float = Field(0.0, ge=0, description="cvae: weight of an adversarial term: a projection discriminator (hinge loss, real images with the wrong text as extra fakes) judges samples drawn from the prior (0: off)")
     temperature: float = Field(1.0, ge=0, description="cvae, gan: scale of the noise drawn when sampling (cvae: the prior's deviation); below 1 trades variety for fidelity, as the truncation trick does")

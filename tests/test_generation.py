@@ -680,3 +680,31 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
         diffusion.with_temperature(0.5)
     with pytest.raises(ValidationError, match="temperature"):
         RetrainParams(task="text-to-image", text_to_image={"temperature": -1})
+
+
+def test_cvae_prior_weight_sets_the_priors_side_of_the_kl_apart_from_the_posteriors():
+    """``prior_weight`` (KL balancing): the learned prior is pulled towards the posterior at that weight
+    while the posterior is held to the prior at ``kl_weight``; unset, both sides take ``kl_weight``."""
+    from pydantic import ValidationError
+
+    from itm_core.config import RetrainParams
+    from itm_core.models.text_to_image import ConditionalVAE, TextToImageConfig
+
+    torch.manual_seed(0)
+    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8, kl_weight=0.1, align_weight=0.0)
+    plain, balanced = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, prior_weight=1.0))
+    balanced.load_state_dict(plain.state_dict())
+    images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
+    grads = []
+    for model in (plain, balanced):
+        torch.manual_seed(1)
+        model.training_loss(images, text, None).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        if name.startswith("prior."):  # only the KL reaches the prior: ten times the pull
+            assert torch.allclose(grads[1][name], 10 * grads[0][name], rtol=1e-4, atol=1e-9), name
+        else:  # the encoder, the decoder and the condition's path to them are unchanged
+            assert torch.allclose(grads[1][name], grads[0][name], atol=1e-7) or name.startswith("condition."), name
+    assert any(grads[0][n].abs().sum() > 0 for n in grads[0] if n.startswith("prior."))
+    with pytest.raises(ValidationError, match="prior_weight"):
+        RetrainParams(task="text-to-image", text_to_image={"prior_weight": -1})

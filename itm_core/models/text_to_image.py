@@ -48,6 +48,7 @@ class TextToImageConfig(TrainSchedule):
     latent_dim: int = 32
     channels: int = 64
     kl_weight: float = 1.0
+    prior_weight: float | None = None
     align_weight: float = 0.01
     adv_weight: float = 0.0
     # cvae, gan: scale of the sampled noise (below 1 trades variety for fidelity)
@@ -200,6 +201,11 @@ class FiLMUpBlock(nn.Module):
         return h + self.shortcut(x)
 
 
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))), summed over dimensions, averaged over the batch."""
+    return (0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)).mean()
+
+
 class ConditionalVAE(nn.Module):
     """Conv encoder q(z | x, c), decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled text
     condition. The decoder is three :class:`FiLMUpBlock` (``cvae_decoder: film``: the text scales and
@@ -289,8 +295,12 @@ class ConditionalVAE(nn.Module):
         recon = self.decode(z, cond)
         rec = F.mse_loss(recon, images, reduction="none").flatten(1).sum(1).mean()
         prior_mu, prior_logvar = self.prior_of(cond)
-        kl = (0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)).mean()
-        loss = (rec + self.config.kl_weight * kl) / images[0].numel()
+        kl = gaussian_kl(mu, logvar, prior_mu, prior_logvar)
+        loss = rec + self.config.kl_weight * kl
+        if self.config.prior_weight is not None and self.prior is not None:
+            # the prior's side of the KL at its own weight (KL balancing): the posterior is held to it at kl_weight
+            loss = loss + (self.config.prior_weight - self.config.kl_weight) * gaussian_kl(mu.detach(), logvar.detach(), prior_mu, prior_logvar)
+        loss = loss / images[0].numel()
         if self.align is not None and len(images) > 1:
             logits = F.normalize(self.align[0](seen), dim=1) @ F.normalize(self.align[1](cond), dim=1).T / 0.1
             target = torch.arange(len(images))
