@@ -166,7 +166,7 @@ def t2i_config(params: RetrainParams) -> Any:
 
     t = params.text_to_image
     return TextToImageConfig(
-        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, channels=t.channels or CHANNELS.get(t.model, 64), latent_dim=t.latent_dim, kl_weight=t.kl_weight, prior_weight=t.prior_weight, align_weight=t.align_weight, adv_weight=t.adv_weight, temperature=t.temperature, cvae_prior=t.cvae_prior, cvae_decoder=t.cvae_decoder,
+        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, channels=t.channels or CHANNELS.get(t.model, 64), latent_dim=t.latent_dim, kl_weight=t.kl_weight, prior_weight=t.prior_weight, align_weight=t.align_weight, adv_weight=t.adv_weight, temperature=t.temperature if t.temperature is not None else TEMPERATURE.get(t.model, 1.0), cvae_prior=t.cvae_prior, cvae_decoder=t.cvae_decoder,
         text_condition=t.text_condition, condition_layers=t.condition_layers, condition_queries=t.condition_queries,
         block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
         noise_dim=t.noise_dim, mismatch_weight=t.mismatch_weight, codebook_size=t.codebook_size, code_stride=t.code_stride, vq_epochs=t.vq_epochs,
@@ -175,10 +175,11 @@ def t2i_config(params: RetrainParams) -> Any:
     )
 
 
-EPOCHS = {"cvae": 60, "diffusion": 14, "gan": 120, "vqvae": 60}
+EPOCHS = {"cvae": 90, "diffusion": 14, "gan": 120, "vqvae": 60}
 LR = {"gan": 2e-4}
 CHANNELS = {"gan": 32}
 GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
+TEMPERATURE = {"cvae": 0.3}
 
 
 def require_diffusers(model: str, option: str) -> None:

@@ -120,17 +120,17 @@ class TextToImageParams(Params):
         "cvae", description="`cvae` (conditional VAE, fastest), `diffusion` (UNet2DConditionModel + DDPM/DDIM), `gan` (conditional GAN, "
                             "projection discriminator, hinge loss) or `vqvae` (VQ-VAE + text-conditional transformer prior)")
     resolution: int = Field(32, ge=8, le=128, description="Image side in pixels (a multiple of 8; gan: 16, 32, 64 or 128)")
-    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 60, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
+    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 90, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
     batch_size: int = Field(64, ge=2)
     lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 for gan, 1e-3 for the others)")
     cond_dim: int = Field(128, ge=8, description="Width the text features are projected to")
     channels: int | None = Field(None, ge=4, description="cvae, gan, vqvae: base number of convolution channels (default: 32 for gan, 64 for the others)")
     latent_dim: int = Field(32, ge=2, description="cvae: latent size")
-    kl_weight: float = Field(1.0, ge=0, description="cvae: weight of the KL term")
-    prior_weight: float | None = Field(None, ge=0, description="cvae with the learned prior: weight of the KL term's pull on the prior (KL balancing; default: kl_weight), so a small kl_weight can leave z free without starving the prior")
+    kl_weight: float = Field(0.1, ge=0, description="cvae: weight of the KL term's hold on the posterior (small: z keeps more of the image, samples are sharper)")
+    prior_weight: float | None = Field(1.0, ge=0, description="cvae with the learned prior: weight of the KL term's pull on the prior (KL balancing; null: kl_weight), so a small kl_weight leaves z free without starving the prior")
     align_weight: float = Field(0.01, ge=0, description="cvae: weight of a contrastive term that trains the text condition to pick its own image out of the batch (0: off)")
     adv_weight: float = Field(0.0, ge=0, description="cvae: weight of an adversarial term: a projection discriminator (hinge loss, real images with the wrong text as extra fakes) judges samples drawn from the prior (0: off)")
-    temperature: float = Field(1.0, ge=0, description="cvae, gan: scale of the noise drawn when sampling (cvae: the prior's deviation); below 1 trades variety for fidelity, as the truncation trick does")
+    temperature: float | None = Field(None, ge=0, description="cvae, gan: scale of the noise drawn when sampling (cvae: the prior's deviation; default: 0.3 cvae, 1.0 gan); below 1 trades variety for fidelity, as the truncation trick does")
     cvae_prior: Literal["learned", "standard"] = Field(
         "learned", description="cvae: `learned`: samples draw z from a Gaussian predicted from the text (the prompt decides where and what); `standard`: from N(0, I)")
     cvae_decoder: Literal["film", "deconv"] = Field(
