@@ -207,14 +207,19 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, 
 
 
 class ConditionalVAE(nn.Module):
-    """Conv encoder q(z | x, c), decoder p(x | z, c) and a prior p(z | c); ``c`` is the pooled text
-    condition. The decoder is three :class:`FiLMUpBlock` (``cvae_decoder: film``: the text scales and
+    """Conv encoder q(z | x, c), decoder p(x | z, c) and a prior p(z | c); ``c`` is the text condition
+    (pooled or read from tokens, see ``text_condition``). The decoder is three :class:`FiLMUpBlock` (``cvae_decoder: film``: the text scales and
     shifts every resolution) or three transposed convolutions (``deconv``: the text at the input only).
 
     With ``cvae_prior: learned`` (Sohn et al., 2015) the prior is a Gaussian predicted from the text,
     and samples draw z from it: what the encoder put into z about the image (where the object is,
     its shape) is then what the text says it should be. With ``standard`` the prior is N(0, I), so a
-    sample's z carries whatever the encoder learned to store there, independent of the prompt."""
+    sample's z carries whatever the encoder learned to store there, independent of the prompt.
+
+    The KL term holds the posterior to the prior at ``kl_weight`` and, with ``prior_weight`` set, pulls
+    the prior towards the posterior at that weight instead (KL balancing): a small ``kl_weight`` then
+    leaves z free to keep the image's detail without starving the prior that samples come from.
+    Samples draw z at ``temperature`` times the prior's deviation."""
 
     def __init__(self, text_dim: int, config: TextToImageConfig) -> None:
         super().__init__()
