@@ -660,23 +660,18 @@ class AdversarialVAETrainer(Trainer):
 
     def __init__(self, model: ConditionalVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
         self.model, self.weight = model, config.adv_weight
-        self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
-        self.optimizer = torch.optim.AdamW(model.generator_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.d_params, self.g_params = model.discriminator_parameters(), model.generator_parameters()
+        self.d_opt = torch.optim.Adam(self.d_params, lr=config.lr, betas=(0.0, 0.9))
+        self.optimizer = torch.optim.AdamW(self.g_params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         vae_loss, d_loss, g_loss = self.model.losses(images, text, mask, adversarial=True)
         assert d_loss is not None and g_loss is not None
         self.d_opt.zero_grad()
-        d_loss.backward(inputs=self.model.discriminator_parameters(), retain_graph=True)
+        d_loss.backward(inputs=self.d_params, retain_graph=True)
         self.d_opt.step()
-        params = self.model.generator_parameters()
-        self.optimizer.zero_grad()
-        (vae_loss + self.weight * g_loss).backward(inputs=params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        self.optimizer.step()
-        if self.scheduler.last_epoch < self.scheduler.total_steps - 1:
-            self.scheduler.step()
+        clipped_step(vae_loss + self.weight * g_loss, self.g_params, self.optimizer, self.scheduler)
         return vae_loss.item()
 
 

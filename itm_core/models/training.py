@@ -88,12 +88,18 @@ class TrainSchedule:
     time_limit_s: float = 0.0
 
 
-def clipped_step(loss: torch.Tensor, module: torch.nn.Module, optimizer: Any, scheduler: Any, max_norm: float = 1.0) -> float:
+def clipped_step(loss: torch.Tensor, module: torch.nn.Module | list[torch.nn.Parameter], optimizer: Any, scheduler: Any, max_norm: float = 1.0) -> float:
     """Backpropagate ``loss``, clip the gradient norm of ``module``, step the optimizer and the
-    scheduler (held at its last value once its steps are used up); the loss as a float."""
+    scheduler (held at its last value once its steps are used up); the loss as a float. Given a list
+    of parameters instead of a module, only those receive the gradient."""
     optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    if isinstance(module, torch.nn.Module):
+        loss.backward()
+        params = list(module.parameters())
+    else:
+        loss.backward(inputs=module)
+        params = module
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
     optimizer.step()
     if scheduler.last_epoch < scheduler.total_steps - 1:
         scheduler.step()
