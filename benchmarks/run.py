@@ -429,13 +429,10 @@ def bench_retrieval(n_img: int) -> list[Row]:
 
 
 def _cpu_bf16() -> str:
-    """Which bfloat16 instructions this CPU has, from /proc/cpuinfo (Linux), or "unknown"."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return ", ".join(found) or "none (emulated, slow)"
+    """Which bfloat16 instructions this CPU has, from /proc/cpuinfo (Linux)."""
+    from itm_core.models.training import cpu_bf16_flags
+
+    return ", ".join(cpu_bf16_flags()) or "none (emulated, slow) or unknown"
 
 
 def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:

@@ -22,7 +22,7 @@ from itm_core.ops.plots import log_grid
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 COLUMNS = ["model", "r_precision", "r_precision_chance", "alignment", "fd", "kid", "attr_color", "attr_shape", "attr_size", "attr_position",
-           "attr_count", "attr_all", "reader_all", "parameters", "resolution", "epochs", "train_seconds", "sample_seconds_per_image", "stopped"]
+           "attr_count", "attr_all", "reader_all", "parameters", "resolution", "epochs", "train_seconds", "sample_seconds_per_image", "stopped", "precision"]
 GRID = 16
 
 
@@ -74,9 +74,10 @@ def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any]
         reference = images_to_tensor_images(data["reference"], t.resolution)
         values = score(generated, prompts, data["splits"]["test"], reference, params)
         row = {"model": name, **values, "parameters": sum(p.numel() for p in model.model.parameters()), "resolution": t.resolution,
-               "epochs": len(result.history), "train_seconds": result.seconds, "sample_seconds_per_image": sample_seconds, "stopped": result.stopped}
+               "epochs": len(result.history), "train_seconds": result.seconds, "sample_seconds_per_image": sample_seconds, "stopped": result.stopped,
+               "precision": model.config.precision}
         mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
-        mlflow.set_tag("training.stopped", result.stopped)
+        mlflow.set_tags({"training.stopped": result.stopped, "training.precision": model.config.precision})
         log_grid(generated[:GRID], prompts[:GRID], "samples.png")
     return {"row": row, "grid": generated[:GRID]}
 

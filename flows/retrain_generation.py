@@ -157,12 +157,13 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
     model, result = train_text_to_image(
         params.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)
     mlflow.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps})
-    mlflow.set_tag("training.stopped", result.stopped)
+    mlflow.set_tags({"training.stopped": result.stopped, "training.precision": model.config.precision})
     return model, result
 
 
 def t2i_config(params: RetrainParams) -> Any:
     from itm_core.models.text_to_image import TextToImageConfig
+    from itm_core.models.training import settle_precision
 
     t = params.text_to_image
     return TextToImageConfig(
@@ -172,6 +173,7 @@ def t2i_config(params: RetrainParams) -> Any:
         noise_dim=t.noise_dim, mismatch_weight=t.mismatch_weight, codebook_size=t.codebook_size, code_stride=t.code_stride, vq_epochs=t.vq_epochs,
         prior_width=t.prior_width, prior_layers=t.prior_layers, prior_dropout=t.prior_dropout, top_k=t.top_k,
         epochs=t.epochs or EPOCHS[t.model], batch_size=t.batch_size, lr=t.lr or LR.get(t.model, 1e-3), seed=t.seed, time_limit_s=t.time_limit_s,
+        precision=settle_precision(t.precision or PRECISION.get(t.model, "fp32")),
     )
 
 
@@ -180,6 +182,7 @@ LR = {"gan": 2e-4}
 CHANNELS = {"gan": 32}
 GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
 TEMPERATURE = {"cvae": 0.3}
+PRECISION = {"cvae": "auto"}
 
 
 def require_diffusers(model: str, option: str) -> None:

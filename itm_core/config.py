@@ -123,6 +123,9 @@ class TextToImageParams(Params):
     epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 90, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
     batch_size: int = Field(64, ge=2)
     lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 for gan, 1e-3 for the others)")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None, description="bf16: training steps' forward passes run under bfloat16 autocast (validation and sampling stay float32); auto: bf16 on a CPU "
+                          "with AVX512-BF16 or AMX, fp32 elsewhere (emulated bfloat16 is slower); default: auto for cvae, fp32 for the others")
     cond_dim: int = Field(128, ge=8, description="Width the text features are projected to")
     channels: int | None = Field(None, ge=4, description="cvae, gan, vqvae: base number of convolution channels (default: 32 for gan, 64 for the others)")
     latent_dim: int = Field(32, ge=2, description="cvae: latent size")

@@ -708,3 +708,62 @@ def test_cvae_prior_weight_sets_the_priors_side_of_the_kl_apart_from_the_posteri
     assert any(grads[0][n].abs().sum() > 0 for n in grads[0] if n.startswith("prior."))
     with pytest.raises(ValidationError, match="prior_weight"):
         RetrainParams(task="text-to-image", text_to_image={"prior_weight": -1})
+
+
+def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settles_by_the_cpu(tmp_path, monkeypatch):
+    """``precision: bf16`` runs the forward pass of every training step in bfloat16 while the weights
+    stay float32, and the cvae still learns its colours; validation and sampling run in float32; ``auto``
+    settles on bf16 only where the CPU has bfloat16 instructions; bad values are refused by name."""
+    from pydantic import ValidationError
+
+    from flows.retrain_generation import t2i_config
+    from itm_core.config import RetrainParams
+    from itm_core.models import training
+    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+
+    images, names = colour_images(12, seed=0)
+    prompts = [f"a {c} square" for c in names]
+    encoder = create("encoder", "bow")
+    encoder.fit(prompts)
+    val_images, val_names = colour_images(2, seed=1)
+    val = _text_features([f"a {c} square" for c in val_names], encoder)
+    for name, options in (("cvae", dict(channels=16, latent_dim=4, epochs=60, lr=3e-3)), ("gan", dict(channels=8, noise_dim=8, epochs=2)),
+                          ("vqvae", dict(channels=8, code_dim=8, codebook_size=16, vq_epochs=1, prior_width=16, prior_layers=1, epochs=2))):
+        dtypes: dict[str, set[torch.dtype]] = {"train": set(), "eval": set()}
+        original = torch.nn.Conv2d.forward
+
+        def conv_forward(self, x, original=original):
+            out = original(self, x)
+            dtypes["train" if self.training else "eval"].add(out.dtype)
+            return out
+
+        monkeypatch.setattr(torch.nn.Conv2d, "forward", conv_forward)
+        config = TextToImageConfig(model=name, resolution=16, cond_dim=16, batch_size=12, precision="bf16", **options)
+        model, result = train_text_to_image({"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
+                                            images_to_tensor(val_images, 16), val, config)
+        monkeypatch.setattr(torch.nn.Conv2d, "forward", original)
+        assert dtypes["train"] == {torch.bfloat16}, name  # every training convolution ran in bfloat16 ...
+        assert dtypes["eval"] <= {torch.float32} and dtypes["eval"], name  # ... validation in float32
+        assert all(p.dtype == torch.float32 for p in model.model.parameters()), name
+        assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history), name
+        model.encoder = encoder
+        if name == "cvae":
+            assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] / 2
+            asked = ["a red square", "a green square", "a blue square"] * 10
+            drawn = model.generate(asked, seed=5)
+            assert sum(mean_colour(img) == p.split()[1] for img, p in zip(drawn, asked)) >= 27
+            assert TextToImage.load(model.save(tmp_path / name)).config.precision == "bf16"
+
+    for flags, settled in (([], "fp32"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")):
+        monkeypatch.setattr(training, "cpu_bf16_flags", lambda flags=flags: flags)
+        assert training.settle_precision("auto") == settled
+        assert training.settle_precision("fp32") == "fp32" and training.settle_precision("bf16") == "bf16"
+        # the flow's default: auto for the cvae, fp32 for the others unless asked
+        assert t2i_config(RetrainParams(task="text-to-image")).precision == settled
+        assert t2i_config(RetrainParams(task="text-to-image", text_to_image={"model": "gan"})).precision == "fp32"
+        assert t2i_config(RetrainParams(task="text-to-image", text_to_image={"model": "gan", "precision": "auto"})).precision == settled
+    with pytest.raises(ValueError, match="training precision must be auto, fp32 or bf16, got 'fp16'"):
+        train_text_to_image({"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
+                            images_to_tensor(val_images, 16), val, TextToImageConfig(model="cvae", resolution=16, precision="fp16"))
+    with pytest.raises(ValidationError, match="precision"):
+        RetrainParams(task="text-to-image", text_to_image={"precision": "fp16"})

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from itm_core.data import DataError
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.token_reader import TokenReader
-from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything
+from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything, settle_precision
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -624,9 +624,16 @@ class VQVAE(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion, "gan": TextGAN, "vqvae": VQVAE}
 
 
+def forward_autocast(config: TextToImageConfig) -> torch.autocast:
+    """What a training step's forward pass runs under: bfloat16 autocast with ``precision: bf16`` (the
+    weights, optimiser state and the backward's accumulation stay float32), else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 class Trainer:
-    """How one model learns from a batch (``step``), with hooks the training loop calls around each
-    epoch; ``finish`` may restore the weights of a better epoch and returns that epoch (0: the last)."""
+    """How one model learns from a batch (``step``, its forward pass under ``forward_autocast``), with
+    hooks the training loop calls around each epoch; ``finish`` may restore the weights of a better
+    epoch and returns that epoch (0: the last)."""
 
     def start_epoch(self, epoch: int, elapsed: float) -> None:
         pass
@@ -645,12 +652,14 @@ class LossTrainer(Trainer):
     """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
 
     def __init__(self, model: nn.Module, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model = model
+        self.model, self.autocast = model, forward_autocast(config)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
+        with self.autocast:
+            loss = self.model.training_loss(images, text, mask)
+        return clipped_step(loss, self.model, self.optimizer, self.scheduler)
 
 
 class AdversarialVAETrainer(Trainer):
@@ -659,14 +668,15 @@ class AdversarialVAETrainer(Trainer):
     schedule; the reported loss is the VAE loss."""
 
     def __init__(self, model: ConditionalVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.weight = model, config.adv_weight
+        self.model, self.weight, self.autocast = model, config.adv_weight, forward_autocast(config)
         self.d_params, self.g_params = model.discriminator_parameters(), model.generator_parameters()
         self.d_opt = torch.optim.Adam(self.d_params, lr=config.lr, betas=(0.0, 0.9))
         self.optimizer = torch.optim.AdamW(self.g_params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        vae_loss, d_loss, g_loss = self.model.losses(images, text, mask, adversarial=True)
+        with self.autocast:
+            vae_loss, d_loss, g_loss = self.model.losses(images, text, mask, adversarial=True)
         assert d_loss is not None and g_loss is not None
         self.d_opt.zero_grad()
         d_loss.backward(inputs=self.d_params, retain_graph=True)
@@ -685,12 +695,13 @@ class GanTrainer(Trainer):
     reported loss is the discriminator's."""
 
     def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model = model
+        self.model, self.autocast = model, forward_autocast(config)
         self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        d_loss, g_loss, _ = self.model.losses(images, text, mask)
+        with self.autocast:
+            d_loss, g_loss, _ = self.model.losses(images, text, mask)
         self.d_opt.zero_grad()
         d_loss.backward(inputs=self.model.discriminator_parameters())
         self.d_opt.step()
@@ -706,7 +717,7 @@ class VQTrainer(Trainer):
     of the epoch with the lowest validation loss is kept (on a few thousand images it overfits)."""
 
     def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.config, self.steps_per_epoch = model, config, steps_per_epoch
+        self.model, self.config, self.steps_per_epoch, self.autocast = model, config, steps_per_epoch, forward_autocast(config)
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)
@@ -719,7 +730,9 @@ class VQTrainer(Trainer):
             self.scheduler = one_cycle(self.optimizer, c.lr, (c.epochs - epoch + 1) * self.steps_per_epoch, 0.05)
 
     def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
+        with self.autocast:
+            loss = self.model.training_loss(images, text, mask)
+        return clipped_step(loss, self.model, self.optimizer, self.scheduler)
 
     def end_epoch(self, epoch: int, val_loss: float) -> None:
         if self.model.phase == "prior" and (self.best is None or val_loss < self.best[0]):
@@ -734,9 +747,6 @@ class VQTrainer(Trainer):
         self.model.prior.load_state_dict({k: v for k, v in state.items() if not k.startswith("condition.")})
         self.model.condition.load_state_dict({k[len("condition."):]: v for k, v in state.items() if k.startswith("condition.")})
         return epoch
-
-    def step(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
-        return clipped_step(self.model.training_loss(images, text, mask), self.model, self.optimizer, self.scheduler)
 
 
 TRAINERS: dict[str, Callable[[Any, TextToImageConfig, int], Trainer]] = {"cvae": cvae_trainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
@@ -915,12 +925,15 @@ def train_text_to_image(
     """Train on (image, caption) pairs, one random caption per image each epoch; the diffusion model
     and the GAN keep an exponential moving average of their weights, which is what they sample with.
 
-    ``time_limit_s`` (when above 0) ends training after the epoch that passes it."""
+    ``time_limit_s`` (when above 0) ends training after the epoch that passes it. ``precision``
+    ``bf16`` runs each step's forward pass under bfloat16 autocast (validation and sampling stay
+    float32); ``auto`` settles on bf16 where the CPU has bfloat16 instructions, else fp32."""
     seed_everything(config.seed)
     start = time.perf_counter()
     tokens = train.text.dim() == 3
     if config.text_condition == "auto":  # settled by the features given (uses_tokens picks them); saved as settled
         config = replace(config, text_condition="tokens" if tokens else "pooled")
+    config = replace(config, precision=settle_precision(config.precision))  # saved as settled, like text_condition
     model = MODELS[config.model](train.text.shape[-1], config)
     model.condition.set_statistics(train.text, train.mask)
     ema = copy.deepcopy(model) if config.model in ("diffusion", "gan") else None

@@ -29,6 +29,29 @@ from itm_core.judge.retrieval import ranks, recall_metrics
 PRECISIONS = ("fp32", "bf16")
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The bfloat16 instructions this CPU has (``avx512_bf16``, ``amx_bf16``) from /proc/cpuinfo; empty
+    where it has none or the file cannot be read (not Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
+def settle_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` becomes ``bf16`` where the device runs bfloat16 natively (a CUDA GPU that supports it,
+    a CPU with AVX512-BF16 or AMX) and ``fp32`` elsewhere, where emulated bfloat16 is slower; ``fp32``
+    and ``bf16`` stay as they are."""
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"training precision must be auto, {' or '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_bf16_flags() else "fp32"
+
+
 @dataclass
 class ContrastiveConfig:
     epochs: int = 40
@@ -86,6 +109,8 @@ class TrainSchedule:
     weight_decay: float = 0.0
     seed: int = 0
     time_limit_s: float = 0.0
+    # "bf16": each step's forward pass under bfloat16 autocast; "auto": bf16 where the device runs it natively
+    precision: str = "fp32"
 
 
 def clipped_step(loss: torch.Tensor, module: torch.nn.Module | list[torch.nn.Parameter], optimizer: Any, scheduler: Any, max_norm: float = 1.0) -> float:
