@@ -20,7 +20,7 @@ def test_every_benchmark_runs_and_is_reported(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"encoding", "cache", "kill", "retrieval", "training", "overhead", "scaling", "dask", "search", "serving", "condition"}
+    assert set(results) == {"encoding", "cache", "kill", "retrieval", "training", "generator", "overhead", "scaling", "dask", "search", "serving", "condition"}
     for name, entry in results.items():
         assert entry["rows"], name
         for row in entry["rows"]:

@@ -127,6 +127,7 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(prefect_server
 def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_side_by_side(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
     from flows.generation_benchmark import COLUMNS, generation_benchmark
     from itm_core.config import GenerationBenchmarkParams
+    from itm_core.models.training import settle_precision
     from plugins.check_setups import matcher_folder
 
     matcher = matcher_folder(tmp_path)  # an untrained classic matcher, saved: scoring needs no registry
@@ -148,6 +149,8 @@ def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_s
         assert row["parameters"] > 0 and row["resolution"] == 16 and row["train_seconds"] > 0 and row["sample_seconds_per_image"] > 0
         assert row["fd"] >= 0 and all(0 <= row[f"attr_{a}"] <= 1 for a in ("color", "shape", "size", "position", "count", "all"))
     assert rows[2]["epochs"] == 2 and rows[3]["epochs"] == 2 and rows[4]["epochs"] == 1
+    # the cvae trains in bfloat16 where this CPU has the instructions for it, the others in float32
+    assert [r["precision"] for r in rows[1:]] == [settle_precision("auto"), "fp32", "fp32", "fp32"]
     # the reference row: real images, scored by the same reader (its own accuracy) and matcher
     assert rows[0]["attr_all"] == pytest.approx(rows[0]["reader_all"])
 
