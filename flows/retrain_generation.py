@@ -172,13 +172,14 @@ def t2i_config(params: RetrainParams) -> Any:
         block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
         noise_dim=t.noise_dim, mismatch_weight=t.mismatch_weight, codebook_size=t.codebook_size, code_stride=t.code_stride, vq_epochs=t.vq_epochs,
         prior_width=t.prior_width, prior_layers=t.prior_layers, prior_dropout=t.prior_dropout, top_k=t.top_k,
-        epochs=t.epochs or EPOCHS[t.model], batch_size=t.batch_size, lr=t.lr or LR.get(t.model, 1e-3), seed=t.seed, time_limit_s=t.time_limit_s,
+        epochs=t.epochs or EPOCHS[t.model], batch_size=t.batch_size or BATCH.get(t.model, 64), lr=t.lr or LR.get(t.model, 1e-3), seed=t.seed, time_limit_s=t.time_limit_s,
         precision=settle_precision(t.precision or PRECISION.get(t.model, "fp32")),
     )
 
 
 EPOCHS = {"cvae": 90, "diffusion": 14, "gan": 120, "vqvae": 60}
 LR = {"gan": 2e-4}
+BATCH = {"cvae": 32}
 CHANNELS = {"gan": 32}
 GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
 TEMPERATURE = {"cvae": 0.3}

@@ -767,3 +767,21 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
                             images_to_tensor(val_images, 16), val, TextToImageConfig(model="cvae", resolution=16, precision="fp16"))
     with pytest.raises(ValidationError, match="precision"):
         RetrainParams(task="text-to-image", text_to_image={"precision": "fp16"})
+
+
+def test_the_flows_per_model_defaults_and_the_options_that_override_them():
+    """``retrain`` and ``generation-benchmark`` give each text-to-image model its own defaults (what
+    was measured best for it within the time limit) wherever an option is left unset."""
+    from flows.retrain_generation import t2i_config
+    from itm_core.config import RetrainParams
+
+    def config(**options):
+        return t2i_config(RetrainParams(task="text-to-image", text_to_image=options))
+
+    expected = {"cvae": (90, 32, 1e-3, 0.3), "gan": (120, 64, 2e-4, 1.0), "vqvae": (60, 64, 1e-3, 1.0), "diffusion": (14, 64, 1e-3, 1.0)}
+    for model, (epochs, batch_size, lr, temperature) in expected.items():
+        c = config(model=model)
+        assert (c.epochs, c.batch_size, c.lr, c.temperature) == (epochs, batch_size, lr, temperature), model
+        c = config(model=model, epochs=30, batch_size=8, lr=0.01, temperature=0.7)
+        assert (c.epochs, c.batch_size, c.lr, c.temperature) == (30, 8, 0.01, 0.7), model
+    assert config().model == "cvae" and config().kl_weight == 0.1 and config().prior_weight == 1.0
