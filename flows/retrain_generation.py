@@ -177,7 +177,7 @@ def t2i_config(params: RetrainParams) -> Any:
     )
 
 
-EPOCHS = {"cvae": 90, "diffusion": 14, "gan": 120, "vqvae": 60}
+EPOCHS = {"cvae": 120, "diffusion": 14, "gan": 120, "vqvae": 60}
 LR = {"gan": 2e-4}
 BATCH = {"cvae": 32}
 CHANNELS = {"gan": 32}

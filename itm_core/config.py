@@ -120,7 +120,7 @@ class TextToImageParams(Params):
         "cvae", description="`cvae` (conditional VAE, fastest), `diffusion` (UNet2DConditionModel + DDPM/DDIM), `gan` (conditional GAN, "
                             "projection discriminator, hinge loss) or `vqvae` (VQ-VAE + text-conditional transformer prior)")
     resolution: int = Field(32, ge=8, le=128, description="Image side in pixels (a multiple of 8; gan: 16, 32, 64 or 128)")
-    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 90, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
+    epochs: int | None = Field(None, ge=1, description="Epochs, one caption per image each (default: cvae 120, diffusion 14, gan 120, vqvae 60 of which `vq_epochs` train the auto-encoder)")
     batch_size: int | None = Field(None, ge=2, description="Images per step (default: 32 for cvae, 64 for the others)")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 2e-4 for gan, 1e-3 for the others)")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(

@@ -778,7 +778,7 @@ def test_the_flows_per_model_defaults_and_the_options_that_override_them():
     def config(**options):
         return t2i_config(RetrainParams(task="text-to-image", text_to_image=options))
 
-    expected = {"cvae": (90, 32, 1e-3, 0.3), "gan": (120, 64, 2e-4, 1.0), "vqvae": (60, 64, 1e-3, 1.0), "diffusion": (14, 64, 1e-3, 1.0)}
+    expected = {"cvae": (120, 32, 1e-3, 0.3), "gan": (120, 64, 2e-4, 1.0), "vqvae": (60, 64, 1e-3, 1.0), "diffusion": (14, 64, 1e-3, 1.0)}
     for model, (epochs, batch_size, lr, temperature) in expected.items():
         c = config(model=model)
         assert (c.epochs, c.batch_size, c.lr, c.temperature) == (epochs, batch_size, lr, temperature), model
