@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from itm_core.data import DataError
 from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.token_reader import TokenReader
-from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything, settle_precision
+from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything, settle_precision, step_autocast
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -624,16 +624,10 @@ class VQVAE(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion, "gan": TextGAN, "vqvae": VQVAE}
 
 
-def forward_autocast(config: TextToImageConfig) -> torch.autocast:
-    """What a training step's forward pass runs under: bfloat16 autocast with ``precision: bf16`` (the
-    weights, optimiser state and the backward's accumulation stay float32), else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
-
-
 class Trainer:
-    """How one model learns from a batch (``step``, its forward pass under ``forward_autocast``), with
-    hooks the training loop calls around each epoch; ``finish`` may restore the weights of a better
-    epoch and returns that epoch (0: the last)."""
+    """How one model learns from a batch (``step``, its forward pass under
+    ``step_autocast(config.precision)``), with hooks the training loop calls around each epoch;
+    ``finish`` may restore the weights of a better epoch and returns that epoch (0: the last)."""
 
     def start_epoch(self, epoch: int, elapsed: float) -> None:
         pass
@@ -652,7 +646,7 @@ class LossTrainer(Trainer):
     """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
 
     def __init__(self, model: nn.Module, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.autocast = model, forward_autocast(config)
+        self.model, self.autocast = model, step_autocast(config.precision)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = one_cycle(self.optimizer, config.lr, config.epochs * steps_per_epoch, 0.05)
 
@@ -668,7 +662,7 @@ class AdversarialVAETrainer(Trainer):
     schedule; the reported loss is the VAE loss."""
 
     def __init__(self, model: ConditionalVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.weight, self.autocast = model, config.adv_weight, forward_autocast(config)
+        self.model, self.weight, self.autocast = model, config.adv_weight, step_autocast(config.precision)
         self.d_params, self.g_params = model.discriminator_parameters(), model.generator_parameters()
         self.d_opt = torch.optim.Adam(self.d_params, lr=config.lr, betas=(0.0, 0.9))
         self.optimizer = torch.optim.AdamW(self.g_params, lr=config.lr, weight_decay=config.weight_decay)
@@ -695,7 +689,7 @@ class GanTrainer(Trainer):
     reported loss is the discriminator's."""
 
     def __init__(self, model: TextGAN, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.autocast = model, forward_autocast(config)
+        self.model, self.autocast = model, step_autocast(config.precision)
         self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=config.lr, betas=(0.0, 0.9))
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=config.lr, betas=(0.0, 0.9))
 
@@ -717,7 +711,7 @@ class VQTrainer(Trainer):
     of the epoch with the lowest validation loss is kept (on a few thousand images it overfits)."""
 
     def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.config, self.steps_per_epoch, self.autocast = model, config, steps_per_epoch, forward_autocast(config)
+        self.model, self.config, self.steps_per_epoch, self.autocast = model, config, steps_per_epoch, step_autocast(config.precision)
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)

@@ -49,6 +49,12 @@ def settle_precision(precision: str) -> str:
     return "bf16" if cpu_bf16_flags() else "fp32"
 
 
+def step_autocast(precision: str, device_type: str = "cpu") -> torch.autocast:
+    """What a training step's forward pass runs under: bfloat16 autocast with ``precision`` ``bf16``
+    (weights, optimiser state and the backward's accumulation stay float32), else nothing."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @dataclass
 class ContrastiveConfig:
     epochs: int = 40
@@ -210,7 +216,7 @@ def train_contrastive(
     seed_everything(config.seed)
     device = next(matcher.parameters()).device
     # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in bfloat16.
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = step_autocast(config.precision, device.type)
     start = time.perf_counter()
     matcher.image_head.set_statistics(train.image)
     matcher.text_head.set_statistics(train.text)
