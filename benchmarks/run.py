@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -38,7 +39,13 @@ def _shapes(n_train: int, n_eval: int, home: Path) -> Any:
 
 def _captions(n: int) -> list[str]:
     """``n`` short shapes-style captions (48 distinct, repeated)."""
-    texts = [f"a {s} {c} {sh} on the {p}" for s in ("small", "large") for c in ("red", "green", "blue", "yellow") for sh in ("circle", "square", "star") for p in ("left", "right")]
+    texts = [
+        f"a {s} {c} {sh} on the {p}"
+        for s in ("small", "large")
+        for c in ("red", "green", "blue", "yellow")
+        for sh in ("circle", "square", "star")
+        for p in ("left", "right")
+    ]
     return (texts * (n // len(texts) + 1))[:n]
 
 
@@ -75,12 +82,24 @@ def bench_condition(n: int, epochs: int) -> list[Row]:
     texts = [describe(s, rng) for s in scenes]
     vocab = [list(COLORS), list(SHAPES), list(SIZES)]
     # slot 0 the left (or only) object, slot 1 the right one; each attribute has a "none" class
-    y = torch.tensor([[vocab[a].index(getattr(s.objects[k], name)) if k < len(s.objects) else len(vocab[a])
-                       for k in range(2) for a, name in enumerate(("color", "shape", "size"))] for s in scenes])
+    y = torch.tensor(
+        [
+            [
+                vocab[a].index(getattr(s.objects[k], name)) if k < len(s.objects) else len(vocab[a])
+                for k in range(2)
+                for a, name in enumerate(("color", "shape", "size"))
+            ]
+            for s in scenes
+        ]
+    )
     classes = [len(v) + 1 for v in vocab] * 2
     encoder = create("encoder", "minilm", max_length=32)
-    seconds, (pooled, (tokens, mask)) = _timed(lambda: (torch.cat([encoder.encode(texts[s : s + 256]) for s in range(0, n, 256)]),
-                                                         [torch.cat(t) for t in zip(*(encoder.encode_tokens(texts[s : s + 256]) for s in range(0, n, 256)))]))
+    seconds, (pooled, (tokens, mask)) = _timed(
+        lambda: (
+            torch.cat([encoder.encode(texts[s : s + 256]) for s in range(0, n, 256)]),
+            [torch.cat(t) for t in zip(*(encoder.encode_tokens(texts[s : s + 256]) for s in range(0, n, 256)))],
+        )
+    )
     train, test = torch.arange(n * 5 // 6), torch.arange(n * 5 // 6, n)
 
     def probe(condition: torch.nn.Module, x: torch.Tensor, m: torch.Tensor | None) -> tuple[float, list[float]]:
@@ -109,13 +128,24 @@ def bench_condition(n: int, epochs: int) -> list[Row]:
     tokens_all, tokens_each = probe(TokenCondition(tokens.shape[2], 128, 2, 4), tokens.float(), mask)
 
     def each(values: list[float]) -> str:
-        return ", ".join(f"{slot} {name} {values[3 * k + a]:.3f}" for k, slot in enumerate(("left", "right")) for a, name in enumerate(("colour", "shape", "size")))
+        return ", ".join(
+            f"{slot} {name} {values[3 * k + a]:.3f}"
+            for k, slot in enumerate(("left", "right"))
+            for a, name in enumerate(("colour", "shape", "size"))
+        )
 
-    return [{"what": "shapes scenes read whole from one condition vector per held-out caption, text_condition tokens (share)", "value": tokens_all,
-             "reference": "text_condition pooled (MiniLM's mean-pooled embedding)", "ref_value": pooled_all, "ratio": tokens_all / max(pooled_all, 1e-9),
-             "target": "measured",
-             "note": f"{len(train)} training and {len(test)} held-out captions, {epochs} epochs each; per attribute, tokens: {each(tokens_each)}; "
-                     f"pooled: {each(pooled_each)}; encoding the captions took {seconds:.0f} s"}]
+    return [
+        {
+            "what": "shapes scenes read whole from one condition vector per held-out caption, text_condition tokens (share)",
+            "value": tokens_all,
+            "reference": "text_condition pooled (MiniLM's mean-pooled embedding)",
+            "ref_value": pooled_all,
+            "ratio": tokens_all / max(pooled_all, 1e-9),
+            "target": "measured",
+            "note": f"{len(train)} training and {len(test)} held-out captions, {epochs} epochs each; per attribute, tokens: {each(tokens_each)}; "
+            f"pooled: {each(pooled_each)}; encoding the captions took {seconds:.0f} s",
+        }
+    ]
 
 
 # --- encoding ------------------------------------------------------------------------------------
@@ -131,7 +161,10 @@ def plain_encoding_loop(model: Any, paths: list[str], batch: int = 64, size: int
     out = []
     with torch.inference_mode():
         for s in range(0, len(paths), batch):
-            arrays = [np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32) for p in paths[s : s + batch]]
+            arrays = [
+                np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32)
+                for p in paths[s : s + batch]
+            ]
             x = (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
             fmap = model.extract_features(x)
             out.append(torch.cat([fmap.mean(dim=(2, 3)), F.adaptive_avg_pool2d(fmap, 2).flatten(1)], dim=1))
@@ -159,7 +192,9 @@ def bench_encoding(n: int, home: Path, repeats: int = 2) -> list[Row]:
     encoders, built = {}, {}
     for runtime in runtimes:
         encoders[runtime] = create("encoder", "efficientnet-lite0")
-        built[runtime], _ = _timed(lambda: encode(encoders[runtime], paths[:128], options=EncodeOptions(compile=runtime)))  # build + verify
+        built[runtime], _ = _timed(
+            lambda: encode(encoders[runtime], paths[:128], options=EncodeOptions(compile=runtime))
+        )  # build + verify
     best: dict[str, float] = {}
     out: dict[str, Any] = {}
     for _ in range(repeats):
@@ -171,10 +206,16 @@ def bench_encoding(n: int, home: Path, repeats: int = 2) -> list[Row]:
     labels = {"off": "eager (channels-last, loader workers)", "torch": "torch.compile", "onnxruntime": "ONNX Runtime"}
     rows = []
     for runtime in runtimes:
-        row = {"what": f"encoding pipeline, {labels[runtime]}, images/s" + (" (building excluded)" if runtime != "off" else ""),
-               "reference": "plain eager torch loop, serial decoding", "value": n / best[runtime], "ref_value": n / best["plain"],
-               "ratio": best["plain"] / best[runtime], "target": ">= 2.0x",
-               "note": f"{n} images, best of {repeats} interleaved runs; largest difference from the plain loop's embeddings {float((out[runtime] - out['plain']).abs().max()):.1e}"}
+        row = {
+            "what": f"encoding pipeline, {labels[runtime]}, images/s"
+            + (" (building excluded)" if runtime != "off" else ""),
+            "reference": "plain eager torch loop, serial decoding",
+            "value": n / best[runtime],
+            "ref_value": n / best["plain"],
+            "ratio": best["plain"] / best[runtime],
+            "target": ">= 2.0x",
+            "note": f"{n} images, best of {repeats} interleaved runs; largest difference from the plain loop's embeddings {float((out[runtime] - out['plain']).abs().max()):.1e}",
+        }
         if runtime != "off":
             row["note"] += f"; building it and checking it against eager on 128 images took {built[runtime]:.1f} s once"
         rows.append(row)
@@ -183,7 +224,9 @@ def bench_encoding(n: int, home: Path, repeats: int = 2) -> list[Row]:
     return rows
 
 
-def _runtime_rows(module: Any, batches: list[tuple[Any, ...]], names: list[str], what: str, unit: str, note: str) -> list[Row]:
+def _runtime_rows(
+    module: Any, batches: list[tuple[Any, ...]], names: list[str], what: str, unit: str, note: str
+) -> list[Row]:
     """``module`` eager against ONNX Runtime and ``torch.compile`` on the same ``batches`` (tuples of
     input tensors named ``names``, batch first), building excluded: one row per runtime."""
     import torch
@@ -197,20 +240,32 @@ def _runtime_rows(module: Any, batches: list[tuple[Any, ...]], names: list[str],
         t_eager, eager = _timed(lambda: torch.cat([module(*b) for b in batches]))
         dynamic = {**{n: {0: "batch"} for n in names}, "out": {0: "batch"}}
         built: dict[str, Any] = {}
-        t_build = {"onnxruntime": _timed(lambda: built.update(onnxruntime=OnnxModule(module, batches[0], names, dynamic)))[0]}
+        t_build = {
+            "onnxruntime": _timed(lambda: built.update(onnxruntime=OnnxModule(module, batches[0], names, dynamic)))[0]
+        }
         compiled = torch.compile(module, dynamic=False)
         t_build["torch"] = _timed(lambda: compiled(*batches[0]))[0]
         built["torch"] = compiled
         rows = []
         for runtime, label in (("onnxruntime", "ONNX Runtime"), ("torch", "torch.compile")):
             run = built[runtime]
-            same = [b for b in batches if runtime == "onnxruntime" or len(b[0]) == len(batches[0][0])]  # compiled for one batch size
+            same = [
+                b for b in batches if runtime == "onnxruntime" or len(b[0]) == len(batches[0][0])
+            ]  # compiled for one batch size
             t_fast, fast = _timed(lambda: torch.cat([run(*b) for b in same]))
             n_fast = sum(len(b[0]) for b in same)
-            rows.append({"what": f"{what}, {label}, {unit}/s", "reference": "the same model eager, same batches",
-                         "value": n_fast / t_fast, "ref_value": count / t_eager, "ratio": (n_fast / t_fast) / (count / t_eager), "target": "measured",
-                         "note": f"{n_fast} {unit} in batches of {len(batches[0][0])}; building took {t_build[runtime]:.1f} s; "
-                                 f"largest difference {float((fast - eager[: len(fast)]).abs().max()):.1e}; {note}"})
+            rows.append(
+                {
+                    "what": f"{what}, {label}, {unit}/s",
+                    "reference": "the same model eager, same batches",
+                    "value": n_fast / t_fast,
+                    "ref_value": count / t_eager,
+                    "ratio": (n_fast / t_fast) / (count / t_eager),
+                    "target": "measured",
+                    "note": f"{n_fast} {unit} in batches of {len(batches[0][0])}; building took {t_build[runtime]:.1f} s; "
+                    f"largest difference {float((fast - eager[: len(fast)]).abs().max()):.1e}; {note}",
+                }
+            )
     return rows
 
 
@@ -224,7 +279,16 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
     ViT-B/16 and a BERT-base joined by cross-attention: its parts are the rows measured here."""
     import torch
     from PIL import Image
-    from transformers import BertConfig, BertModel, CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
 
     from itm_core import create
     from plugins.hub import features
@@ -239,8 +303,16 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
 
     def full_clip(path: Path) -> None:
         tok = tokenizer(path, "clip", max_length=77)
-        config = CLIPConfig(text_config={"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                                         "pad_token_id": tok.pad_token_id}, vision_config={"image_size": 224, "patch_size": 32}, projection_dim=512)
+        config = CLIPConfig(
+            text_config={
+                "vocab_size": len(tok),
+                "bos_token_id": tok.bos_token_id,
+                "eos_token_id": tok.eos_token_id,
+                "pad_token_id": tok.pad_token_id,
+            },
+            vision_config={"image_size": 224, "patch_size": 32},
+            projection_dim=512,
+        )
         CLIPModel(config).save_pretrained(path)
         CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
 
@@ -267,8 +339,14 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
             return features(self.model.get_image_features(pixel_values=pixel_values))
 
     batches = [(enc.inputs(images[s : s + 32])["pixel_values"],) for s in range(0, len(images), 32)]
-    rows += _runtime_rows(ClipImage(), batches, ["pixel_values"], "clip image tower (ViT-B/32, 224 px)" if full_size else "clip image tower (tiny)",
-                          "images", size)
+    rows += _runtime_rows(
+        ClipImage(),
+        batches,
+        ["pixel_values"],
+        "clip image tower (ViT-B/32, 224 px)" if full_size else "clip image tower (tiny)",
+        "images",
+        size,
+    )
 
     vit_enc = create("encoder", "hf-image", model=folder("vit-b-16", full_vit, vit)).unwrapped
 
@@ -281,8 +359,18 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
             return self.model(pixel_values=pixel_values).pooler_output
 
     few = images[: max(8, len(images) // 2)]  # ViT-B/16 costs about 4x ViT-B/32 per image
-    batches = [(vit_enc.processor(images=few[s : s + 16], return_tensors="pt")["pixel_values"],) for s in range(0, len(few), 16)]
-    rows += _runtime_rows(VitImage(), batches, ["pixel_values"], "hf-image (ViT-B/16, 224 px)" if full_size else "hf-image (tiny)", "images", size)
+    batches = [
+        (vit_enc.processor(images=few[s : s + 16], return_tensors="pt")["pixel_values"],)
+        for s in range(0, len(few), 16)
+    ]
+    rows += _runtime_rows(
+        VitImage(),
+        batches,
+        ["pixel_values"],
+        "hf-image (ViT-B/16, 224 px)" if full_size else "hf-image (tiny)",
+        "images",
+        size,
+    )
 
     text_enc = create("encoder", "hf-text", model=folder("bert-base", full_bert, bert)).unwrapped
 
@@ -299,10 +387,18 @@ def bench_hub_encoders(paths: list[str], home: Path, full_size: bool = True) -> 
     texts = _captions(min(8 * 48, 4 * len(paths)))  # at most eight rounds of the 48 captions
     batches = []
     for s in range(0, len(texts), 64):
-        tokens = text_enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+        tokens = text_enc.tokenizer(
+            texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+        )
         batches.append((tokens["input_ids"], tokens["attention_mask"]))
-    rows += _runtime_rows(BertText(), batches, ["input_ids", "attention_mask"], "hf-text (BERT-base, 16 tokens)" if full_size else "hf-text (tiny)",
-                          "captions", size)
+    rows += _runtime_rows(
+        BertText(),
+        batches,
+        ["input_ids", "attention_mask"],
+        "hf-text (BERT-base, 16 tokens)" if full_size else "hf-text (tiny)",
+        "captions",
+        size,
+    )
     return rows
 
 
@@ -317,14 +413,40 @@ def bench_text_encoders(n: int) -> list[Row]:
     batch = enc.tokenizer(texts[:64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")
     with torch.inference_mode():
         enc.model(**batch)
-        t_eager, _ = _timed(lambda: [enc.model(**enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")) for s in range(0, n - 63, 64)])
+        t_eager, _ = _timed(
+            lambda: [
+                enc.model(
+                    **enc.tokenizer(
+                        texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+                    )
+                )
+                for s in range(0, n - 63, 64)
+            ]
+        )
         compiled = torch.compile(enc.model, dynamic=False)
         t_compile, _ = _timed(lambda: compiled(**batch))
-        t_comp, _ = _timed(lambda: [compiled(**enc.tokenizer(texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt")) for s in range(0, n - 63, 64)])
+        t_comp, _ = _timed(
+            lambda: [
+                compiled(
+                    **enc.tokenizer(
+                        texts[s : s + 64], padding="max_length", truncation=True, max_length=16, return_tensors="pt"
+                    )
+                )
+                for s in range(0, n - 63, 64)
+            ]
+        )
     done = (n // 64) * 64
-    return [{"what": "minilm, compiled, captions/s (16 tokens, batch 64)", "reference": "minilm eager, same batches",
-             "value": done / t_comp, "ref_value": done / t_eager, "ratio": t_eager / t_comp, "target": "measured",
-             "note": f"compile took {t_compile:.1f} s"}]
+    return [
+        {
+            "what": "minilm, compiled, captions/s (16 tokens, batch 64)",
+            "reference": "minilm eager, same batches",
+            "value": done / t_comp,
+            "ref_value": done / t_eager,
+            "ratio": t_eager / t_comp,
+            "target": "measured",
+            "note": f"compile took {t_compile:.1f} s",
+        }
+    ]
 
 
 def bench_cache(n: int, home: Path) -> list[Row]:
@@ -337,8 +459,16 @@ def bench_cache(n: int, home: Path) -> list[Row]:
     options = EncodeOptions(compile="off")
     t_cold, _ = _timed(lambda: encode_split(image, text, data, cache, options))
     t_warm, _ = _timed(lambda: encode_split(image, text, data, cache, options))
-    return [{"what": f"cached re-run of an encoding ({len(data)} images, {len(data.captions)} captions), s", "reference": "the first run",
-             "value": t_warm, "ref_value": t_cold, "ratio": t_cold / t_warm, "target": ">= 20x faster"}]
+    return [
+        {
+            "what": f"cached re-run of an encoding ({len(data)} images, {len(data.captions)} captions), s",
+            "reference": "the first run",
+            "value": t_warm,
+            "ref_value": t_cold,
+            "ratio": t_cold / t_warm,
+            "target": ">= 20x faster",
+        }
+    ]
 
 
 ENCODE_JOB = """
@@ -366,8 +496,11 @@ def bench_kill(n: int, home: Path, shard: int) -> list[Row]:
     key = encoder_key(create("encoder", "efficientnet-lite0"))
 
     def job(cache: Path) -> subprocess.Popen:
-        return subprocess.Popen([PYTHON, "-c", ENCODE_JOB, str(cache), str(listing), str(shard), str(cache / "work.txt")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [PYTHON, "-c", ENCODE_JOB, str(cache), str(listing), str(shard), str(cache / "work.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def work(cache: Path) -> int:
         return sum(int(line) for line in (cache / "work.txt").read_text().split())
@@ -386,11 +519,26 @@ def bench_kill(n: int, home: Path, shard: int) -> list[Row]:
     t_rerun, _ = _timed(lambda: job(killed).wait())
     assert EmbeddingCache(killed).count(key) == n
     done_whole, done_killed = work(whole), work(killed)
-    return [{"what": f"kill -9 at {committed}/{n} images committed, then a re-run: images through the model", "reference": "an uninterrupted run",
-             "value": done_killed, "ref_value": done_whole, "ratio": done_killed / done_whole, "target": "total work <= 1.1x",
-             "note": f"shards of {shard} rows; counted as each batch starts, so the batch the kill cut short counts"},
-            {"what": "the same, wall time of both runs, s", "reference": "an uninterrupted run", "value": t_killed + t_rerun, "ref_value": t_whole,
-             "ratio": (t_killed + t_rerun) / t_whole, "target": "reported", "note": "the second run pays process and model start-up again (about 3 s)"}]
+    return [
+        {
+            "what": f"kill -9 at {committed}/{n} images committed, then a re-run: images through the model",
+            "reference": "an uninterrupted run",
+            "value": done_killed,
+            "ref_value": done_whole,
+            "ratio": done_killed / done_whole,
+            "target": "total work <= 1.1x",
+            "note": f"shards of {shard} rows; counted as each batch starts, so the batch the kill cut short counts",
+        },
+        {
+            "what": "the same, wall time of both runs, s",
+            "reference": "an uninterrupted run",
+            "value": t_killed + t_rerun,
+            "ref_value": t_whole,
+            "ratio": (t_killed + t_rerun) / t_whole,
+            "target": "reported",
+            "note": "the second run pays process and model start-up again (about 3 s)",
+        },
+    ]
 
 
 # --- retrieval and training ----------------------------------------------------------------------
@@ -423,9 +571,17 @@ def bench_retrieval(n_img: int) -> list[Row]:
     t_ref, (ri, rt) = _timed(lambda: full_matrix_ranks(img, txt, owner))
     t_ch, r = _timed(lambda: ranks(img, txt, owner, sim))
     off = int((r.i2t != ri).sum() + (r.t2i != rt).sum())
-    return [{"what": f"retrieval ranks, {n_img} images x {5 * n_img} captions, s", "reference": "full score matrix in torch",
-             "value": t_ch, "ref_value": t_ref, "ratio": t_ch / t_ref, "target": "identical ranks; time <= 1.0x",
-             "note": f"{off} of {len(ri) + len(rt)} ranks differ; scores held at once: 1024 x 1024 ({1024 * 1024 * 4 / 2**20:.0f} MiB) against {n_img * 5 * n_img * 4 / 2**20:.0f} MiB for the full matrix"}]
+    return [
+        {
+            "what": f"retrieval ranks, {n_img} images x {5 * n_img} captions, s",
+            "reference": "full score matrix in torch",
+            "value": t_ch,
+            "ref_value": t_ref,
+            "ratio": t_ch / t_ref,
+            "target": "identical ranks; time <= 1.0x",
+            "note": f"{off} of {len(ri) + len(rt)} ranks differ; scores held at once: 1024 x 1024 ({1024 * 1024 * 4 / 2**20:.0f} MiB) against {n_img * 5 * n_img * 4 / 2**20:.0f} MiB for the full matrix",
+        }
+    ]
 
 
 def _cpu_bf16() -> str:
@@ -480,15 +636,35 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
         t_bf16 = min(t_bf16, _timed(lambda: train_contrastive(matcher(), train, val, bf16))[0])
     t_two, _ = _timed(lambda: train_in_processes(2, matcher(), train, val, config))
     samples = epochs * steps_per_epoch * config.batch_size
-    return [{"what": "contrastive training, samples/s", "reference": "a plain torch loop over the same heads and features",
-             "value": samples / t_ours, "ref_value": samples / t_plain, "ratio": t_plain / t_ours, "target": ">= 0.95x",
-             "note": f"{n_img} images, {epochs} epochs, best of {repeats} interleaved runs each; ours also validates every epoch (200 images) and keeps the best weights"},
-            {"what": "the same training with `training.precision: bf16`, samples/s", "reference": "float32 (the default)",
-             "value": samples / t_bf16, "ref_value": samples / t_ours, "ratio": t_ours / t_bf16, "target": "reported",
-             "note": f"bfloat16 autocast on the training steps (validation in float32); CPU bf16 support: {_cpu_bf16()}"},
-            {"what": "the same training data-parallel in 2 processes x 1 thread (`training.processes: 2`), samples/s",
-             "reference": "1 process x all threads", "value": samples / t_two, "ref_value": samples / t_ours, "ratio": t_ours / t_two, "target": "reported",
-             "note": "includes starting the processes and handing them the features; on 2 cores one process already uses both"}]
+    return [
+        {
+            "what": "contrastive training, samples/s",
+            "reference": "a plain torch loop over the same heads and features",
+            "value": samples / t_ours,
+            "ref_value": samples / t_plain,
+            "ratio": t_plain / t_ours,
+            "target": ">= 0.95x",
+            "note": f"{n_img} images, {epochs} epochs, best of {repeats} interleaved runs each; ours also validates every epoch (200 images) and keeps the best weights",
+        },
+        {
+            "what": "the same training with `training.precision: bf16`, samples/s",
+            "reference": "float32 (the default)",
+            "value": samples / t_bf16,
+            "ref_value": samples / t_ours,
+            "ratio": t_ours / t_bf16,
+            "target": "reported",
+            "note": f"bfloat16 autocast on the training steps (validation in float32); CPU bf16 support: {_cpu_bf16()}",
+        },
+        {
+            "what": "the same training data-parallel in 2 processes x 1 thread (`training.processes: 2`), samples/s",
+            "reference": "1 process x all threads",
+            "value": samples / t_two,
+            "ref_value": samples / t_ours,
+            "ratio": t_ours / t_two,
+            "target": "reported",
+            "note": "includes starting the processes and handing them the features; on 2 cores one process already uses both",
+        },
+    ]
 
 
 def bench_generator_training(n_img: int, epochs: int, repeats: int = 2) -> list[Row]:
@@ -507,21 +683,38 @@ def bench_generator_training(n_img: int, epochs: int, repeats: int = 2) -> list[
     tokens, mask = torch.randn(n_img, 16, 384, generator=g), torch.ones(n_img, 16, dtype=torch.bool)
     features = TextFeatures(tokens, mask, torch.arange(n_img))
     val = TextFeatures(tokens[:64], mask[:64], torch.arange(64))
-    config = dataclasses.replace(t2i_config(RetrainParams(task="text-to-image")), epochs=epochs, time_limit_s=0, precision="fp32")
+    config = dataclasses.replace(
+        t2i_config(RetrainParams(task="text-to-image")), epochs=epochs, time_limit_s=0, precision="fp32"
+    )
     times: dict[str, float] = {}
     losses: dict[str, float] = {}
     for _ in range(repeats):
         for precision in ("fp32", "bf16"):
-            seconds, (_, result) = _timed(lambda: train_text_to_image({"name": "random"}, images, features, images[:64], val,
-                                                                        dataclasses.replace(config, precision=precision)))
+            seconds, (_, result) = _timed(
+                lambda: train_text_to_image(
+                    {"name": "random"},
+                    images,
+                    features,
+                    images[:64],
+                    val,
+                    dataclasses.replace(config, precision=precision),
+                )
+            )
             times[precision] = min(times.get(precision, float("inf")), seconds)
             losses[precision] = result.history[-1]["val_loss"]
-    return [{"what": "cvae training (the default generator) with `text_to_image.precision: bf16`, images/s", "reference": "float32",
-             "value": n_img * epochs / times["bf16"], "ref_value": n_img * epochs / times["fp32"], "ratio": times["fp32"] / times["bf16"],
-             "target": "reported",
-             "note": f"{n_img} random 32-pixel images with 16 random 384-d tokens each, {epochs} epochs, best of {repeats} interleaved runs; "
-                     f"validation loss {losses['fp32']:.4f} (float32) and {losses['bf16']:.4f} (bf16); CPU bf16 support: {_cpu_bf16()}; "
-                     "`precision: auto` (the cvae's default) picks bf16 only where the CPU has such instructions"}]
+    return [
+        {
+            "what": "cvae training (the default generator) with `text_to_image.precision: bf16`, images/s",
+            "reference": "float32",
+            "value": n_img * epochs / times["bf16"],
+            "ref_value": n_img * epochs / times["fp32"],
+            "ratio": times["fp32"] / times["bf16"],
+            "target": "reported",
+            "note": f"{n_img} random 32-pixel images with 16 random 384-d tokens each, {epochs} epochs, best of {repeats} interleaved runs; "
+            f"validation loss {losses['fp32']:.4f} (float32) and {losses['bf16']:.4f} (bf16); CPU bf16 support: {_cpu_bf16()}; "
+            "`precision: auto` (the cvae's default) picks bf16 only where the CPU has such instructions",
+        }
+    ]
 
 
 # --- whole flows ---------------------------------------------------------------------------------
@@ -536,19 +729,28 @@ def _retrain_params(home: Path, options: dict[str, Any], extra: dict[str, Any] |
 
 def run_retrain(home: Path, options: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``itm run retrain`` in a child process from a cold embedding cache: wall time and peak RSS."""
-    env = {**os.environ, "ITM_HOME": str(home), "ITM_CACHE_DIR": tempfile.mkdtemp(dir=home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-           "PREFECT_HOME": str(home / "prefect")}
+    env = {
+        **os.environ,
+        "ITM_HOME": str(home),
+        "ITM_CACHE_DIR": tempfile.mkdtemp(dir=home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PREFECT_HOME": str(home / "prefect"),
+    }
     out, err = home / "retrain.out", home / "retrain.err"
     start = time.perf_counter()
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen([Path(PYTHON).parent / "itm", "run", "retrain", "--params", str(_retrain_params(home, options, extra))],
-                                env=env, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(
+            [Path(PYTHON).parent / "itm", "run", "retrain", "--params", str(_retrain_params(home, options, extra))],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (as /usr/bin/time -v reports it)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"itm run retrain failed:\n{err.read_text()[-3000:]}")
     text = out.read_text()
-    return {"wall": wall, "rss": usage.ru_maxrss * 1024, "result": json.loads(text[text.index("{"):])}
+    return {"wall": wall, "rss": usage.ru_maxrss * 1024, "result": json.loads(text[text.index("{") :])}
 
 
 def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list[Row]:
@@ -566,8 +768,14 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
     rows = []
     for n in sizes:
         options = {"n_train": n, "n_val": n // 4, "n_test": n // 4, "seed": 1}
-        params = RetrainParams.model_validate({"dataset": {"options": options}, "image_encoder": {"name": "color-histogram"},
-                                               "text_encoder": {"name": "tfidf"}, "training": {"epochs": 3}})
+        params = RetrainParams.model_validate(
+            {
+                "dataset": {"options": options},
+                "image_encoder": {"name": "color-histogram"},
+                "text_encoder": {"name": "tfidf"},
+                "training": {"epochs": 3},
+            }
+        )
 
         def core() -> None:
             data = create("dataset", "shapes", **options).load()
@@ -575,9 +783,16 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
             image, text = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
             cache = EmbeddingCache()
             feats = {s: encode_split(image, text, d, cache, EncodeOptions())[1] for s, d in splits.items()}
-            m = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), int(image.dim), int(text.dim))
+            m = Matcher(
+                params.image_encoder.model_dump(), params.text_encoder.model_dump(), int(image.dim), int(text.dim)
+            )
             train_contrastive(m, feats["train"], feats["val"], ContrastiveConfig(epochs=3))
-            report_from_embeddings(m.embed_image_features(feats["test"].image), m.embed_text_features(feats["test"].text), splits["test"], m.similarity)
+            report_from_embeddings(
+                m.embed_image_features(feats["test"].image),
+                m.embed_text_features(feats["test"].text),
+                splits["test"],
+                m.similarity,
+            )
 
         core()  # builds the data and warms the embedding cache for both
         retrain(params)  # starts Prefect's server once
@@ -585,8 +800,16 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
         for _ in range(repeats):
             t_core = min(t_core, _timed(core)[0])
             t_flow = min(t_flow, _timed(lambda: retrain(params))[0])
-        rows.append({"what": f"Prefect + MLflow overhead of retrain, {n} training images, s", "reference": "the same core calls without the flow",
-                     "value": t_flow - t_core, "ref_value": t_core, "ratio": t_flow / t_core, "target": "constant seconds"})
+        rows.append(
+            {
+                "what": f"Prefect + MLflow overhead of retrain, {n} training images, s",
+                "reference": "the same core calls without the flow",
+                "value": t_flow - t_core,
+                "ref_value": t_core,
+                "ratio": t_flow / t_core,
+                "target": "constant seconds",
+            }
+        )
     return rows
 
 
@@ -598,12 +821,20 @@ def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
         got = run_retrain(home, options)
         images, captions = n + 2 * n_eval, 5 * (n + 2 * n_eval)
         features = _feature_bytes(images, captions)
-        rows.append({"what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
-                     "reference": "seconds per image across sizes", "value": got["wall"] / images, "ref_value": None, "ratio": None,
-                     "target": "within 1.25x; RSS <= 2x features",
-                     "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x the feature tensors ({features / 2**30:.2f} GiB); "
-                             f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}",
-                     "images": images, "rss_gib": got["rss"] / 2**30})
+        rows.append(
+            {
+                "what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
+                "reference": "seconds per image across sizes",
+                "value": got["wall"] / images,
+                "ref_value": None,
+                "ratio": None,
+                "target": "within 1.25x; RSS <= 2x features",
+                "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x the feature tensors ({features / 2**30:.2f} GiB); "
+                f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}",
+                "images": images,
+                "rss_gib": got["rss"] / 2**30,
+            }
+        )
     per_image = [r["value"] for r in rows]
     if len(per_image) > 1:
         rows[-1]["ratio"] = max(per_image) / min(per_image)
@@ -611,25 +842,44 @@ def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
 
 
 def bench_dask(n: int, home: Path) -> list[Row]:
+    from flows.dask_encoding import encode_on_dask
     from itm_core import create
     from itm_core.config import EncodingParams, ExecutorParams
     from itm_core.encode.embed import EmbeddingCache
-    from flows.dask_encoding import encode_on_dask
 
     data = _shapes(n, 16, home).split("train")
     data = data.head(n)
     image, text = create("encoder", "efficientnet-lite0"), _fit_tfidf(data)  # the images are the work here
     times, spans = {}, {}
     for workers in (1, 2):
-        encoding = EncodingParams(compile="off", executor=ExecutorParams(kind="dask", n_workers=workers, threads_per_worker=1, shard_images=max(16, n // 8)))
-        times[workers], shards = _timed(lambda: encode_on_dask(image, text, data, EmbeddingCache(Path(tempfile.mkdtemp(dir=home))), encoding))
+        encoding = EncodingParams(
+            compile="off",
+            executor=ExecutorParams(kind="dask", n_workers=workers, threads_per_worker=1, shard_images=max(16, n // 8)),
+        )
+        times[workers], shards = _timed(
+            lambda: encode_on_dask(image, text, data, EmbeddingCache(Path(tempfile.mkdtemp(dir=home))), encoding)
+        )
         spans[workers] = max(s["finished"] for s in shards) - min(s["started"] for s in shards)
-    return [{"what": f"Dask encoding, 2 workers x 1 thread, {n} images, s", "reference": "1 worker x 1 thread",
-             "value": times[2], "ref_value": times[1], "ratio": times[1] / times[2], "target": ">= 1.7x",
-             "note": "wall time including the temporary LocalCluster's start-up"},
-            {"what": "the same, from the first shard's start to the last shard's end, s", "reference": "1 worker x 1 thread",
-             "value": spans[2], "ref_value": spans[1], "ratio": spans[1] / spans[2], "target": ">= 1.7x",
-             "note": "the encoding itself (each worker builds its encoders in its first shard); the flow's process, Prefect's API server and the workers share the 2 cores"}]
+    return [
+        {
+            "what": f"Dask encoding, 2 workers x 1 thread, {n} images, s",
+            "reference": "1 worker x 1 thread",
+            "value": times[2],
+            "ref_value": times[1],
+            "ratio": times[1] / times[2],
+            "target": ">= 1.7x",
+            "note": "wall time including the temporary LocalCluster's start-up",
+        },
+        {
+            "what": "the same, from the first shard's start to the last shard's end, s",
+            "reference": "1 worker x 1 thread",
+            "value": spans[2],
+            "ref_value": spans[1],
+            "ratio": spans[1] / spans[2],
+            "target": ">= 1.7x",
+            "note": "the encoding itself (each worker builds its encoders in its first shard); the flow's process, Prefect's API server and the workers share the 2 cores",
+        },
+    ]
 
 
 def _fit_tfidf(data: Any) -> Any:
@@ -670,7 +920,11 @@ def _latencies(index: Any, queries: Any, batch: int, k: int = 10) -> tuple[float
         index.search(queries[s : s + batch], k)
         times.append(time.perf_counter() - t0)
     times = np.array(times)
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3), batch * len(times) / float(times.sum())
+    return (
+        float(np.percentile(times, 50) * 1e3),
+        float(np.percentile(times, 99) * 1e3),
+        batch * len(times) / float(times.sum()),
+    )
 
 
 def bench_search(n: int, n_queries: int) -> list[Row]:
@@ -692,15 +946,40 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
     truth = exact.search(queries, 10)[1]
     found = ann.search(queries, 10)[1]
     recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
-    rows = [{"what": f"{ann.kind} index of {n:,} x {dim}-d vectors: recall@10", "reference": "exact search (IndexFlatIP)", "value": recall,
-             "ref_value": 1.0, "ratio": recall, "target": ">= 0.95", "note": f"{n_queries} queries; {ann.settings}"},
-            {"what": f"{ann.kind} index build, s", "reference": "exact index build", "value": t_ann, "ref_value": t_exact, "ratio": t_ann / t_exact,
-             "target": "reported", "note": "training the coarse and product quantisers on a sample, then adding every vector"}]
+    rows = [
+        {
+            "what": f"{ann.kind} index of {n:,} x {dim}-d vectors: recall@10",
+            "reference": "exact search (IndexFlatIP)",
+            "value": recall,
+            "ref_value": 1.0,
+            "ratio": recall,
+            "target": ">= 0.95",
+            "note": f"{n_queries} queries; {ann.settings}",
+        },
+        {
+            "what": f"{ann.kind} index build, s",
+            "reference": "exact index build",
+            "value": t_ann,
+            "ref_value": t_exact,
+            "ratio": t_ann / t_exact,
+            "target": "reported",
+            "note": "training the coarse and product quantisers on a sample, then adding every vector",
+        },
+    ]
     for batch in (1, 64):
         p50, p99, qps = _latencies(ann.index, queries, batch)
         rp50, rp99, rqps = _latencies(exact.index, queries[: max(batch * 20, 64)], batch)
-        rows.append({"what": f"queries of {batch}: queries/s", "reference": "exact search, same batches", "value": qps, "ref_value": rqps,
-                     "ratio": qps / rqps, "target": "reported", "note": f"p50 {p50:.2f} ms, p99 {p99:.2f} ms per call (exact: p50 {rp50:.1f} ms, p99 {rp99:.1f} ms)"})
+        rows.append(
+            {
+                "what": f"queries of {batch}: queries/s",
+                "reference": "exact search, same batches",
+                "value": qps,
+                "ref_value": rqps,
+                "ratio": qps / rqps,
+                "target": "reported",
+                "note": f"p50 {p50:.2f} ms, p99 {p99:.2f} ms per call (exact: p50 {rp50:.1f} ms, p99 {rp99:.1f} ms)",
+            }
+        )
     # the exact index gives the very top k of itm_core's brute-force retrieval
     gallery, probe = vectors[:5000], queries[:500]
     small = SearchIndex.build(gallery, items.head(5000), IndexSettings(kind="auto"))
@@ -709,13 +988,28 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
     differ = got != ref
     # a differing position is a real difference only when the two items' scores are not tied in float32
     real = int((differ & (np.abs(got_s - ref_s) > 1e-5)).sum())
-    rows.append({"what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items", "reference": "top_k", "value": float(real),
-                 "ref_value": 0.0, "ratio": None, "target": "0 differences",
-                 "note": f"index kind {small.kind}; {int(differ.sum())} of {differ.size} positions swap items whose scores tie within 1e-5 (summation order)"})
+    rows.append(
+        {
+            "what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items",
+            "reference": "top_k",
+            "value": float(real),
+            "ref_value": 0.0,
+            "ratio": None,
+            "target": "0 differences",
+            "note": f"index kind {small.kind}; {int(differ.sum())} of {differ.size} positions swap items whose scores tie within 1e-5 (summation order)",
+        }
+    )
     return rows
 
 
-def _hammer(model_uri: str, home: Path, requests: int, clients: int, body: Callable[[int], dict[str, Any]], check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def _hammer(
+    model_uri: str,
+    home: Path,
+    requests: int,
+    clients: int,
+    body: Callable[[int], dict[str, Any]],
+    check: Callable[[dict[str, Any]], bool],
+) -> dict[str, Any]:
     """``mlflow models serve`` of ``model_uri`` on loopback, then ``requests`` POSTs from ``clients`` threads."""
     import concurrent.futures as cf
     import socket
@@ -727,11 +1021,34 @@ def _hammer(model_uri: str, home: Path, requests: int, clients: int, body: Calla
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     log_path = home / f"serve-{port}.log"
     log = open(log_path, "wb")
-    server = subprocess.Popen([str(Path(PYTHON).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(PYTHON).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -745,7 +1062,9 @@ def _hammer(model_uri: str, home: Path, requests: int, clients: int, body: Calla
                 time.sleep(1)
 
         def one(i: int) -> tuple[float, int]:
-            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body(i)).encode(), headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{url}/invocations", data=json.dumps(body(i)).encode(), headers={"Content-Type": "application/json"}
+            )
             t0 = time.perf_counter()
             try:
                 with urllib.request.urlopen(request, timeout=60) as resp:
@@ -763,7 +1082,12 @@ def _hammer(model_uri: str, home: Path, requests: int, clients: int, body: Calla
         server.wait(30)
         log.close()
     latency = np.array([t for t, _ in got])
-    return {"rps": requests / wall, "errors": sum(e for _, e in got), "p50": float(np.percentile(latency, 50) * 1e3), "p99": float(np.percentile(latency, 99) * 1e3)}
+    return {
+        "rps": requests / wall,
+        "errors": sum(e for _, e in got),
+        "p50": float(np.percentile(latency, 50) * 1e3),
+        "p99": float(np.percentile(latency, 99) * 1e3),
+    }
 
 
 def bench_serving(requests: int, clients: int, home: Path, matcher_requests: int, matcher_clients: int) -> list[Row]:
@@ -782,8 +1106,14 @@ def bench_serving(requests: int, clients: int, home: Path, matcher_requests: int
     data = _shapes(200, 50, home)
     tfidf = _fit_tfidf(data)
     histogram = create("encoder", "color-histogram")
-    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 256}},
-                      int(histogram.dim), int(tfidf.dim), embed_dim=64, hidden_dim=0).attach_encoders(histogram, tfidf)
+    matcher = Matcher(
+        {"name": "color-histogram", "options": {}},
+        {"name": "tfidf", "options": {"max_features": 256}},
+        int(histogram.dim),
+        int(tfidf.dim),
+        embed_dim=64,
+        hidden_dim=0,
+    ).attach_encoders(histogram, tfidf)
     vectors = matcher.embed_images([str(p) for p in data.image_paths()]).numpy()
     index = SearchIndex.build(vectors, pd.DataFrame({"image": [str(p) for p in data.image_paths()]}))
     mlflow.set_tracking_uri(f"sqlite:///{home / 'serving.db'}")
@@ -795,18 +1125,50 @@ def bench_serving(requests: int, clients: int, home: Path, matcher_requests: int
         matcher_uri = log_matcher(matcher, None).model_uri
     captions = data.captions
     images = [base64.b64encode(p.read_bytes()).decode() for p in data.image_paths()[:50]]
-    search = _hammer(search_uri, home, requests, clients,
-                     lambda i: {"dataframe_split": {"columns": ["text"], "data": [[captions[i % len(captions)]]]}, "params": {"k": 10}},
-                     lambda answer: len(answer["predictions"][0]["items"]) == 10)
-    scored = _hammer(matcher_uri, home, matcher_requests, matcher_clients,
-                     lambda i: {"dataframe_split": {"columns": ["image", "text"], "data": [[images[i % len(images)], captions[i % len(captions)]]]}},
-                     lambda answer: -1.0 <= answer["predictions"][0]["score"] <= 1.0)
-    return [{"what": f"itm-search served: {requests} text queries from {clients} concurrent clients, requests/s", "reference": "0 errors",
-             "value": search["rps"], "ref_value": None, "ratio": None, "target": "0 errors; p50/p99 reported",
-             "note": f"{search['errors']} errors; p50 {search['p50']:.0f} ms, p99 {search['p99']:.0f} ms; {len(index)} images, `mlflow models serve --workers 2` on loopback"},
-            {"what": f"matcher served: {matcher_requests} image+text pairs (base64 PNG) from {matcher_clients} concurrent clients, requests/s",
-             "reference": "0 errors", "value": scored["rps"], "ref_value": None, "ratio": None, "target": "0 errors; p50/p99 reported",
-             "note": f"{scored['errors']} errors; p50 {scored['p50']:.0f} ms, p99 {scored['p99']:.0f} ms; `mlflow models serve --workers 2` on loopback"}]
+    search = _hammer(
+        search_uri,
+        home,
+        requests,
+        clients,
+        lambda i: {
+            "dataframe_split": {"columns": ["text"], "data": [[captions[i % len(captions)]]]},
+            "params": {"k": 10},
+        },
+        lambda answer: len(answer["predictions"][0]["items"]) == 10,
+    )
+    scored = _hammer(
+        matcher_uri,
+        home,
+        matcher_requests,
+        matcher_clients,
+        lambda i: {
+            "dataframe_split": {
+                "columns": ["image", "text"],
+                "data": [[images[i % len(images)], captions[i % len(captions)]]],
+            }
+        },
+        lambda answer: -1.0 <= answer["predictions"][0]["score"] <= 1.0,
+    )
+    return [
+        {
+            "what": f"itm-search served: {requests} text queries from {clients} concurrent clients, requests/s",
+            "reference": "0 errors",
+            "value": search["rps"],
+            "ref_value": None,
+            "ratio": None,
+            "target": "0 errors; p50/p99 reported",
+            "note": f"{search['errors']} errors; p50 {search['p50']:.0f} ms, p99 {search['p99']:.0f} ms; {len(index)} images, `mlflow models serve --workers 2` on loopback",
+        },
+        {
+            "what": f"matcher served: {matcher_requests} image+text pairs (base64 PNG) from {matcher_clients} concurrent clients, requests/s",
+            "reference": "0 errors",
+            "value": scored["rps"],
+            "ref_value": None,
+            "ratio": None,
+            "target": "0 errors; p50/p99 reported",
+            "note": f"{scored['errors']} errors; p50 {scored['p50']:.0f} ms, p99 {scored['p99']:.0f} ms; `mlflow models serve --workers 2` on loopback",
+        },
+    ]
 
 
 def machine() -> str:
@@ -814,20 +1176,35 @@ def machine() -> str:
 
     import itm_core
 
-    return (f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), itm-workbench {itm_core.__version__}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), itm-workbench {itm_core.__version__}"
+    )
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = ["# Benchmarks", "", "Written by `make bench` (`python -m benchmarks.run`); each figure is a ratio against a plain reference",
-             "measured on the same machine in the same run. Re-run to refresh; `--only flickr` adds the Flickr30k-size run.", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks.run`); each figure is a ratio against a plain reference",
+        "measured on the same machine in the same run. Re-run to refresh; `--only flickr` adds the Flickr30k-size run.",
+        "",
+    ]
     for name, entry in results.items():
-        lines += [f"## {name}", "", f"{entry['date']}, {entry['machine']}, `{entry['command']}`", "",
-                  "| what | value | reference | reference value | ratio | target | notes |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name}",
+            "",
+            f"{entry['date']}, {entry['machine']}, `{entry['command']}`",
+            "",
+            "| what | value | reference | reference value | ratio | target | notes |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in entry["rows"]:
             fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
             note = r.get("note", "").replace("|", "\\|")
-            lines.append(f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | {fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {note} |")
+            lines.append(
+                f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | {fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {note} |"
+            )
         lines.append("")
     return "\n".join(lines + coco_projection(results))
 
@@ -853,16 +1230,20 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
 
     (n1, m1), (n2, m2) = default[-2:]
     slope, projected = line(n1, m1, n2, m2)
-    text = [f"Peak RSS measured with the default settings at {n1:,} images: {m1:.2f} GiB; at {n2:,}: {m2:.2f} GiB; growth "
-            f"{slope * 2**20:.1f} KiB per image (its features: {_feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a COCO-size "
-            f"retrain ({COCO_IMAGES:,} images, {COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about "
-            f"**{projected:.1f} GiB** ({projected / features:.2f}x its features), against the 12 GB budget."]
+    text = [
+        f"Peak RSS measured with the default settings at {n1:,} images: {m1:.2f} GiB; at {n2:,}: {m2:.2f} GiB; growth "
+        f"{slope * 2**20:.1f} KiB per image (its features: {_feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a COCO-size "
+        f"retrain ({COCO_IMAGES:,} images, {COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about "
+        f"**{projected:.1f} GiB** ({projected / features:.2f}x its features), against the 12 GB budget."
+    ]
     n3, m3, settings = every[-1]
     if n3 > n2 and settings != "default":
         slope3, upper = line(n2, m2, n3, m3)
-        text.append(f"The largest run ({n3:,} images, {m3:.2f} GiB) used other settings ({settings}), whose fixed memory may differ; "
-                    f"the line from the {n2:,}-image default run through it ({slope3 * 2**20:.1f} KiB per image) counts any difference as growth "
-                    f"and gives an upper bound of **{upper:.1f} GiB**.")
+        text.append(
+            f"The largest run ({n3:,} images, {m3:.2f} GiB) used other settings ({settings}), whose fixed memory may differ; "
+            f"the line from the {n2:,}-image default run through it ({slope3 * 2**20:.1f} KiB per image) counts any difference as growth "
+            f"and gives an upper bound of **{upper:.1f} GiB**."
+        )
     return ["## COCO-size projection", "", " ".join(text), ""]
 
 
@@ -900,7 +1281,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
-    command = "python -m benchmarks.run" + (" --quick" if q else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    command = (
+        "python -m benchmarks.run" + (" --quick" if q else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    )
     for name in chosen:
         print(f"== {name}", flush=True)
         started = time.perf_counter()
@@ -908,7 +1291,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
         for r in rows:
             print(f"   {r['what']}: {r['value']:.4g} vs {r.get('ref_value')} -> {r.get('ratio')}", flush=True)
-        results[name] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "command": command, "rows": rows}
+        results[name] = {
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(),
+            "command": command,
+            "rows": rows,
+        }
         store.write_text(json.dumps(results, indent=1))
         (args.out / "RESULTS.md").write_text(render(results))
 
@@ -928,12 +1316,22 @@ def bench_flickr(home: Path, quick: bool) -> list[Row]:
     got = run_retrain(home, options, extra)
     images, captions = n_train + 2 * n_eval, 5 * (n_train + 2 * n_eval)
     features = _feature_bytes(images, captions)
-    return [{"what": f"retrain, Flickr30k-size shapes ({images} images, {captions} captions), cold cache, s", "reference": "12 minutes",
-             "value": got["wall"], "ref_value": 720.0, "ratio": got["wall"] / 720.0, "target": "< 12 min, RSS < 4 GiB",
-             "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
-                     f"building the dataset took {t_build:.0f} s before; {settings}: "
-                     f"{got['result']['epochs']} epochs, best {got['result']['best_epoch']}; test rsum {got['result']['test']['rsum']:.1f}",
-             "images": images, "rss_gib": got["rss"] / 2**30, "settings": settings}]
+    return [
+        {
+            "what": f"retrain, Flickr30k-size shapes ({images} images, {captions} captions), cold cache, s",
+            "reference": "12 minutes",
+            "value": got["wall"],
+            "ref_value": 720.0,
+            "ratio": got["wall"] / 720.0,
+            "target": "< 12 min, RSS < 4 GiB",
+            "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
+            f"building the dataset took {t_build:.0f} s before; {settings}: "
+            f"{got['result']['epochs']} epochs, best {got['result']['best_epoch']}; test rsum {got['result']['test']['rsum']:.1f}",
+            "images": images,
+            "rss_gib": got["rss"] / 2**30,
+            "settings": settings,
+        }
+    ]
 
 
 if __name__ == "__main__":

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 from itm_core.ops.console import quiet_libraries
 
 if os.environ.get("ITM_DEBUG", "0") in ("", "0"):  # flow runs served by `itm up` print what the CLI would
     quiet_libraries()
 
-from itm_core.config import (EvaluateParams, ExplainBenchmarkParams, ExplainParams, FusionBenchmarkParams, GenerateParams, GenerationBenchmarkParams, IndexParams,
-                             Params, RetrainParams, SearchParams)
+from itm_core.config import (
+    EvaluateParams,
+    ExplainBenchmarkParams,
+    ExplainParams,
+    FusionBenchmarkParams,
+    GenerateParams,
+    GenerationBenchmarkParams,
+    IndexParams,
+    Params,
+    RetrainParams,
+    SearchParams,
+)
 
 FLOWS: dict[str, tuple[str, type[Params]]] = {
     "retrain": ("flows.retrain:retrain", RetrainParams),

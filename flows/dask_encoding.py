@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -25,8 +26,12 @@ _WORKER_ENCODERS: dict[str, Any] = {}
 
 def encoder_spec(encoder: Any) -> dict[str, Any]:
     """What a worker needs to build the same encoder: its name, options and fitted state."""
-    return {"name": encoder.name, "options": dict(encoder.options), "state": encoder.get_state() if hasattr(encoder, "get_state") else None,
-            "key": encoder_key(encoder)}
+    return {
+        "name": encoder.name,
+        "options": dict(encoder.options),
+        "state": encoder.get_state() if hasattr(encoder, "get_state") else None,
+        "key": encoder_key(encoder),
+    }
 
 
 def worker_encoder(spec: dict[str, Any]) -> Any:
@@ -36,13 +41,22 @@ def worker_encoder(spec: dict[str, Any]) -> Any:
 
         enc = create_encoder(spec, spec["state"])
         if encoder_key(enc) != spec["key"]:
-            raise RuntimeError(f"encoder {spec['name']!r} built on a worker differs from the flow's (another plugin version?)")
+            raise RuntimeError(
+                f"encoder {spec['name']!r} built on a worker differs from the flow's (another plugin version?)"
+            )
         _WORKER_ENCODERS[spec["key"]] = enc
     return _WORKER_ENCODERS[spec["key"]]
 
 
 @task(name="encode-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=transient_only)
-def encode_shard(spec: dict[str, Any], items: Sequence[str], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> dict[str, float]:
+def encode_shard(
+    spec: dict[str, Any],
+    items: Sequence[str],
+    cache_folder: str,
+    float16: bool,
+    encoding: EncodingParams,
+    threads: int | None,
+) -> dict[str, float]:
     """Encode one shard of items into the cache on a worker; bad images are left for the flow to
     report. Returns the counts and when the shard started and finished (epoch seconds)."""
     import torch
@@ -58,7 +72,13 @@ def encode_shard(spec: dict[str, Any], items: Sequence[str], cache_folder: str, 
 
 
 @flow(name="encode-on-dask", log_prints=True)
-def encode_shards(jobs: list[tuple[dict[str, Any], list[str]]], cache_folder: str, float16: bool, encoding: EncodingParams, threads: int | None) -> list[dict[str, float]]:
+def encode_shards(
+    jobs: list[tuple[dict[str, Any], list[str]]],
+    cache_folder: str,
+    float16: bool,
+    encoding: EncodingParams,
+    threads: int | None,
+) -> list[dict[str, float]]:
     """Map every (encoder, shard) job to a task on the cluster and wait for all of them."""
     futures = [encode_shard.submit(spec, items, cache_folder, float16, encoding, threads) for spec, items in jobs]
     return [f.result() for f in futures]
@@ -73,11 +93,18 @@ def task_runner(executor: ExecutorParams) -> Any:
         return DaskTaskRunner(address=executor.address)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": executor.n_workers, "threads_per_worker": executor.threads_per_worker, "processes": True, "dashboard_address": None},
+        cluster_kwargs={
+            "n_workers": executor.n_workers,
+            "threads_per_worker": executor.threads_per_worker,
+            "processes": True,
+            "dashboard_address": None,
+        },
     )
 
 
-def encode_on_dask(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams) -> list[dict[str, float]]:
+def encode_on_dask(
+    image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams
+) -> list[dict[str, float]]:
     """Fill ``cache`` with both towers' features of ``data``, shard by shard, on the cluster."""
     size = encoding.executor.shard_images
     paths = [os.path.abspath(p) for p in data.image_paths()]  # as the cache's file index records them
@@ -87,4 +114,6 @@ def encode_on_dask(image_encoder: Any, text_encoder: Any, data: ImageTextSet, ca
     jobs += [(text, captions[i : i + 5 * size]) for i in range(0, len(captions), 5 * size)]
     threads = None if encoding.executor.address else encoding.executor.threads_per_worker
     runner = task_runner(encoding.executor)
-    return encode_shards.with_options(task_runner=runner)(jobs, str(cache.folder.resolve()), cache.float16, encoding, threads)
+    return encode_shards.with_options(task_runner=runner)(
+        jobs, str(cache.folder.resolve()), cache.float16, encoding, threads
+    )

@@ -17,13 +17,26 @@ from rich.table import Table
 from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.retrain import retrain
-from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, GenerateParams, MatcherRef, RetrainParams, TrainingParams
+from itm_core.config import (
+    ComponentParams,
+    DatasetParams,
+    EvaluateParams,
+    GenerateParams,
+    MatcherRef,
+    RetrainParams,
+    TrainingParams,
+)
 
 PRETRAINED = (ComponentParams(name="efficientnet-lite0"), ComponentParams(name="minilm"))
 CLASSIC = (ComponentParams(name="color-histogram"), ComponentParams(name="tfidf"))
 
 
-def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | None = None, num_captions: int = 12, console: Console | None = None) -> dict[str, Any]:
+def run_demo(
+    dataset: DatasetParams | None = None,
+    training: TrainingParams | None = None,
+    num_captions: int = 12,
+    console: Console | None = None,
+) -> dict[str, Any]:
     console = console or Console()
     dataset = dataset or DatasetParams(name="scenes")
     training = training or TrainingParams()
@@ -39,16 +52,30 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
             matchers=[
                 MatcherRef(model_uri="models:/itm-matcher@champion", label="champion"),
                 *(
-                    MatcherRef(model_uri=f"models:/itm-matcher/{r['model_version']}", label=f"{label} (v{r['model_version']})")
+                    MatcherRef(
+                        model_uri=f"models:/itm-matcher/{r['model_version']}", label=f"{label} (v{r['model_version']})"
+                    )
                     for label, r in runs.items()
                 ),
-                MatcherRef(image_encoder=PRETRAINED[0], text_encoder=PRETRAINED[1], untrained_heads=True, label="untrained heads (chance)"),
+                MatcherRef(
+                    image_encoder=PRETRAINED[0],
+                    text_encoder=PRETRAINED[1],
+                    untrained_heads=True,
+                    label="untrained heads (chance)",
+                ),
             ],
         )
     )
     console.rule("generate: captions by the champion")
     metrics = [ComponentParams(name=m) for m in ("bleu", "rouge_l", "cider")]
-    generated = generate(GenerateParams(dataset=dataset, num_images=num_captions, generator_options={"bank_dataset": dataset.name, "bank_options": dataset.options}, metrics=metrics))
+    generated = generate(
+        GenerateParams(
+            dataset=dataset,
+            num_images=num_captions,
+            generator_options={"bank_dataset": dataset.name, "bank_options": dataset.options},
+            metrics=metrics,
+        )
+    )
     captions = generated["generations"]
     seconds = time.perf_counter() - start
 
@@ -56,14 +83,23 @@ def run_demo(dataset: DatasetParams | None = None, training: TrainingParams | No
     for col in ("matcher", "i2t R@1", "i2t R@5", "t2i R@1", "t2i R@5", "rsum"):
         table.add_column(col, justify="left" if col == "matcher" else "right")
     for row in board:
-        table.add_row(row["matcher"], *(f"{row[k]:.3f}" for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")), f"{row['rsum']:.1f}")
+        table.add_row(
+            row["matcher"], *(f"{row[k]:.3f}" for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")), f"{row['rsum']:.1f}"
+        )
     console.print(table)
     for label, r in runs.items():
         console.print(f"retrain {label}: model v{r['model_version']} - {r['decision']}")
-    scores = ", ".join(f"{k} {generated['scores'][k]:.3f}" for k in ("bleu4", "rouge_l", "cider") if k in generated["scores"])
+    scores = ", ".join(
+        f"{k} {generated['scores'][k]:.3f}" for k in ("bleu4", "rouge_l", "cider") if k in generated["scores"]
+    )
     console.print(f"generate: {len(captions)} captions by the champion (generations.csv, caption_grid.png); {scores}")
     uri = mlflow.get_tracking_uri()
-    ui = f"open {uri}" if uri.startswith("http") else (
-        f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: it lands in the stack's UIs)")
+    ui = (
+        f"open {uri}"
+        if uri.startswith("http")
+        else (
+            f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: it lands in the stack's UIs)"
+        )
+    )
     console.print(f"MLflow store: {uri}\nBrowse it: {ui}")
     return {"runs": runs, "leaderboard": board, "captions": captions, "seconds": seconds}

@@ -18,7 +18,18 @@ from itm_core.judge.evaluation import RetrievalReport, build_scorer, image_tower
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
-LEADERBOARD_COLUMNS = ["matcher", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_medr", "t2i_medr", "rsum"]
+LEADERBOARD_COLUMNS = [
+    "matcher",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "i2t_medr",
+    "t2i_medr",
+    "rsum",
+]
 
 
 def log_retrieval_figures(report: RetrievalReport, data: ImageTextSet, label: str) -> None:
@@ -36,9 +47,17 @@ def log_retrieval_figures(report: RetrievalReport, data: ImageTextSet, label: st
     plt.close(fig)
 
 
-@task(name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def evaluate_matcher(ref: MatcherRef, data: ImageTextSet, train: ImageTextSet | None, experiment: str, cache: EmbeddingCache,
-                     on_bad_image: str | None = None) -> dict[str, Any]:
+@task(
+    name="evaluate-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only
+)
+def evaluate_matcher(
+    ref: MatcherRef,
+    data: ImageTextSet,
+    train: ImageTextSet | None,
+    experiment: str,
+    cache: EmbeddingCache,
+    on_bad_image: str | None = None,
+) -> dict[str, Any]:
     """Score one matcher in a nested MLflow run, with its recall@K curve and retrieval examples.
     With ``on_bad_image``, the images are checked in this matcher's encoding pass (each read once) and
     the row carries the usable subset (``_data``) and the skipped images (``_skipped``).
@@ -66,12 +85,16 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     split = data.split(params.split)
     train = data.split("train") if "train" in data.splits else None
     cache = EmbeddingCache()
-    with tracked_run(params.experiment, params.run_name or f"leaderboard on {split.name}", params.model_dump(exclude={"matchers"})):
+    with tracked_run(
+        params.experiment, params.run_name or f"leaderboard on {split.name}", params.model_dump(exclude={"matchers"})
+    ):
         mlflow.log_param("matchers", ", ".join(m.display_name() for m in params.matchers))
         rows = []
         progress = create_progress_artifact(0.0, key="evaluate-progress", description="matchers evaluated")
         for n, ref in enumerate(params.matchers, 1):
-            row = evaluate_matcher(ref, split, train, params.experiment, cache, params.dataset.on_bad_image if n == 1 else None)
+            row = evaluate_matcher(
+                ref, split, train, params.experiment, cache, params.dataset.on_bad_image if n == 1 else None
+            )
             if n == 1:  # every matcher is scored on the images the first one could read
                 split = row["_data"]
                 log_dataset(split, row["_skipped"])

@@ -48,15 +48,26 @@ def heat_markdown(found: list[Attribution]) -> str:
     out = f"score **{found[0].score:.4f}**\n\n"
     bars = [a for a in found if a.word_scores is not None]
     if bars:
-        out += "### Per word\n\n| word | " + " | ".join(a.explainer for a in bars) + " |\n|---|" + "---|" * len(bars) + "\n"
+        out += (
+            "### Per word\n\n| word | "
+            + " | ".join(a.explainer for a in bars)
+            + " |\n|---|"
+            + "---|" * len(bars)
+            + "\n"
+        )
         for n, w in enumerate(bars[0].words):
             out += f"| {w} | " + " | ".join(f"{a.word_scores[n]:+.4f}" for a in bars) + " |\n"
     for a in found:
         if a.heat is None:
             continue
         grid = a.heat if max(a.heat.shape) <= 8 else cell_heat(a.heat, 8)
-        out += (f"\n### {a.explainer} (row 0 is the top)\n\n| |" + "".join(f" {c} |" for c in range(grid.shape[1]))
-                + "\n|---|" + "---|" * grid.shape[1] + "\n")
+        out += (
+            f"\n### {a.explainer} (row 0 is the top)\n\n| |"
+            + "".join(f" {c} |" for c in range(grid.shape[1]))
+            + "\n|---|"
+            + "---|" * grid.shape[1]
+            + "\n"
+        )
         out += "".join(f"| **{r}** |" + "".join(f" {v:+.3f} |" for v in grid[r]) + "\n" for r in range(grid.shape[0]))
     return out
 
@@ -88,7 +99,10 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
     scorer = PairScorer(build_scorer(params.matcher, train))
     skipped = {name: reason for name, _ in explainers if (reason := cannot_serve(name, scorer))}
     if len(skipped) == len(explainers):
-        raise ValueError("explain: no chosen explainer can explain this matcher: " + "; ".join(f"{n}: {r}" for n, r in skipped.items()))
+        raise ValueError(
+            "explain: no chosen explainer can explain this matcher: "
+            + "; ".join(f"{n}: {r}" for n, r in skipped.items())
+        )
     explainers = [(name, e) for name, e in explainers if name not in skipped]
     # Logged with the image and text resolved: each parameter key is logged once, with the value used.
     logged = params.model_copy(update={"image": image_path, "text": text}).model_dump()
@@ -105,24 +119,45 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         plt.close(fig)
         for a in found:
             if a.heat is not None:
-                log_table(pd.DataFrame(a.heat), "occlusion_heat.csv" if a.explainer == "occlusion" else f"heat_{a.explainer}.csv")
+                log_table(
+                    pd.DataFrame(a.heat),
+                    "occlusion_heat.csv" if a.explainer == "occlusion" else f"heat_{a.explainer}.csv",
+                )
             if a.word_scores is not None:
                 name = "word_contributions.csv" if a.explainer == "word-deletion" else f"words_{a.explainer}.csv"
                 log_table(pd.DataFrame({"word": a.words, "contribution": a.word_scores}), name)
-        create_markdown_artifact(key="explanation", markdown=f"# {text}\n\n" + heat_markdown(found),
-                                 description=f"{params.matcher.display_name()} on {image_path}")
+        create_markdown_artifact(
+            key="explanation",
+            markdown=f"# {text}\n\n" + heat_markdown(found),
+            description=f"{params.matcher.display_name()} on {image_path}",
+        )
         uri = mlflow.get_tracking_uri()
         if uri.startswith(("http://", "https://")):  # the tracking server serves the figure to the Prefect UI
-            create_image_artifact(image_url=f"{uri.rstrip('/')}/get-artifact?path=explanation.png&run_uuid={run.info.run_id}",
-                                  key="explanation-heat-map", description="each explainer's heat map and per-word values")
+            create_image_artifact(
+                image_url=f"{uri.rstrip('/')}/get-artifact?path=explanation.png&run_uuid={run.info.run_id}",
+                key="explanation-heat-map",
+                description="each explainer's heat map and per-word values",
+            )
         words = next((a for a in found if a.word_scores is not None), None)
         heat = next((a for a in found if a.heat is not None), None)
-        print(f"score {found[0].score:.4f}" + (f"; words that matter most ({words.explainer}): {words.top_words()}" if words else ""))
+        print(
+            f"score {found[0].score:.4f}"
+            + (f"; words that matter most ({words.explainer}): {words.top_words()}" if words else "")
+        )
     return {
-        "run_id": run.info.run_id, "score": found[0].score, "image": image_path, "text": text,
+        "run_id": run.info.run_id,
+        "score": found[0].score,
+        "image": image_path,
+        "text": text,
         "words": dict(zip(words.words, words.word_scores)) if words else {},
         "heat": np.asarray(heat.heat).tolist() if heat else [],
-        "explainers": {a.explainer: {"heat": None if a.heat is None else np.asarray(a.heat).tolist(), "word_scores": a.word_scores,
-                                     "seconds": a.seconds} for a in found},
+        "explainers": {
+            a.explainer: {
+                "heat": None if a.heat is None else np.asarray(a.heat).tolist(),
+                "word_scores": a.word_scores,
+                "seconds": a.seconds,
+            }
+            for a in found
+        },
         "skipped": skipped,
     }

@@ -20,8 +20,19 @@ from itm_core.judge.explain import PairScorer, attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
-COLUMNS = ["explainer", "deletion_auc", "insertion_auc", "insertion_minus_deletion", "word_deletion_auc", "word_insertion_auc",
-           "pointing_accuracy", "pointing_pairs", "seconds_per_explanation", "pairs", "note"]
+COLUMNS = [
+    "explainer",
+    "deletion_auc",
+    "insertion_auc",
+    "insertion_minus_deletion",
+    "word_deletion_auc",
+    "word_insertion_auc",
+    "pointing_accuracy",
+    "pointing_pairs",
+    "seconds_per_explanation",
+    "pairs",
+    "note",
+]
 
 
 def choose_pairs(data: Any, n: int, single_object: bool) -> list[tuple[int, str, dict[str, float] | None]]:
@@ -46,16 +57,26 @@ def summarise(name: str, results: list[Faithfulness], seconds: list[float]) -> d
         return float(np.mean(values)) if values else None
 
     pointed = [r.pointing for r in results if r.pointing is not None]
-    row = {"explainer": name, "deletion_auc": mean("deletion"), "insertion_auc": mean("insertion"), "word_deletion_auc": mean("word_deletion"),
-           "word_insertion_auc": mean("word_insertion"), "pointing_accuracy": float(np.mean(pointed)) if pointed else None,
-           "pointing_pairs": len(pointed), "seconds_per_explanation": float(np.mean(seconds)) if seconds else None, "pairs": len(results)}
+    row = {
+        "explainer": name,
+        "deletion_auc": mean("deletion"),
+        "insertion_auc": mean("insertion"),
+        "word_deletion_auc": mean("word_deletion"),
+        "word_insertion_auc": mean("word_insertion"),
+        "pointing_accuracy": float(np.mean(pointed)) if pointed else None,
+        "pointing_pairs": len(pointed),
+        "seconds_per_explanation": float(np.mean(seconds)) if seconds else None,
+        "pairs": len(results),
+    }
     if row["deletion_auc"] is not None:
         row["insertion_minus_deletion"] = row["insertion_auc"] - row["deletion_auc"]
     return row
 
 
 @task(name="explain-and-judge", cache_policy=NO_CACHE)
-def run_explainer(p: ComponentParams, scorer: PairScorer, pairs: list[tuple[Any, str, Any]], params: ExplainBenchmarkParams) -> tuple[dict[str, Any], list[Any]]:
+def run_explainer(
+    p: ComponentParams, scorer: PairScorer, pairs: list[tuple[Any, str, Any]], params: ExplainBenchmarkParams
+) -> tuple[dict[str, Any], list[Any]]:
     """One explainer over every pair, in a nested MLflow run: its faithfulness and its attributions."""
     explainer = build_explainer(p)
     with tracked_run(params.experiment, p.name, {"explainer": p.name, **p.options}, nested=True):
@@ -66,7 +87,9 @@ def run_explainer(p: ComponentParams, scorer: PairScorer, pairs: list[tuple[Any,
             seconds.append(a.seconds)
             results.append(judge(scorer, image, text, a, params.grid, params.steps, region))
         row = summarise(p.name, results, seconds)
-        mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "pairs"})
+        mlflow.log_metrics(
+            {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "pairs"}
+        )
     return row, found
 
 
@@ -86,12 +109,23 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     train = data.split("train") if "train" in data.splits else None
     candidates = [i for i, _, _ in choose_pairs(split, len(split), params.single_object)]
     if not candidates:
-        raise ValueError(f"explain-benchmark: the {params.split} split has no "
-                         + ("single-object images with object positions (the data needs an 'objects' column with cx, cy, r)" if params.single_object else "captioned images"))
+        raise ValueError(
+            f"explain-benchmark: the {params.split} split has no "
+            + (
+                "single-object images with object positions (the data needs an 'objects' column with cx, cy, r)"
+                if params.single_object
+                else "captioned images"
+            )
+        )
     usable, decoded, _ = read_checked(split.subset(candidates), params.dataset.on_bad_image, limit=params.pairs)
-    pairs = [(image, text, region) for image, (_, text, region) in zip(decoded, choose_pairs(usable, params.pairs, params.single_object))]
+    pairs = [
+        (image, text, region)
+        for image, (_, text, region) in zip(decoded, choose_pairs(usable, params.pairs, params.single_object))
+    ]
     scorer = PairScorer(build_scorer(params.matcher, train))
-    with tracked_run(params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()):
+    with tracked_run(
+        params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()
+    ):
         rows, first = [], []
         for p in chosen:
             reason = cannot_serve(p.name, scorer)
@@ -106,21 +140,35 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
                 row = {"explainer": p.name, "note": str(exc), "pairs": 0}
                 print(f"{p.name}: skipped: {exc}")
             rows.append(row)
-        reference = [random_reference(scorer, image, text, params.seed + n, params.grid, params.steps, region) for n, (image, text, region) in enumerate(pairs)]
+        reference = [
+            random_reference(scorer, image, text, params.seed + n, params.grid, params.steps, region)
+            for n, (image, text, region) in enumerate(pairs)
+        ]
         rows.append({**summarise("random (reference)", reference, []), "note": "cells and words in a random order"})
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "explainer_leaderboard.csv")
-        mlflow.log_metrics({f"{r['explainer'].split(' ')[0]}_{k}": v for r in rows for k, v in r.items()
-                            if k in ("insertion_minus_deletion", "pointing_accuracy") and v is not None})
+        mlflow.log_metrics(
+            {
+                f"{r['explainer'].split(' ')[0]}_{k}": v
+                for r in rows
+                for k, v in r.items()
+                if k in ("insertion_minus_deletion", "pointing_accuracy") and v is not None
+            }
+        )
         if first:
             fig = attributions_figure(pairs[0][0], pairs[0][1], first)
             mlflow.log_figure(fig, "explainers_first_pair.png")
             plt.close(fig)
         create_table_artifact(
-            key="explainer-leaderboard", table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
+            key="explainer-leaderboard",
+            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
             description=f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher is better.",
         )
         for r in rows:
-            shown = ", ".join(f"{k} {r[k]:.3f}" for k in ("deletion_auc", "insertion_auc", "word_deletion_auc", "pointing_accuracy") if r.get(k) is not None)
+            shown = ", ".join(
+                f"{k} {r[k]:.3f}"
+                for k in ("deletion_auc", "insertion_auc", "word_deletion_auc", "pointing_accuracy")
+                if r.get(k) is not None
+            )
             print(f"{r['explainer']}: {shown or r.get('note', '')}")
     return board.astype(object).where(board.notna(), None).to_dict("records")

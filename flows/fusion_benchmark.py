@@ -12,40 +12,89 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import checked_by_encoding, load_data, log_dataset, without_skipped
-from itm_core.judge.benchmark import BenchmarkData, SplitFeatures, attention_examples, benchmark_fusion, encode_split_features, has_probe, has_qa, prepare, reads_text_tokens, similarity_results, uses_tokens
 from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
+from itm_core.contract.registry import names, spec
 from itm_core.data import SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
+from itm_core.judge.benchmark import (
+    BenchmarkData,
+    SplitFeatures,
+    attention_examples,
+    benchmark_fusion,
+    encode_split_features,
+    has_probe,
+    has_qa,
+    prepare,
+    reads_text_tokens,
+    similarity_results,
+    uses_tokens,
+)
 from itm_core.judge.evaluation import build_encoders
 from itm_core.models.heads import HeadConfig
 from itm_core.models.matcher import Matcher
-from itm_core.contract.registry import names, spec
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 from itm_core.models.training import ContrastiveConfig, train_contrastive
+from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
-COLUMNS = ["method", "vqa_accuracy", "itm_accuracy", "itm_auc", "probe_accuracy", "probe_accuracy_color", "probe_accuracy_shape",
-           "probe_accuracy_position", *RETRIEVAL, "rerank_i2t_k", "rerank_i2t_weight", "rerank_t2i_k", "rerank_t2i_weight",
-           "rerank_i2t_fixed", "rerank_i2t_broke", "rerank_i2t_ceiling", "rerank_t2i_fixed", "rerank_t2i_broke", "rerank_t2i_ceiling",
-           "text_reader_tokens", "parameters", "train_seconds"]
+COLUMNS = [
+    "method",
+    "vqa_accuracy",
+    "itm_accuracy",
+    "itm_auc",
+    "probe_accuracy",
+    "probe_accuracy_color",
+    "probe_accuracy_shape",
+    "probe_accuracy_position",
+    *RETRIEVAL,
+    "rerank_i2t_k",
+    "rerank_i2t_weight",
+    "rerank_t2i_k",
+    "rerank_t2i_weight",
+    "rerank_i2t_fixed",
+    "rerank_i2t_broke",
+    "rerank_i2t_ceiling",
+    "rerank_t2i_fixed",
+    "rerank_t2i_broke",
+    "rerank_t2i_ceiling",
+    "text_reader_tokens",
+    "parameters",
+    "train_seconds",
+]
 
 
 def head_config(p: HeadTrainingParams, hard_pool: int, seed: int, **itm: Any) -> HeadConfig:
-    return HeadConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, patience=p.patience,
-                      input_dropout=p.input_dropout, hard_pool=hard_pool, seed=seed, **itm)
+    return HeadConfig(
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        patience=p.patience,
+        input_dropout=p.input_dropout,
+        hard_pool=hard_pool,
+        seed=seed,
+        **itm,
+    )
 
 
 @task(name="encode", cache_policy=NO_CACHE)
-def encode_all(params: FusionBenchmarkParams, splits: dict[str, Any], methods: list[str]) -> tuple[dict[str, SplitFeatures], list[SkippedImage]]:
+def encode_all(
+    params: FusionBenchmarkParams, splits: dict[str, Any], methods: list[str]
+) -> tuple[dict[str, SplitFeatures], list[SkippedImage]]:
     """Pooled (and, for token-level fusions, token) features of images, captions, probe captions and
     questions, and the images skipped: each image is checked in the pass that encodes it."""
     image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
-    cache, tokens, text_tokens = EmbeddingCache(), uses_tokens(methods), reads_text_tokens(params.text_reader, text_encoder)
+    cache, tokens, text_tokens = (
+        EmbeddingCache(),
+        uses_tokens(methods),
+        reads_text_tokens(params.text_reader, text_encoder),
+    )
     features, skipped = {}, []
     for s, d in splits.items():
         d, _, bad = checked_by_encoding(image_encoder, d, cache, params.dataset.on_bad_image)
         skipped += bad
-        features[s] = encode_split_features(image_encoder, text_encoder, d, cache, tokens, probe=True, text_tokens=text_tokens)
+        features[s] = encode_split_features(
+            image_encoder, text_encoder, d, cache, tokens, probe=True, text_tokens=text_tokens
+        )
     return features, skipped
 
 
@@ -59,10 +108,25 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
         return FeatureSplit(f.image.pooled, f.text.pooled, torch.tensor(f.data.caption_image))
 
     torch.manual_seed(params.seed)
-    matcher = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), features["train"].image.pooled.shape[1],
-                      features["train"].text.pooled.shape[1], embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout)
-    config = ContrastiveConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor, seed=params.seed,
-                               precision=t.precision)
+    matcher = Matcher(
+        params.image_encoder.model_dump(),
+        params.text_encoder.model_dump(),
+        features["train"].image.pooled.shape[1],
+        features["train"].text.pooled.shape[1],
+        embed_dim=t.embed_dim,
+        hidden_dim=t.hidden_dim,
+        dropout=t.dropout,
+    )
+    config = ContrastiveConfig(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        patience=t.patience,
+        monitor=t.monitor,
+        seed=params.seed,
+        precision=t.precision,
+    )
     train_contrastive(matcher, split(features["train"]), split(features["val"]), config)
     return prepare(features, matcher, params.dataset_negatives)
 
@@ -85,12 +149,38 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
                 mlflow.log_figure(fig, "attention_maps.png")
                 plt.close(fig)
 
-        vqa = head_config(params.vqa, params.hard_pool, params.seed, text_reader=params.text_reader) if has_qa(data.features["train"].data) else None
-        itm = head_config(params.itm, params.hard_pool, params.seed, in_batch_negatives=params.in_batch_negatives, select=params.itm_select,
-                          listwise=params.listwise, text_reader=params.text_reader)
+        vqa = (
+            head_config(params.vqa, params.hard_pool, params.seed, text_reader=params.text_reader)
+            if has_qa(data.features["train"].data)
+            else None
+        )
+        itm = head_config(
+            params.itm,
+            params.hard_pool,
+            params.seed,
+            in_batch_negatives=params.in_batch_negatives,
+            select=params.itm_select,
+            listwise=params.listwise,
+            text_reader=params.text_reader,
+        )
         metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch, on_itm)
         mlflow.log_metrics(metrics)
-    print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("probe_accuracy", "itm_auc", "itm_only_i2t_r1", "reranked_i2t_r1", "itm_only_t2i_r1", "reranked_t2i_r1", "vqa_accuracy") if k in metrics))
+    print(
+        f"{name}: "
+        + ", ".join(
+            f"{k} {metrics[k]:.3f}"
+            for k in (
+                "probe_accuracy",
+                "itm_auc",
+                "itm_only_i2t_r1",
+                "reranked_i2t_r1",
+                "itm_only_t2i_r1",
+                "reranked_t2i_r1",
+                "vqa_accuracy",
+            )
+            if k in metrics
+        )
+    )
     return metrics
 
 
@@ -123,8 +213,19 @@ def bar_chart(board: pd.DataFrame) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [c for c in ("probe_accuracy", "vqa_accuracy", "itm_auc", "i2t_r1_contrastive", "i2t_r1_combined", "t2i_r1_contrastive", "t2i_r1_combined")
-             if c in board and board[c].notna().any()]
+    shown = [
+        c
+        for c in (
+            "probe_accuracy",
+            "vqa_accuracy",
+            "itm_auc",
+            "i2t_r1_contrastive",
+            "i2t_r1_combined",
+            "t2i_r1_contrastive",
+            "t2i_r1_combined",
+        )
+        if c in board and board[c].notna().any()
+    ]
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(board), 4))
     width = 0.8 / max(1, len(shown))
     for n, col in enumerate(shown):
@@ -156,11 +257,24 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
         contrastive = {f"{d}_r1_contrastive": similarity[f"test_{d}_r1"] for d in ("i2t", "t2i")}
-        rows = [{"method": "similarity (contrastive)", **contrastive, **{k: v for k, v in similarity.items() if k.startswith("probe_")}}]
+        rows = [
+            {
+                "method": "similarity (contrastive)",
+                **contrastive,
+                **{k: v for k, v in similarity.items() if k.startswith("probe_")},
+            }
+        ]
         for name in methods:
             m = run_method(name, params, shared)
-            rows.append({"method": f"{name} + ITM", **m, **contrastive, **{f"{d}_r1_itm": m[f"itm_only_{d}_r1"] for d in ("i2t", "t2i")},
-                         **{f"{d}_r1_combined": m[f"reranked_{d}_r1"] for d in ("i2t", "t2i")}})
+            rows.append(
+                {
+                    "method": f"{name} + ITM",
+                    **m,
+                    **contrastive,
+                    **{f"{d}_r1_itm": m[f"itm_only_{d}_r1"] for d in ("i2t", "t2i")},
+                    **{f"{d}_r1_combined": m[f"reranked_{d}_r1"] for d in ("i2t", "t2i")},
+                }
+            )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "fusion_leaderboard.csv")
         fig = bar_chart(board)
@@ -170,6 +284,6 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
             key="fusion-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
             description="Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit + weight x similarity, "
-                        "k and weight chosen on validation; k 0 means validation chose no reranking).",
+            "k and weight chosen on validation; k 0 means validation chose no reranking).",
         )
     return board.to_dict("records")

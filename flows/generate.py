@@ -14,9 +14,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, log_dataset, read_checked, transient_only
 from itm_core.config import ComponentParams, GenerateParams
+from itm_core.contract.registry import create
 from itm_core.data import DataError, load_images
 from itm_core.ops.plots import log_grid
-from itm_core.contract.registry import create
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 
@@ -35,7 +35,9 @@ def score_outputs(metrics: list[ComponentParams], task_kind: str, inputs: dict[s
     for params in metrics:
         metric = create("metric", params.name, **params.options)
         if metric.task != wanted:
-            raise ValueError(f"metric {params.name!r} has task {metric.task!r}; outputs of a {task_kind} generator are scored by {wanted!r} metrics")
+            raise ValueError(
+                f"metric {params.name!r} has task {metric.task!r}; outputs of a {task_kind} generator are scored by {wanted!r} metrics"
+            )
         values.update(metric.compute(**inputs))
     return values
 
@@ -82,7 +84,9 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
     if task_kind == "image-to-text" and prompts:
         raise DataError(f"generate: {params.generator!r} captions images; prompts are for text-to-image generators")
     if task_kind == "text-to-image" and params.images:
-        raise DataError(f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files")
+        raise DataError(
+            f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files"
+        )
     notes: list[str] = []
     if prompts:
         from itm_core.models.text_to_image import check_prompts
@@ -96,9 +100,13 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
         paths, references = list(params.images), [[] for _ in params.images]
     elif not prompts:
         data, _ = load_data(params.dataset, check=False)  # only the images used are read, each once, and checked then
-        split, decoded, skipped = read_checked(data.split(params.split), params.dataset.on_bad_image, limit=params.num_images)
+        split, decoded, skipped = read_checked(
+            data.split(params.split), params.dataset.on_bad_image, limit=params.num_images
+        )
         if len(split) < params.num_images:
-            notes.append(f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {len(split)} images: generated for all {len(split)}")
+            notes.append(
+                f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {len(split)} images: generated for all {len(split)}"
+            )
         paths = [str(p) for p in split.image_paths()]
         references = split.captions_by_image()
     elif uses_distractors(params.metrics):
@@ -133,20 +141,34 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
         else:
             images = decoded if decoded is not None else load_images([Path(p) for p in paths])
             outputs = run_generator(params, images)
-            rows = [{"image": path, "caption": c, "reference": refs[0] if refs else ""} for path, c, refs in zip(paths, outputs, references)]
+            rows = [
+                {"image": path, "caption": c, "reference": refs[0] if refs else ""}
+                for path, c, refs in zip(paths, outputs, references)
+            ]
             log_grid(images[:32], [str(c) for c in outputs[:32]], "caption_grid.png")
             if params.metrics:
                 if params.images:
                     refless = [m.name for m in params.metrics if m.name != "clipscore"]
                     if refless:
-                        raise DataError(f"generate: metrics {refless} need references; take the images from a dataset split instead of image files")
-                scores = score_outputs(params.metrics, task_kind, {"predictions": [str(c) for c in outputs], "references": references, "images": images})
+                        raise DataError(
+                            f"generate: metrics {refless} need references; take the images from a dataset split instead of image files"
+                        )
+                scores = score_outputs(
+                    params.metrics,
+                    task_kind,
+                    {"predictions": [str(c) for c in outputs], "references": references, "images": images},
+                )
         if scores:
             mlflow.log_metrics(scores)
             print("scores: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         table = pd.DataFrame(rows)
         log_table(table, "generations.csv")
-        create_table_artifact(key="generations", table=table.to_dict("records"), description=f"{params.generator} on {len(rows)} inputs")
+        create_table_artifact(
+            key="generations", table=table.to_dict("records"), description=f"{params.generator} on {len(rows)} inputs"
+        )
         if scores:
-            create_markdown_artifact(key="generation-scores", markdown="| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in scores.items()))
+            create_markdown_artifact(
+                key="generation-scores",
+                markdown="| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in scores.items()),
+            )
     return {"run_id": run.info.run_id, "generated": len(rows), "scores": scores, "notes": notes, "generations": rows}

@@ -21,34 +21,72 @@ from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
-COLUMNS = ["model", "r_precision", "r_precision_chance", "alignment", "fd", "kid", "attr_color", "attr_shape", "attr_size", "attr_position",
-           "attr_count", "attr_all", "reader_all", "parameters", "resolution", "epochs", "train_seconds", "sample_seconds_per_image", "stopped", "precision"]
+COLUMNS = [
+    "model",
+    "r_precision",
+    "r_precision_chance",
+    "alignment",
+    "fd",
+    "kid",
+    "attr_color",
+    "attr_shape",
+    "attr_size",
+    "attr_position",
+    "attr_count",
+    "attr_all",
+    "reader_all",
+    "parameters",
+    "resolution",
+    "epochs",
+    "train_seconds",
+    "sample_seconds_per_image",
+    "stopped",
+    "precision",
+]
 GRID = 16
 
 
 def model_params(params: GenerationBenchmarkParams, name: str) -> RetrainParams:
     """The retrain parameters of one model: the shared budget, then the model's own options."""
-    t2i = {"model": name, "seed": params.seed, "time_limit_s": params.time_limit_s, "matcher": params.matcher,
-           "candidates": params.candidates, "test_prompts": params.test_prompts, **params.model_options.get(name, {})}
-    return RetrainParams(task="text-to-image", dataset=params.dataset, text_encoder=params.text_encoder, text_to_image=t2i)
+    t2i = {
+        "model": name,
+        "seed": params.seed,
+        "time_limit_s": params.time_limit_s,
+        "matcher": params.matcher,
+        "candidates": params.candidates,
+        "test_prompts": params.test_prompts,
+        **params.model_options.get(name, {}),
+    }
+    return RetrainParams(
+        task="text-to-image", dataset=params.dataset, text_encoder=params.text_encoder, text_to_image=t2i
+    )
 
 
-def score(images: list[Any], prompts: list[str], test: Any, reference: list[Any] | None, params: GenerationBenchmarkParams) -> dict[str, float]:
+def score(
+    images: list[Any], prompts: list[str], test: Any, reference: list[Any] | None, params: GenerationBenchmarkParams
+) -> dict[str, float]:
     """Every metric of the leaderboard for ``images`` drawn for ``prompts`` (fd and kid against
     ``reference`` when given)."""
     equivalents = test.captions_by_image()
-    values = create("metric", "r_precision", matcher=params.matcher, candidates=params.candidates, seed=params.seed).compute(
-        images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
+    values = create(
+        "metric", "r_precision", matcher=params.matcher, candidates=params.candidates, seed=params.seed
+    ).compute(images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
     values.update(create("metric", "alignment", matcher=params.matcher).compute(images=images, prompts=prompts))
     for name in ("fd", "kid") if reference is not None else ():
-        values.update(create("metric", name, **params.distance_options).compute(images=images, reference_images=reference))
+        values.update(
+            create("metric", name, **params.distance_options).compute(images=images, reference_images=reference)
+        )
     if params.attribute_reader is not None:
-        values.update(create("metric", "attribute_accuracy", **params.attribute_reader).compute(images=images, prompts=prompts))
+        values.update(
+            create("metric", "attribute_accuracy", **params.attribute_reader).compute(images=images, prompts=prompts)
+        )
     return values
 
 
 @task(name="train-and-score", cache_policy=NO_CACHE)
-def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any], encoder: Any, cache: EmbeddingCache) -> dict[str, Any]:
+def run_model(
+    name: str, params: GenerationBenchmarkParams, data: dict[str, Any], encoder: Any, cache: EmbeddingCache
+) -> dict[str, Any]:
     """One model in a nested MLflow run: trained with the shared budget, its test images scored, a grid logged."""
     from itm_core.models.text_to_image import images_to_tensor, train_text_to_image, uses_tokens
 
@@ -65,7 +103,15 @@ def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any]
             mlflow.log_metrics(metrics, step=epoch)
             print(f"{name} epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
 
-        model, result = train_text_to_image(run.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)
+        model, result = train_text_to_image(
+            run.text_encoder.model_dump(),
+            images["train"],
+            features["train"],
+            images["val"],
+            features["val"],
+            config,
+            on_epoch,
+        )
         model.encoder = encoder
         prompts = data["prompts"]
         start = time.perf_counter()
@@ -73,9 +119,17 @@ def run_model(name: str, params: GenerationBenchmarkParams, data: dict[str, Any]
         sample_seconds = (time.perf_counter() - start) / max(1, len(prompts))
         reference = images_to_tensor_images(data["reference"], t.resolution)
         values = score(generated, prompts, data["splits"]["test"], reference, params)
-        row = {"model": name, **values, "parameters": sum(p.numel() for p in model.model.parameters()), "resolution": t.resolution,
-               "epochs": len(result.history), "train_seconds": result.seconds, "sample_seconds_per_image": sample_seconds, "stopped": result.stopped,
-               "precision": model.config.precision}
+        row = {
+            "model": name,
+            **values,
+            "parameters": sum(p.numel() for p in model.model.parameters()),
+            "resolution": t.resolution,
+            "epochs": len(result.history),
+            "train_seconds": result.seconds,
+            "sample_seconds_per_image": sample_seconds,
+            "stopped": result.stopped,
+            "precision": model.config.precision,
+        }
         mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"training.stopped": result.stopped, "training.precision": model.config.precision})
         log_grid(generated[:GRID], prompts[:GRID], "samples.png")
@@ -86,11 +140,15 @@ CAPTION_COLUMNS = ["captioner", "bleu1", "bleu4", "rouge_l", "cider", "clipscore
 
 
 @task(name="caption-and-score", cache_policy=NO_CACHE)
-def run_captioner(p: ComponentParams, params: GenerationBenchmarkParams, images: list[Any], references: list[list[str]]) -> dict[str, Any]:
+def run_captioner(
+    p: ComponentParams, params: GenerationBenchmarkParams, images: list[Any], references: list[list[str]]
+) -> dict[str, Any]:
     """One captioner on the test images in a nested run: BLEU, ROUGE-L, CIDEr against the references, CLIPScore under the matcher."""
     generator = create("generator", p.name, **p.options)
     if getattr(generator, "task", None) != "image-to-text":
-        raise ValueError(f"generation-benchmark: captioners lists {p.name!r}, which is a {getattr(generator, 'task', '?')} generator, not image-to-text")
+        raise ValueError(
+            f"generation-benchmark: captioners lists {p.name!r}, which is a {getattr(generator, 'task', '?')} generator, not image-to-text"
+        )
     with tracked_run(params.experiment, p.name, {"captioner": p.name, **p.options}, nested=True):
         start = time.perf_counter()
         captions = [str(c) for c in generator.generate(images)]
@@ -165,7 +223,13 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
         rows, grids = [], {}
         real_resolution = params.real_resolution
         real = images_to_tensor_images(shared["reference"], real_resolution)
-        rows.append({"model": f"real test images ({real_resolution} px)", **score(real, prompts, test, None, params), "resolution": real_resolution})
+        rows.append(
+            {
+                "model": f"real test images ({real_resolution} px)",
+                **score(real, prompts, test, None, params),
+                "resolution": real_resolution,
+            }
+        )
         grids["real"] = real[:GRID]
         for name in params.models:
             out = run_model(name, params, shared, encoder, cache)
@@ -173,10 +237,15 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             grids[name] = out["grid"]
         if params.captioners:
             references = test.captions_by_image()
-            captions = pd.DataFrame([run_captioner(p, params, shared["reference"], references) for p in params.captioners]).reindex(columns=CAPTION_COLUMNS)
+            captions = pd.DataFrame(
+                [run_captioner(p, params, shared["reference"], references) for p in params.captioners]
+            ).reindex(columns=CAPTION_COLUMNS)
             log_table(captions, "caption_leaderboard.csv")
-            create_table_artifact(key="caption-leaderboard", table=captions.round(4).astype(object).where(captions.notna(), None).to_dict("records"),
-                                  description=f"Captioners on the same {len(references)} test images: n-gram scores against their captions, clipscore under the matcher.")
+            create_table_artifact(
+                key="caption-leaderboard",
+                table=captions.round(4).astype(object).where(captions.notna(), None).to_dict("records"),
+                description=f"Captioners on the same {len(references)} test images: n-gram scores against their captions, clipscore under the matcher.",
+            )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "generation_leaderboard.csv")
         fig = grid_figure(grids, prompts[:GRID])
@@ -186,7 +255,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             key="generation-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
             description=f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked first among {params.candidates} "
-                        "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all is the reader "
-                        "on real test images. The first row scores the real test images the same way.",
+            "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all is the reader "
+            "on real test images. The first row scores the real test images the same way.",
         )
     return board.to_dict("records")

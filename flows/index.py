@@ -30,11 +30,15 @@ def load_matcher_task(uri: str) -> Any:
     try:
         return load_matcher(uri)
     except LookupError as exc:
-        raise LookupError(f"index: {exc}. Train a matcher first (`itm run retrain`), or set matcher to a model URI or a saved matcher folder") from None
+        raise LookupError(
+            f"index: {exc}. Train a matcher first (`itm run retrain`), or set matcher to a model URI or a saved matcher folder"
+        ) from None
 
 
 @task(name="embed", cache_policy=NO_CACHE)
-def embed(matcher: Any, data: ImageTextSet, captions: bool, on_bad_image: str) -> tuple[ImageTextSet, np.ndarray, np.ndarray | None, list[SkippedImage]]:
+def embed(
+    matcher: Any, data: ImageTextSet, captions: bool, on_bad_image: str
+) -> tuple[ImageTextSet, np.ndarray, np.ndarray | None, list[SkippedImage]]:
     """Joint-space embeddings through the cached, resumable encoding path (tower features come from
     the embedding cache when present, and are written there in shards as they are computed). Each
     image file is read, checked and decoded once, in that pass: bad ones are skipped (and returned)
@@ -73,19 +77,32 @@ def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
     matcher = load_matcher_task(identity.version_uri or params.matcher)
     data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     data = select_splits(data, params.splits)
-    meta = {"matcher_id": identity.id, "matcher_uri": params.matcher, "matcher_version_uri": identity.version_uri,
-            "dataset": data.name, "dataset_fingerprint": data.fingerprint()}
-    with tracked_run(params.experiment, params.run_name or f"index {data.name} with {identity.id}", params.model_dump()) as run:
+    meta = {
+        "matcher_id": identity.id,
+        "matcher_uri": params.matcher,
+        "matcher_version_uri": identity.version_uri,
+        "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint(),
+    }
+    with tracked_run(
+        params.experiment, params.run_name or f"index {data.name} with {identity.id}", params.model_dump()
+    ) as run:
         mlflow.set_tags({"dataset.fingerprint": meta["dataset_fingerprint"], "matcher.id": identity.id})
-        data, image_vectors, caption_vectors, skipped = embed(matcher, data, params.captions, params.dataset.on_bad_image)
+        data, image_vectors, caption_vectors, skipped = embed(
+            matcher, data, params.captions, params.dataset.on_bad_image
+        )
         log_dataset(data, skipped)
         firsts = [caps[0] if caps else "" for caps in data.captions_by_image()]
-        items = pd.DataFrame({"image": [str(p.resolve()) for p in data.image_paths()], "split": data.image_split, "caption": firsts})
+        items = pd.DataFrame(
+            {"image": [str(p.resolve()) for p in data.image_paths()], "split": data.image_split, "caption": firsts}
+        )
         images = build_index(image_vectors, items, params, meta)
         captions = None
         if caption_vectors is not None:
             owners = data.caption_image
-            caption_items = pd.DataFrame({"caption": data.captions, "image": [str(data.image_path(i).resolve()) for i in owners]})
+            caption_items = pd.DataFrame(
+                {"caption": data.captions, "image": [str(data.image_path(i).resolve()) for i in owners]}
+            )
             captions = build_index(caption_vectors, caption_items, params, meta)
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifacts(str(images.save(Path(tmp) / "index")), "index")
@@ -102,11 +119,24 @@ def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
             if params.promote and current:
                 mlflow.MlflowClient().set_registered_model_alias(params.registered_model, CHAMPION, version)
             outcome = {"model_version": version, "promoted": bool(params.promote and current)}
-            decision = "promoted to champion" if outcome["promoted"] else "not promoted (built with a matcher that is not the current champion)"
+            decision = (
+                "promoted to champion"
+                if outcome["promoted"]
+                else "not promoted (built with a matcher that is not the current champion)"
+            )
             mlflow.MlflowClient().set_model_version_tag(params.registered_model, version, "matcher", identity.id)
             print(f"registered {params.registered_model} v{version}: {decision}")
-        summary = (f"# Index of {data.name}\n\n{len(images)} images ({images.kind})" + (f", {len(captions)} captions" if captions else "")
-                   + f", built with **{identity.id}**; search it with `itm search \"...\" --index {run.info.run_id}`")
+        summary = (
+            f"# Index of {data.name}\n\n{len(images)} images ({images.kind})"
+            + (f", {len(captions)} captions" if captions else "")
+            + f', built with **{identity.id}**; search it with `itm search "..." --index {run.info.run_id}`'
+        )
         create_markdown_artifact(key="index", markdown=summary, description="the search index")
-    return {"run_id": run.info.run_id, "kind": images.kind, "images": len(images), "captions": len(captions) if captions else 0,
-            "matcher": identity.id, **outcome}
+    return {
+        "run_id": run.info.run_id,
+        "kind": images.kind,
+        "images": len(images),
+        "captions": len(captions) if captions else 0,
+        "matcher": identity.id,
+        **outcome,
+    }

@@ -19,9 +19,9 @@ from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.distributed import train_in_processes
 from itm_core.models.matcher import Matcher
-from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
 from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
 from itm_core.ops.checkpoints import Checkpointer, find_resumable, resume_key
+from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
 
 
 def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
@@ -34,30 +34,52 @@ def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
             )
 
 
-def unlocked_towers(params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]) -> dict[str, LiveTower]:
+def unlocked_towers(
+    params: RetrainParams, encoders: dict[str, Any], splits: dict[str, ImageTextSet]
+) -> dict[str, LiveTower]:
     """The towers ``training.unlock`` names, with their raw train and val items."""
 
     def items(data: ImageTextSet, m: str) -> list[str]:
         return [str(p) for p in data.image_paths()] if m == "image" else list(data.captions)
 
-    return {m: LiveTower(encoders[m], items(splits["train"], m), items(splits["val"], m)) for m in params.training.unlock}
+    return {
+        m: LiveTower(encoders[m], items(splits["train"], m), items(splits["val"], m)) for m in params.training.unlock
+    }
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_matcher(
-    params: RetrainParams, dims: tuple[int, int], train: FeatureSplit, val: FeatureSplit, unlocked: dict[str, LiveTower],
-    checkpointer: Checkpointer | None = None, resume: dict[str, Any] | None = None,
+    params: RetrainParams,
+    dims: tuple[int, int],
+    train: FeatureSplit,
+    val: FeatureSplit,
+    unlocked: dict[str, LiveTower],
+    checkpointer: Checkpointer | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> tuple[Matcher, TrainResult]:
     """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
     t = params.training
     torch.manual_seed(t.seed)
     matcher = Matcher(
-        params.image_encoder.model_dump(), params.text_encoder.model_dump(), dims[0], dims[1],
-        embed_dim=t.embed_dim, hidden_dim=t.hidden_dim, dropout=t.dropout,
+        params.image_encoder.model_dump(),
+        params.text_encoder.model_dump(),
+        dims[0],
+        dims[1],
+        embed_dim=t.embed_dim,
+        hidden_dim=t.hidden_dim,
+        dropout=t.dropout,
     )
     config = ContrastiveConfig(
-        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, patience=t.patience, monitor=t.monitor,
-        seed=t.seed, tower_lr=t.tower_lr, time_limit_s=t.time_limit_s, precision=t.precision,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        patience=t.patience,
+        monitor=t.monitor,
+        seed=t.seed,
+        tower_lr=t.tower_lr,
+        time_limit_s=t.time_limit_s,
+        precision=t.precision,
     )
 
     progress = Progress("training-progress", f"epochs of {t.epochs} (early stopping may end sooner)")
@@ -65,16 +87,30 @@ def train_matcher(
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)
         progress.update(epoch, t.epochs)
-        print(f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}")
+        print(
+            f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}"
+        )
 
     if resume is not None:
         print(f"resuming from the checkpoint of epoch {resume['epoch']}")
     if t.processes > 1:
         print(f"training data-parallel in {t.processes} processes (torch.distributed, gloo)")
-        result = train_in_processes(t.processes, matcher, train, val, config, unlocked, resume, checkpointer.path if checkpointer else None,
-                                    on_epoch, checkpointer.publish if checkpointer else None)
+        result = train_in_processes(
+            t.processes,
+            matcher,
+            train,
+            val,
+            config,
+            unlocked,
+            resume,
+            checkpointer.path if checkpointer else None,
+            on_epoch,
+            checkpointer.publish if checkpointer else None,
+        )
     else:
-        result = train_contrastive(matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume)
+        result = train_contrastive(
+            matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume
+        )
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
 
@@ -83,11 +119,18 @@ def train_matcher(
 def test_report(matcher: Matcher, features: FeatureSplit, test: ImageTextSet) -> RetrievalReport:
     """Test metrics, ranks and retrieval examples from the test split's tower features."""
     matcher.eval()
-    return report_from_embeddings(matcher.embed_image_features(features.image), matcher.embed_text_features(features.text), test, matcher.similarity)
+    return report_from_embeddings(
+        matcher.embed_image_features(features.image),
+        matcher.embed_text_features(features.text),
+        test,
+        matcher.similarity,
+    )
 
 
 @task(name="register-and-promote", cache_policy=NO_CACHE)
-def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache) -> dict[str, Any]:
+def register_and_promote(
+    matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache
+) -> dict[str, Any]:
     """Log and register the matcher; move ``champion`` only if it beats the champion on the same test
     data (decided under the promotion lock, so concurrent retrains cannot overwrite a better one)."""
     metric = params.promote_metric
@@ -95,8 +138,15 @@ def register_and_promote(matcher: Matcher, params: RetrainParams, test_metrics: 
     def score(version: str) -> float:
         return evaluate_retrieval(load_matcher(f"models:/{params.model_name}/{version}"), test, cache)[metric]
 
-    info, decision = register_and_promote_version(params.model_name, lambda: log_matcher(matcher, params.model_name), metric, test_metrics[metric], score)
-    return {"model_version": str(info.registered_model_version), "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+    info, decision = register_and_promote_version(
+        params.model_name, lambda: log_matcher(matcher, params.model_name), metric, test_metrics[metric], score
+    )
+    return {
+        "model_version": str(info.registered_model_version),
+        "promoted": decision.promoted,
+        "decision": decision.reason(),
+        "model_uri": info.model_uri,
+    }
 
 
 @flow(name="retrain", log_prints=True, **FLOW_HOOKS)
@@ -120,21 +170,35 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     if params.training.resume and resumable is None:
         print("training.resume: no unfinished run of these parameters with a checkpoint; starting afresh")
     checkpointer = Checkpointer(key, params.training.checkpoint_every)
-    with tracked_run(params.experiment, run_name, params.model_dump(), run_id=resumable[0].info.run_id if resumable else None) as run:
+    with tracked_run(
+        params.experiment, run_name, params.model_dump(), run_id=resumable[0].info.run_id if resumable else None
+    ) as run:
         mlflow.set_tag("itm.resume_key", key)
         if resumable:
             mlflow.set_tag("itm.resumed_from_epoch", str(resumable[1]["epoch"]))
         features: dict[str, FeatureSplit] = {}
         skipped: list[SkippedImage] = []
         for s, d in list(splits.items()):
-            splits[s], features[s], bad = encode_features(image_encoder, text_encoder, d, cache, params.encoding, params.dataset.on_bad_image)
+            splits[s], features[s], bad = encode_features(
+                image_encoder, text_encoder, d, cache, params.encoding, params.dataset.on_bad_image
+            )
             skipped += bad
         log_dataset(without_skipped(data, skipped), skipped)
         unlocked = unlocked_towers(params, encoders, splits)
         dims = (int(image_encoder.dim), int(text_encoder.dim))
-        matcher, result = train_matcher(params, dims, features["train"], features["val"], unlocked, checkpointer, resumable[1] if resumable else None)
+        matcher, result = train_matcher(
+            params,
+            dims,
+            features["train"],
+            features["val"],
+            unlocked,
+            checkpointer,
+            resumable[1] if resumable else None,
+        )
         if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
-            _, features["test"], _ = encode_features(image_encoder, text_encoder, splits["test"], cache, params.encoding)
+            _, features["test"], _ = encode_features(
+                image_encoder, text_encoder, splits["test"], cache, params.encoding
+            )
         report = test_report(matcher, features["test"], splits["test"])
         test_metrics = report.metrics
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
@@ -150,4 +214,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
             ),
         )
     checkpointer.clear()
-    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, "epochs": len(result.history), **outcome}
+    return {
+        "run_id": run.info.run_id,
+        "test": test_metrics,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        **outcome,
+    }

@@ -13,12 +13,18 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import RetrainParams
+from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet, load_images
 from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
-from itm_core.contract.registry import create
-from itm_core.ops.tracking import load_generator_model, load_matcher, log_generator, register_and_promote_version, tracked_run
+from itm_core.ops.tracking import (
+    load_generator_model,
+    load_matcher,
+    log_generator,
+    register_and_promote_version,
+    tracked_run,
+)
 
 SAMPLES = 8
 
@@ -27,15 +33,27 @@ def _register(generator: Any, params: RetrainParams, metric: str, value: float, 
     """Log and register ``generator``; ``champion_score(model)`` scores the current champion on the same
     test data, under the promotion lock."""
     name = params.model_name
-    info, decision = register_and_promote_version(name, lambda: log_generator(generator, name), metric, value,
-                                                  lambda version: champion_score(load_generator_model(f"models:/{name}/{version}")))
-    return {"model_version": str(info.registered_model_version), "promoted": decision.promoted, "decision": decision.reason(), "model_uri": info.model_uri}
+    info, decision = register_and_promote_version(
+        name,
+        lambda: log_generator(generator, name),
+        metric,
+        value,
+        lambda version: champion_score(load_generator_model(f"models:/{name}/{version}")),
+    )
+    return {
+        "model_version": str(info.registered_model_version),
+        "promoted": decision.promoted,
+        "decision": decision.reason(),
+        "model_uri": info.model_uri,
+    }
 
 
 def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> None:
     create_markdown_artifact(
         key=key,
-        markdown=f"# {title}\n\n| metric | test |\n|---|---|\n" + "".join(f"| {k} | {v:.4f} |\n" for k, v in metrics.items()) + f"\n{footer}\n",
+        markdown=f"# {title}\n\n| metric | test |\n|---|---|\n"
+        + "".join(f"| {k} | {v:.4f} |\n" for k, v in metrics.items())
+        + f"\n{footer}\n",
     )
 
 
@@ -59,26 +77,48 @@ def epoch_callback(total: int, sample_every: int, samples: Any) -> Any:
 
 
 @task(name="train-captioner", cache_policy=NO_CACHE)
-def train_captioner_task(params: RetrainParams, features: dict[str, torch.Tensor], splits: dict[str, ImageTextSet]) -> tuple[Any, Any]:
+def train_captioner_task(
+    params: RetrainParams, features: dict[str, torch.Tensor], splits: dict[str, ImageTextSet]
+) -> tuple[Any, Any]:
     """Train the GPT-2 captioner on cached image features; log losses every epoch and sample captions
     of fixed validation images every ``sample_every`` epochs."""
     from itm_core.models.captioning import CaptionerConfig, train_captioner
 
     c = params.captioning
     config = CaptionerConfig(
-        prefix_tokens=c.prefix_tokens, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, dropout=c.dropout, max_length=c.max_length,
-        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay, patience=c.patience, seed=c.seed, time_limit_s=c.time_limit_s,
+        prefix_tokens=c.prefix_tokens,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        dropout=c.dropout,
+        max_length=c.max_length,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        weight_decay=c.weight_decay,
+        patience=c.patience,
+        seed=c.seed,
+        time_limit_s=c.time_limit_s,
     )
     val = splits["val"]
     shown = list(range(min(SAMPLES, len(val))))
     shown_images = load_images([val.image_path(i) for i in shown])
 
-    on_epoch = epoch_callback(c.epochs, c.sample_every, lambda captioner: (shown_images, captioner.caption_features(features["val"][shown])))
+    on_epoch = epoch_callback(
+        c.epochs, c.sample_every, lambda captioner: (shown_images, captioner.caption_features(features["val"][shown]))
+    )
 
     tr = splits["train"]
     captioner, result = train_captioner(
-        params.image_encoder.model_dump(), features["train"], tr.captions, tr.caption_image,
-        features["val"], val.captions, val.caption_image, config, on_epoch,
+        params.image_encoder.model_dump(),
+        features["train"],
+        tr.captions,
+        tr.caption_image,
+        features["val"],
+        val.captions,
+        val.caption_image,
+        config,
+        on_epoch,
     )
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     mlflow.set_tag("training.stopped", result.stopped)
@@ -113,9 +153,19 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
             return bleu.compute(predictions=champion.caption_images(images, num_beams=beams), references=refs)["bleu4"]
 
         outcome = _register(captioner, params, "bleu4", test_metrics["bleu4"], champion_bleu)
-        _summary("retrain-summary", f"retrain (captioning): {run_name}", test_metrics,
-                 f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); {outcome['decision']}")
-    return {"run_id": run.info.run_id, "test": test_metrics, "best_epoch": result.best_epoch, "train_seconds": result.seconds, **outcome}
+        _summary(
+            "retrain-summary",
+            f"retrain (captioning): {run_name}",
+            test_metrics,
+            f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); {outcome['decision']}",
+        )
+    return {
+        "run_id": run.info.run_id,
+        "test": test_metrics,
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+        **outcome,
+    }
 
 
 # --- text to image ----------------------------------------------------------------------------------
@@ -131,15 +181,26 @@ def text_features(encoder: Any, data: ImageTextSet, cache: EmbeddingCache, token
     return TextFeatures(encode(encoder, data.captions, cache, desc=f"{data.name}: {encoder.name}"), None, owners)
 
 
-def score_images(images: list[Any], prompts: list[str], matcher: str, candidates: int, distractors: list[str], equivalents: list[list[str]], seed: int) -> dict[str, float]:
+def score_images(
+    images: list[Any],
+    prompts: list[str],
+    matcher: str,
+    candidates: int,
+    distractors: list[str],
+    equivalents: list[list[str]],
+    seed: int,
+) -> dict[str, float]:
     scores = create("metric", "r_precision", matcher=matcher, candidates=candidates, seed=seed).compute(
-        images=images, prompts=prompts, distractors=distractors, equivalents=equivalents)
+        images=images, prompts=prompts, distractors=distractors, equivalents=equivalents
+    )
     scores.update(create("metric", "alignment", matcher=matcher).compute(images=images, prompts=prompts))
     return scores
 
 
 @task(name="train-text-to-image", cache_policy=NO_CACHE)
-def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], features: dict[str, Any], prompts: list[str]) -> tuple[Any, Any]:
+def train_t2i_task(
+    params: RetrainParams, images: dict[str, torch.Tensor], features: dict[str, Any], prompts: list[str]
+) -> tuple[Any, Any]:
     """Train the text-to-image model; log losses every epoch and a grid for fixed validation prompts
     every ``sample_every`` epochs."""
     from itm_core.models.text_to_image import tensor_to_images, train_text_to_image
@@ -151,11 +212,24 @@ def train_t2i_task(params: RetrainParams, images: dict[str, torch.Tensor], featu
     shown_text = features["val"].text[rows].float()
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 
-    on_epoch = epoch_callback(config.epochs, t.sample_every,
-                              lambda model: (tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed)), prompts[:shown]))
+    on_epoch = epoch_callback(
+        config.epochs,
+        t.sample_every,
+        lambda model: (
+            tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed)),
+            prompts[:shown],
+        ),
+    )
 
     model, result = train_text_to_image(
-        params.text_encoder.model_dump(), images["train"], features["train"], images["val"], features["val"], config, on_epoch)
+        params.text_encoder.model_dump(),
+        images["train"],
+        features["train"],
+        images["val"],
+        features["val"],
+        config,
+        on_epoch,
+    )
     mlflow.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps})
     mlflow.set_tags({"training.stopped": result.stopped, "training.precision": model.config.precision})
     return model, result
@@ -167,12 +241,38 @@ def t2i_config(params: RetrainParams) -> Any:
 
     t = params.text_to_image
     return TextToImageConfig(
-        model=t.model, resolution=t.resolution, cond_dim=t.cond_dim, channels=t.channels or CHANNELS.get(t.model, 64), latent_dim=t.latent_dim, kl_weight=t.kl_weight, prior_weight=t.prior_weight, align_weight=t.align_weight, adv_weight=t.adv_weight, temperature=t.temperature if t.temperature is not None else TEMPERATURE.get(t.model, 1.0), cvae_prior=t.cvae_prior, cvae_decoder=t.cvae_decoder,
-        text_condition=t.text_condition, condition_layers=t.condition_layers, condition_queries=t.condition_queries,
-        block_channels=tuple(t.block_channels), sample_steps=t.sample_steps, guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
-        noise_dim=t.noise_dim, mismatch_weight=t.mismatch_weight, codebook_size=t.codebook_size, code_stride=t.code_stride, vq_epochs=t.vq_epochs,
-        prior_width=t.prior_width, prior_layers=t.prior_layers, prior_dropout=t.prior_dropout, top_k=t.top_k,
-        epochs=t.epochs or EPOCHS[t.model], batch_size=t.batch_size or BATCH.get(t.model, 64), lr=t.lr or LR.get(t.model, 1e-3), seed=t.seed, time_limit_s=t.time_limit_s,
+        model=t.model,
+        resolution=t.resolution,
+        cond_dim=t.cond_dim,
+        channels=t.channels or CHANNELS.get(t.model, 64),
+        latent_dim=t.latent_dim,
+        kl_weight=t.kl_weight,
+        prior_weight=t.prior_weight,
+        align_weight=t.align_weight,
+        adv_weight=t.adv_weight,
+        temperature=t.temperature if t.temperature is not None else TEMPERATURE.get(t.model, 1.0),
+        cvae_prior=t.cvae_prior,
+        cvae_decoder=t.cvae_decoder,
+        text_condition=t.text_condition,
+        condition_layers=t.condition_layers,
+        condition_queries=t.condition_queries,
+        block_channels=tuple(t.block_channels),
+        sample_steps=t.sample_steps,
+        guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
+        noise_dim=t.noise_dim,
+        mismatch_weight=t.mismatch_weight,
+        codebook_size=t.codebook_size,
+        code_stride=t.code_stride,
+        vq_epochs=t.vq_epochs,
+        prior_width=t.prior_width,
+        prior_layers=t.prior_layers,
+        prior_dropout=t.prior_dropout,
+        top_k=t.top_k,
+        epochs=t.epochs or EPOCHS[t.model],
+        batch_size=t.batch_size or BATCH.get(t.model, 64),
+        lr=t.lr or LR.get(t.model, 1e-3),
+        seed=t.seed,
+        time_limit_s=t.time_limit_s,
         precision=settle_precision(t.precision or PRECISION.get(t.model, "fp32")),
     )
 
@@ -200,9 +300,11 @@ def require_matcher(uri: str, who: str, option: str) -> None:
     try:
         load_matcher(uri)
     except LookupError as exc:
-        raise LookupError(f"{who}: the test images are scored by {option} {uri!r}, which cannot be loaded "
-                          f"({exc}). Train a matcher first (`itm run retrain`), or set {option} to another model URI "
-                          "or a saved matcher folder.") from None
+        raise LookupError(
+            f"{who}: the test images are scored by {option} {uri!r}, which cannot be loaded "
+            f"({exc}). Train a matcher first (`itm run retrain`), or set {option} to another model URI "
+            "or a saved matcher folder."
+        ) from None
 
 
 def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
@@ -235,14 +337,28 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
         distractors = splits["test"].captions
 
         def score(generator: Any) -> dict[str, float]:
-            return score_images(generator.generate(prompts, seed=t.seed), prompts, t.matcher, t.candidates, distractors, equivalents, t.seed)
+            return score_images(
+                generator.generate(prompts, seed=t.seed),
+                prompts,
+                t.matcher,
+                t.candidates,
+                distractors,
+                equivalents,
+                t.seed,
+            )
 
         test_metrics = score(model)
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         generated = model.generate(prompts[:16], seed=t.seed)
         log_grid(generated, prompts[:16], "test_samples.png")
         print(f"test: {test_metrics}")
-        outcome = _register(model, params, "r_precision", test_metrics["r_precision"], lambda champion: score(champion)["r_precision"])
-        _summary("retrain-summary", f"retrain (text-to-image): {run_name}", test_metrics,
-                 f"{result.steps} steps in {result.seconds:.0f} s ({result.stopped}); {outcome['decision']}")
+        outcome = _register(
+            model, params, "r_precision", test_metrics["r_precision"], lambda champion: score(champion)["r_precision"]
+        )
+        _summary(
+            "retrain-summary",
+            f"retrain (text-to-image): {run_name}",
+            test_metrics,
+            f"{result.steps} steps in {result.seconds:.0f} s ({result.stopped}); {outcome['decision']}",
+        )
     return {"run_id": run.info.run_id, "test": test_metrics, "train_seconds": result.seconds, **outcome}

@@ -35,15 +35,23 @@ def search(params: SearchParams = SearchParams()) -> dict[str, Any]:
         mlflow.log_table(results, "results.json")
         mlflow.set_tag("index.matcher", searcher.index.meta.get("matcher_id", ""))
         shown = results.head(32)
-        labels = [f"#{r} {s:.3f}" + (f": {c}" if params.target == "captions" else "") for r, s, c in zip(shown["rank"], shown["score"], shown["caption"])]
+        labels = [
+            f"#{r} {s:.3f}" + (f": {c}" if params.target == "captions" else "")
+            for r, s, c in zip(shown["rank"], shown["score"], shown["caption"])
+        ]
         log_grid(load_images([Path(p) for p in shown["image"]]), labels, "search_results.png")
         uri = mlflow.get_tracking_uri()
         rows = results.to_dict("records")
         for row in rows:
             row["score"] = round(float(row["score"]), 4)
-            if uri.startswith(("http://", "https://")):  # the tracking server serves the grid; images are local files of the collection
+            if uri.startswith(
+                ("http://", "https://")
+            ):  # the tracking server serves the grid; images are local files of the collection
                 row["grid"] = f"{uri.rstrip('/')}/get-artifact?path=search_results.png&run_uuid={run.info.run_id}"
         create_table_artifact(key="search-results", table=rows, description=f"top {params.k} for {query!r}")
         for row in rows[:5]:
-            print(f"#{row['rank']} {row['score']:.4f} {row['image']}" + (f" {row['caption']!r}" if params.target == "captions" else ""))
+            print(
+                f"#{row['rank']} {row['score']:.4f} {row['image']}"
+                + (f" {row['caption']!r}" if params.target == "captions" else "")
+            )
     return {"run_id": run.info.run_id, "query": query, "results": rows}

@@ -53,8 +53,9 @@ def without_skipped(data: ImageTextSet, skipped: list[SkippedImage]) -> ImageTex
     return data.subset([i for i, rel in enumerate(data.images) if rel not in bad]) if bad else data
 
 
-def checked_by_encoding(image_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: str,
-                        options: Any = None) -> tuple[ImageTextSet, Any, list[SkippedImage]]:
+def checked_by_encoding(
+    image_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: str, options: Any = None
+) -> tuple[ImageTextSet, Any, list[SkippedImage]]:
     """Encode every image of ``data`` with ``image_encoder`` into ``cache``, each file read, checked and
     decoded once: the usable subset, its feature rows and the skipped images (reported). The bad-image
     check of a flow whose dataset was loaded with ``check=False``; later passes of the same encoder
@@ -64,7 +65,9 @@ def checked_by_encoding(image_encoder: Any, data: ImageTextSet, cache: Embedding
     return kept, features, skipped
 
 
-def read_checked(data: ImageTextSet, on_bad_image: str, limit: int | None = None) -> tuple[ImageTextSet, list[Any], list[SkippedImage]]:
+def read_checked(
+    data: ImageTextSet, on_bad_image: str, limit: int | None = None
+) -> tuple[ImageTextSet, list[Any], list[SkippedImage]]:
     """Decode the images of ``data`` once, keeping them in memory (see :func:`itm_core.data.read_images`),
     with the skipped ones reported: the bad-image check of a flow that needs the images themselves."""
     kept, images, skipped = read_images(data, on_bad_image, limit=limit)
@@ -105,13 +108,22 @@ def encode_cache_key(context: Any, parameters: dict[str, Any]) -> str:
             files.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         except OSError:
             files.update(f"{path}:missing;".encode())
-    parts = [data.fingerprint(), files.hexdigest()[:16], encoder_key(parameters["image_encoder"]), encoder_key(parameters["text_encoder"])]
+    parts = [
+        data.fingerprint(),
+        files.hexdigest()[:16],
+        encoder_key(parameters["image_encoder"]),
+        encoder_key(parameters["text_encoder"]),
+    ]
     return "encode-" + "-".join(parts + [parameters.get("on_bad_image", "fail")])
 
 
 @task(name="encode", cache_key_fn=encode_cache_key, cache_expiration=timedelta(days=7), persist_result=True)
 def encode_features(
-    image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams | None = None,
+    image_encoder: Any,
+    text_encoder: Any,
+    data: ImageTextSet,
+    cache: EmbeddingCache,
+    encoding: EncodingParams | None = None,
     on_bad_image: str = "fail",
 ) -> tuple[ImageTextSet, FeatureSplit, list[SkippedImage]]:
     """Tower features of one split's usable images and their captions, each image read and checked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -17,11 +17,19 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="ITM workbench: image-text matching and fusion as plugins and flows.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="ITM workbench: image-text matching and fusion as plugins and flows.",
+)
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show the libraries' own output and full tracebacks (also ITM_DEBUG=1)")) -> None:
+def main(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the libraries' own output and full tracebacks (also ITM_DEBUG=1)"
+    ),
+) -> None:
     """ITM workbench: image-text matching and fusion as plugins and flows. While `itm up` runs here,
     commands use its Prefect server and MLflow tracking server (unless PREFECT_API_URL or
     MLFLOW_TRACKING_URI say otherwise)."""
@@ -45,12 +53,20 @@ err = Console(stderr=True)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from itm_core.contract.components import ContractError
     from itm_core.config import ParamsFileError
-    from itm_core.data import DataError
+    from itm_core.contract.components import ContractError
     from itm_core.contract.registry import RegistryError
+    from itm_core.data import DataError
 
-    return (ContractError, ParamsFileError, DataError, RegistryError, LookupError, ValueError, FileNotFoundError)  # SearchIndexError is a LookupError
+    return (
+        ContractError,
+        ParamsFileError,
+        DataError,
+        RegistryError,
+        LookupError,
+        ValueError,
+        FileNotFoundError,
+    )  # SearchIndexError is a LookupError
 
 
 def _debug() -> bool:
@@ -78,9 +94,19 @@ def _unreachable_server(exc: BaseException) -> str | None:
     seen, current = 0, exc
     while current is not None and seen < 10:
         text = f"{type(current).__name__}: {current}"
-        if any(m in text for m in ("Max retries exceeded", "Connection refused", "ConnectionError", "Failed to establish a new connection")):
-            return (f"the MLflow tracking server {uri} did not answer (after MLflow's retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
-                    "Start it (`itm up`) or point MLFLOW_TRACKING_URI elsewhere; nothing was promoted")
+        if any(
+            m in text
+            for m in (
+                "Max retries exceeded",
+                "Connection refused",
+                "ConnectionError",
+                "Failed to establish a new connection",
+            )
+        ):
+            return (
+                f"the MLflow tracking server {uri} did not answer (after MLflow's retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
+                "Start it (`itm up`) or point MLFLOW_TRACKING_URI elsewhere; nothing was promoted"
+            )
         current, seen = current.__cause__ or current.__context__, seen + 1
     return None
 
@@ -90,7 +116,12 @@ def _flows_console() -> None:
     if not _debug():
         from itm_core.ops.console import hide_input_tracebacks
 
-        hide_input_tracebacks(_user_errors(), also=lambda e: _unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e)
+        hide_input_tracebacks(
+            _user_errors(),
+            also=lambda e: (
+                _unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e
+            ),
+        )
 
 
 def plugin_listing() -> list[dict[str, Any]]:
@@ -105,7 +136,12 @@ def plugin_listing() -> list[dict[str, Any]]:
             by_plugin.setdefault(s.plugin, []).append(s.describe())
     listing = []
     for info in sorted(pm.info.values(), key=lambda i: (not i.builtin, i.name)):
-        entry: dict[str, Any] = {"name": info.name, "version": info.version, "hooks": info.hooks, "components": by_plugin.get(info.name, [])}
+        entry: dict[str, Any] = {
+            "name": info.name,
+            "version": info.version,
+            "hooks": info.hooks,
+            "components": by_plugin.get(info.name, []),
+        }
         entry["builtin"] = info.builtin
         if info.error:
             entry["error"] = info.error
@@ -114,7 +150,9 @@ def plugin_listing() -> list[dict[str, Any]]:
 
 
 @plugins_app.callback(invoke_without_command=True)
-def plugins(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")) -> None:
+def plugins(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table")
+) -> None:
     """List plugins: name, version, hooks and components."""
     if ctx.invoked_subcommand:
         return
@@ -129,9 +167,14 @@ def plugins(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
     for col in ("plugin", "version", "components", "status"):
         table.add_column(col)
     for p in listing:
-        comps = ", ".join(
-            f"{c['kind']}:{c['name']}" + ("" if c.get("available", True) else f" [yellow](unavailable: {c['install']})[/]") for c in p["components"]
-        ) or "-"
+        comps = (
+            ", ".join(
+                f"{c['kind']}:{c['name']}"
+                + ("" if c.get("available", True) else f" [yellow](unavailable: {c['install']})[/]")
+                for c in p["components"]
+            )
+            or "-"
+        )
         status = f"[red]failed: {p['error']}[/]" if "error" in p else ("built-in" if p["builtin"] else "external")
         table.add_row(p["name"], str(p["version"]), comps, status)
     console.print(table)
@@ -147,8 +190,10 @@ def _option_value(text: str) -> Any:
 @plugins_app.command("check")
 def check(
     name: str = typer.Argument(..., help="Component name, e.g. minilm"),
-    kind: Optional[str] = typer.Option(None, "--kind", "-k", help="Component kind, when the name exists under several"),
-    option: list[str] = typer.Option([], "--option", "-o", help="Factory option KEY=VALUE (VALUE parsed as JSON when it can be)"),
+    kind: str | None = typer.Option(None, "--kind", "-k", help="Component kind, when the name exists under several"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Factory option KEY=VALUE (VALUE parsed as JSON when it can be)"
+    ),
 ) -> None:
     """Run the conformance checks on a component; exit status 0 only when it passes."""
     from itm_core.contract.components import KINDS
@@ -193,7 +238,9 @@ def data_pack(
     manifest: Path = typer.Argument(..., help="A CSV, Parquet, JSONL or Karpathy JSON manifest"),
     out: Path = typer.Argument(..., help="Folder for the shards"),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per shard"),
-    root: Optional[Path] = typer.Option(None, help="Folder the manifest's image paths are relative to (default: its own)"),
+    root: Path | None = typer.Option(
+        None, help="Folder the manifest's image paths are relative to (default: its own)"
+    ),
 ) -> None:
     """Write MANIFEST's images and captions as WebDataset shards OUT/shard-NNNNN.tar (read them back
     with the `webdataset` dataset, urls OUT/shard-{00000..NNNNN}.tar)."""
@@ -206,7 +253,10 @@ def data_pack(
     except _user_errors() as exc:
         _fail(exc)
     last = len(shards) - 1
-    console.print(f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: {out}/shard-{{00000..{last:05d}}}.tar", highlight=False)
+    console.print(
+        f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: {out}/shard-{{00000..{last:05d}}}.tar",
+        highlight=False,
+    )
 
 
 def _flow_names() -> list[str]:
@@ -218,7 +268,9 @@ def _flow_names() -> list[str]:
 @app.command("run")
 def run_flow(
     flow: str = typer.Argument(..., help="One of: " + ", ".join(_flow_names())),
-    params: Optional[Path] = typer.Option(None, "--params", "-p", help="JSON or YAML file validated by the flow's parameter model"),
+    params: Path | None = typer.Option(
+        None, "--params", "-p", help="JSON or YAML file validated by the flow's parameter model"
+    ),
 ) -> None:
     """Run a flow locally, its parameters read from FILE (defaults otherwise)."""
     from flows import get_flow
@@ -246,7 +298,10 @@ def run_flow(
 def demo(
     train_images: int = typer.Option(2000, help="Training images of the dataset"),
     eval_images: int = typer.Option(500, help="Validation and test images each"),
-    dataset: str = typer.Option("scenes", help="The built-in data: scenes (relations between up to four objects), or shapes (one or two objects, easier)"),
+    dataset: str = typer.Option(
+        "scenes",
+        help="The built-in data: scenes (relations between up to four objects), or shapes (one or two objects, easier)",
+    ),
 ) -> None:
     """Build the data, retrain twice, evaluate a leaderboard and caption test images; all in MLflow."""
     from flows.demo import run_demo
@@ -254,7 +309,11 @@ def demo(
 
     if dataset not in ("shapes", "scenes"):
         _fail(ValueError(f"demo: --dataset must be shapes or scenes, got {dataset!r}"))
-    options = {} if (train_images, eval_images) == (2000, 500) else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
+    options = (
+        {}
+        if (train_images, eval_images) == (2000, 500)
+        else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
+    )
     _flows_console()
     try:
         run_demo(DatasetParams(name=dataset, options=options), console=console)
@@ -264,11 +323,19 @@ def demo(
 
 @app.command("explain")
 def explain_pair_command(
-    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Image file (default: the first test image of shapes)"),
-    text: Optional[str] = typer.Option(None, "--text", "-t", help="Text to explain with it (default: that image's first caption)"),
-    matcher: str = typer.Option("models:/itm-matcher@champion", "--matcher", "-m", help="Model URI or saved matcher folder"),
+    image: Path | None = typer.Option(
+        None, "--image", "-i", help="Image file (default: the first test image of shapes)"
+    ),
+    text: str | None = typer.Option(
+        None, "--text", "-t", help="Text to explain with it (default: that image's first caption)"
+    ),
+    matcher: str = typer.Option(
+        "models:/itm-matcher@champion", "--matcher", "-m", help="Model URI or saved matcher folder"
+    ),
     grid: int = typer.Option(8, help="Occlusion grid (grid x grid cells)"),
-    explainer: Optional[list[str]] = typer.Option(None, "--explainer", "-e", help="An explainer plugin (repeat for several; default: occlusion and word-deletion)"),
+    explainer: list[str] | None = typer.Option(
+        None, "--explainer", "-e", help="An explainer plugin (repeat for several; default: occlusion and word-deletion)"
+    ),
 ) -> None:
     """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions, or other explainers."""
     from flows.explain import explain
@@ -277,7 +344,9 @@ def explain_pair_command(
     _flows_console()
     try:
         chosen = {"explainers": list(explainer)} if explainer else {}
-        params = ExplainParams(matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid, **chosen)
+        params = ExplainParams(
+            matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid, **chosen
+        )
         result = explain(params)
     except _user_errors() as exc:
         _fail(exc)
@@ -294,11 +363,17 @@ def explain_pair_command(
 
 @app.command("search")
 def search_command(
-    text: Optional[str] = typer.Argument(None, help="Text to find images for"),
-    image: Optional[Path] = typer.Option(None, "--image", "-i", help="Search with an image file instead: similar images, or captions with --captions"),
+    text: str | None = typer.Argument(None, help="Text to find images for"),
+    image: Path | None = typer.Option(
+        None, "--image", "-i", help="Search with an image file instead: similar images, or captions with --captions"
+    ),
     k: int = typer.Option(10, "-k", help="How many results"),
-    index: Optional[str] = typer.Option(None, "--index", help="An `itm run index` run id or a saved index folder (default: the newest index)"),
-    matcher: str = typer.Option("models:/itm-matcher@champion", "--matcher", "-m", help="Must be the matcher that built the index"),
+    index: str | None = typer.Option(
+        None, "--index", help="An `itm run index` run id or a saved index folder (default: the newest index)"
+    ),
+    matcher: str = typer.Option(
+        "models:/itm-matcher@champion", "--matcher", "-m", help="Must be the matcher that built the index"
+    ),
     captions: bool = typer.Option(False, "--captions", help="Search the caption index (built with captions: true)"),
 ) -> None:
     """The top k images for a text, or images (or captions) for an image, from an index built by `itm run index`."""
@@ -323,7 +398,10 @@ def search_command(
         first, second = (row.caption, row.image) if captions else (row.image, row.caption)
         table.add_row(str(row.rank), f"{row.score:.4f}", first, second)
     console.print(table)
-    console.print(f"index: {len(searcher.index)} items ({searcher.index.kind}), built with {searcher.index.meta.get('matcher_id')}", highlight=False)
+    console.print(
+        f"index: {len(searcher.index)} items ({searcher.index.kind}), built with {searcher.index.meta.get('matcher_id')}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -331,7 +409,9 @@ def up(
     prefect_port: int = typer.Option(4200, help="Port of the Prefect server and UI"),
     mlflow_port: int = typer.Option(5000, help="Port of the MLflow tracking server and UI"),
     timeout: float = typer.Option(240, help="Seconds to wait for each process to answer"),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; any other than 127.0.0.1 needs ITM_AUTH_USER and ITM_AUTH_PASSWORD"),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind; any other than 127.0.0.1 needs ITM_AUTH_USER and ITM_AUTH_PASSWORD"
+    ),
 ) -> None:
     """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1
     (or --host, with authentication)."""
@@ -346,9 +426,20 @@ def up(
     for row in stack.describe():
         table.add_row(*row)
     console.print(table)
-    auth = ("  export PREFECT_API_AUTH_STRING=\"$ITM_AUTH_USER:$ITM_AUTH_PASSWORD\"\n  export MLFLOW_TRACKING_USERNAME=\"$ITM_AUTH_USER\" "
-            "MLFLOW_TRACKING_PASSWORD=\"$ITM_AUTH_PASSWORD\"\n") if stack.auth else ""
-    console.print("Use it from a shell:\n" + "".join(f"  export {k}={v}\n" for k, v in stack.env().items()) + auth + "Stop it with: itm down")
+    auth = (
+        (
+            '  export PREFECT_API_AUTH_STRING="$ITM_AUTH_USER:$ITM_AUTH_PASSWORD"\n  export MLFLOW_TRACKING_USERNAME="$ITM_AUTH_USER" '
+            'MLFLOW_TRACKING_PASSWORD="$ITM_AUTH_PASSWORD"\n'
+        )
+        if stack.auth
+        else ""
+    )
+    console.print(
+        "Use it from a shell:\n"
+        + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
+        + auth
+        + "Stop it with: itm down"
+    )
 
 
 @app.command()

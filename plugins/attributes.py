@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,15 @@ from plugins import shapes as S
 COLOR_NAMES = list(S.COLORS)
 SIZE_NAMES = list(S.SIZES)
 PLACES = list(S.POSITIONS)
-HEADS = {"count": 2, "place": len(PLACES), **{f"{slot}_{a}": n for slot in "ab" for a, n in
-                                               (("color", len(COLOR_NAMES)), ("shape", len(S.SHAPES)), ("size", len(SIZE_NAMES)))}}
+HEADS = {
+    "count": 2,
+    "place": len(PLACES),
+    **{
+        f"{slot}_{a}": n
+        for slot in "ab"
+        for a, n in (("color", len(COLOR_NAMES)), ("shape", len(S.SHAPES)), ("size", len(SIZE_NAMES)))
+    },
+}
 ATTRIBUTES = ("count", "color", "shape", "size", "position", "all")
 FORMAT = 1  # bump when the reader's architecture or training changes
 
@@ -68,7 +76,15 @@ def _reader_net(resolution: int) -> Any:
             super().__init__()
 
             def block(i: int, o: int) -> list[nn.Module]:
-                return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+                return [
+                    nn.Conv2d(i, o, 3, padding=1),
+                    nn.BatchNorm2d(o),
+                    nn.ReLU(),
+                    nn.Conv2d(o, o, 3, padding=1),
+                    nn.BatchNorm2d(o),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2),
+                ]
 
             self.body = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.Flatten())
             side = resolution // 8
@@ -101,6 +117,7 @@ def judge(prompt: S.Scene, seen: Reading) -> dict[str, bool]:
     if len(want) == 1:
         out["position"] = seen.place == prompt.position
     else:
+
         def agree(a: S.Obj, b: S.Obj) -> int:
             return int(a.color == b.color) + int(a.shape == b.shape)
 
@@ -132,8 +149,14 @@ class AttributeReader:
             for s in range(0, len(x), batch_size):
                 logits = {k: v.argmax(1).tolist() for k, v in self.net(x[s : s + batch_size]).items()}
                 for i in range(len(logits["count"])):
-                    objs = tuple(S.Obj(S.SHAPES[logits[f"{slot}_shape"][i]], COLOR_NAMES[logits[f"{slot}_color"][i]],
-                                       SIZE_NAMES[logits[f"{slot}_size"][i]]) for slot in "ab")
+                    objs = tuple(
+                        S.Obj(
+                            S.SHAPES[logits[f"{slot}_shape"][i]],
+                            COLOR_NAMES[logits[f"{slot}_color"][i]],
+                            SIZE_NAMES[logits[f"{slot}_size"][i]],
+                        )
+                        for slot in "ab"
+                    )
                     out.append(Reading(logits["count"][i] + 1, PLACES[logits["place"][i]], objs))
         return out
 
@@ -156,7 +179,9 @@ def _labels(scenes: Sequence[S.Scene]) -> dict[str, Any]:
 def _scenes(data: Any) -> list[S.Scene]:
     objects, position = data.image_extras.get("objects"), data.image_extras.get("position")
     if objects is None or position is None:
-        raise ValueError(f"attribute_accuracy: dataset {data.name!r} has no 'objects' and 'position' columns; the reader trains on shapes")
+        raise ValueError(
+            f"attribute_accuracy: dataset {data.name!r} has no 'objects' and 'position' columns; the reader trains on shapes"
+        )
     return [manifest_scene(o, p) for o, p in zip(objects, position)]
 
 
@@ -191,7 +216,9 @@ def train_reader(dataset: Any, resolution: int, epochs: int = 30, seed: int = 0)
             idx = order[b * batch : (b + 1) * batch]
             xb = x["train"][idx]
             soft = torch.rand(len(xb)) < 0.5
-            xb = torch.where(soft[:, None, None, None], F.conv2d(F.pad(xb, (1, 1, 1, 1), mode="replicate"), blur, groups=3), xb)
+            xb = torch.where(
+                soft[:, None, None, None], F.conv2d(F.pad(xb, (1, 1, 1, 1), mode="replicate"), blur, groups=3), xb
+            )
             xb = xb + 0.05 * torch.rand(len(xb), 1, 1, 1) * torch.randn_like(xb)
             logits = net(xb)
             loss = sum(F.cross_entropy(logits[k], y["train"][k][idx], ignore_index=-1) for k in HEADS)
@@ -214,13 +241,26 @@ def cache_folder() -> Path:
     return Path(os.environ.get("ITM_HOME", ".itm")) / "readers"
 
 
-def load_or_train(dataset_options: dict[str, Any], resolution: int, epochs: int, seed: int, cache: str | Path | None = None) -> AttributeReader:
+def load_or_train(
+    dataset_options: dict[str, Any], resolution: int, epochs: int, seed: int, cache: str | Path | None = None
+) -> AttributeReader:
     """The reader for these options from the cache, trained and saved there the first time."""
     import torch
 
     dataset = S.shapes(**dataset_options)  # its options as resolved (ITM_SHAPES_DEFAULTS included) name the cache entry
-    key = hashlib.sha256(json.dumps({"data": dataset.params, "resolution": resolution, "epochs": epochs, "seed": seed,
-                                     "format": FORMAT, "shapes": S.FORMAT}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "data": dataset.params,
+                "resolution": resolution,
+                "epochs": epochs,
+                "seed": seed,
+                "format": FORMAT,
+                "shapes": S.FORMAT,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:12]
     folder = Path(cache or cache_folder()) / f"shapes-reader-{key}"
     if (folder / "reader.json").is_file():
         net = _reader_net(resolution)
@@ -229,7 +269,9 @@ def load_or_train(dataset_options: dict[str, Any], resolution: int, epochs: int,
     reader = train_reader(dataset, resolution, epochs, seed)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(reader.net.state_dict(), folder / "weights.pt")
-    (folder / ".reader.json.tmp").write_text(json.dumps({"resolution": resolution, "dataset": dataset.params, "real_scores": reader.real_scores}))
+    (folder / ".reader.json.tmp").write_text(
+        json.dumps({"resolution": resolution, "dataset": dataset.params, "real_scores": reader.real_scores})
+    )
     (folder / ".reader.json.tmp").replace(folder / "reader.json")
     return reader
 
@@ -244,9 +286,18 @@ class AttributeAccuracy(Metric):
 
     task = "text-to-image"
 
-    def __init__(self, dataset: dict[str, Any] | None = None, resolution: int = 32, epochs: int = 30, seed: int = 0, cache: str | None = None) -> None:
+    def __init__(
+        self,
+        dataset: dict[str, Any] | None = None,
+        resolution: int = 32,
+        epochs: int = 30,
+        seed: int = 0,
+        cache: str | None = None,
+    ) -> None:
         if resolution % 8 or not 16 <= resolution <= 128:
-            raise ValueError(f"attribute_accuracy: resolution must be a multiple of 8 between 16 and 128, got {resolution}")
+            raise ValueError(
+                f"attribute_accuracy: resolution must be a multiple of 8 between 16 and 128, got {resolution}"
+            )
         if epochs < 1:
             raise ValueError(f"attribute_accuracy: epochs must be at least 1, got {epochs}")
         self.dataset_options = dict(dataset or {})
@@ -265,9 +316,11 @@ class AttributeAccuracy(Metric):
         parsed = [S.parse(p) for p in prompts]
         kept = [i for i, scene in enumerate(parsed) if scene is not None]
         if prompts and not kept:
-            raise ValueError(f"attribute_accuracy: none of the {len(prompts)} prompts describes a shapes scene "
-                             f"(for example {prompts[0]!r}); prompts name one or two objects as 'a small red circle on the left' "
-                             f"or 'a blue square to the left of a green star', in the words of the shapes captions")
+            raise ValueError(
+                f"attribute_accuracy: none of the {len(prompts)} prompts describes a shapes scene "
+                f"(for example {prompts[0]!r}); prompts name one or two objects as 'a small red circle on the left' "
+                f"or 'a blue square to the left of a green star', in the words of the shapes captions"
+            )
         readings = self.reader.read([images[i] for i in kept])
         scores = self.reader.score(readings, [parsed[i] for i in kept])
         return {**scores, "attr_unread": (len(prompts) - len(kept)) / max(1, len(prompts)), **self.reader.real_scores}
@@ -275,7 +328,14 @@ class AttributeAccuracy(Metric):
 
 @hookimpl
 def register_metrics(register):
-    register("attribute_accuracy", AttributeAccuracy, task="text-to-image",
-             description="Colour, shape, size, count and position of generated shapes images read by a trained attribute reader (GenEval style)",
-             check_options=lambda folder: {"dataset": {"n_train": 64, "n_val": 16, "n_test": 16, "root": str(folder / "shapes")}, "epochs": 1,
-                                           "cache": str(folder / "readers")})
+    register(
+        "attribute_accuracy",
+        AttributeAccuracy,
+        task="text-to-image",
+        description="Colour, shape, size, count and position of generated shapes images read by a trained attribute reader (GenEval style)",
+        check_options=lambda folder: {
+            "dataset": {"n_train": 64, "n_val": 16, "n_test": 16, "root": str(folder / "shapes")},
+            "epochs": 1,
+            "cache": str(folder / "readers"),
+        },
+    )

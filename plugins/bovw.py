@@ -7,7 +7,8 @@ source material, next to the deep encoders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -23,8 +24,15 @@ class BagOfVisualWords(Encoder):
     modality = "image"
     requires_fit = True
 
-    def __init__(self, descriptor: str = "orb", vocabulary: int = 256, max_keypoints: int = 200, image_size: int = 128,
-                 fit_images: int = 500, seed: int = 0) -> None:
+    def __init__(
+        self,
+        descriptor: str = "orb",
+        vocabulary: int = 256,
+        max_keypoints: int = 200,
+        image_size: int = 128,
+        fit_images: int = 500,
+        seed: int = 0,
+    ) -> None:
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"bovw: descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
         if vocabulary < 2:
@@ -41,7 +49,7 @@ class BagOfVisualWords(Encoder):
             return cv2.ORB_create(nfeatures=self.max_keypoints, edgeThreshold=8, patchSize=15, fastThreshold=5)
         return cv2.SIFT_create(nfeatures=self.max_keypoints)
 
-    def descriptors(self, image: Any) -> "np.ndarray":
+    def descriptors(self, image: Any) -> np.ndarray:
         """Float descriptors of one image, ``(K, D)``; ORB's binary strings are unpacked to bits."""
         import numpy as np
 
@@ -60,13 +68,15 @@ class BagOfVisualWords(Encoder):
         per_image = [self.descriptors(img) for img in picked]
         stacked = np.concatenate(per_image) if per_image else np.zeros((0, 1), dtype=np.float32)
         if len(stacked) < self.dim:
-            raise ValueError(f"bovw: the {len(picked)} fitting images gave {len(stacked)} descriptors, fewer than vocabulary={self.dim}")
+            raise ValueError(
+                f"bovw: the {len(picked)} fitting images gave {len(stacked)} descriptors, fewer than vocabulary={self.dim}"
+            )
         kmeans = MiniBatchKMeans(n_clusters=self.dim, random_state=self.seed, n_init=3, batch_size=2048).fit(stacked)
         counts = np.stack([self._histogram(kmeans, d) for d in per_image])
         idf = np.log((1 + len(counts)) / (1 + (counts > 0).sum(0))) + 1.0
         self.state = {"centers": kmeans.cluster_centers_.astype(np.float32), "idf": idf.astype(np.float32)}
 
-    def _histogram(self, kmeans: Any, desc: "np.ndarray") -> "np.ndarray":
+    def _histogram(self, kmeans: Any, desc: np.ndarray) -> np.ndarray:
         import numpy as np
 
         if len(desc) == 0:
@@ -79,7 +89,7 @@ class BagOfVisualWords(Encoder):
     def set_state(self, state: Any) -> None:
         self.state = state
 
-    def encode(self, items: Sequence[Any]) -> "torch.Tensor":
+    def encode(self, items: Sequence[Any]) -> torch.Tensor:
         import numpy as np
         import torch
         import torch.nn.functional as F
@@ -100,6 +110,14 @@ class BagOfVisualWords(Encoder):
 
 @hookimpl
 def register_encoders(register):
-    register("bovw", BagOfVisualWords, modality="image", dim="vocabulary", trainable=False, requires_fit=True,
-             requires=["opencv-python-headless|opencv-python", "scikit-learn"], check_options={"vocabulary": 16},
-             description="Bag of visual words: ORB or SIFT descriptors, k-means vocabulary, TF-IDF histogram")
+    register(
+        "bovw",
+        BagOfVisualWords,
+        modality="image",
+        dim="vocabulary",
+        trainable=False,
+        requires_fit=True,
+        requires=["opencv-python-headless|opencv-python", "scikit-learn"],
+        check_options={"vocabulary": 16},
+        description="Bag of visual words: ORB or SIFT descriptors, k-means vocabulary, TF-IDF histogram",
+    )

@@ -8,7 +8,8 @@ same way in pure Python (punctuation the PTB step removes is dropped), so no Jav
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
 from itm_core.components import Metric
@@ -23,7 +24,9 @@ def tokenize(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
-def _inputs(name: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+def _inputs(
+    name: str, predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     if len(predictions) != len(references):
         raise ValueError(f"{name}: {len(predictions)} predictions for {len(references)} reference lists")
     if any(len(refs) == 0 for refs in references):
@@ -86,4 +89,11 @@ class Cider(_CocoMetric):
 @hookimpl
 def register_metrics(register):
     for metric in (Bleu, RougeL, Cider):
-        register(metric.label, metric, task="captioning", keys=list(metric.keys), requires=REQUIRES, description=metric.__doc__.splitlines()[0])
+        register(
+            metric.label,
+            metric,
+            task="captioning",
+            keys=list(metric.keys),
+            requires=REQUIRES,
+            description=metric.__doc__.splitlines()[0],
+        )

@@ -10,10 +10,16 @@ exercise the component's own code offline, without touching MLflow or the networ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-CAPTIONS = ["a red circle on the left", "a blue square on the right", "a small green triangle", "a large yellow star in the middle"]
+CAPTIONS = [
+    "a red circle on the left",
+    "a blue square on the right",
+    "a small green triangle",
+    "a large yellow star in the middle",
+]
 
 
 def hub(builder: str, **extra: Any) -> Callable[[Path], dict[str, Any]]:
@@ -44,8 +50,14 @@ def matcher_folder(folder: Path) -> str:
 
     image, text = _classic_encoders()
     torch.manual_seed(0)
-    matcher = Matcher({"name": "color-histogram", "options": {"bins": 2, "grid": 1}}, {"name": "tfidf", "options": {"max_features": 64}},
-                      int(image.dim), int(text.dim), embed_dim=16, hidden_dim=0)
+    matcher = Matcher(
+        {"name": "color-histogram", "options": {"bins": 2, "grid": 1}},
+        {"name": "tfidf", "options": {"max_features": 64}},
+        int(image.dim),
+        int(text.dim),
+        embed_dim=16,
+        hidden_dim=0,
+    )
     return str(matcher.attach_encoders(image, text).save(folder / "matcher"))
 
 
@@ -56,12 +68,16 @@ def with_matcher(**extra: Any) -> Callable[[Path], dict[str, Any]]:
 def captioner_folder(folder: Path) -> dict[str, Any]:
     import torch
 
-    from itm_core.models.captioning import CaptionerConfig, CaptionModel, Captioner, train_tokenizer
+    from itm_core.models.captioning import Captioner, CaptionerConfig, CaptionModel, train_tokenizer
 
     image, _ = _classic_encoders()
     tokenizer = train_tokenizer(CAPTIONS)
     torch.manual_seed(0)
-    model = CaptionModel(int(image.dim), tokenizer.get_vocab_size(), CaptionerConfig(prefix_tokens=2, n_embd=16, n_layer=1, n_head=2, max_length=8))
+    model = CaptionModel(
+        int(image.dim),
+        tokenizer.get_vocab_size(),
+        CaptionerConfig(prefix_tokens=2, n_embd=16, n_layer=1, n_head=2, max_length=8),
+    )
     captioner = Captioner(model, tokenizer, {"name": "color-histogram", "options": {"bins": 2, "grid": 1}}, image)
     return {"model": str(captioner.save(folder / "captioner")), "num_beams": 2}
 
@@ -81,7 +97,9 @@ def text_to_image_folder(folder: Path) -> dict[str, Any]:
 def _shapes(folder: Path) -> Any:
     from itm_core import create
 
-    return create("dataset", "shapes", n_train=8, n_val=4, n_test=4, seed=0, image_size=32, root=str(folder / "shapes")).load()
+    return create(
+        "dataset", "shapes", n_train=8, n_val=4, n_test=4, seed=0, image_size=32, root=str(folder / "shapes")
+    ).load()
 
 
 def manifest_options(folder: Path) -> dict[str, Any]:
@@ -89,8 +107,11 @@ def manifest_options(folder: Path) -> dict[str, Any]:
     import pandas as pd
 
     data = _shapes(folder)
-    rows = [{"image": data.images[i], "caption": c, "split": data.image_split[i]}
-            for i, caps in enumerate(data.captions_by_image()) for c in caps[:2]]
+    rows = [
+        {"image": data.images[i], "caption": c, "split": data.image_split[i]}
+        for i, caps in enumerate(data.captions_by_image())
+        for c in caps[:2]
+    ]
     path = Path(data.root) / "pairs.csv"  # image paths are relative to the manifest's folder
     pd.DataFrame(rows).to_csv(path, index=False)
     return {"path": str(path)}

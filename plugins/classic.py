@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -47,7 +48,7 @@ class _VectorizerEncoder(Encoder):
         if "idf" in state:
             self.vectorizer.idf_ = np.asarray(state["idf"], dtype=np.float64)
 
-    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
         import torch
 
         if not self.fitted:
@@ -67,7 +68,10 @@ class TfidfEncoder(_VectorizerEncoder):
     def __init__(self, max_features: int = 2048, ngram_max: int = 2, sublinear_tf: bool = True) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        super().__init__(TfidfVectorizer(max_features=max_features, ngram_range=(1, ngram_max), sublinear_tf=sublinear_tf), max_features)
+        super().__init__(
+            TfidfVectorizer(max_features=max_features, ngram_range=(1, ngram_max), sublinear_tf=sublinear_tf),
+            max_features,
+        )
 
 
 class BagOfWords(_VectorizerEncoder):
@@ -78,9 +82,11 @@ class BagOfWords(_VectorizerEncoder):
     def __init__(self, max_features: int = 1024, binary: bool = False, ngram_max: int = 1) -> None:
         from sklearn.feature_extraction.text import CountVectorizer
 
-        super().__init__(CountVectorizer(max_features=max_features, binary=binary, ngram_range=(1, ngram_max)), max_features)
+        super().__init__(
+            CountVectorizer(max_features=max_features, binary=binary, ngram_range=(1, ngram_max)), max_features
+        )
 
-    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
         import torch.nn.functional as F
 
         return F.normalize(super().encode(items), dim=-1)
@@ -99,7 +105,7 @@ class ColorHistogram(Encoder):
         self.bins, self.grid, self.image_size = bins, grid, image_size
         self.dim = bins**3 * grid * grid
 
-    def encode(self, items: Sequence) -> "torch.Tensor":
+    def encode(self, items: Sequence) -> torch.Tensor:
         import numpy as np
         import torch
 
@@ -120,9 +126,31 @@ class ColorHistogram(Encoder):
 
 @hookimpl
 def register_encoders(register):
-    register("tfidf", TfidfEncoder, modality="text", dim="max_features", trainable=False, requires_fit=True,
-             requires=["scikit-learn"], description="TF-IDF of word uni- and bi-grams (fitted on training captions)")
-    register("bow", BagOfWords, modality="text", dim="max_features", trainable=False, requires_fit=True,
-             requires=["scikit-learn"], description="Bag of words: word counts or presence (fitted on training captions)")
-    register("color-histogram", ColorHistogram, modality="image", dim="bins^3 * grid^2", trainable=False,
-             description="RGB colour histograms over a spatial grid")
+    register(
+        "tfidf",
+        TfidfEncoder,
+        modality="text",
+        dim="max_features",
+        trainable=False,
+        requires_fit=True,
+        requires=["scikit-learn"],
+        description="TF-IDF of word uni- and bi-grams (fitted on training captions)",
+    )
+    register(
+        "bow",
+        BagOfWords,
+        modality="text",
+        dim="max_features",
+        trainable=False,
+        requires_fit=True,
+        requires=["scikit-learn"],
+        description="Bag of words: word counts or presence (fitted on training captions)",
+    )
+    register(
+        "color-histogram",
+        ColorHistogram,
+        modality="image",
+        dim="bins^3 * grid^2",
+        trainable=False,
+        description="RGB colour histograms over a spatial grid",
+    )

@@ -6,11 +6,12 @@ Use ``modality="image"`` and ``modality="text"`` with the same ``model`` for a z
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Encoder
+from plugins import check_setups
 from plugins.hub import HUB_METADATA, features, load_pretrained, load_processor, rgb
 
 if TYPE_CHECKING:
@@ -28,7 +29,14 @@ class ClipEncoder(Encoder):
 
     trainable = True
 
-    def __init__(self, modality: str = "image", model: str = DEFAULT_MODEL, revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        modality: str = "image",
+        model: str = DEFAULT_MODEL,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         if modality not in ("image", "text"):
@@ -49,10 +57,12 @@ class ClipEncoder(Encoder):
         if self.modality == "image":
             batch = self.processor(images=rgb(items), return_tensors="pt")
         else:
-            batch = self.processor(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self.processor(
+                list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def forward_features(self, items: Sequence[Any]) -> "torch.Tensor":
+    def forward_features(self, items: Sequence[Any]) -> torch.Tensor:
         """Normalised embeddings with gradients, on ``device`` (what fine-tuning back-propagates through)."""
         import torch.nn.functional as F
 
@@ -63,7 +73,7 @@ class ClipEncoder(Encoder):
             out = self.model.get_text_features(**batch)
         return F.normalize(features(out).float(), dim=-1)
 
-    def encode(self, items: Sequence[Any]) -> "torch.Tensor":
+    def encode(self, items: Sequence[Any]) -> torch.Tensor:
         import torch
 
         if len(items) == 0:
@@ -71,7 +81,7 @@ class ClipEncoder(Encoder):
         with torch.inference_mode():
             return self.forward_features(items).cpu()
 
-    def train_module(self) -> "torch.nn.Module":
+    def train_module(self) -> torch.nn.Module:
         """This tower and its projection: the parameters that fine-tuning updates."""
         import torch
 
@@ -100,7 +110,11 @@ def register_encoders(register):
         dim="projection_dim",
         trainable=False,
         description="CLIP image or text tower (transformers CLIPModel); both share one space",
-        checkpoints=["openai/clip-vit-base-patch32", "openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"],
+        checkpoints=[
+            "openai/clip-vit-base-patch32",
+            "openai/clip-vit-large-patch14",
+            "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+        ],
         check_options=check_setups.hub("clip", modality="image"),
         **HUB_METADATA,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -25,7 +26,9 @@ class EfficientNetLite0(Encoder):
 
     modality = "image"
 
-    def __init__(self, image_size: int = 128, pool: str = "grid", weights: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, image_size: int = 128, pool: str = "grid", weights: str | None = None, device: str = "cpu"
+    ) -> None:
         import torch
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -50,7 +53,7 @@ class EfficientNetLite0(Encoder):
         self.dim = CHANNELS * POOLS[pool]
         self.token_dim = CHANNELS
 
-    def preprocess(self, image: "Image.Image") -> "np.ndarray":
+    def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1] (the
         Lite models' preprocessing); loader workers run this beside the model."""
         import numpy as np
@@ -73,12 +76,14 @@ class EfficientNetLite0(Encoder):
             from itm_core.encode.runtime import OnnxModule
 
             example = torch.zeros(2, 3, self.image_size, self.image_size)
-            self._onnx = OnnxModule(_feature_extractor(self.model), (example,), ["image"], {"image": {0: "batch"}, "out": {0: "batch"}})
+            self._onnx = OnnxModule(
+                _feature_extractor(self.model), (example,), ["image"], {"image": {0: "batch"}, "out": {0: "batch"}}
+            )
         if on and runtime == "torch" and self._compiled is None:
             self._compiled = torch.compile(self.model.extract_features, dynamic=False)
         self._use_compiled = runtime if on else False
 
-    def _features(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
         if self._use_compiled == "onnxruntime":
@@ -88,13 +93,13 @@ class EfficientNetLite0(Encoder):
             fn = self._compiled if self._use_compiled == "torch" else self.model.extract_features
             return fn(x).float()
 
-    def _feature_map(self, items: Sequence) -> "torch.Tensor":
+    def _feature_map(self, items: Sequence) -> torch.Tensor:
         import numpy as np
         import torch
 
         return self._features(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
 
-    def encode_preprocessed(self, x: "torch.Tensor") -> "torch.Tensor":
+    def encode_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
         """``encode`` on a batch of :meth:`preprocess` outputs, ``(N, 3, image_size, image_size)``."""
         import torch
         import torch.nn.functional as F
@@ -107,7 +112,7 @@ class EfficientNetLite0(Encoder):
             parts.append(F.adaptive_avg_pool2d(fmap, 2).flatten(1))
         return torch.cat(parts, dim=1).cpu()
 
-    def encode_differentiable(self, x: "torch.Tensor") -> "torch.Tensor":
+    def encode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled features of :meth:`preprocess` outputs with autograd (for gradient explainers)."""
         import torch
         import torch.nn.functional as F
@@ -119,11 +124,11 @@ class EfficientNetLite0(Encoder):
         return torch.cat(parts, dim=1)
 
     @property
-    def cam_layer(self) -> "torch.nn.Module":
+    def cam_layer(self) -> torch.nn.Module:
         """The last convolution: where Grad-CAM reads gradients and activations."""
         return self.model._conv_head
 
-    def encode(self, items: Sequence) -> "torch.Tensor":
+    def encode(self, items: Sequence) -> torch.Tensor:
         import numpy as np
         import torch
 
@@ -131,7 +136,7 @@ class EfficientNetLite0(Encoder):
             return torch.zeros(0, self.dim)
         return self.encode_preprocessed(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
 
-    def encode_tokens(self, items: Sequence) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def encode_tokens(self, items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch features: the final feature map's cells, ``(N, (image_size/32)^2, 1280)``, in row-major order."""
         import torch
 
@@ -142,7 +147,7 @@ class EfficientNetLite0(Encoder):
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
 
 
-def _feature_extractor(model: "torch.nn.Module") -> "torch.nn.Module":
+def _feature_extractor(model: torch.nn.Module) -> torch.nn.Module:
     """``model.extract_features`` as a module's forward (what the ONNX export traces)."""
     import torch
 

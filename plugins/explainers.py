@@ -18,7 +18,8 @@ Hidden regions are painted with the image's median colour; hidden words are left
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -89,18 +90,36 @@ class Lime(Explainer):
         explainer = lime_image.LimeImageExplainer(random_state=self.seed)
         with quiet_progress():  # lime draws a progress bar for every explanation
             found = explainer.explain_instance(
-                np.asarray(image), lambda batch: scorer.score_images([Image.fromarray(b.astype(np.uint8)) for b in batch], text)[:, None],
-                labels=(0,), top_labels=None, hide_color=fill_colour(image), num_features=int(labels.max()) + 1, num_samples=self.num_samples,
-                batch_size=64, segmentation_fn=lambda _: labels, random_seed=self.seed,
+                np.asarray(image),
+                lambda batch: scorer.score_images([Image.fromarray(b.astype(np.uint8)) for b in batch], text)[:, None],
+                labels=(0,),
+                top_labels=None,
+                hide_color=fill_colour(image),
+                num_features=int(labels.max()) + 1,
+                num_samples=self.num_samples,
+                batch_size=64,
+                segmentation_fn=lambda _: labels,
+                random_seed=self.seed,
             )
         weight = dict(found.local_exp[0])
         heat = np.vectorize(lambda s: weight.get(s, 0.0), otypes=[np.float32])(labels)
-        text_found = LimeTextExplainer(bow=False, split_expression=r"\s+", mask_string="", random_state=self.seed).explain_instance(
-            " ".join(words), lambda texts: scorer.score_texts(image, [" ".join(t.split()) for t in texts])[:, None],
-            labels=(0,), num_features=len(words), num_samples=self.num_samples,
+        text_found = LimeTextExplainer(
+            bow=False, split_expression=r"\s+", mask_string="", random_state=self.seed
+        ).explain_instance(
+            " ".join(words),
+            lambda texts: scorer.score_texts(image, [" ".join(t.split()) for t in texts])[:, None],
+            labels=(0,),
+            num_features=len(words),
+            num_samples=self.num_samples,
         )
         per_word = dict(text_found.local_exp[0])
-        return Attribution("lime", scorer.score(image, text), heat=heat, words=words, word_scores=[float(per_word.get(i, 0.0)) for i in range(len(words))])
+        return Attribution(
+            "lime",
+            scorer.score(image, text),
+            heat=heat,
+            words=words,
+            word_scores=[float(per_word.get(i, 0.0)) for i in range(len(words))],
+        )
 
 
 class KernelShap(Explainer):
@@ -136,8 +155,14 @@ class KernelShap(Explainer):
 
         per_segment = self._shapley(images, n_seg)
         heat = per_segment[labels].astype(np.float32)
-        per_word = self._shapley(texts, len(words)) if len(words) > 1 else np.array([scorer.score(image, text) - float(texts(np.zeros((1, 1)))[0])])
-        return Attribution("shap", scorer.score(image, text), heat=heat, words=words, word_scores=[float(v) for v in per_word])
+        per_word = (
+            self._shapley(texts, len(words))
+            if len(words) > 1
+            else np.array([scorer.score(image, text) - float(texts(np.zeros((1, 1)))[0])])
+        )
+        return Attribution(
+            "shap", scorer.score(image, text), heat=heat, words=words, word_scores=[float(v) for v in per_word]
+        )
 
 
 class IntegratedGradients(Explainer):
@@ -155,7 +180,12 @@ class IntegratedGradients(Explainer):
         x = scorer.pixels(image)
         baseline = scorer.pixels(Image.new("RGB", image.size, fill_colour(image)))
         attr = IG(scorer.forward(text)).attribute(x, baselines=baseline, n_steps=self.steps, internal_batch_size=16)
-        return Attribution("integrated-gradients", scorer.score(image, text), heat=attr[0].sum(0).detach().numpy().astype(np.float32), words=text.split())
+        return Attribution(
+            "integrated-gradients",
+            scorer.score(image, text),
+            heat=attr[0].sum(0).detach().numpy().astype(np.float32),
+            words=text.split(),
+        )
 
 
 class GradCam(Explainer):
@@ -168,19 +198,58 @@ class GradCam(Explainer):
         if getattr(enc, "cam_layer", None) is None:
             raise ValueError(f"explainer 'grad-cam' needs the image encoder's cam_layer; {type(enc).__name__} has none")
         cam = LayerGradCam(scorer.forward(text), enc.cam_layer).attribute(scorer.pixels(image), relu_attributions=True)
-        return Attribution("grad-cam", scorer.score(image, text), heat=cam[0, 0].detach().numpy().astype(np.float32), words=text.split())
+        return Attribution(
+            "grad-cam",
+            scorer.score(image, text),
+            heat=cam[0, 0].detach().numpy().astype(np.float32),
+            words=text.split(),
+        )
 
 
 @hookimpl
 def register_explainers(register):
-    register("occlusion", Occlusion, modalities=["image"], options=["grid"], check_options={"grid": 2},
-             description="Score drop when each grid cell is hidden")
+    register(
+        "occlusion",
+        Occlusion,
+        modalities=["image"],
+        options=["grid"],
+        check_options={"grid": 2},
+        description="Score drop when each grid cell is hidden",
+    )
     register("word-deletion", WordDeletion, modalities=["text"], description="Score drop without each word")
-    register("lime", Lime, modalities=["image", "text"], options=["num_samples", "segments", "seed"], requires=["lime", "scikit-image"],
-             check_options={"num_samples": 20, "segments": 8}, description="LIME over SLIC superpixels and words")
-    register("shap", KernelShap, modalities=["image", "text"], options=["nsamples", "segments", "seed"], requires=["shap", "scikit-image"],
-             check_options={"nsamples": 20, "segments": 8}, description="Kernel SHAP over SLIC superpixels and words")
-    register("integrated-gradients", IntegratedGradients, modalities=["image"], options=["steps"], requires=["captum"], needs="encode_differentiable",
-             check_options={"steps": 4}, description="Captum integrated gradients from a plain median-colour image (image encoders with gradients)")
-    register("grad-cam", GradCam, modalities=["image"], requires=["captum"], needs="encode_differentiable",
-             description="Captum Grad-CAM on the image encoder's last feature map (image encoders with gradients)")
+    register(
+        "lime",
+        Lime,
+        modalities=["image", "text"],
+        options=["num_samples", "segments", "seed"],
+        requires=["lime", "scikit-image"],
+        check_options={"num_samples": 20, "segments": 8},
+        description="LIME over SLIC superpixels and words",
+    )
+    register(
+        "shap",
+        KernelShap,
+        modalities=["image", "text"],
+        options=["nsamples", "segments", "seed"],
+        requires=["shap", "scikit-image"],
+        check_options={"nsamples": 20, "segments": 8},
+        description="Kernel SHAP over SLIC superpixels and words",
+    )
+    register(
+        "integrated-gradients",
+        IntegratedGradients,
+        modalities=["image"],
+        options=["steps"],
+        requires=["captum"],
+        needs="encode_differentiable",
+        check_options={"steps": 4},
+        description="Captum integrated gradients from a plain median-colour image (image encoders with gradients)",
+    )
+    register(
+        "grad-cam",
+        GradCam,
+        modalities=["image"],
+        requires=["captum"],
+        needs="encode_differentiable",
+        description="Captum Grad-CAM on the image encoder's last feature map (image encoders with gradients)",
+    )

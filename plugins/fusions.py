@@ -27,19 +27,25 @@ class _Projected(nn.Module, Fusion):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256) -> None:
         super().__init__()
         if min(image_dim, text_dim, dim) < 1:
-            raise ValueError(f"{type(self).__name__}: image_dim, text_dim and dim must be positive, got {image_dim}, {text_dim}, {dim}")
+            raise ValueError(
+                f"{type(self).__name__}: image_dim, text_dim and dim must be positive, got {image_dim}, {text_dim}, {dim}"
+            )
         self.image_dim, self.text_dim, self.dim = image_dim, text_dim, dim
         self.image_proj = nn.Linear(image_dim, dim)
         self.text_proj = nn.Linear(text_dim, dim)
 
 
 class MeanFusion(_Projected):
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
         return (self.image_proj(image) + self.text_proj(text)) / 2
 
 
 class WeightedFusion(_Projected):
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, weight: float = 0.5, learn_weight: bool = True) -> None:
+    def __init__(
+        self, image_dim: int, text_dim: int, dim: int = 256, weight: float = 0.5, learn_weight: bool = True
+    ) -> None:
         super().__init__(image_dim, text_dim, dim)
         if not 0.0 < weight < 1.0:
             raise ValueError(f"weighted: weight must lie strictly between 0 and 1, got {weight}")
@@ -53,7 +59,9 @@ class WeightedFusion(_Projected):
     def weight(self) -> float:
         return float(torch.sigmoid(self.weight_logit.detach()))
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
         w = torch.sigmoid(self.weight_logit)
         return w * self.image_proj(image) + (1 - w) * self.text_proj(text)
 
@@ -62,9 +70,13 @@ class ConcatMLP(nn.Module, Fusion):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, hidden: int = 512, dropout: float = 0.1) -> None:
         super().__init__()
         self.image_dim, self.text_dim, self.dim = image_dim, text_dim, dim
-        self.net = nn.Sequential(nn.Linear(image_dim + text_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(
+            nn.Linear(image_dim + text_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
         return self.net(torch.cat([image, text], dim=-1))
 
 
@@ -75,7 +87,9 @@ class GatedFusion(_Projected):
         super().__init__(image_dim, text_dim, dim)
         self.gate = nn.Linear(image_dim + text_dim, dim)
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
         z = torch.sigmoid(self.gate(torch.cat([image, text], dim=-1)))
         return z * torch.tanh(self.image_proj(image)) + (1 - z) * torch.tanh(self.text_proj(text))
 
@@ -92,7 +106,9 @@ class BilinearFusion(nn.Module, Fusion):
         self.text_proj = nn.Linear(text_dim, dim * rank)
         self.dropout = nn.Dropout(dropout)
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None) -> torch.Tensor:
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
         joint = self.dropout(self.image_proj(image) * self.text_proj(text)).view(-1, self.dim, self.rank).sum(-1)
         joint = torch.sign(joint) * torch.sqrt(joint.abs() + 1e-8)
         return F.normalize(joint, dim=-1)
@@ -106,7 +122,9 @@ class CrossAttentionLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, image_pad: torch.Tensor | None, keep: list | None = None) -> torch.Tensor:
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor, image_pad: torch.Tensor | None, keep: list | None = None
+    ) -> torch.Tensor:
         attended, weights = self.attn(text, image, image, key_padding_mask=image_pad, need_weights=keep is not None)
         if keep is not None:
             keep.append(weights.detach())  # (N, text tokens, image patches), averaged over heads
@@ -120,8 +138,17 @@ class CrossAttentionFusion(nn.Module, Fusion):
 
     inputs = "tokens"
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1,
-                 max_patches: int = 256, max_tokens: int = 512) -> None:
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        dim: int = 256,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        max_patches: int = 256,
+        max_tokens: int = 512,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"cross-attention: dim ({dim}) must be divisible by heads ({heads})")
@@ -135,8 +162,13 @@ class CrossAttentionFusion(nn.Module, Fusion):
         self.layers = nn.ModuleList(CrossAttentionLayer(dim, heads, dropout) for _ in range(layers))
         self.attention: list[torch.Tensor] | None = None  # a list to fill: each layer's attention on the next call
 
-    def attention_maps(self, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor | None = None,
-                       text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_maps(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """How much the text attends to each image patch: the last layer's attention (averaged over
         heads) averaged over the text's real tokens, ``(N, patches)``; each row sums to 1."""
         self.attention = []
@@ -149,9 +181,17 @@ class CrossAttentionFusion(nn.Module, Fusion):
         keep = torch.ones(weights.shape[:2]) if text_mask is None else text_mask.to(weights.dtype)
         return (weights * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
 
-    def fuse(self, image: torch.Tensor, text: torch.Tensor, image_mask: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def fuse(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if image.ndim != 3 or text.ndim != 3:
-            raise ValueError(f"cross-attention fuses token-level features (N, L, D); got image {tuple(image.shape)}, text {tuple(text.shape)}")
+            raise ValueError(
+                f"cross-attention fuses token-level features (N, L, D); got image {tuple(image.shape)}, text {tuple(text.shape)}"
+            )
         if len(text) == 0:  # attention kernels reject empty batches
             return text.new_zeros(0, self.dim)
         img = self.image_proj(image) + self.image_pos[: image.shape[1]]
@@ -167,10 +207,26 @@ class CrossAttentionFusion(nn.Module, Fusion):
 
 @hookimpl
 def register_fusions(register):
-    common = dict(trainable=True, options=["image_dim", "text_dim", "dim"], check_options={"image_dim": 12, "text_dim": 10, "dim": 8})
+    common = dict(
+        trainable=True,
+        options=["image_dim", "text_dim", "dim"],
+        check_options={"image_dim": 12, "text_dim": 10, "dim": 8},
+    )
     register("mean", MeanFusion, inputs="pooled", description="Average of the projected features", **common)
-    register("weighted", WeightedFusion, inputs="pooled", description="Weighted sum of the projections; weight fixed or learned", **common)
+    register(
+        "weighted",
+        WeightedFusion,
+        inputs="pooled",
+        description="Weighted sum of the projections; weight fixed or learned",
+        **common,
+    )
     register("concat-mlp", ConcatMLP, inputs="pooled", description="MLP over the concatenated features", **common)
     register("gated", GatedFusion, inputs="pooled", description="Gated multimodal unit", **common)
     register("bilinear", BilinearFusion, inputs="pooled", description="Low-rank bilinear pooling (MFB)", **common)
-    register("cross-attention", CrossAttentionFusion, inputs="tokens", description="Text tokens attend to image patches", **common)
+    register(
+        "cross-attention",
+        CrossAttentionFusion,
+        inputs="tokens",
+        description="Text tokens attend to image patches",
+        **common,
+    )

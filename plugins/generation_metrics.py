@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Metric
+from plugins import check_setups
 
 DEFAULT_MATCHER = "models:/itm-matcher@champion"
 
@@ -103,8 +104,14 @@ class RPrecision(_MatcherMetric):
         self.candidates = candidates
         self.seed = seed
 
-    def compute(self, images: Sequence[Any], prompts: Sequence[str], distractors: Sequence[str] | None = None,
-                equivalents: Sequence[Sequence[str]] | None = None, **_: Any) -> dict[str, float]:
+    def compute(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        distractors: Sequence[str] | None = None,
+        equivalents: Sequence[Sequence[str]] | None = None,
+        **_: Any,
+    ) -> dict[str, float]:
         import torch
 
         _same_length("r_precision", images, prompts, "prompts")
@@ -120,7 +127,9 @@ class RPrecision(_MatcherMetric):
             banned = {prompt, *(equivalents[i] if equivalents is not None else ())}
             others = [t for t in pool if t not in banned]
             if not others:
-                raise ValueError("r_precision: no distractor prompts differ from the prompt; give more prompts or distractors")
+                raise ValueError(
+                    "r_precision: no distractor prompts differ from the prompt; give more prompts or distractors"
+                )
             chosen = rng.sample(others, min(self.candidates - 1, len(others)))
             rows = torch.tensor([text_index[prompt]] + [text_index[t] for t in chosen])
             scores = self.matcher.similarity.score(img[i : i + 1], txt[rows])[0]
@@ -138,28 +147,38 @@ class _FeatureDistance(Metric):
         from itm_core.contract.registry import create
 
         self.encoder_name = encoder
-        options = {"pool": "avg"} if encoder_options is None and encoder == "efficientnet-lite0" else (encoder_options or {})
+        options = (
+            {"pool": "avg"} if encoder_options is None and encoder == "efficientnet-lite0" else (encoder_options or {})
+        )
         self.encoder = create("encoder", encoder, **options)
         if self.encoder.modality != "image":
-            raise ValueError(f"{type(self).__name__.lower()}: encoder {encoder!r} encodes {self.encoder.modality}, not images")
+            raise ValueError(
+                f"{type(self).__name__.lower()}: encoder {encoder!r} encodes {self.encoder.modality}, not images"
+            )
 
     def features(self, images: Sequence[Any]) -> Any:
         import torch
 
         with torch.inference_mode():
-            return torch.cat([self.encoder.encode(list(images[s : s + 64])).double() for s in range(0, len(images), 64)])
+            return torch.cat(
+                [self.encoder.encode(list(images[s : s + 64])).double() for s in range(0, len(images), 64)]
+            )
 
     def pair(self, name: str, images: Sequence[Any] | None, reference_images: Sequence[Any] | None) -> tuple[Any, Any]:
         _need(name, images=images, reference_images=reference_images)
         if len(images) < 2 or len(reference_images) < 2:
-            raise ValueError(f"{name}: needs at least 2 generated and 2 reference images, got {len(images)} and {len(reference_images)}")
+            raise ValueError(
+                f"{name}: needs at least 2 generated and 2 reference images, got {len(images)} and {len(reference_images)}"
+            )
         return self.features(images), self.features(reference_images)
 
 
 class FrechetDistance(_FeatureDistance):
     """``fd``: ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)`` of the two feature distributions."""
 
-    def compute(self, images: Sequence[Any] | None = None, reference_images: Sequence[Any] | None = None, **_: Any) -> dict[str, float]:
+    def compute(
+        self, images: Sequence[Any] | None = None, reference_images: Sequence[Any] | None = None, **_: Any
+    ) -> dict[str, float]:
         import numpy as np
         from scipy import linalg
 
@@ -180,12 +199,20 @@ class KernelDistance(_FeatureDistance):
     """``kid``: the unbiased MMD² with the cubic polynomial kernel ``(x.y / d + 1)^3``, averaged over
     ``subsets`` random subsets of ``subset_size`` images (``kid_std``: its spread)."""
 
-    def __init__(self, encoder: str = "efficientnet-lite0", encoder_options: dict[str, Any] | None = None,
-                 subsets: int = 50, subset_size: int = 100, seed: int = 0) -> None:
+    def __init__(
+        self,
+        encoder: str = "efficientnet-lite0",
+        encoder_options: dict[str, Any] | None = None,
+        subsets: int = 50,
+        subset_size: int = 100,
+        seed: int = 0,
+    ) -> None:
         super().__init__(encoder, encoder_options)
         self.subsets, self.subset_size, self.seed = subsets, subset_size, seed
 
-    def compute(self, images: Sequence[Any] | None = None, reference_images: Sequence[Any] | None = None, **_: Any) -> dict[str, float]:
+    def compute(
+        self, images: Sequence[Any] | None = None, reference_images: Sequence[Any] | None = None, **_: Any
+    ) -> dict[str, float]:
         import torch
 
         a, b = self.pair("kid", images, reference_images)
@@ -198,18 +225,48 @@ class KernelDistance(_FeatureDistance):
             y = b[torch.randperm(len(b), generator=g)[:m]]
             kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
             off = m * (m - 1)
-            values.append(float((kxx.sum() - kxx.diagonal().sum()) / off + (kyy.sum() - kyy.diagonal().sum()) / off - 2 * kxy.mean()))
+            values.append(
+                float(
+                    (kxx.sum() - kxx.diagonal().sum()) / off + (kyy.sum() - kyy.diagonal().sum()) / off - 2 * kxy.mean()
+                )
+            )
         t = torch.tensor(values)
         return {"kid": float(t.mean()), "kid_std": float(t.std()) if len(t) > 1 else 0.0}
 
 
 @hookimpl
 def register_metrics(register):
-    register("clipscore", ClipScore, task="captioning", description="Reference-free caption alignment w*max(cos,0) in a matcher's joint space (CLIPScore style)",
-             check_options=check_setups.with_matcher())
-    register("alignment", Alignment, task="text-to-image", description="Generated image vs. prompt alignment w*max(cos,0) in a matcher's joint space",
-             check_options=check_setups.with_matcher())
-    register("r_precision", RPrecision, task="text-to-image", description="How often a matcher ranks the prompt first among distractor prompts",
-             check_options=check_setups.with_matcher())
-    register("fd", FrechetDistance, task="text-to-image", description="Fréchet distance of generated vs. reference image features (FID with InceptionV3)", requires=["scipy"])
-    register("kid", KernelDistance, task="text-to-image", description="Kernel (inception) distance of generated vs. reference image features")
+    register(
+        "clipscore",
+        ClipScore,
+        task="captioning",
+        description="Reference-free caption alignment w*max(cos,0) in a matcher's joint space (CLIPScore style)",
+        check_options=check_setups.with_matcher(),
+    )
+    register(
+        "alignment",
+        Alignment,
+        task="text-to-image",
+        description="Generated image vs. prompt alignment w*max(cos,0) in a matcher's joint space",
+        check_options=check_setups.with_matcher(),
+    )
+    register(
+        "r_precision",
+        RPrecision,
+        task="text-to-image",
+        description="How often a matcher ranks the prompt first among distractor prompts",
+        check_options=check_setups.with_matcher(),
+    )
+    register(
+        "fd",
+        FrechetDistance,
+        task="text-to-image",
+        description="Fréchet distance of generated vs. reference image features (FID with InceptionV3)",
+        requires=["scipy"],
+    )
+    register(
+        "kid",
+        KernelDistance,
+        task="text-to-image",
+        description="Kernel (inception) distance of generated vs. reference image features",
+    )

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Encoder
+from plugins import check_setups
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
 if TYPE_CHECKING:
@@ -24,26 +25,40 @@ IMAGE_POOLING = ("pooler", "cls", "mean")
 class HFTextEncoder(Encoder):
     modality = "text"
 
-    def __init__(self, model: str = "bert-base-uncased", pooling: str = "mean", normalize: bool = True, max_length: int = 128,
-                 revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str = "bert-base-uncased",
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_length: int = 128,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if pooling not in TEXT_POOLING:
             raise ValueError(f"hf-text: pooling must be one of {TEXT_POOLING}, got {pooling!r}")
         self.model = load_pretrained(AutoModel, model, revision, dtype, device)
         self.tokenizer = load_processor(AutoTokenizer, model, revision)
-        limits = [max_length, getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        limits = [
+            max_length,
+            getattr(self.model.config, "max_position_embeddings", None),
+            self.tokenizer.model_max_length,
+        ]
         self.max_length = min(int(n) for n in limits if n and n < 1_000_000)  # never past what the model can embed
         self.pooling, self.normalize, self.device = pooling, normalize, device
         self.dim = int(self.model.config.hidden_size)
 
-    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
         if len(items) == 0:
             return torch.zeros(0, self.dim)
-        batch = self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         with torch.inference_mode():
             states = self.model(**batch).last_hidden_state.float()
         if self.pooling == "cls":
@@ -57,8 +72,15 @@ class HFTextEncoder(Encoder):
 class HFImageEncoder(Encoder):
     modality = "image"
 
-    def __init__(self, model: str = "google/vit-base-patch16-224-in21k", pooling: str = "pooler", normalize: bool = False,
-                 revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str = "google/vit-base-patch16-224-in21k",
+        pooling: str = "pooler",
+        normalize: bool = False,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
         from PIL import Image
         from transformers import AutoImageProcessor, AutoModel
 
@@ -70,24 +92,30 @@ class HFImageEncoder(Encoder):
         self.dim = 0
         self.dim = int(self._pool([Image.new("RGB", (32, 32))]).shape[1])
 
-    def _pool(self, images: Sequence[Any]) -> "torch.Tensor":
+    def _pool(self, images: Sequence[Any]) -> torch.Tensor:
         import torch
 
-        pixels = self.processor(images=rgb(images), return_tensors="pt")["pixel_values"].to(self.device, self.model.dtype)
+        pixels = self.processor(images=rgb(images), return_tensors="pt")["pixel_values"].to(
+            self.device, self.model.dtype
+        )
         with torch.inference_mode():
             out = self.model(pixel_values=pixels)
         states = out.last_hidden_state.float()
         if self.pooling == "pooler":
             if getattr(out, "pooler_output", None) is None:
-                raise ValueError(f"hf-image: {type(self.model).__name__} has no pooled output; use pooling='cls' or 'mean'")
+                raise ValueError(
+                    f"hf-image: {type(self.model).__name__} has no pooled output; use pooling='cls' or 'mean'"
+                )
             return out.pooler_output.float().flatten(1)
         if states.ndim == 4:  # a CNN feature map (N, C, H, W)
             if self.pooling == "cls":
-                raise ValueError(f"hf-image: {type(self.model).__name__} has no CLS token; use pooling='mean' or 'pooler'")
+                raise ValueError(
+                    f"hf-image: {type(self.model).__name__} has no CLS token; use pooling='mean' or 'pooler'"
+                )
             return states.mean(dim=(2, 3))
         return states[:, 0] if self.pooling == "cls" else states[:, 1:].mean(1)
 
-    def encode(self, items: Sequence[Any]) -> "torch.Tensor":
+    def encode(self, items: Sequence[Any]) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
@@ -99,11 +127,25 @@ class HFImageEncoder(Encoder):
 
 @hookimpl
 def register_encoders(register):
-    register("hf-text", HFTextEncoder, modality="text", dim="hidden_size", trainable=False,
-             description="Any transformers text encoder (BERT, RoBERTa, MiniLM...), mean or CLS pooling",
-             checkpoints=["bert-base-uncased", "sentence-transformers/all-mpnet-base-v2", "roberta-base"],
-             check_options=check_setups.hub("bert"), **HUB_METADATA)
-    register("hf-image", HFImageEncoder, modality="image", dim="from the model", trainable=False,
-             description="Any transformers vision backbone (ViT, DeiT, ResNet, ConvNeXt...), pooled",
-             checkpoints=["google/vit-base-patch16-224-in21k", "microsoft/resnet-50", "facebook/dinov2-small"],
-             check_options=check_setups.hub("vit"), **HUB_METADATA)
+    register(
+        "hf-text",
+        HFTextEncoder,
+        modality="text",
+        dim="hidden_size",
+        trainable=False,
+        description="Any transformers text encoder (BERT, RoBERTa, MiniLM...), mean or CLS pooling",
+        checkpoints=["bert-base-uncased", "sentence-transformers/all-mpnet-base-v2", "roberta-base"],
+        check_options=check_setups.hub("bert"),
+        **HUB_METADATA,
+    )
+    register(
+        "hf-image",
+        HFImageEncoder,
+        modality="image",
+        dim="from the model",
+        trainable=False,
+        description="Any transformers vision backbone (ViT, DeiT, ResNet, ConvNeXt...), pooled",
+        checkpoints=["google/vit-base-patch16-224-in21k", "microsoft/resnet-50", "facebook/dinov2-small"],
+        check_options=check_setups.hub("vit"),
+        **HUB_METADATA,
+    )

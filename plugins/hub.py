@@ -30,8 +30,10 @@ def check_model_reference(model: str, option: str = "model") -> None:
     path = Path(text).expanduser()
     if looks_like_path and not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"{option}={text!r}: the folder {what}. Give a folder made by save_pretrained "
-                                "(config.json and the weights inside) or a hub id such as 'openai/clip-vit-base-patch32'")
+        raise FileNotFoundError(
+            f"{option}={text!r}: the folder {what}. Give a folder made by save_pretrained "
+            "(config.json and the weights inside) or a hub id such as 'openai/clip-vit-base-patch32'"
+        )
 
 
 def load_pretrained(cls: Any, model: str, revision: str | None, dtype: str, device: str, **kwargs: Any) -> Any:

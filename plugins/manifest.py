@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from itm_core.data.webdataset import load_webdataset
+from plugins import check_setups
 
 
 class ManifestDataset(Dataset):

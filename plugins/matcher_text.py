@@ -12,7 +12,8 @@ model saved with it keeps its own copy: it reads prompts the same way after the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -43,15 +44,17 @@ class MatcherText(Encoder):
             try:
                 self._matcher = load_matcher(self.matcher_uri)
             except (LookupError, FileNotFoundError) as exc:
-                raise LookupError(f"matcher-text: cannot load the matcher {self.matcher_uri!r} ({exc}); train one first "
-                                  "(`itm run retrain`) or set the option matcher to a model URI or a saved matcher folder") from None
+                raise LookupError(
+                    f"matcher-text: cannot load the matcher {self.matcher_uri!r} ({exc}); train one first "
+                    "(`itm run retrain`) or set the option matcher to a model URI or a saved matcher folder"
+                ) from None
         return self._matcher
 
     @property
     def dim(self) -> int:  # type: ignore[override]
         return int(self.matcher.config["embed_dim"])
 
-    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
         import torch
 
         if len(items) == 0:

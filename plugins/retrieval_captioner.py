@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Generator
+from plugins import check_setups
 
 
 class RetrievalCaptioner(Generator):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Metric
@@ -23,7 +24,14 @@ class RetrievalMetric(Metric):
         self.ks = tuple(ks)
         self.chunk = chunk
 
-    def compute(self, image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: Sequence[int], similarity: Any = None, **_: Any) -> dict[str, float]:
+    def compute(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        caption_image: Sequence[int],
+        similarity: Any = None,
+        **_: Any,
+    ) -> dict[str, float]:
         from itm_core import create
         from itm_core.judge.retrieval import ranks, recall_metrics
 
@@ -38,6 +46,18 @@ def register_metrics(register):
         "retrieval",
         RetrievalMetric,
         task="retrieval",
-        keys=["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_medr", "t2i_medr", "i2t_meanr", "t2i_meanr", "rsum"],
+        keys=[
+            "i2t_r1",
+            "i2t_r5",
+            "i2t_r10",
+            "t2i_r1",
+            "t2i_r5",
+            "t2i_r10",
+            "i2t_medr",
+            "t2i_medr",
+            "i2t_meanr",
+            "t2i_meanr",
+            "rsum",
+        ],
         description="Recall@K, median and mean rank in both directions (COCO/Flickr protocol, chunked)",
     )

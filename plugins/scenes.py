@@ -27,8 +27,21 @@ from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
 from plugins.shapes import (
-    COLORS, HARD_NEGATIVE_COLUMNS, POSITION_PHRASES, PROBE_TRUE_COLUMN, QA_COLUMN, SHAPES, SIZE_WORDS, SIZES, Obj, _article, _polygon, data_folder,
-    environment_defaults, paraphrases, write_manifest,
+    COLORS,
+    HARD_NEGATIVE_COLUMNS,
+    POSITION_PHRASES,
+    PROBE_TRUE_COLUMN,
+    QA_COLUMN,
+    SHAPES,
+    SIZE_WORDS,
+    SIZES,
+    Obj,
+    _article,
+    _polygon,
+    data_folder,
+    environment_defaults,
+    paraphrases,
+    write_manifest,
 )
 
 FORMAT = 1  # bump when the files written for the same options change
@@ -40,7 +53,14 @@ RELATION_PHRASES = {
     "bigger": ("bigger than", "larger than"),
     "smaller": ("smaller than", "tinier than"),
 }
-INVERSE = {"left": "right", "right": "left", "above": "below", "below": "above", "bigger": "smaller", "smaller": "bigger"}
+INVERSE = {
+    "left": "right",
+    "right": "left",
+    "above": "below",
+    "below": "above",
+    "bigger": "smaller",
+    "smaller": "bigger",
+}
 MIRROR = {"left": "right", "right": "left"}
 SINGLE_CELLS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "center": (1, 1)}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -80,7 +100,10 @@ def random_spec(rng: random.Random, max_objects: int) -> SceneSpec:
     if n == 1:
         position = rng.choice(list(SINGLE_CELLS))
         col, row = SINGLE_CELLS[position]
-        return SceneSpec((Placed(Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))), col, row),), position=position)
+        return SceneSpec(
+            (Placed(Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))), col, row),),
+            position=position,
+        )
     cells = rng.sample([(c, r) for c in range(3) for r in range(3)], n)
     objects: list[Placed] = []
     while len(objects) < n:
@@ -106,8 +129,13 @@ def describe(spec: SceneSpec, rng: random.Random | None) -> str:
     if len(spec.objects) == 1:
         o = spec.objects[0].obj
         where = pick(POSITION_PHRASES[spec.position])
-        return pick([f"{_article(_words(o, rng))} {where}", f"{where}, there is {_article(_words(o, rng))}",
-                     f"a picture of {_article(_words(o, rng))} placed {where}"])
+        return pick(
+            [
+                f"{_article(_words(o, rng))} {where}",
+                f"{where}, there is {_article(_words(o, rng))}",
+                f"a picture of {_article(_words(o, rng))} placed {where}",
+            ]
+        )
     objs, rels = [p.obj for p in spec.objects], list(spec.relations)
     style = 0 if rng is None else rng.randrange(4)
     if style in (1, 3):  # mentioned from the last object back, with the relations inverted
@@ -117,7 +145,9 @@ def describe(spec: SceneSpec, rng: random.Random | None) -> str:
         for n, (r, o) in enumerate(zip(rels, objs[1:])):
             text += f"{', which is' if n else ''} {pick(RELATION_PHRASES[r])} {_article(_words(o, rng))}"
         return text if rng is None or rng.random() < 0.5 else f"there is {text}"
-    clauses = [f"{_article(_words(objs[0], rng))} is {pick(RELATION_PHRASES[rels[0]])} {_article(_words(objs[1], rng))}"]
+    clauses = [
+        f"{_article(_words(objs[0], rng))} is {pick(RELATION_PHRASES[rels[0]])} {_article(_words(objs[1], rng))}"
+    ]
     for r, a, b in zip(rels[1:], objs[1:], objs[2:]):
         clauses.append(f"the {a.color} {a.shape} is {pick(RELATION_PHRASES[r])} {_article(_words(b, rng))}")
     return "; ".join(clauses) if style == 2 else ", and ".join(clauses)
@@ -139,7 +169,12 @@ def swap_attribute(spec: SceneSpec, attribute: str, rng: random.Random) -> Scene
     """Two objects exchange their ``color`` or ``shape`` (an attribute binding swap); None when no
     pair differs in it without making two objects alike."""
     objs = [p.obj for p in spec.objects]
-    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs)) if getattr(objs[i], attribute) != getattr(objs[j], attribute)]
+    pairs = [
+        (i, j)
+        for i in range(len(objs))
+        for j in range(i + 1, len(objs))
+        if getattr(objs[i], attribute) != getattr(objs[j], attribute)
+    ]
     rng.shuffle(pairs)
     for i, j in pairs:
         swapped = objs[:]
@@ -160,7 +195,9 @@ def mirror(spec: SceneSpec) -> SceneSpec | None:
         return replace(spec, objects=(replace(spec.objects[0], col=col, row=row),), position=position)
     if not any(r in MIRROR for r in spec.relations):
         return None
-    return SceneSpec(tuple(replace(p, col=2 - p.col) for p in spec.objects), tuple(MIRROR.get(r, r) for r in spec.relations))
+    return SceneSpec(
+        tuple(replace(p, col=2 - p.col) for p in spec.objects), tuple(MIRROR.get(r, r) for r in spec.relations)
+    )
 
 
 def hard_negatives(spec: SceneSpec, rng: random.Random) -> dict[str, str]:
@@ -196,7 +233,13 @@ def hard_negatives(spec: SceneSpec, rng: random.Random) -> dict[str, str]:
 
 def questions(spec: SceneSpec, rng: random.Random) -> list[dict[str, str]]:
     objs = [p.obj for p in spec.objects]
-    qa = [{"question": rng.choice(["how many shapes are there?", "how many objects are in the picture?"]), "answer": COUNT_WORDS[len(objs)], "type": "count"}]
+    qa = [
+        {
+            "question": rng.choice(["how many shapes are there?", "how many objects are in the picture?"]),
+            "answer": COUNT_WORDS[len(objs)],
+            "type": "count",
+        }
+    ]
     o = rng.choice(objs)
     if sum(x.shape == o.shape for x in objs) == 1:
         qa.append({"question": f"what colour is the {o.shape}?", "answer": o.color, "type": "colour"})
@@ -209,11 +252,21 @@ def questions(spec: SceneSpec, rng: random.Random) -> list[dict[str, str]]:
         k = rng.randrange(len(spec.relations))
         a, b = spec.objects[k], spec.objects[k + 1]
         if a.col != b.col:
-            qa.append({"question": f"is the {a.obj.color} {a.obj.shape} left or right of the {b.obj.color} {b.obj.shape}?",
-                       "answer": "left" if a.col < b.col else "right", "type": "position"})
+            qa.append(
+                {
+                    "question": f"is the {a.obj.color} {a.obj.shape} left or right of the {b.obj.color} {b.obj.shape}?",
+                    "answer": "left" if a.col < b.col else "right",
+                    "type": "position",
+                }
+            )
         elif a.row != b.row:
-            qa.append({"question": f"is the {a.obj.color} {a.obj.shape} above or below the {b.obj.color} {b.obj.shape}?",
-                       "answer": "above" if a.row < b.row else "below", "type": "position"})
+            qa.append(
+                {
+                    "question": f"is the {a.obj.color} {a.obj.shape} above or below the {b.obj.color} {b.obj.shape}?",
+                    "answer": "above" if a.row < b.row else "below",
+                    "type": "position",
+                }
+            )
     return qa
 
 
@@ -257,8 +310,15 @@ def _clutter(draw: Any, size: int, rng: random.Random, strokes: int) -> None:
         draw.line(points, fill=_paint(COLORS[rng.choice(list(COLORS))], rng), width=width)
 
 
-def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True, jitter: bool = True,
-           clutter: int = 0, cast: float = 0.0) -> tuple[Any, list[dict[str, float]]]:
+def render(
+    spec: SceneSpec,
+    size: int,
+    rng: random.Random,
+    textured: bool = True,
+    jitter: bool = True,
+    clutter: int = 0,
+    cast: float = 0.0,
+) -> tuple[Any, list[dict[str, float]]]:
     """The image and where each object is (centre and radius as fractions of the side)."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -271,8 +331,19 @@ def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True
         r = SIZES[p.obj.size] * 0.8
         cx = (0.2 + 0.3 * p.col) + rng.uniform(-0.05, 0.05)
         cy = (0.2 + 0.3 * p.row) + rng.uniform(-0.05, 0.05)
-        placed.append({"shape": p.obj.shape, "color": p.obj.color, "size": p.obj.size, "cx": round(cx, 4), "cy": round(cy, 4), "r": round(r, 4)})
-    for p, where in sorted(zip(spec.objects, placed), key=lambda _: rng.random()):  # a random drawing order: either may cover the other
+        placed.append(
+            {
+                "shape": p.obj.shape,
+                "color": p.obj.color,
+                "size": p.obj.size,
+                "cx": round(cx, 4),
+                "cy": round(cy, 4),
+                "r": round(r, 4),
+            }
+        )
+    for p, where in sorted(
+        zip(spec.objects, placed), key=lambda _: rng.random()
+    ):  # a random drawing order: either may cover the other
         fill = _paint(COLORS[p.obj.color], rng, jitter)
         cx, cy, r = where["cx"] * size, where["cy"] * size, where["r"] * size
         if p.obj.shape == "circle":
@@ -294,13 +365,30 @@ def render(spec: SceneSpec, size: int, rng: random.Random, textured: bool = True
 
 def family(spec: SceneSpec, size: int, rng: random.Random) -> list[SceneSpec]:
     """``spec`` and up to ``size - 1`` variants with the same words: colours swapped, mirrored, shapes swapped."""
-    variants = [v for v in (swap_attribute(spec, "color", rng), mirror(spec), swap_attribute(spec, "shape", rng)) if v is not None]
+    variants = [
+        v
+        for v in (swap_attribute(spec, "color", rng), mirror(spec), swap_attribute(spec, "shape", rng))
+        if v is not None
+    ]
     rng.shuffle(variants)
     return [spec, *variants[: size - 1]]
 
 
-def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_size: int, captions_per_image: int, max_objects: int,
-          family_size: int, textured: bool, jitter: bool, clutter: int = 0, cast: float = 0.0) -> Path:
+def build(
+    folder: Path,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    image_size: int,
+    captions_per_image: int,
+    max_objects: int,
+    family_size: int,
+    textured: bool,
+    jitter: bool,
+    clutter: int = 0,
+    cast: float = 0.0,
+) -> Path:
     """Write the images and ``manifest.jsonl`` into ``folder`` (once); return the manifest path."""
     from tqdm.auto import tqdm
 
@@ -322,21 +410,47 @@ def build(folder: Path, n_train: int, n_val: int, n_test: int, seed: int, image_
                     rel = f"{split}/{written:05d}.png"
                     image, placed = render(spec, image_size, rng, textured, jitter, clutter, cast)
                     image.save(folder / rel)
-                    rows.append({
-                        "image": rel, "caption": captions(spec, captions_per_image, rng), "split": split, **hard_negatives(spec, rng),
-                        PROBE_TRUE_COLUMN: describe(spec, None), QA_COLUMN: questions(spec, rng), "objects": placed,
-                        "position": spec.position or "relations", "family": families,
-                    })
+                    rows.append(
+                        {
+                            "image": rel,
+                            "caption": captions(spec, captions_per_image, rng),
+                            "split": split,
+                            **hard_negatives(spec, rng),
+                            PROBE_TRUE_COLUMN: describe(spec, None),
+                            QA_COLUMN: questions(spec, rng),
+                            "objects": placed,
+                            "position": spec.position or "relations",
+                            "family": families,
+                        }
+                    )
                     written += 1
                     bar.update()
     return write_manifest(folder, rows)
 
 
 class ScenesDataset(Dataset):
-    def __init__(self, n_train: int = 2000, n_val: int = 500, n_test: int = 500, seed: int = 0, image_size: int = 128, captions_per_image: int = 5,
-                 max_objects: int = 4, family_size: int = 3, textured: bool = True, jitter: bool = True, clutter: int = 0,
-                 cast: float = 0.2, root: str | None = None) -> None:
-        for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("captions_per_image", captions_per_image)):
+    def __init__(
+        self,
+        n_train: int = 2000,
+        n_val: int = 500,
+        n_test: int = 500,
+        seed: int = 0,
+        image_size: int = 128,
+        captions_per_image: int = 5,
+        max_objects: int = 4,
+        family_size: int = 3,
+        textured: bool = True,
+        jitter: bool = True,
+        clutter: int = 0,
+        cast: float = 0.2,
+        root: str | None = None,
+    ) -> None:
+        for name, value in (
+            ("n_train", n_train),
+            ("n_val", n_val),
+            ("n_test", n_test),
+            ("captions_per_image", captions_per_image),
+        ):
             if value < 1:
                 raise ValueError(f"scenes: {name} must be at least 1, got {value}")
         if not 64 <= image_size <= 1024:
@@ -349,8 +463,18 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: clutter must be between 0 (none) and 64 strokes, got {clutter}")
         if not 0 <= cast < 1:
             raise ValueError(f"scenes: cast must be at least 0 (none) and below 1, got {cast}")
-        self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size, captions_per_image=captions_per_image,
-                           max_objects=max_objects, family_size=family_size, textured=bool(textured), jitter=bool(jitter))
+        self.params = dict(
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            seed=seed,
+            image_size=image_size,
+            captions_per_image=captions_per_image,
+            max_objects=max_objects,
+            family_size=family_size,
+            textured=bool(textured),
+            jitter=bool(jitter),
+        )
         for name, value in (("clutter", int(clutter)), ("cast", float(cast))):
             if value:  # only when set, so that the folders of existing options keep their names
                 self.params[name] = value
@@ -377,5 +501,11 @@ def register_datasets(register):
         scenes,
         description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, a colour cast, families that share their words; built offline, cached",
         splits=["train", "val", "test"],
-        check_options=lambda folder: {"n_train": 6, "n_val": 3, "n_test": 3, "image_size": 64, "root": str(folder / "scenes")},
+        check_options=lambda folder: {
+            "n_train": 6,
+            "n_val": 3,
+            "n_test": 3,
+            "image_size": 64,
+            "root": str(folder / "scenes"),
+        },
     )

@@ -17,9 +17,10 @@ import math
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from itm_core import hookimpl
 from itm_core.components import Dataset
@@ -141,7 +142,11 @@ def hard_negatives(scene: Scene, rng: random.Random) -> dict[str, str]:
         swapped_color = Scene((Obj(a.shape, b.color, a.size), Obj(b.shape, a.color, b.size)))
         swapped_shape = Scene((Obj(b.shape, a.color, a.size), Obj(a.shape, b.color, b.size)))
         swapped_side = Scene((b, a))
-        return {"neg_color": canonical(swapped_color), "neg_shape": canonical(swapped_shape), "neg_position": canonical(swapped_side)}
+        return {
+            "neg_color": canonical(swapped_color),
+            "neg_shape": canonical(swapped_shape),
+            "neg_position": canonical(swapped_side),
+        }
     o = scene.objects[0]
     other_color = Obj(o.shape, rng.choice([c for c in COLORS if c != o.color]), o.size)
     other_shape = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.color, o.size)
@@ -195,7 +200,13 @@ def parse(text: str) -> Scene | None:
 def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
     """One question of each type about ``scene``, answered from a fixed answer set."""
     objs = scene.objects
-    qa = [{"question": rng.choice(["how many shapes are there?", "how many objects are in the picture?"]), "answer": COUNT_WORDS[len(objs)], "type": "count"}]
+    qa = [
+        {
+            "question": rng.choice(["how many shapes are there?", "how many objects are in the picture?"]),
+            "answer": COUNT_WORDS[len(objs)],
+            "type": "count",
+        }
+    ]
     if len(objs) == 1:
         o = objs[0]
         qa += [
@@ -214,7 +225,13 @@ def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
         {"question": f"what size is the shape on the {where}?", "answer": o.size, "type": "size"},
     ]
     if (o.color, o.shape) != (other.color, other.shape):
-        qa.append({"question": f"is the {o.color} {o.shape} on the left or on the right?", "answer": where, "type": "position"})
+        qa.append(
+            {
+                "question": f"is the {o.color} {o.shape} on the left or on the right?",
+                "answer": where,
+                "type": "position",
+            }
+        )
     return qa
 
 
@@ -240,20 +257,32 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return [(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)]
     if shape == "star":
         return [
-            (cx + (r if k % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + k * math.pi / 5),
-             cy + (r if k % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + k * math.pi / 5))
+            (
+                cx + (r if k % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + k * math.pi / 5),
+                cy + (r if k % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + k * math.pi / 5),
+            )
             for k in range(10)
         ]
     if shape == "cross":
         w = r * 0.35
         return [
-            (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
-            (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w),
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
         ]
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def render(scene: Scene, size: int, rng: random.Random, placed: list[dict[str, Any]] | None = None) -> "Any":
+def render(scene: Scene, size: int, rng: random.Random, placed: list[dict[str, Any]] | None = None) -> Any:
     """Draw ``scene`` on a grey background with a little jitter in place, shade and noise; where each
     object landed (centre and radius as fractions of the side) is appended to ``placed`` when given."""
     from PIL import Image, ImageDraw
@@ -359,8 +388,13 @@ class ShapesDataset(Dataset):
         if captions_per_image < 1:
             raise ValueError(f"shapes: captions_per_image must be at least 1, got {captions_per_image}")
         self.params = dict(
-            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, image_size=image_size,
-            captions_per_image=captions_per_image, two_object_fraction=two_object_fraction,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            seed=seed,
+            image_size=image_size,
+            captions_per_image=captions_per_image,
+            two_object_fraction=two_object_fraction,
         )
         self.folder = data_folder("shapes", self.params, FORMAT, root)
 
@@ -386,7 +420,9 @@ def environment_defaults(variable: str = DEFAULTS_VARIABLE, dataset: type[Datase
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{variable} is not valid JSON ({exc}); give an object such as '{{\"n_train\": 200, \"n_val\": 50, \"n_test\": 50}}'") from None
+        raise ValueError(
+            f'{variable} is not valid JSON ({exc}); give an object such as \'{{"n_train": 200, "n_val": 50, "n_test": 50}}\''
+        ) from None
     known = [p for p in inspect.signature(dataset).parameters]
     if not isinstance(values, dict) or set(values) - set(known):
         extra = sorted(set(values) - set(known)) if isinstance(values, dict) else values

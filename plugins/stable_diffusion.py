@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Generator
+from plugins import check_setups
 from plugins.hub import check_model_reference, torch_dtype
 
 
@@ -16,16 +17,28 @@ class StableDiffusion(Generator):
 
     task = "text-to-image"
 
-    def __init__(self, model: str = "stabilityai/stable-diffusion-2-1-base", steps: int = 25, guidance_scale: float = 7.5,
-                 negative_prompt: str | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                 revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str = "stabilityai/stable-diffusion-2-1-base",
+        steps: int = 25,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
         from diffusers import AutoPipelineForText2Image
 
         if steps < 1:
             raise ValueError(f"stable-diffusion: steps must be at least 1, got {steps}")
         check_model_reference(model)
         try:
-            self.pipeline = AutoPipelineForText2Image.from_pretrained(model, revision=revision, torch_dtype=torch_dtype(dtype))
+            self.pipeline = AutoPipelineForText2Image.from_pretrained(
+                model, revision=revision, torch_dtype=torch_dtype(dtype)
+            )
         except OSError as exc:
             raise OSError(f"cannot load a diffusers text-to-image pipeline from {model!r}: {exc}") from None
         if hasattr(self.pipeline, "safety_checker") and self.pipeline.safety_checker is None:
@@ -33,7 +46,13 @@ class StableDiffusion(Generator):
         self.pipeline.to(device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.device = device
-        self.settings = dict(num_inference_steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt, height=height, width=width)
+        self.settings = dict(
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+        )
         self.seed = seed
 
     def generate(self, inputs: Sequence[str], **options: Any) -> list[Any]:
@@ -50,7 +69,13 @@ class StableDiffusion(Generator):
 
 @hookimpl
 def register_generators(register):
-    register("stable-diffusion", StableDiffusion, task="text-to-image",
-             description="Text to image with a diffusers pipeline (Stable Diffusion and compatible)",
-             checkpoints=["stabilityai/stable-diffusion-2-1-base", "runwayml/stable-diffusion-v1-5", "segmind/tiny-sd"],
-             requires=["diffusers", "transformers"], hub=True, check_options=check_setups.hub("stable_diffusion", steps=2, height=32, width=32))
+    register(
+        "stable-diffusion",
+        StableDiffusion,
+        task="text-to-image",
+        description="Text to image with a diffusers pipeline (Stable Diffusion and compatible)",
+        checkpoints=["stabilityai/stable-diffusion-2-1-base", "runwayml/stable-diffusion-v1-5", "segmind/tiny-sd"],
+        requires=["diffusers", "transformers"],
+        hub=True,
+        check_options=check_setups.hub("stable_diffusion", steps=2, height=32, width=32),
+    )

@@ -4,11 +4,12 @@ or from a saved folder."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Generator
+from plugins import check_setups
 
 
 class TrainedCaptioner(Generator):
@@ -24,7 +25,9 @@ class TrainedCaptioner(Generator):
             raise ValueError(f"trained-captioner: num_beams must be at least 1, got {num_beams}")
         self.captioner = load_generator_model(model)
         if not isinstance(self.captioner, Captioner):
-            raise ValueError(f"trained-captioner: {model!r} is a text-to-image model, not a captioner; use trained-text-to-image")
+            raise ValueError(
+                f"trained-captioner: {model!r} is a text-to-image model, not a captioner; use trained-text-to-image"
+            )
         self.num_beams = num_beams
 
     def generate(self, inputs: Sequence[Any], **options: Any) -> list[str]:
@@ -38,13 +41,21 @@ class TrainedTextToImage(Generator):
 
     task = "text-to-image"
 
-    def __init__(self, model: str = "models:/itm-text-to-image@champion", seed: int = 0, size: int = 0, temperature: float | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "models:/itm-text-to-image@champion",
+        seed: int = 0,
+        size: int = 0,
+        temperature: float | None = None,
+    ) -> None:
         from itm_core.models.text_to_image import TextToImage
         from itm_core.ops.tracking import load_generator_model
 
         self.model = load_generator_model(model)
         if not isinstance(self.model, TextToImage):
-            raise ValueError(f"trained-text-to-image: {model!r} is a captioner, not a text-to-image model; use trained-captioner")
+            raise ValueError(
+                f"trained-text-to-image: {model!r} is a captioner, not a text-to-image model; use trained-captioner"
+            )
         self.seed, self.size = seed, size
         if temperature is not None:
             try:
@@ -61,9 +72,17 @@ class TrainedTextToImage(Generator):
 
 @hookimpl
 def register_generators(register):
-    register("trained-captioner", TrainedCaptioner, task="image-to-text",
-             description="A GPT-2 captioner trained from scratch by the retrain flow (task captioning)",
-             check_options=check_setups.captioner_folder)
-    register("trained-text-to-image", TrainedTextToImage, task="text-to-image",
-             description="A conditional VAE or diffusion model trained by the retrain flow (task text-to-image)",
-             check_options=check_setups.text_to_image_folder)
+    register(
+        "trained-captioner",
+        TrainedCaptioner,
+        task="image-to-text",
+        description="A GPT-2 captioner trained from scratch by the retrain flow (task captioning)",
+        check_options=check_setups.captioner_folder,
+    )
+    register(
+        "trained-text-to-image",
+        TrainedTextToImage,
+        task="text-to-image",
+        description="A conditional VAE or diffusion model trained by the retrain flow (task text-to-image)",
+        check_options=check_setups.text_to_image_folder,
+    )

@@ -3,19 +3,27 @@ the CNN/ViT encoder + language-model decoder design), with greedy or beam search
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from itm_core import hookimpl
-from plugins import check_setups
 from itm_core.components import Generator
+from plugins import check_setups
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
 
 class VisionEncoderDecoderCaptioner(Generator):
     task = "image-to-text"
 
-    def __init__(self, model: str = "nlpconnect/vit-gpt2-image-captioning", max_new_tokens: int = 30, num_beams: int = 1,
-                 revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str = "nlpconnect/vit-gpt2-image-captioning",
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        revision: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
         if num_beams < 1:
@@ -30,7 +38,9 @@ class VisionEncoderDecoderCaptioner(Generator):
 
         if len(inputs) == 0:
             return []
-        pixels = self.image_processor(images=rgb(inputs), return_tensors="pt")["pixel_values"].to(self.device, self.model.dtype)
+        pixels = self.image_processor(images=rgb(inputs), return_tensors="pt")["pixel_values"].to(
+            self.device, self.model.dtype
+        )
         with torch.inference_mode():
             out = self.model.generate(
                 pixel_values=pixels,
@@ -43,7 +53,12 @@ class VisionEncoderDecoderCaptioner(Generator):
 
 @hookimpl
 def register_generators(register):
-    register("vision-encoder-decoder", VisionEncoderDecoderCaptioner, task="image-to-text",
-             description="Image encoder + text decoder captioner (VisionEncoderDecoderModel), greedy or beam search",
-             checkpoints=["nlpconnect/vit-gpt2-image-captioning", "microsoft/trocr-base-printed"],
-             check_options=check_setups.hub("vit_gpt2"), **HUB_METADATA)
+    register(
+        "vision-encoder-decoder",
+        VisionEncoderDecoderCaptioner,
+        task="image-to-text",
+        description="Image encoder + text decoder captioner (VisionEncoderDecoderModel), greedy or beam search",
+        checkpoints=["nlpconnect/vit-gpt2-image-captioning", "microsoft/trocr-base-printed"],
+        check_options=check_setups.hub("vit_gpt2"),
+        **HUB_METADATA,
+    )

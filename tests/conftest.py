@@ -18,11 +18,10 @@ os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # short test runs s
 os.environ.pop("ITM_PLUGINS", None)
 os.environ.pop("ITM_DISABLE_PLUGINS", None)
 
-import pytest  # noqa: E402
-
 # Prefect binds its console log handler to sys.stderr when its logging is set up, on first import.
 # Set it up now, so that it is never bound to a CliRunner's temporary stream that a test then closes.
 import prefect.main  # noqa: E402,F401
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,9 @@ def parse(path: Path, name: str | None = None) -> list[Block]:
         if marker:
             key, value = marker.groups()
             if key not in DIRECTIVES:
-                raise ValueError(f"{path}:{n + 1}: unknown readme-test directive {key!r}; known: {', '.join(sorted(DIRECTIVES))}")
+                raise ValueError(
+                    f"{path}:{n + 1}: unknown readme-test directive {key!r}; known: {', '.join(sorted(DIRECTIVES))}"
+                )
             pending.append((key, value))
             n += 1
             continue
@@ -84,7 +86,7 @@ def parse(path: Path, name: str | None = None) -> list[Block]:
         end = n + 1
         while end < len(lines) and not re.match(rf"^{re.escape(indent)}```\s*$", lines[end]):
             end += 1
-        body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in lines[n + 1 : end])
+        body = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines[n + 1 : end])
         block = Block(name or path.name, n + 1, language.lower(), body + "\n")
         for key, value in pending:
             if key == "skip":

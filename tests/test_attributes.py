@@ -19,8 +19,12 @@ def test_every_caption_template_and_probe_caption_parses_back_to_its_scene():
         scene = S.random_scene(rng, 0.6)
         for caption in S.captions(scene, 5, rng) + [S.canonical(scene)]:
             assert S.parse(caption) == scene, caption
-    assert S.parse("A  Red CIRCLE on the left") == S.Scene((S.Obj("circle", "red", "medium"),), "left")  # no size word: medium
-    assert S.parse("a big blue star to the right of a little green cross") == S.Scene((S.Obj("cross", "green", "small"), S.Obj("star", "blue", "large")))
+    assert S.parse("A  Red CIRCLE on the left") == S.Scene(
+        (S.Obj("circle", "red", "medium"),), "left"
+    )  # no size word: medium
+    assert S.parse("a big blue star to the right of a little green cross") == S.Scene(
+        (S.Obj("cross", "green", "small"), S.Obj("star", "blue", "large"))
+    )
     for unreadable in ("a red circle", "a dog on a sofa", "赤い丸", "", "a red circle, a blue star and a green cross"):
         assert S.parse(unreadable) is None
 
@@ -70,7 +74,9 @@ def test_reader_reads_real_images_and_scores_prompts(reader_home, monkeypatch):
     # prompts it cannot read are counted and left out; none readable is an error that says what is read
     mixed = metric.compute(images=images[:4], prompts=prompts[:3] + ["赤い丸"])
     assert mixed["attr_unread"] == pytest.approx(0.25)
-    with pytest.raises(ValueError, match=r"none of the 2 prompts describes a shapes scene .*'a small red circle on the left'"):
+    with pytest.raises(
+        ValueError, match=r"none of the 2 prompts describes a shapes scene .*'a small red circle on the left'"
+    ):
         metric.compute(images=images[:2], prompts=["a dog", "赤い丸"])
     with pytest.raises(ValueError, match="2 images for 1 prompts"):
         metric.compute(images=images[:2], prompts=prompts[:1])

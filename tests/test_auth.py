@@ -45,8 +45,11 @@ def test_stack_on_another_address_requires_credentials(tmp_path, monkeypatch):
     stack = up(_free_port(), _free_port(), home=tmp_path, host=HOST, echo=lambda _: None)
     try:
         assert stack.auth and stack.prefect_api.startswith(f"http://{HOST}:")
-        checks = [(f"{stack.prefect_api}/flows/filter", b"{}"), (f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=5", None),
-                  (f"{stack.mlflow_uri}/", None)]
+        checks = [
+            (f"{stack.prefect_api}/flows/filter", b"{}"),
+            (f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search?max_results=5", None),
+            (f"{stack.mlflow_uri}/", None),
+        ]
         for url, data in checks:
             assert _status(url, data=data) == 401, url
             assert _status(url, ("itm-admin", "wrong"), data) == 401, url

@@ -5,7 +5,6 @@ Property-based: Hypothesis writes manifests and parameter files."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,10 @@ from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-PAIR = {"image_encoder": {"name": "color-histogram", "options": {"bins": 2, "grid": 1}}, "text_encoder": {"name": "bow", "options": {"max_features": 32}}}
+PAIR = {
+    "image_encoder": {"name": "color-histogram", "options": {"bins": 2, "grid": 1}},
+    "text_encoder": {"name": "bow", "options": {"max_features": 32}},
+}
 
 
 def _images(folder: Path) -> dict[str, str]:
@@ -38,9 +40,21 @@ def _images(folder: Path) -> dict[str, str]:
     outside = folder.parent / "outside.png"
     Image.new("RGB", (8, 8)).save(outside)
     (folder / "link.png").symlink_to(outside)
-    return {"gray16.png": "ok", "cmyk.jpg": "ok", "palette.png": "ok", "rgba.png": "ok", "tiny.png": "ok",
-            "empty.png": "skip", "truncated.png": "skip", "text.png": "skip", "bomb.png": "skip", "missing.png": "skip",
-            "link.png": "error", "../outside.png": "error", "/etc/hostname": "error"}
+    return {
+        "gray16.png": "ok",
+        "cmyk.jpg": "ok",
+        "palette.png": "ok",
+        "rgba.png": "ok",
+        "tiny.png": "ok",
+        "empty.png": "skip",
+        "truncated.png": "skip",
+        "text.png": "skip",
+        "bomb.png": "skip",
+        "missing.png": "skip",
+        "link.png": "error",
+        "../outside.png": "error",
+        "/etc/hostname": "error",
+    }
 
 
 def _run(args: list[str]):
@@ -61,16 +75,40 @@ def _one_line_error(result, *names: str) -> None:
 
 def _evaluate(tmp_path: Path, manifest: Path, **dataset: object):
     params = tmp_path / "eval.json"
-    params.write_text(json.dumps({"dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
-                                  "matchers": [{**PAIR, "untrained_heads": True}]}))
+    params.write_text(
+        json.dumps(
+            {
+                "dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
+                "matchers": [{**PAIR, "untrained_heads": True}],
+            }
+        )
+    )
     return _run(["run", "evaluate", "--params", str(params)])
 
 
-@pytest.mark.parametrize("bad", ["empty.png", "truncated.png", "text.png", "bomb.png", "missing.png", "link.png", "../outside.png", "/etc/hostname",
-                                 "gray16.png", "cmyk.jpg", "palette.png", "rgba.png", "tiny.png"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "empty.png",
+        "truncated.png",
+        "text.png",
+        "bomb.png",
+        "missing.png",
+        "link.png",
+        "../outside.png",
+        "/etc/hostname",
+        "gray16.png",
+        "cmyk.jpg",
+        "palette.png",
+        "rgba.png",
+        "tiny.png",
+    ],
+)
 def test_each_bad_or_odd_image(bad, prefect_server, mlflow_store, tmp_path):
     kinds = _images(tmp_path / "data")
-    rows = [f"ok{i}.png,a red thing number {i},{['train', 'val', 'test'][i % 3]}" for i in range(12)] + [f"{bad},the odd one,test"]
+    rows = [f"ok{i}.png,a red thing number {i},{['train', 'val', 'test'][i % 3]}" for i in range(12)] + [
+        f"{bad},the odd one,test"
+    ]
     manifest = tmp_path / "data" / "pairs.csv"
     manifest.write_text("image,caption,split\n" + "\n".join(rows) + "\n")
     result = _evaluate(tmp_path, manifest)
@@ -81,9 +119,16 @@ def test_each_bad_or_odd_image(bad, prefect_server, mlflow_store, tmp_path):
         import mlflow
         import pandas as pd
 
-        (run,) = mlflow.search_runs(experiment_names=["itm-evaluate"], filter_string="tags.`mlflow.parentRunId` IS NULL", output_format="list",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
-        skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+        (run,) = mlflow.search_runs(
+            experiment_names=["itm-evaluate"],
+            filter_string="tags.`mlflow.parentRunId` IS NULL",
+            output_format="list",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        skipped = pd.read_csv(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv")
+        )
         assert list(skipped["path"]) == [bad] and skipped["reason"][0]
         failing = _evaluate(tmp_path, manifest, on_bad_image="fail")
         _one_line_error(failing, bad)
@@ -91,7 +136,9 @@ def test_each_bad_or_odd_image(bad, prefect_server, mlflow_store, tmp_path):
         _one_line_error(result, bad.lstrip("./"))
 
 
-@pytest.mark.parametrize("case", ["bad utf-8", "wrong columns", "duplicate rows", "nan split", "empty caption", "empty manifest"])
+@pytest.mark.parametrize(
+    "case", ["bad utf-8", "wrong columns", "duplicate rows", "nan split", "empty caption", "empty manifest"]
+)
 def test_bad_manifests(case, prefect_server, mlflow_store, tmp_path):
     _images(tmp_path / "data")
     manifest = tmp_path / "data" / "pairs.csv"
@@ -118,11 +165,25 @@ def test_bad_manifests(case, prefect_server, mlflow_store, tmp_path):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(st.sampled_from(["training", "dataset", "encoding", "task", "image_encoder", "promote_metric", "epochs", "extra"]),
-                       st.one_of(st.none(), st.integers(-5, 5), st.text(max_size=8), st.lists(st.integers(), max_size=2),
-                                 st.dictionaries(st.sampled_from(["epochs", "batch_size", "name", "lr", "options"]),
-                                                 st.one_of(st.integers(-3, 3), st.text(max_size=5), st.floats(allow_nan=True)), max_size=3)),
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["training", "dataset", "encoding", "task", "image_encoder", "promote_metric", "epochs", "extra"]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(-5, 5),
+            st.text(max_size=8),
+            st.lists(st.integers(), max_size=2),
+            st.dictionaries(
+                st.sampled_from(["epochs", "batch_size", "name", "lr", "options"]),
+                st.one_of(st.integers(-3, 3), st.text(max_size=5), st.floats(allow_nan=True)),
+                max_size=3,
+            ),
+        ),
+        max_size=4,
+    )
+)
 def test_parameter_files_validate_or_name_the_field(tmp_path, values):
     """Any JSON a user may write either validates or fails before anything runs, with one line naming the file."""
     from itm_core.config import ParamsFileError, RetrainParams, load_params
@@ -137,8 +198,16 @@ def test_parameter_files_validate_or_name_the_field(tmp_path, values):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["ok0.png", "ok1.png", "ok2.png", "nope.png", "../x.png", ""]),
-                          st.text(max_size=20), st.sampled_from(["train", "val", "test", "", "dev"])), max_size=12))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok0.png", "ok1.png", "ok2.png", "nope.png", "../x.png", ""]),
+            st.text(max_size=20),
+            st.sampled_from(["train", "val", "test", "", "dev"]),
+        ),
+        max_size=12,
+    )
+)
 def test_generated_manifests_load_or_name_the_problem(tmp_path_factory, rows):
     """A CSV manifest of any rows loads, or fails with a DataError naming the manifest."""
     import csv
@@ -171,8 +240,16 @@ def test_retrain_reports_bad_images_from_its_encoding_pass(prefect_server, mlflo
 
     def retrain(**dataset):
         params = tmp_path / "retrain.json"
-        params.write_text(json.dumps({"dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset}, **PAIR,
-                                      "training": {"epochs": 1, "batch_size": 4}, "registered_model": "bad-input"}))
+        params.write_text(
+            json.dumps(
+                {
+                    "dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
+                    **PAIR,
+                    "training": {"epochs": 1, "batch_size": 4},
+                    "registered_model": "bad-input",
+                }
+            )
+        )
         return _run(["run", "retrain", "--params", str(params)])
 
     result = retrain()
@@ -180,22 +257,34 @@ def test_retrain_reports_bad_images_from_its_encoding_pass(prefect_server, mlflo
     import mlflow
     import pandas as pd
 
-    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])
+    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
     run = mlflow.get_run(result_json["run_id"])
-    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+    skipped = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv")
+    )
     assert sorted(skipped["path"]) == ["bomb.png", "truncated.png"]
     _one_line_error(retrain(on_bad_image="fail"), "truncated.png")
 
     def index(**dataset):  # the index flow checks images in its one encoding pass too
         params = tmp_path / "index.json"
-        params.write_text(json.dumps({"dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
-                                      "matcher": "models:/bad-input@champion", "captions": True, "registered_model": None}))
+        params.write_text(
+            json.dumps(
+                {
+                    "dataset": {"name": "manifest", "options": {"path": str(manifest)}, **dataset},
+                    "matcher": "models:/bad-input@champion",
+                    "captions": True,
+                    "registered_model": None,
+                }
+            )
+        )
         return _run(["run", "index", "--params", str(params)])
 
     result = index()
     assert result.exit_code == 0, result.output[-3000:]
-    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])
+    result_json, _ = json.JSONDecoder().raw_decode(result.output[result.output.index("{") :])
     assert result_json["images"] == 13 and result_json["captions"] == 13
-    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result_json["run_id"], artifact_path="skipped_images.csv"))
+    skipped = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=result_json["run_id"], artifact_path="skipped_images.csv")
+    )
     assert sorted(skipped["path"]) == ["bomb.png", "truncated.png"]
     _one_line_error(index(on_bad_image="fail"), "truncated.png")

@@ -16,11 +16,30 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.e2e
 def test_every_benchmark_runs_and_is_reported(tmp_path):
     env = {**os.environ, "ITM_AUTO_COMPILE_ITEMS": "100000"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"encoding", "cache", "kill", "retrieval", "training", "generator", "overhead", "scaling", "dask", "search", "serving", "condition"}
+    assert set(results) == {
+        "encoding",
+        "cache",
+        "kill",
+        "retrieval",
+        "training",
+        "generator",
+        "overhead",
+        "scaling",
+        "dask",
+        "search",
+        "serving",
+        "condition",
+    }
     for name, entry in results.items():
         assert entry["rows"], name
         for row in entry["rows"]:
@@ -34,8 +53,10 @@ def test_every_benchmark_runs_and_is_reported(tmp_path):
 def test_coco_projection_uses_runs_of_the_same_settings_and_bounds_with_the_others():
     from benchmarks.run import coco_projection
 
-    results = {"scaling": {"rows": [{"images": 3000, "rss_gib": 1.0}, {"images": 9000, "rss_gib": 1.5}]},
-               "flickr": {"rows": [{"images": 31000, "rss_gib": 4.0, "settings": "int8"}]}}
+    results = {
+        "scaling": {"rows": [{"images": 3000, "rss_gib": 1.0}, {"images": 9000, "rss_gib": 1.5}]},
+        "flickr": {"rows": [{"images": 31000, "rss_gib": 4.0, "settings": "int8"}]},
+    }
     text = " ".join(coco_projection(results))
     slope = 0.5 / 6000
     assert f"**{1.5 + slope * (123287 - 9000):.1f} GiB**" in text  # the default runs' line, not through the int8 run

@@ -32,9 +32,17 @@ def test_rouge_l_by_hand():
 
 
 def test_cider_prefers_the_right_caption_and_ignores_case():
-    refs = [["a red circle on the left", "a red disc at the left side"], ["two blue squares", "a pair of blue squares"], ["a green star", "one green star"]]
-    right = create("metric", "cider").compute(["A red circle on the LEFT.", "two blue squares", "a green star"], refs)["cider"]
-    wrong = create("metric", "cider").compute(["two blue squares", "a green star", "a red circle on the left"], refs)["cider"]
+    refs = [
+        ["a red circle on the left", "a red disc at the left side"],
+        ["two blue squares", "a pair of blue squares"],
+        ["a green star", "one green star"],
+    ]
+    right = create("metric", "cider").compute(["A red circle on the LEFT.", "two blue squares", "a green star"], refs)[
+        "cider"
+    ]
+    wrong = create("metric", "cider").compute(["two blue squares", "a green star", "a red circle on the left"], refs)[
+        "cider"
+    ]
     assert right > 1.0 > wrong
 
 

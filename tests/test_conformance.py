@@ -21,7 +21,14 @@ def saved_matcher(tmp_path_factory):
     tfidf = create("encoder", "tfidf", max_features=64)
     tfidf.fit(["a red circle", "a blue square", "a green star"])
     torch.manual_seed(0)
-    m = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 64}}, 6**3 * 4, 64, embed_dim=8, hidden_dim=0)
+    m = Matcher(
+        {"name": "color-histogram", "options": {}},
+        {"name": "tfidf", "options": {"max_features": 64}},
+        6**3 * 4,
+        64,
+        embed_dim=8,
+        hidden_dim=0,
+    )
     m.attach_encoders(create("encoder", "color-histogram"), tfidf).save(folder)
     return str(folder)
 
@@ -36,7 +43,10 @@ BUILTINS = [
     ("similarity", "dot", {"scale": 10.0}),
     ("metric", "retrieval", {}),
     ("dataset", "shapes", {"n_train": 8, "n_val": 4, "n_test": 4, "image_size": 48}),
-    *[("fusion", name, {"image_dim": 12, "text_dim": 10, "dim": 16}) for name in ("mean", "weighted", "concat-mlp", "gated", "bilinear", "cross-attention")],
+    *[
+        ("fusion", name, {"image_dim": 12, "text_dim": 10, "dim": 16})
+        for name in ("mean", "weighted", "concat-mlp", "gated", "bilinear", "cross-attention")
+    ],
 ]
 
 
@@ -54,11 +64,21 @@ def test_builtin_webdataset_dataset_conforms(tiny_shapes, tmp_path):
     from itm_core.data.webdataset import pack
 
     shards = pack(tiny_shapes, tmp_path / "shards", shard_size=40)
-    assert_conforms("dataset", "webdataset", urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"), root=str(tmp_path / "data"))
+    assert_conforms(
+        "dataset",
+        "webdataset",
+        urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"),
+        root=str(tmp_path / "data"),
+    )
 
 
 def test_retrieval_captioner_conforms(saved_matcher):
-    assert_conforms("generator", "retrieval-captioner", matcher=saved_matcher, captions=["a red circle", "a blue square", "a green star"])
+    assert_conforms(
+        "generator",
+        "retrieval-captioner",
+        matcher=saved_matcher,
+        captions=["a red circle", "a blue square", "a green star"],
+    )
 
 
 class BatchNormalised(Encoder):

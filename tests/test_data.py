@@ -23,7 +23,11 @@ def image_folder(tmp_path):
 
 def test_csv_one_row_per_pair_groups_captions(image_folder):
     pd.DataFrame(
-        {"image": ["a.png", "a.png", "b.png", "c.png"], "caption": ["red", "a red square", "green", "blue"], "split": ["train", "train", "val", "test"]}
+        {
+            "image": ["a.png", "a.png", "b.png", "c.png"],
+            "caption": ["red", "a red square", "green", "blue"],
+            "split": ["train", "train", "val", "test"],
+        }
     ).to_csv(image_folder / "pairs.csv", index=False)
     ds = load_manifest(image_folder / "pairs.csv")
     assert ds.images == ["a.png", "b.png", "c.png"]
@@ -34,11 +38,17 @@ def test_csv_one_row_per_pair_groups_captions(image_folder):
 
 
 def test_jsonl_and_parquet_with_caption_lists_and_custom_columns(image_folder):
-    rows = [{"file": "a.png", "texts": ["red", "crimson"]}, {"file": "b.png", "texts": ["green"]}, {"file": "c.png", "texts": ["blue"]}]
+    rows = [
+        {"file": "a.png", "texts": ["red", "crimson"]},
+        {"file": "b.png", "texts": ["green"]},
+        {"file": "c.png", "texts": ["blue"]},
+    ]
     (image_folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pd.DataFrame(rows).to_parquet(image_folder / "m.parquet")
     for name in ("m.jsonl", "m.parquet"):
-        ds = load_manifest(image_folder / name, image_column="file", caption_column="texts", split_column=None, split_ratios=(1, 1, 1))
+        ds = load_manifest(
+            image_folder / name, image_column="file", caption_column="texts", split_column=None, split_ratios=(1, 1, 1)
+        )
         assert ds.captions == ["red", "crimson", "green", "blue"] and ds.caption_image == [0, 0, 1, 2]
         assert sorted(ds.image_split) == ["test", "train", "val"]
 
@@ -47,7 +57,12 @@ def test_karpathy_json(image_folder):
     (image_folder / "val2014").mkdir()
     doc = {
         "images": [
-            {"filepath": "val2014", "filename": "x.jpg", "split": "restval", "sentences": [{"raw": "A cat."}, {"raw": "A kitten."}]},
+            {
+                "filepath": "val2014",
+                "filename": "x.jpg",
+                "split": "restval",
+                "sentences": [{"raw": "A cat."}, {"raw": "A kitten."}],
+            },
             {"filename": "a.png", "split": "test", "sentences": [{"raw": "Red."}]},
         ]
     }
@@ -90,7 +105,13 @@ def bad_images(image_folder):
     big.save(image_folder / "big.png")
     full = (image_folder / "big.png").read_bytes()
     (image_folder / "truncated.png").write_bytes(full[: len(full) // 2])
-    rows = [("a.png", "ok"), ("missing.png", "gone"), ("corrupt.png", "junk"), ("truncated.png", "half"), ("big.png", "large")]
+    rows = [
+        ("a.png", "ok"),
+        ("missing.png", "gone"),
+        ("corrupt.png", "junk"),
+        ("truncated.png", "half"),
+        ("big.png", "large"),
+    ]
     pd.DataFrame(rows, columns=["image", "caption"]).to_csv(image_folder / "mixed.csv", index=False)
     return load_manifest(image_folder / "mixed.csv", split_ratios=(1, 0, 0))
 
@@ -182,11 +203,16 @@ def test_shapes_question_answers_match_the_scene():
 
     from plugins.shapes import Obj, Scene, questions
 
-    qa = {q["type"]: q for q in questions(Scene((Obj("circle", "red", "small"), Obj("square", "blue", "large"))), random.Random(1))}
+    qa = {
+        q["type"]: q
+        for q in questions(Scene((Obj("circle", "red", "small"), Obj("square", "blue", "large"))), random.Random(1))
+    }
     where = "left" if "left" in qa["colour"]["question"] else "right"
     assert qa["colour"]["answer"] == ("red" if where == "left" else "blue")
     assert qa["size"]["answer"] == ("small" if where == "left" else "large")
-    single = {q["type"]: q["answer"] for q in questions(Scene((Obj("star", "green", "medium"),), "top"), random.Random(0))}
+    single = {
+        q["type"]: q["answer"] for q in questions(Scene((Obj("star", "green", "medium"),), "top"), random.Random(0))
+    }
     assert single == {"count": "one", "colour": "green", "shape": "star", "size": "medium", "position": "top"}
 
 
@@ -203,13 +229,23 @@ def test_pack_then_read_gives_the_same_pairs(tiny_shapes, tmp_path):
     from itm_core.cli import app
 
     data = tiny_shapes
-    rows = [{"image": rel, "caption": caps, "split": split} for rel, caps, split in zip(data.images, data.captions_by_image(), data.image_split)]
+    rows = [
+        {"image": rel, "caption": caps, "split": split}
+        for rel, caps, split in zip(data.images, data.captions_by_image(), data.image_split)
+    ]
     pd.DataFrame(rows).to_json(data.root / "packed.jsonl", orient="records", lines=True)
-    result = CliRunner().invoke(app, ["data", "pack", str(data.root / "packed.jsonl"), str(tmp_path / "shards"), "--shard-size", "30"])
+    result = CliRunner().invoke(
+        app, ["data", "pack", str(data.root / "packed.jsonl"), str(tmp_path / "shards"), "--shard-size", "30"]
+    )
     assert result.exit_code == 0, result.output
     shards = sorted((tmp_path / "shards").glob("*.tar"))
     assert len(shards) == -(-len(data) // 30)
-    back = create("dataset", "webdataset", urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"), root=str(tmp_path / "data")).load()
+    back = create(
+        "dataset",
+        "webdataset",
+        urls=str(tmp_path / "shards" / f"shard-{{00000..{len(shards) - 1:05d}}}.tar"),
+        root=str(tmp_path / "data"),
+    ).load()
     assert back.captions_by_image() == data.captions_by_image() and back.image_split == data.image_split
     assert [p.read_bytes() for p in back.image_paths()] == [p.read_bytes() for p in data.image_paths()]
 
@@ -228,12 +264,19 @@ def test_webdataset_members_that_are_not_pairs_are_left_out_and_bad_images_repor
         sink.write({"__key__": "c", "txt": "a caption without an image"})
         sink.write({"__key__": "d", "png": good.getvalue()})
     data, left_out = load_webdataset(str(tmp_path / "s-{0..0}.tar"), split_ratios=(1, 0, 0), root=tmp_path / "out")
-    assert dict(left_out) == {"s-0.tar/c": "no image member (.jpg, .jpeg, .png, .webp)", "s-0.tar/d": "no caption (.txt, or a 'captions' list in .json)"}
+    assert dict(left_out) == {
+        "s-0.tar/c": "no image member (.jpg, .jpeg, .png, .webp)",
+        "s-0.tar/d": "no caption (.txt, or a 'captions' list in .json)",
+    }
     assert data.images == ["s-0/a.png", "s-0/b.jpg"]
     image, text = create("encoder", "color-histogram", bins=2, grid=1), create("encoder", "bow")
     text.fit(data.captions)
     kept, _, skipped = encode_split(image, text, data, None, EncodeOptions(workers=0), on_bad_image="skip")
-    assert kept.images == ["s-0/a.png"] and [s.path for s in skipped] == ["s-0/b.jpg"] and "not a usable image" in skipped[0].reason
+    assert (
+        kept.images == ["s-0/a.png"]
+        and [s.path for s in skipped] == ["s-0/b.jpg"]
+        and "not a usable image" in skipped[0].reason
+    )
     with pytest.raises(DataError, match="s-0/b.jpg: not a usable image"):
         encode_split(image, text, data, None, EncodeOptions(workers=0), on_bad_image="fail")
     with pytest.raises(DataError, match="does not exist"):
@@ -248,7 +291,9 @@ def test_shapes_defaults_from_the_environment(monkeypatch):
     assert create("dataset", "shapes").params["n_train"] == 7
     assert create("dataset", "shapes", n_train=9).params == {**create("dataset", "shapes").params, "n_train": 9}
     monkeypatch.setenv("ITM_SHAPES_DEFAULTS", '{"n_trian": 7}')
-    with pytest.raises(ValueError, match=r"ITM_SHAPES_DEFAULTS: expected a JSON object of shapes options \(n_train, .*\['n_trian'\]"):
+    with pytest.raises(
+        ValueError, match=r"ITM_SHAPES_DEFAULTS: expected a JSON object of shapes options \(n_train, .*\['n_trian'\]"
+    ):
         create("dataset", "shapes")
     monkeypatch.setenv("ITM_SHAPES_DEFAULTS", "n_train=7")
     with pytest.raises(ValueError, match="ITM_SHAPES_DEFAULTS is not valid JSON"):
@@ -264,7 +309,10 @@ def test_scenes_defaults_from_the_environment(monkeypatch):
     assert create("dataset", "scenes", n_train=9).params == {**create("dataset", "scenes").params, "n_train": 9}
     assert create("dataset", "shapes").params["n_train"] == 2000
     monkeypatch.setenv("ITM_SCENES_DEFAULTS", '{"two_object_fraction": 0.5}')  # a shapes option
-    with pytest.raises(ValueError, match=r"ITM_SCENES_DEFAULTS: expected a JSON object of scenes options \(n_train, .*max_objects.*\['two_object_fraction'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"ITM_SCENES_DEFAULTS: expected a JSON object of scenes options \(n_train, .*max_objects.*\['two_object_fraction'\]",
+    ):
         create("dataset", "scenes")
     monkeypatch.setenv("ITM_SCENES_DEFAULTS", "{")
     with pytest.raises(ValueError, match="ITM_SCENES_DEFAULTS is not valid JSON"):

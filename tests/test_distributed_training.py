@@ -40,8 +40,22 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], check=True, env=env, timeout=300)
     torchrun = Path(sys.executable).parent / "torchrun"
-    subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-                    str(script), str(tmp_path / "two.pt")], check=True, env=env, timeout=300)
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            str(script),
+            str(tmp_path / "two.pt"),
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert len(one["losses"]) == 4 and one["losses"][-1] < one["losses"][0]  # it learns
     assert torch.allclose(torch.tensor(one["losses"]), torch.tensor(two["losses"]), atol=1e-5)
@@ -64,10 +78,23 @@ def test_retrain_in_two_processes_matches_one(prefect_server, mlflow_store, tiny
     from itm_core.config import RetrainParams
 
     def run(processes: int) -> dict:
-        return retrain(RetrainParams.model_validate({
-            "dataset": {"options": tiny_shapes_options}, "image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf"},
-            "training": {"epochs": 4, "batch_size": 16, "dropout": 0.0, "patience": 10, "checkpoint_every": 2, "processes": processes},
-        }))
+        return retrain(
+            RetrainParams.model_validate(
+                {
+                    "dataset": {"options": tiny_shapes_options},
+                    "image_encoder": {"name": "color-histogram"},
+                    "text_encoder": {"name": "tfidf"},
+                    "training": {
+                        "epochs": 4,
+                        "batch_size": 16,
+                        "dropout": 0.0,
+                        "patience": 10,
+                        "checkpoint_every": 2,
+                        "processes": processes,
+                    },
+                }
+            )
+        )
 
     one, two = run(1), run(2)
     assert two["epochs"] == one["epochs"] == 4 and two["best_epoch"] == one["best_epoch"]

@@ -28,8 +28,16 @@ def mixed(tmp_path):
     Image.new("RGB", (256, 256), "white").save(tmp_path / "big.png")
     full = (tmp_path / "big.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(full[: len(full) // 2])
-    rows = [("a.png", "red one"), ("a.png", "a red square"), ("missing.png", "gone"), ("b.png", "blue one"),
-            ("corrupt.png", "junk"), ("b.png", "a blue square"), ("truncated.png", "half"), ("big.png", "large")]
+    rows = [
+        ("a.png", "red one"),
+        ("a.png", "a red square"),
+        ("missing.png", "gone"),
+        ("b.png", "blue one"),
+        ("corrupt.png", "junk"),
+        ("b.png", "a blue square"),
+        ("truncated.png", "half"),
+        ("big.png", "large"),
+    ]
     pd.DataFrame(rows, columns=["image", "caption"]).to_csv(tmp_path / "mixed.csv", index=False)
     return load_manifest(tmp_path / "mixed.csv", split_ratios=(1, 0, 0))
 
@@ -38,7 +46,9 @@ def test_one_pass_reports_the_same_skips_as_the_check(mixed, tmp_path):
     image, text = create("encoder", "color-histogram", bins=2, grid=1), create("encoder", "bow")
     text.fit(mixed.captions)
     options = EncodeOptions(workers=1, batch_size=2, max_pixels=100 * 100)
-    kept, features, skipped = encode_split(image, text, mixed, EmbeddingCache(tmp_path / "c"), options, on_bad_image="skip")
+    kept, features, skipped = encode_split(
+        image, text, mixed, EmbeddingCache(tmp_path / "c"), options, on_bad_image="skip"
+    )
     checked, reference = check_images(mixed, on_error="skip", max_pixels=100 * 100)
     assert kept.images == checked.images == ["a.png", "b.png"] and kept.captions == checked.captions
     assert {(s.path, s.reason) for s in skipped} == {(s.path, s.reason) for s in reference}
@@ -167,10 +177,20 @@ class DriftingPlugin:
 def test_a_compiled_forward_that_disagrees_with_eager_is_not_used(tiny_shapes, caplog):
     paths = [str(p) for p in tiny_shapes.split("val").image_paths()]
     with temporary_plugin(DriftingPlugin(), "drifting"):
-        eager = encode(create("encoder", "drifting"), paths, options=EncodeOptions(compile="off", workers=0, batch_size=4))
-        close = encode(create("encoder", "drifting", drift=1e-6), paths, options=EncodeOptions(compile="on", workers=0, batch_size=4))
+        eager = encode(
+            create("encoder", "drifting"), paths, options=EncodeOptions(compile="off", workers=0, batch_size=4)
+        )
+        close = encode(
+            create("encoder", "drifting", drift=1e-6),
+            paths,
+            options=EncodeOptions(compile="on", workers=0, batch_size=4),
+        )
         with caplog.at_level(logging.WARNING):
-            far = encode(create("encoder", "drifting", drift=1e-2), paths, options=EncodeOptions(compile="on", workers=0, batch_size=4))
+            far = encode(
+                create("encoder", "drifting", drift=1e-2),
+                paths,
+                options=EncodeOptions(compile="on", workers=0, batch_size=4),
+            )
     assert not torch.equal(close, eager) and torch.allclose(close, eager, atol=1e-5)  # compiled after the first batch
     assert torch.equal(far, eager) and "differs from eager" in caplog.text
 
@@ -179,7 +199,9 @@ def test_a_compiled_forward_that_disagrees_with_eager_is_not_used(tiny_shapes, c
 def test_compiled_efficientnet_matches_eager(tiny_shapes, mode, runtime):
     paths = [str(p) for p in tiny_shapes.split("val").image_paths()]
     options = dict(workers=0, batch_size=8)
-    eager = encode(create("encoder", "efficientnet-lite0", image_size=64), paths, options=EncodeOptions(compile="off", **options))
+    eager = encode(
+        create("encoder", "efficientnet-lite0", image_size=64), paths, options=EncodeOptions(compile="off", **options)
+    )
     enc = create("encoder", "efficientnet-lite0", image_size=64)
     compiled = encode(enc, paths, options=EncodeOptions(compile=mode, **options))
     assert enc.unwrapped._use_compiled == runtime  # the pass switched to that runtime's forward
@@ -192,11 +214,19 @@ def test_auto_picks_the_best_runtime_for_large_passes(monkeypatch):
     image, text = create("encoder", "efficientnet-lite0", image_size=64), create("encoder", "minilm")
     assert rt.runtimes(image) == ["onnxruntime", "torch"] and rt.runtimes(text) == []
     assert rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["onnxruntime"], "auto") == "onnxruntime"
-    assert rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["onnxruntime"] - 1, "auto") is None  # too small to repay the export
+    assert (
+        rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["onnxruntime"] - 1, "auto") is None
+    )  # too small to repay the export
     assert rt.choose_runtime(image, "tokens", 10**6, "auto") is None  # only pooled features run compiled
-    assert rt.choose_runtime(text, "pooled", 10**6, "on") is None and rt.choose_runtime(text, "pooled", 10, "onnxruntime") is None
+    assert (
+        rt.choose_runtime(text, "pooled", 10**6, "on") is None
+        and rt.choose_runtime(text, "pooled", 10, "onnxruntime") is None
+    )
     monkeypatch.setattr(rt, "onnxruntime_installed", lambda: False)
-    assert rt.runtimes(image) == ["torch"] and rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["torch"], "auto") == "torch"
+    assert (
+        rt.runtimes(image) == ["torch"]
+        and rt.choose_runtime(image, "pooled", rt.AUTO_ITEMS["torch"], "auto") == "torch"
+    )
     with pytest.raises(ValueError, match=r"compile: onnxruntime needs the onnxruntime package: pip install"):
         rt.choose_runtime(image, "pooled", 10, "onnxruntime")
     with pytest.raises(ValueError, match="compile must be one of auto, on, off, onnxruntime, torch; got 'fast'"):
@@ -212,7 +242,9 @@ def test_dask_workers_fill_the_cache_with_the_local_embeddings(prefect_server, t
     cache = EmbeddingCache(tmp_path / "shared")
     encoding = EncodingParams(executor=ExecutorParams(kind="dask", n_workers=2, threads_per_worker=1, shard_images=16))
     shards = encode_on_dask(image, text, data, cache, encoding)
-    assert len(shards) == 6 and sum(s["items"] for s in shards[:3]) == len(data)  # 3 image shards, 3 caption shards (5 x 16 each)
+    assert len(shards) == 6 and sum(s["items"] for s in shards[:3]) == len(
+        data
+    )  # 3 image shards, 3 caption shards (5 x 16 each)
     assert cache.count(encoder_key(image)) == len(data)
     assert cache.count(encoder_key(text)) == len(set(data.captions))
     _, from_cache, _ = encode_split(image, text, data, cache, EncodeOptions(workers=0))
@@ -254,6 +286,7 @@ def test_loader_workers_die_with_a_killed_run(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
     def running(p: psutil.Process) -> bool:  # an exited worker nobody has reaped yet is a zombie: gone too
         try:
             return p.status() != psutil.STATUS_ZOMBIE

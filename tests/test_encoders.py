@@ -8,8 +8,8 @@ from PIL import Image
 
 from itm_core import create, hookimpl
 from itm_core.components import Encoder
-from itm_core.encode.embed import EmbeddingCache, encode, encoder_key
 from itm_core.contract.plugins import temporary_plugin
+from itm_core.encode.embed import EmbeddingCache, encode, encoder_key
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,12 @@ def test_minilm_batch_independent(minilm):
 
 
 def test_minilm_int8_is_close_faster_variant_cached_apart(minilm):
-    texts = ["a red circle on the left", "a crimson disc at the left side", "tax law of 1987", "a big green star at the top"]
+    texts = [
+        "a red circle on the left",
+        "a crimson disc at the left side",
+        "tax law of 1987",
+        "a big green star at the top",
+    ]
     int8 = create("encoder", "minilm", quantize="int8")
     emb, ref = int8.encode(texts), minilm.encode(texts)
     assert emb.shape == (4, 384) and torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)

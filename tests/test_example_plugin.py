@@ -12,7 +12,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, GenerateParams, MatcherRef, RetrainParams, TrainingParams
+from itm_core.config import (
+    ComponentParams,
+    DatasetParams,
+    EvaluateParams,
+    GenerateParams,
+    MatcherRef,
+    RetrainParams,
+    TrainingParams,
+)
 from itm_core.contract.plugins import reset_plugin_manager
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "itm-plugin-example"
@@ -24,7 +32,19 @@ def installed_example(tmp_path_factory):
     """``pip install`` the example (offline) into a folder put on the path: its real entry points, no core change."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(EXAMPLE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
         check=True,
     )
     sys.path.insert(0, str(target))
@@ -42,13 +62,34 @@ def test_listed_by_itm_plugins(installed_example):
     result = CliRunner().invoke(app, ["plugins", "--json"])
     example = {p["name"]: p for p in json.loads(result.stdout)}["example"]
     assert example["version"] == "0.1.0" and example["builtin"] is False and "error" not in example
-    assert {c["kind"] for c in example["components"]} == {"encoder", "similarity", "fusion", "generator", "metric", "dataset", "explainer"}
-    assert set(example["hooks"]) == {f"register_{k}" for k in ("encoders", "similarities", "fusions", "generators", "metrics", "datasets", "explainers")}
+    assert {c["kind"] for c in example["components"]} == {
+        "encoder",
+        "similarity",
+        "fusion",
+        "generator",
+        "metric",
+        "dataset",
+        "explainer",
+    }
+    assert set(example["hooks"]) == {
+        f"register_{k}"
+        for k in ("encoders", "similarities", "fusions", "generators", "metrics", "datasets", "explainers")
+    }
 
 
 def test_its_own_tests_pass(installed_example, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), os.environ.get("PYTHONPATH", "")]), "ITM_HOME": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")], env=env, capture_output=True, text=True, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(installed_example), os.environ.get("PYTHONPATH", "")]),
+        "ITM_HOME": str(tmp_path),
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert " passed" in run.stdout
 
@@ -62,17 +103,36 @@ def test_flows_use_its_components_by_name(installed_example, prefect_server, mlf
     image = ComponentParams(name="colour-names", options={"modality": "image"})
     text = ComponentParams(name="colour-names", options={"modality": "text"})
 
-    board = evaluate(EvaluateParams(dataset=dataset, matchers=[MatcherRef(image_encoder=image, text_encoder=text, similarity="neg-euclidean")]))
+    board = evaluate(
+        EvaluateParams(
+            dataset=dataset, matchers=[MatcherRef(image_encoder=image, text_encoder=text, similarity="neg-euclidean")]
+        )
+    )
     assert board[0]["i2t_r1"] == 1.0
 
-    rows = generate(GenerateParams(dataset=dataset, generator="colour-namer", num_images=8, metrics=[ComponentParams(name="exact-match")]))["generations"]
+    rows = generate(
+        GenerateParams(
+            dataset=dataset, generator="colour-namer", num_images=8, metrics=[ComponentParams(name="exact-match")]
+        )
+    )["generations"]
     assert len(rows) == 8
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]
     assert run.data.metrics["exact_match"] == 1.0, (rows, run.data.metrics)
 
-    trained = retrain(RetrainParams(dataset=dataset, image_encoder=image, text_encoder=text, training=TrainingParams(epochs=3, batch_size=8, hidden_dim=0, embed_dim=8)))
+    trained = retrain(
+        RetrainParams(
+            dataset=dataset,
+            image_encoder=image,
+            text_encoder=text,
+            training=TrainingParams(epochs=3, batch_size=8, hidden_dim=0, embed_dim=8),
+        )
+    )
     assert trained["model_version"] == "1" and trained["promoted"]
 
     with pytest.raises(ValueError, match="metric 'retrieval' has task 'retrieval'"):
-        generate(GenerateParams(dataset=dataset, generator="colour-namer", num_images=2, metrics=[ComponentParams(name="retrieval")]))
+        generate(
+            GenerateParams(
+                dataset=dataset, generator="colour-namer", num_images=2, metrics=[ComponentParams(name="retrieval")]
+            )
+        )

@@ -11,12 +11,26 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, GenerateParams, MatcherRef, RetrainParams, TrainingParams
+from itm_core.config import (
+    ComponentParams,
+    DatasetParams,
+    EvaluateParams,
+    GenerateParams,
+    MatcherRef,
+    RetrainParams,
+    TrainingParams,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-CLASSIC = dict(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}))
-PRETRAINED = dict(image_encoder=ComponentParams(name="efficientnet-lite0", options={"image_size": 64}), text_encoder=ComponentParams(name="minilm"))
+CLASSIC = dict(
+    image_encoder=ComponentParams(name="color-histogram"),
+    text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}),
+)
+PRETRAINED = dict(
+    image_encoder=ComponentParams(name="efficientnet-lite0", options={"image_size": 64}),
+    text_encoder=ComponentParams(name="minilm"),
+)
 
 
 def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
@@ -44,7 +58,9 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     assert run.data.params["image_encoder.name"] == "color-histogram"
     assert run.data.params["training.epochs"] == "4"
     assert run.data.tags["prefect.flow_name"] == "retrain" and run.data.tags["prefect.flow_run_id"]
-    assert run.data.tags["promotion.metric"] == "rsum" and run.data.tags["promotion.decision"].startswith(("promoted", "kept"))
+    assert run.data.tags["promotion.metric"] == "rsum" and run.data.tags["promotion.decision"].startswith(
+        ("promoted", "kept")
+    )
     curve = client.get_metric_history(run.info.run_id, "val_rsum")
     assert [m.step for m in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 1
     assert run.data.metrics["test_rsum"] == pytest.approx(second["test"]["rsum"])
@@ -85,18 +101,24 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parent) == 1 and len(children) == 3
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent[0].info.run_id}
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="leaderboard.csv"))
+    table = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=parent[0].info.run_id, artifact_path="leaderboard.csv")
+    )
     assert list(table["matcher"]) == [r["matcher"] for r in board]
     # figures: a recall@K curve per matcher and for all, a retrieval example grid per matcher
     assert {"recall_at_k.png", "leaderboard.csv"} <= {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     for child in children:
-        assert {"recall_at_k.png", "retrieval_examples.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"recall_at_k.png", "retrieval_examples.png"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)
+        }
     assert {"recall_at_k.png", "retrieval_examples.png"} <= {a.path for a in client.list_artifacts(second["run_id"])}
     # system metrics (MLflow samples CPU and memory while a top-level run is open)
     assert any(key.startswith("system/") for key in client.get_run(parent[0].info.run_id).data.metrics)
 
     # generate: captions by the champion, a table and a grid in MLflow
-    rows = generate(GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options}))["generations"]
+    rows = generate(
+        GenerateParams(dataset=dataset, num_images=4, generator_options={"bank_options": tiny_shapes_options})
+    )["generations"]
     assert len(rows) == 4
     bank = set(create("dataset", "shapes", **tiny_shapes_options).load().split("train").captions)
     assert all(r["caption"] in bank for r in rows)
@@ -126,7 +148,9 @@ def test_prefect_artifacts_and_cached_encoding(prefect_server, mlflow_store, tin
 
     from flows.retrain import retrain
 
-    params = RetrainParams(dataset=DatasetParams(options=tiny_shapes_options), training=TrainingParams(epochs=2, batch_size=16), **CLASSIC)
+    params = RetrainParams(
+        dataset=DatasetParams(options=tiny_shapes_options), training=TrainingParams(epochs=2, batch_size=16), **CLASSIC
+    )
     first = retrain.with_options(name="retrain")(params, return_state=True)
     second = retrain(params, return_state=True)
 
@@ -154,16 +178,24 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
     bad.write_text("dataset:\n  name: shapes\n  on_bad_image: ignore\ntraining:\n  epochs: 0\n")
     result = CliRunner().invoke(app, ["run", "retrain", "--params", str(bad)])
     assert result.exit_code == 2
-    assert "bad.yaml" in result.output and "dataset.on_bad_image" in result.output and "training.epochs" in result.output
+    assert (
+        "bad.yaml" in result.output and "dataset.on_bad_image" in result.output and "training.epochs" in result.output
+    )
 
     result = CliRunner().invoke(app, ["run", "nonsense"])
-    assert result.exit_code == 2 and "retrain, evaluate, generate, fusion-benchmark, explain" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "retrain, evaluate, generate, fusion-benchmark, explain" in " ".join(
+        result.output.split()
+    )
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0 and "One of: retrain, evaluate, generate," in result.output
     assert all(name in result.output for name in ("retrain", "evaluate", "generate", "fusion-benchmark", "explain"))
 
     missing_model = tmp_path / "eval.json"
-    missing_model.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "matchers": [{"model_uri": "models:/no-such-model@champion"}]}))
+    missing_model.write_text(
+        json.dumps(
+            {"dataset": {"options": tiny_shapes_options}, "matchers": [{"model_uri": "models:/no-such-model@champion"}]}
+        )
+    )
     result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(missing_model)])
     assert result.exit_code == 2 and "no-such-model" in result.output
 
@@ -174,7 +206,10 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
     )
     result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(good)])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout[result.stdout.index("[") :])[0]["matcher"] == "color-histogram + tfidf (untrained heads)"
+    assert (
+        json.loads(result.stdout[result.stdout.index("[") :])[0]["matcher"]
+        == "color-histogram + tfidf (untrained heads)"
+    )
 
 
 def test_user_manifest_with_bad_images(prefect_server, mlflow_store, tmp_path):
@@ -189,17 +224,30 @@ def test_user_manifest_with_bad_images(prefect_server, mlflow_store, tmp_path):
         Image.new("RGB", (32, 32), colour).save(tmp_path / f"{colour}.png")
         rows.append({"image": f"{colour}.png", "caption": f"a {colour} square", "split": "train" if i < 3 else "test"})
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rows += [{"image": "broken.png", "caption": "broken", "split": "test"}, {"image": "gone.png", "caption": "gone", "split": "test"}]
+    rows += [
+        {"image": "broken.png", "caption": "broken", "split": "test"},
+        {"image": "gone.png", "caption": "gone", "split": "test"},
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
     dataset = DatasetParams(name="manifest", options={"path": str(tmp_path / "pairs.csv")}, on_bad_image="skip")
-    ref = MatcherRef(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf"), untrained_heads=True)
+    ref = MatcherRef(
+        image_encoder=ComponentParams(name="color-histogram"),
+        text_encoder=ComponentParams(name="tfidf"),
+        untrained_heads=True,
+    )
 
     board = evaluate(EvaluateParams(dataset=dataset, matchers=[ref]))
     assert len(board) == 1
     client = MlflowClient()
-    run = [r for r in client.search_runs([client.get_experiment_by_name("itm-evaluate").experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    run = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("itm-evaluate").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ][0]
     assert run.data.params["data.skipped_images"] == "2" and run.data.params["data.test.images"] == "3"
-    report = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+    report = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv")
+    )
     assert sorted(report["path"]) == ["broken.png", "gone.png"]
 
     with pytest.raises(DataError, match="broken.png"):
@@ -227,7 +275,9 @@ def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes
             register("painter", Painter, task="text-to-image")
 
     with temporary_plugin(PainterPlugin(), "painter"):
-        rows = generate(GenerateParams(generator="painter", dataset=DatasetParams(options=tiny_shapes_options), num_images=3))["generations"]
+        rows = generate(
+            GenerateParams(generator="painter", dataset=DatasetParams(options=tiny_shapes_options), num_images=3)
+        )["generations"]
     assert len(rows) == 3 and all(r["prompt"] for r in rows)
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("itm-generate").experiment_id])[0]
@@ -241,7 +291,15 @@ def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
 
     result = CliRunner().invoke(app, ["demo", "--dataset", "shapes", "--train-images", "40", "--eval-images", "12"])
     assert result.exit_code == 0, result.output
-    for text in ("ITM demo", "champion", "untrained heads (chance)", "classic", "mlflow ui --backend-store-uri", "bleu4", "cider"):
+    for text in (
+        "ITM demo",
+        "champion",
+        "untrained heads (chance)",
+        "classic",
+        "mlflow ui --backend-store-uri",
+        "bleu4",
+        "cider",
+    ):
         assert text in result.output
     client = MlflowClient()
     assert client.get_model_version_by_alias("itm-matcher", "champion") is not None
@@ -271,7 +329,9 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
     assert result["words"]["red"] > max(result["words"]["a"], result["words"]["of"])
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["score"] == pytest.approx(result["score"])
-    assert {"explanation.png", "word_contributions.csv", "occlusion_heat.csv"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"explanation.png", "word_contributions.csv", "occlusion_heat.csv"} <= {
+        a.path for a in MlflowClient().list_artifacts(run.info.run_id)
+    }
 
     # the documented default: the first test pair of `dataset`, logged once with the values used
     default = explain(ExplainParams(dataset=dataset, grid=2))
@@ -280,7 +340,12 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
     params = MlflowClient().get_run(default["run_id"]).data.params
     assert params["text"] == default["text"] and params["image"] == default["image"]
     long_text = "a red square " * 60  # over 500 characters: logged whole, once
-    assert MlflowClient().get_run(explain(ExplainParams(dataset=dataset, grid=2, text=long_text))["run_id"]).data.params["text"] == long_text
+    assert (
+        MlflowClient()
+        .get_run(explain(ExplainParams(dataset=dataset, grid=2, text=long_text))["run_id"])
+        .data.params["text"]
+        == long_text
+    )
 
     out = CliRunner().invoke(app, ["explain", "--image", str(path), "--text", "a red square", "--grid", "2"])
     assert out.exit_code == 0, out.output
@@ -295,9 +360,18 @@ def test_flow_run_url_tag_only_when_it_is_a_link(monkeypatch):
 
     from itm_core.ops.tracking import prefect_context
 
-    for name, value in (("id", "0b6f"), ("name", "calm-fox"), ("flow_name", "retrain"), ("ui_url", "None/flow-runs/flow-run/0b6f")):
+    for name, value in (
+        ("id", "0b6f"),
+        ("name", "calm-fox"),
+        ("flow_name", "retrain"),
+        ("ui_url", "None/flow-runs/flow-run/0b6f"),
+    ):
         monkeypatch.setattr(flow_run, name, value, raising=False)
-    assert prefect_context() == {"prefect.flow_run_id": "0b6f", "prefect.flow_run_name": "calm-fox", "prefect.flow_name": "retrain"}
+    assert prefect_context() == {
+        "prefect.flow_run_id": "0b6f",
+        "prefect.flow_run_name": "calm-fox",
+        "prefect.flow_name": "retrain",
+    }
     monkeypatch.setattr(flow_run, "ui_url", "http://127.0.0.1:4200/runs/flow-run/0b6f", raising=False)
     assert prefect_context()["prefect.flow_run_url"] == "http://127.0.0.1:4200/runs/flow-run/0b6f"
 
@@ -314,7 +388,9 @@ def test_orphaned_run_is_closed_and_a_new_run_opened(mlflow_store):
     gone.wait()
     client = MlflowClient()
     experiment = client.create_experiment("orphans")
-    orphan = client.create_run(experiment, tags={"itm.host": socket.gethostname(), "itm.pid": str(gone.pid), "itm.pid_started": "1.0"})
+    orphan = client.create_run(
+        experiment, tags={"itm.host": socket.gethostname(), "itm.pid": str(gone.pid), "itm.pid_started": "1.0"}
+    )
     with tracked_run("orphans", "next", {"a": 1}) as run:
         assert run.info.run_id != orphan.info.run_id
         assert client.get_run(orphan.info.run_id).info.status == "FAILED"

@@ -54,10 +54,18 @@ def test_captioner_learns_colours_and_round_trips(tmp_path):
     val_images, val_names = colour_images(3, seed=1)
     rng = random.Random(0)
     train_captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in train_names]
-    config = CaptionerConfig(prefix_tokens=1, n_embd=32, n_layer=1, n_head=2, dropout=0.0, epochs=40, batch_size=10, lr=3e-3, patience=40)
+    config = CaptionerConfig(
+        prefix_tokens=1, n_embd=32, n_layer=1, n_head=2, dropout=0.0, epochs=40, batch_size=10, lr=3e-3, patience=40
+    )
     captioner, result = train_captioner(
-        {"name": "color-histogram", "options": {}}, encoder.encode(train_images), train_captions, list(range(len(train_images))),
-        encoder.encode(val_images), [f"a {c} square" for c in val_names], list(range(len(val_images))), config,
+        {"name": "color-histogram", "options": {}},
+        encoder.encode(train_images),
+        train_captions,
+        list(range(len(train_images))),
+        encoder.encode(val_images),
+        [f"a {c} square" for c in val_names],
+        list(range(len(val_images))),
+        config,
     )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
     assert result.best_val_loss == min(h["val_loss"] for h in result.history)
@@ -65,13 +73,17 @@ def test_captioner_learns_colours_and_round_trips(tmp_path):
     test_images, test_names = colour_images(2, seed=2)
     for beams in (1, 3):
         captions = captioner.caption_images(test_images, num_beams=beams)
-        assert [next((c for c in COLOURS if c in caption.split()), None) for caption in captions] == test_names, captions
+        assert [next((c for c in COLOURS if c in caption.split()), None) for caption in captions] == test_names, (
+            captions
+        )
     assert captioner.caption_images([]) == []
 
     folder = captioner.save(tmp_path / "captioner")
     loaded = Captioner.load(folder)
     assert loaded.caption_images(test_images) == captioner.caption_images(test_images)
-    assert create("generator", "trained-captioner", model=str(folder), num_beams=1).generate(test_images) == captioner.caption_images(test_images)
+    assert create("generator", "trained-captioner", model=str(folder), num_beams=1).generate(
+        test_images
+    ) == captioner.caption_images(test_images)
     assert_conforms("generator", "trained-captioner", model=str(folder))
     with pytest.raises(FileNotFoundError, match="not a saved captioner"):
         Captioner.load(tmp_path)
@@ -90,12 +102,18 @@ def test_conditional_vae_draws_the_prompted_colour(tmp_path):
     prompts = [f"a {c} square" for c in names]
     encoder = create("encoder", "bow")
     encoder.fit(prompts)
-    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
+    config = TextToImageConfig(
+        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
+    )
     val_images, val_names = colour_images(2, seed=1)
     seen = []
     model, result = train_text_to_image(
-        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
-        images_to_tensor(val_images, 16), _text_features([f"a {c} square" for c in val_names], encoder), config,
+        {"name": "bow", "options": {}},
+        images_to_tensor(images, 16),
+        _text_features(prompts, encoder),
+        images_to_tensor(val_images, 16),
+        _text_features([f"a {c} square" for c in val_names], encoder),
+        config,
         on_epoch=lambda epoch, metrics, m: seen.append(epoch),
     )
     assert seen == list(range(1, 61)) and result.steps == 60 * 3
@@ -126,7 +144,10 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
-    learned, standard = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="standard"))
+    learned, standard = (
+        ConditionalVAE(6, TextToImageConfig(**base)),
+        ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="standard")),
+    )
     assert learned.prior is not None and standard.prior is None
     standard.load_state_dict({k: v for k, v in learned.state_dict().items() if not k.startswith("prior.")})
     images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
@@ -157,7 +178,9 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
     # draws what it drew before
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
-    old = ConditionalVAE(int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv", align_weight=0.0))
+    old = ConditionalVAE(
+        int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv", align_weight=0.0)
+    )
     folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
     meta_file = folder / CONFIG_FILE
     meta = json.loads(meta_file.read_text())
@@ -165,11 +188,19 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
         del meta["config"][key]
     meta_file.write_text(json.dumps(meta))
     loaded = TextToImage.load(folder)
-    assert loaded.config.text_condition == "pooled" and not loaded.tokens and loaded.model.align is None and loaded.model.critic is None
+    assert (
+        loaded.config.text_condition == "pooled"
+        and not loaded.tokens
+        and loaded.model.align is None
+        and loaded.model.critic is None
+    )
     assert loaded.config.cvae_prior == "standard" and loaded.model.prior is None
     assert loaded.config.cvae_decoder == "deconv" and loaded.model.decoder is not None
     same = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(loaded.generate(["a red square"], seed=3), same.generate(["a red square"], seed=3)))
+    assert all(
+        np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(loaded.generate(["a red square"], seed=3), same.generate(["a red square"], seed=3))
+    )
 
 
 def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
@@ -181,7 +212,10 @@ def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
-    film, deconv = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="deconv"))
+    film, deconv = (
+        ConditionalVAE(6, TextToImageConfig(**base)),
+        ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="deconv")),
+    )
     assert film.decoder is None and len(film.up) == 3 and deconv.decoder is not None and not hasattr(deconv, "up")
     z, text = torch.randn(5, 4), torch.randn(5, 6)
     for model in (film, deconv):
@@ -198,8 +232,12 @@ def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
         assert not torch.allclose(block(x, c1), block(x, c2))  # the text changes the block's output
         block.film.weight.zero_()
         shift = torch.linspace(-1, 1, 8)
-        block.film.bias.copy_(torch.cat([torch.zeros(8), torch.zeros(8), -torch.ones(8), shift]))  # second scale 1 + (-1) = 0
-        assert torch.allclose(block(x, c1) - shortcut, F.silu(shift)[None, :, None, None].expand(2, 8, 10, 10), atol=1e-6)
+        block.film.bias.copy_(
+            torch.cat([torch.zeros(8), torch.zeros(8), -torch.ones(8), shift])
+        )  # second scale 1 + (-1) = 0
+        assert torch.allclose(
+            block(x, c1) - shortcut, F.silu(shift)[None, :, None, None].expand(2, 8, 10, 10), atol=1e-6
+        )
         assert torch.allclose(block(x, c1), block(x, c2))  # with the text's weights zeroed, only the bias acts
 
     with pytest.raises(ValueError, match="cvae_decoder must be film or deconv"):
@@ -209,16 +247,35 @@ def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
 
 
 def test_diffusion_trains_samples_and_round_trips(tmp_path):
-    from itm_core.models.text_to_image import ConditionalDiffusion, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import (
+        ConditionalDiffusion,
+        TextToImage,
+        TextToImageConfig,
+        images_to_tensor,
+        train_text_to_image,
+    )
 
     images, names = colour_images(8, seed=0)
     prompts = [f"a {c} square" for c in names]
     encoder = create("encoder", "bow")
     encoder.fit(prompts)
-    config = TextToImageConfig(model="diffusion", resolution=16, block_channels=(16, 32), cond_dim=16, sample_steps=4, epochs=3, batch_size=8, lr=1e-3)
+    config = TextToImageConfig(
+        model="diffusion",
+        resolution=16,
+        block_channels=(16, 32),
+        cond_dim=16,
+        sample_steps=4,
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+    )
     model, result = train_text_to_image(
-        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
-        images_to_tensor(images[:6], 16), _text_features(prompts[:6], encoder), config,
+        {"name": "bow", "options": {}},
+        images_to_tensor(images, 16),
+        _text_features(prompts, encoder),
+        images_to_tensor(images[:6], 16),
+        _text_features(prompts[:6], encoder),
+        config,
     )
     assert isinstance(model.model, ConditionalDiffusion) and result.steps == 9
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
@@ -230,16 +287,42 @@ def test_diffusion_trains_samples_and_round_trips(tmp_path):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
     assert not np.array_equal(np.asarray(first[0]), np.asarray(other[0]))
     loaded = TextToImage.load(model.save(tmp_path / "diffusion"))
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(["a red square", "a blue square"], seed=1), first))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(loaded.generate(["a red square", "a blue square"], seed=1), first)
+    )
     assert model.generate([]) == []
 
 
-@pytest.mark.parametrize("model_name, options", [
-    ("gan", dict(channels=8, noise_dim=8, epochs=40, lr=2e-3, ema_decay=0.9)),
-    ("vqvae", dict(channels=16, code_dim=8, codebook_size=16, vq_epochs=20, prior_width=32, prior_layers=1, epochs=40, top_k=4, guidance_scale=2.0, lr=5e-3)),
-])
+@pytest.mark.parametrize(
+    "model_name, options",
+    [
+        ("gan", dict(channels=8, noise_dim=8, epochs=40, lr=2e-3, ema_decay=0.9)),
+        (
+            "vqvae",
+            dict(
+                channels=16,
+                code_dim=8,
+                codebook_size=16,
+                vq_epochs=20,
+                prior_width=32,
+                prior_layers=1,
+                epochs=40,
+                top_k=4,
+                guidance_scale=2.0,
+                lr=5e-3,
+            ),
+        ),
+    ],
+)
 def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
-    from itm_core.models.text_to_image import MODELS, TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import (
+        MODELS,
+        TextToImage,
+        TextToImageConfig,
+        images_to_tensor,
+        train_text_to_image,
+    )
 
     images, names = colour_images(24, seed=0)
     prompts = [f"a {c} square" for c in names]
@@ -249,8 +332,12 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
     val_images, val_names = colour_images(2, seed=1)
     stages = []
     model, result = train_text_to_image(
-        {"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
-        images_to_tensor(val_images, 16), _text_features([f"a {c} square" for c in val_names], encoder), config,
+        {"name": "bow", "options": {}},
+        images_to_tensor(images, 16),
+        _text_features(prompts, encoder),
+        images_to_tensor(val_images, 16),
+        _text_features([f"a {c} square" for c in val_names], encoder),
+        config,
         on_epoch=lambda epoch, metrics, m: stages.append(metrics.get("stage")),
     )
     assert isinstance(model.model, MODELS[model_name]) and result.steps == config.epochs * 9
@@ -285,7 +372,9 @@ def test_the_gan_averages_its_generator_and_keeps_the_live_discriminator():
     update_average(ema, live, 0.9)
     averaged, current = dict(ema.named_parameters()), dict(live.named_parameters())
     assert torch.allclose(averaged["critic.weight_orig"], current["critic.weight_orig"])  # copied
-    assert torch.allclose(averaged["to_rgb.weight"], current["to_rgb.weight"] - 0.9, atol=1e-6)  # moved a tenth of the way
+    assert torch.allclose(
+        averaged["to_rgb.weight"], current["to_rgb.weight"] - 0.9, atol=1e-6
+    )  # moved a tenth of the way
 
 
 def test_vq_codebook_starts_on_data_restarts_dead_codes_and_passes_gradients_straight_through():
@@ -316,7 +405,9 @@ def test_prompts_that_are_empty_too_long_or_not_text_fail_by_number_and_other_sc
 
     assert check_prompts(["a red circle", "a big blue star at the top"]) == []
     notes = check_prompts(["a red circle", "赤い丸", "красный круг", "3 + 4"])
-    assert notes == ["2 prompt(s) (1, 2) have no letters in the Latin script; an English text encoder reads them as unknown words"]
+    assert notes == [
+        "2 prompt(s) (1, 2) have no letters in the Latin script; an English text encoder reads them as unknown words"
+    ]
     with pytest.raises(DataError, match="prompt 1 is empty; describe the image"):
         check_prompts(["a red circle", "   "])
     with pytest.raises(DataError, match="prompt 0 has 1001 characters; at most 1000 are accepted"):
@@ -341,7 +432,10 @@ def test_frechet_distance_matches_an_eigenvalue_computation():
     reds = [img for img, n in zip(*colour_images(6, seed=7)) if n == "red"]
     blues = [img for img, n in zip(*colour_images(6, seed=8)) if n == "blue"]
     reds2 = [img for img, n in zip(*colour_images(6, seed=9)) if n == "red"]
-    assert fd.compute(images=reds, reference_images=blues)["fd"] > 10 * fd.compute(images=reds, reference_images=reds2)["fd"]
+    assert (
+        fd.compute(images=reds, reference_images=blues)["fd"]
+        > 10 * fd.compute(images=reds, reference_images=reds2)["fd"]
+    )
     with pytest.raises(ValueError, match="reference_images"):
         fd.compute(images=images)
     with pytest.raises(ValueError, match="at least 2"):
@@ -349,7 +443,9 @@ def test_frechet_distance_matches_an_eigenvalue_computation():
 
 
 def test_kid_is_the_unbiased_polynomial_mmd():
-    kid = create("metric", "kid", encoder="color-histogram", encoder_options={"bins": 2, "grid": 1}, subsets=1, subset_size=1000)
+    kid = create(
+        "metric", "kid", encoder="color-histogram", encoder_options={"bins": 2, "grid": 1}, subsets=1, subset_size=1000
+    )
     a_img, _ = colour_images(3, seed=0)
     b_img, _ = colour_images(3, seed=5)
     a, b = kid.features(a_img).numpy(), kid.features(b_img).numpy()
@@ -361,7 +457,9 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     xx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(a[i], b[j]) for i in range(n) for j in range(m)) / (n * m)
-    assert kid.compute(images=a_img, reference_images=b_img)["kid"] == pytest.approx(xx + yy - 2 * xy, rel=1e-6, abs=1e-9)
+    assert kid.compute(images=a_img, reference_images=b_img)["kid"] == pytest.approx(
+        xx + yy - 2 * xy, rel=1e-6, abs=1e-9
+    )
 
 
 @pytest.fixture(scope="module")
@@ -377,9 +475,21 @@ def colour_matcher(tmp_path_factory):
     text_encoder.fit(captions)
     split = FeatureSplit(image_encoder.encode(images), text_encoder.encode(captions), torch.arange(len(images)))
     torch.manual_seed(0)  # the heads' first weights: the same matcher whichever tests ran before
-    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "bow", "options": {}}, int(image_encoder.dim), int(text_encoder.dim),
-                      embed_dim=16, hidden_dim=0, dropout=0.0)
-    train_contrastive(matcher, split, split, ContrastiveConfig(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0))
+    matcher = Matcher(
+        {"name": "color-histogram", "options": {}},
+        {"name": "bow", "options": {}},
+        int(image_encoder.dim),
+        int(text_encoder.dim),
+        embed_dim=16,
+        hidden_dim=0,
+        dropout=0.0,
+    )
+    train_contrastive(
+        matcher,
+        split,
+        split,
+        ContrastiveConfig(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0),
+    )
     matcher.attach_encoders(image_encoder, text_encoder)
     return str(matcher.save(tmp_path_factory.mktemp("matcher") / "matcher"))
 
@@ -399,15 +509,24 @@ def test_r_precision_alignment_and_clipscore_follow_the_matcher(colour_matcher):
     # the distractors never repeat the prompt or a caption of the same image
     with pytest.raises(ValueError, match="no distractor prompts"):
         r_precision.compute(images=images[:1], prompts=right[:1], distractors=right[:1])
-    alone = r_precision.compute(images=images[:1], prompts=right[:1], distractors=["a red square", "a green square", "a blue square"],
-                                equivalents=[["a green square"]])
+    alone = r_precision.compute(
+        images=images[:1],
+        prompts=right[:1],
+        distractors=["a red square", "a green square", "a blue square"],
+        equivalents=[["a green square"]],
+    )
     assert alone["r_precision_chance"] == 0.5
 
     alignment = create("metric", "alignment", matcher=colour_matcher)
-    assert alignment.compute(images=images, prompts=right)["alignment"] > alignment.compute(images=images, prompts=wrong)["alignment"]
+    assert (
+        alignment.compute(images=images, prompts=right)["alignment"]
+        > alignment.compute(images=images, prompts=wrong)["alignment"]
+    )
     clipscore = create("metric", "clipscore", matcher=colour_matcher)
-    assert clipscore.compute(predictions=right, references=[[]] * len(right), images=images)["clipscore"] > \
-        clipscore.compute(predictions=wrong, references=[[]] * len(wrong), images=images)["clipscore"]
+    assert (
+        clipscore.compute(predictions=right, references=[[]] * len(right), images=images)["clipscore"]
+        > clipscore.compute(predictions=wrong, references=[[]] * len(wrong), images=images)["clipscore"]
+    )
     assert 0 <= clipscore.compute(predictions=right, images=images)["clipscore"] <= 2.5
     with pytest.raises(ValueError, match="needs the input 'images'"):
         clipscore.compute(predictions=right)
@@ -433,10 +552,17 @@ def test_matcher_text_conditions_a_generator_with_the_matchers_text_tower_and_ke
     images, names = colour_images(12, seed=0)
     captions = [f"a {c} square" for c in names]
     val_images, val_names = colour_images(2, seed=1)
-    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
-    model, _ = train_text_to_image({"name": "matcher-text", "options": {"matcher": colour_matcher}}, images_to_tensor(images, 16),
-                                   _text_features(captions, encoder), images_to_tensor(val_images, 16),
-                                   _text_features([f"a {c} square" for c in val_names], encoder), config)
+    config = TextToImageConfig(
+        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
+    )
+    model, _ = train_text_to_image(
+        {"name": "matcher-text", "options": {"matcher": colour_matcher}},
+        images_to_tensor(images, 16),
+        _text_features(captions, encoder),
+        images_to_tensor(val_images, 16),
+        _text_features([f"a {c} square" for c in val_names], encoder),
+        config,
+    )
     model.encoder = encoder
     asked = prompts * 10
     drawn = model.generate(asked, seed=5)
@@ -462,9 +588,13 @@ def test_matcher_text_conditions_a_generator_with_the_matchers_text_tower_and_ke
 def test_generation_metrics_pass_the_conformance_kit(colour_matcher):
     from itm_core.testing import assert_conforms
 
-    for name, options in [("clipscore", {"matcher": colour_matcher}), ("alignment", {"matcher": colour_matcher}),
-                          ("r_precision", {"matcher": colour_matcher, "candidates": 3}), ("fd", {"encoder": "color-histogram"}),
-                          ("kid", {"encoder": "color-histogram", "subset_size": 3})]:
+    for name, options in [
+        ("clipscore", {"matcher": colour_matcher}),
+        ("alignment", {"matcher": colour_matcher}),
+        ("r_precision", {"matcher": colour_matcher, "candidates": 3}),
+        ("fd", {"encoder": "color-histogram"}),
+        ("kid", {"encoder": "color-histogram", "subset_size": 3}),
+    ]:
         assert_conforms("metric", name, **options)
 
 
@@ -476,7 +606,10 @@ def test_caption_grid_fits_its_images_and_long_titles():
     from itm_core.ops.plots import caption_grid
 
     images = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
-    fig = caption_grid(images, ["a red circle", "a big blue star at the top of the picture, next to a small green square on the left side"])
+    fig = caption_grid(
+        images,
+        ["a red circle", "a big blue star at the top of the picture, next to a small green square on the left side"],
+    )
     try:
         assert fig.get_size_inches()[0] == pytest.approx(6.0) and len(fig.axes) == 2
         fig.canvas.draw()
@@ -489,14 +622,21 @@ def test_caption_grid_fits_its_images_and_long_titles():
         plt.close(fig)
 
 
-
 def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     """``text_condition: tokens`` (what ``auto`` picks for an encoder with tokens): a transformer over MiniLM's
     token states gives the cvae its condition vector; padding does not change it; it saves and loads."""
     import json
 
-    from itm_core.models.text_to_image import (CONFIG_FILE, TextFeatures, TextToImage, TextToImageConfig, TokenCondition,
-                                               images_to_tensor, train_text_to_image, uses_tokens)
+    from itm_core.models.text_to_image import (
+        CONFIG_FILE,
+        TextFeatures,
+        TextToImage,
+        TextToImageConfig,
+        TokenCondition,
+        images_to_tensor,
+        train_text_to_image,
+        uses_tokens,
+    )
 
     encoder = create("encoder", "minilm", max_length=16)
 
@@ -508,11 +648,21 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     rng = random.Random(0)
     captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in names]
     val_images, val_names = colour_images(2, seed=1)
-    config = TextToImageConfig(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
+    config = TextToImageConfig(
+        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
+    )
     assert uses_tokens(config, encoder)
-    model, _ = train_text_to_image({"name": "minilm", "options": {"max_length": 16}}, images_to_tensor(images, 16), features(captions),
-                                   images_to_tensor(val_images, 16), features([f"a {c} square" for c in val_names]), config)
-    assert model.tokens and model.config.text_condition == "tokens" and isinstance(model.model.condition, TokenCondition)
+    model, _ = train_text_to_image(
+        {"name": "minilm", "options": {"max_length": 16}},
+        images_to_tensor(images, 16),
+        features(captions),
+        images_to_tensor(val_images, 16),
+        features([f"a {c} square" for c in val_names]),
+        config,
+    )
+    assert (
+        model.tokens and model.config.text_condition == "tokens" and isinstance(model.model.condition, TokenCondition)
+    )
     model.encoder = encoder
     asked = ["a red square", "a square that is green", "a blue square"] * 10
     drawn = model.generate(asked, seed=5)
@@ -521,23 +671,33 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     condition = model.model.condition
     tokens, mask = encoder.encode_tokens(["a red square to the left of a blue square"])
     with torch.no_grad():
-        longer = torch.cat([tokens, torch.randn(1, 5, tokens.shape[2])], dim=1)  # five more tokens, masked out as padding
+        longer = torch.cat(
+            [tokens, torch.randn(1, 5, tokens.shape[2])], dim=1
+        )  # five more tokens, masked out as padding
         padded = torch.cat([mask, torch.zeros(1, 5, dtype=torch.bool)], dim=1)
         assert torch.allclose(condition(tokens, mask), condition(longer, padded), atol=1e-5)
         other = encoder.encode_tokens(["a blue square to the left of a red square"])
-        assert not torch.allclose(condition(tokens, mask), condition(*other), atol=1e-3)  # the word order reaches the condition
+        assert not torch.allclose(
+            condition(tokens, mask), condition(*other), atol=1e-3
+        )  # the word order reaches the condition
 
     folder = model.save(tmp_path / "cvae")
     assert json.loads((folder / CONFIG_FILE).read_text())["config"]["text_condition"] == "tokens"
     loaded = TextToImage.load(folder)
-    assert loaded.tokens and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=5), drawn))
+    assert loaded.tokens and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(loaded.generate(asked, seed=5), drawn)
+    )
 
     bow = create("encoder", "bow")
     bow.fit(captions)
-    with pytest.raises(ValueError, match=r"text_condition tokens needs token features, and the text encoder 'bow' gives none"):
+    with pytest.raises(
+        ValueError, match=r"text_condition tokens needs token features, and the text encoder 'bow' gives none"
+    ):
         uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), bow)
     assert not uses_tokens(TextToImageConfig(model="cvae"), bow)  # auto falls back to the pooled feature
-    assert not uses_tokens(TextToImageConfig(model="gan"), encoder)  # auto keeps the GAN on the pooled feature (it collapses on tokens)
+    assert not uses_tokens(
+        TextToImageConfig(model="gan"), encoder
+    )  # auto keeps the GAN on the pooled feature (it collapses on tokens)
     assert uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), encoder)
     with pytest.raises(ValueError, match="layers must be at least 0"):
         TokenCondition(8, 8, layers=-1, queries=4)
@@ -554,7 +714,10 @@ def test_cvae_align_term_is_an_infonce_between_each_image_and_its_condition():
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
-    aligned, plain = ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)), ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.0))
+    aligned, plain = (
+        ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)),
+        ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.0)),
+    )
     assert plain.align is None
     plain.load_state_dict({k: v for k, v in aligned.state_dict().items() if not k.startswith("align.")})
     images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
@@ -582,8 +745,14 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     from pydantic import ValidationError
 
     from itm_core.config import RetrainParams
-    from itm_core.models.text_to_image import (ConditionalVAE, TextToImage, TextToImageConfig, hinge_losses, images_to_tensor,
-                                               train_text_to_image)
+    from itm_core.models.text_to_image import (
+        ConditionalVAE,
+        TextToImage,
+        TextToImageConfig,
+        hinge_losses,
+        images_to_tensor,
+        train_text_to_image,
+    )
 
     # the hinge losses, by hand, with a discriminator simple enough to write down
     def critic(x, c):
@@ -592,7 +761,11 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     real, fake, cond = torch.rand(4, 3, 2, 2), -torch.rand(4, 3, 2, 2), torch.randn(4, 5)
     d_loss, g_loss = hinge_losses(critic, real, fake, cond, mismatch_weight=0.25)
     hinge = lambda v: torch.clamp(v, min=0).mean()  # noqa: E731
-    by_hand = hinge(1 - critic(real, cond)) + 0.75 * hinge(1 + critic(fake, cond)) + 0.25 * hinge(1 + critic(real, cond.roll(1, dims=0)))
+    by_hand = (
+        hinge(1 - critic(real, cond))
+        + 0.75 * hinge(1 + critic(fake, cond))
+        + 0.25 * hinge(1 + critic(real, cond.roll(1, dims=0)))
+    )
     assert torch.allclose(d_loss, by_hand) and torch.allclose(g_loss, -critic(fake, cond).mean())
 
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=16, batch_size=8)
@@ -609,15 +782,31 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     val_images, val_names = colour_images(2, seed=1)
     features = _text_features(prompts, encoder)
     config = TextToImageConfig(**base, epochs=25, lr=3e-3, adv_weight=0.1)
-    model, result = train_text_to_image({"name": "bow", "options": {}}, images_to_tensor(images, 16), features,
-                                        images_to_tensor(val_images, 16), _text_features([f"a {c} square" for c in val_names], encoder), config)
+    model, result = train_text_to_image(
+        {"name": "bow", "options": {}},
+        images_to_tensor(images, 16),
+        features,
+        images_to_tensor(val_images, 16),
+        _text_features([f"a {c} square" for c in val_names], encoder),
+        config,
+    )
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
     vae = model.model
     with torch.no_grad():  # the discriminator learned which text goes with which image
         cond = vae.condition(features.text.float())
         x = images_to_tensor(images, 16)
-        right, wrong = vae.discriminate(x, cond), vae.discriminate(x, cond[torch.randperm(len(cond), generator=torch.Generator().manual_seed(0))])
-        other_colour = torch.tensor([a != b for a, b in zip(names, [names[i] for i in torch.randperm(len(cond), generator=torch.Generator().manual_seed(0))])])
+        right, wrong = (
+            vae.discriminate(x, cond),
+            vae.discriminate(x, cond[torch.randperm(len(cond), generator=torch.Generator().manual_seed(0))]),
+        )
+        other_colour = torch.tensor(
+            [
+                a != b
+                for a, b in zip(
+                    names, [names[i] for i in torch.randperm(len(cond), generator=torch.Generator().manual_seed(0))]
+                )
+            ]
+        )
     assert (right[other_colour] > wrong[other_colour]).float().mean() > 0.8
     model.encoder = encoder
     asked = ["a red square", "a green square", "a blue square"] * 2
@@ -644,7 +833,13 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
     for name in ("cvae", "gan"):
         torch.manual_seed(0)
         config = TextToImageConfig(model=name, resolution=16, cond_dim=8, latent_dim=4, channels=8, noise_dim=8)
-        model = TextToImage(MODELS[name](int(encoder.dim), config).eval(), {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
+        model = TextToImage(
+            MODELS[name](int(encoder.dim), config).eval(),
+            {"name": "bow", "options": {}},
+            int(encoder.dim),
+            False,
+            encoder,
+        )
         vary = [np.asarray(model.generate(["a red square"], seed=s)[0], dtype=float) for s in (1, 2)]
         assert np.abs(vary[0] - vary[1]).max() > 0, name
         model.with_temperature(0.0)
@@ -658,7 +853,11 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
                 model.with_temperature(t)
                 zs = []
                 vae.decode = lambda z, c, zs=zs: (zs.append(z), torch.zeros(len(z), 3, 16, 16))[1]
-                vae.sample(torch.as_tensor(encoder.encode(["a red square"] * 4000)).float(), None, torch.Generator().manual_seed(0))
+                vae.sample(
+                    torch.as_tensor(encoder.encode(["a red square"] * 4000)).float(),
+                    None,
+                    torch.Generator().manual_seed(0),
+                )
                 spread = ((torch.cat(zs) - mu) / (0.5 * logvar).exp()).std().item()
                 assert abs(spread - t) < 0.05 * t
                 del vae.decode
@@ -673,10 +872,19 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
         model.with_temperature(-1.0)
     with pytest.raises(ValueError, match="trained-text-to-image: option temperature must be 0 or more"):
         create("generator", "trained-text-to-image", model=str(folder), temperature=-0.5)
-    diffusion = TextToImage(MODELS["cvae"](int(encoder.dim), TextToImageConfig(model="cvae", resolution=16, cond_dim=8, latent_dim=4, channels=8)),
-                            {"name": "bow", "options": {}}, int(encoder.dim), False, encoder)
+    diffusion = TextToImage(
+        MODELS["cvae"](
+            int(encoder.dim), TextToImageConfig(model="cvae", resolution=16, cond_dim=8, latent_dim=4, channels=8)
+        ),
+        {"name": "bow", "options": {}},
+        int(encoder.dim),
+        False,
+        encoder,
+    )
     diffusion.model.config = TextToImageConfig(model="diffusion")
-    with pytest.raises(ValueError, match="only the cvae and the gan sample with a temperature; this model is a diffusion"):
+    with pytest.raises(
+        ValueError, match="only the cvae and the gan sample with a temperature; this model is a diffusion"
+    ):
         diffusion.with_temperature(0.5)
     with pytest.raises(ValidationError, match="temperature"):
         RetrainParams(task="text-to-image", text_to_image={"temperature": -1})
@@ -692,7 +900,10 @@ def test_cvae_prior_weight_sets_the_priors_side_of_the_kl_apart_from_the_posteri
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8, kl_weight=0.1, align_weight=0.0)
-    plain, balanced = ConditionalVAE(6, TextToImageConfig(**base)), ConditionalVAE(6, TextToImageConfig(**base, prior_weight=1.0))
+    plain, balanced = (
+        ConditionalVAE(6, TextToImageConfig(**base)),
+        ConditionalVAE(6, TextToImageConfig(**base, prior_weight=1.0)),
+    )
     balanced.load_state_dict(plain.state_dict())
     images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
     grads = []
@@ -727,8 +938,14 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
     encoder.fit(prompts)
     val_images, val_names = colour_images(2, seed=1)
     val = _text_features([f"a {c} square" for c in val_names], encoder)
-    for name, options in (("cvae", dict(channels=16, latent_dim=4, epochs=60, lr=3e-3)), ("gan", dict(channels=8, noise_dim=8, epochs=2)),
-                          ("vqvae", dict(channels=8, code_dim=8, codebook_size=16, vq_epochs=1, prior_width=16, prior_layers=1, epochs=2))):
+    for name, options in (
+        ("cvae", dict(channels=16, latent_dim=4, epochs=60, lr=3e-3)),
+        ("gan", dict(channels=8, noise_dim=8, epochs=2)),
+        (
+            "vqvae",
+            dict(channels=8, code_dim=8, codebook_size=16, vq_epochs=1, prior_width=16, prior_layers=1, epochs=2),
+        ),
+    ):
         dtypes: dict[str, set[torch.dtype]] = {"train": set(), "eval": set()}
         original = torch.nn.Conv2d.forward
 
@@ -739,8 +956,14 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
 
         monkeypatch.setattr(torch.nn.Conv2d, "forward", conv_forward)
         config = TextToImageConfig(model=name, resolution=16, cond_dim=16, batch_size=12, precision="bf16", **options)
-        model, result = train_text_to_image({"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
-                                            images_to_tensor(val_images, 16), val, config)
+        model, result = train_text_to_image(
+            {"name": "bow", "options": {}},
+            images_to_tensor(images, 16),
+            _text_features(prompts, encoder),
+            images_to_tensor(val_images, 16),
+            val,
+            config,
+        )
         monkeypatch.setattr(torch.nn.Conv2d, "forward", original)
         assert dtypes["train"] == {torch.bfloat16}, name  # every training convolution ran in bfloat16 ...
         assert dtypes["eval"] <= {torch.float32} and dtypes["eval"], name  # ... validation in float32
@@ -761,10 +984,21 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
         # the flow's default: auto for the cvae, fp32 for the others unless asked
         assert t2i_config(RetrainParams(task="text-to-image")).precision == settled
         assert t2i_config(RetrainParams(task="text-to-image", text_to_image={"model": "gan"})).precision == "fp32"
-        assert t2i_config(RetrainParams(task="text-to-image", text_to_image={"model": "gan", "precision": "auto"})).precision == settled
+        assert (
+            t2i_config(
+                RetrainParams(task="text-to-image", text_to_image={"model": "gan", "precision": "auto"})
+            ).precision
+            == settled
+        )
     with pytest.raises(ValueError, match="training precision must be auto, fp32 or bf16, got 'fp16'"):
-        train_text_to_image({"name": "bow", "options": {}}, images_to_tensor(images, 16), _text_features(prompts, encoder),
-                            images_to_tensor(val_images, 16), val, TextToImageConfig(model="cvae", resolution=16, precision="fp16"))
+        train_text_to_image(
+            {"name": "bow", "options": {}},
+            images_to_tensor(images, 16),
+            _text_features(prompts, encoder),
+            images_to_tensor(val_images, 16),
+            val,
+            TextToImageConfig(model="cvae", resolution=16, precision="fp16"),
+        )
     with pytest.raises(ValidationError, match="precision"):
         RetrainParams(task="text-to-image", text_to_image={"precision": "fp16"})
 
@@ -778,7 +1012,12 @@ def test_the_flows_per_model_defaults_and_the_options_that_override_them():
     def config(**options):
         return t2i_config(RetrainParams(task="text-to-image", text_to_image=options))
 
-    expected = {"cvae": (120, 32, 1e-3, 0.3), "gan": (120, 64, 2e-4, 1.0), "vqvae": (60, 64, 1e-3, 1.0), "diffusion": (14, 64, 1e-3, 1.0)}
+    expected = {
+        "cvae": (120, 32, 1e-3, 0.3),
+        "gan": (120, 64, 2e-4, 1.0),
+        "vqvae": (60, 64, 1e-3, 1.0),
+        "diffusion": (14, 64, 1e-3, 1.0),
+    }
     for model, (epochs, batch_size, lr, temperature) in expected.items():
         c = config(model=model)
         assert (c.epochs, c.batch_size, c.lr, c.temperature) == (epochs, batch_size, lr, temperature), model

@@ -7,10 +7,20 @@ import torch
 
 from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.models.heads import (
-    FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_vqa, hard_negatives, probe_accuracy, rerank, train_itm, train_vqa,
-)
 from itm_core.judge.retrieval import Ranks
+from itm_core.models.heads import (
+    FusionHead,
+    HeadConfig,
+    ITMHead,
+    PairSet,
+    QASet,
+    evaluate_vqa,
+    hard_negatives,
+    probe_accuracy,
+    rerank,
+    train_itm,
+    train_vqa,
+)
 
 
 def test_weighted_fusion_fixed_or_learned():
@@ -49,12 +59,17 @@ def test_hard_negatives_skip_positives_and_duplicates():
     owner = torch.tensor([0, 1, 1, 2])
     caps, imgs = hard_negatives(image_emb, text_emb, owner, k=1)
     assert caps[:, 0].tolist() == [1, 0, 2] and imgs[:, 0].tolist() == [1, 0, 2, 0]
-    caps, _ = hard_negatives(image_emb, text_emb, owner, k=1, image_group=torch.tensor([0, 0, 1]))  # images 0 and 1 are the same scene
+    caps, _ = hard_negatives(
+        image_emb, text_emb, owner, k=1, image_group=torch.tensor([0, 0, 1])
+    )  # images 0 and 1 are the same scene
     assert caps[0, 0] == 3 and caps[1, 0] == 3
 
 
 def test_probe_accuracy_by_hand():
-    out = probe_accuracy(torch.tensor([1.0, 1.0, 0.0, 2.0]), {"neg_color": torch.tensor([0.0, 2.0, 0.0, 1.0]), "neg_shape": torch.tensor([0.0, 0.0, -1.0, 1.0])})
+    out = probe_accuracy(
+        torch.tensor([1.0, 1.0, 0.0, 2.0]),
+        {"neg_color": torch.tensor([0.0, 2.0, 0.0, 1.0]), "neg_shape": torch.tensor([0.0, 0.0, -1.0, 1.0])},
+    )
     assert out == {"probe_accuracy_color": 0.5, "probe_accuracy_shape": 1.0, "probe_accuracy": 0.75}  # ties fail
 
 
@@ -100,7 +115,9 @@ def test_itm_head_learns_to_separate_matches():
     train, val = _toy_pairs(128, 1), _toy_pairs(32, 2)
     head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)
     before = evaluate_itm(head, val)["itm_auc"]
-    result = train_itm(head, train, val, HeadConfig(epochs=15, batch_size=16, hard_pool=4, lr=3e-3, patience=15, input_dropout=0.0))
+    result = train_itm(
+        head, train, val, HeadConfig(epochs=15, batch_size=16, hard_pool=4, lr=3e-3, patience=15, input_dropout=0.0)
+    )
     after = evaluate_itm(head, val)
     assert after["itm_auc"] > max(before, 0.8) and result.best_epoch >= 1
 
@@ -110,7 +127,9 @@ def test_vqa_head_learns_and_reports_per_type():
     image = ModalityFeatures(torch.randn(64, 5, generator=g))
     questions = ModalityFeatures(torch.eye(2).repeat(64, 1))  # two question kinds per image
     q_image = torch.arange(64).repeat_interleave(2)
-    answer = torch.where(torch.arange(128) % 2 == 0, (image.pooled[q_image, 0] > 0).long(), 2 + (image.pooled[q_image, 1] > 0).long())
+    answer = torch.where(
+        torch.arange(128) % 2 == 0, (image.pooled[q_image, 0] > 0).long(), 2 + (image.pooled[q_image, 1] > 0).long()
+    )
     kinds = ["sign0" if n % 2 == 0 else "sign1" for n in range(128)]
     data = QASet(image, questions, q_image, answer, kinds)
     head = FusionHead(create("fusion", "concat-mlp", image_dim=5, text_dim=2, dim=16), outputs=4)
@@ -131,7 +150,9 @@ def test_cross_attention_maps_through_the_head_follow_the_patches():
     assert maps.shape == (2, 4) and torch.allclose(maps.sum(1), torch.ones(2))
     padded = ModalityFeatures(text.pooled, torch.cat([text.tokens[:, :2], 100 * torch.randn(2, 1, 5)], 1), mask)
     assert torch.allclose(head.attention_maps(image, [0], padded, [0]), maps[:1], atol=1e-5)
-    assert ITMHead(create("fusion", "mean", image_dim=6, text_dim=5, dim=8)).attention_maps(image, [0], text, [0]) is None
+    assert (
+        ITMHead(create("fusion", "mean", image_dim=6, text_dim=5, dim=8)).attention_maps(image, [0], text, [0]) is None
+    )
 
 
 def _ordered_pairs(copies: int, seed: int) -> PairSet:
@@ -141,9 +162,14 @@ def _ordered_pairs(copies: int, seed: int) -> PairSet:
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
-    words, places = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    words, places = (
+        torch.randn(4, 8, generator=torch.Generator().manual_seed(0)),
+        torch.randn(2, 8, generator=torch.Generator().manual_seed(1)),
+    )
     pairs = [(a, b) for a in range(4) for b in range(4) if a != b] * copies
-    image = torch.stack([torch.cat([F.one_hot(torch.tensor(a), 4), F.one_hot(torch.tensor(b), 4)]).float() for a, b in pairs])
+    image = torch.stack(
+        [torch.cat([F.one_hot(torch.tensor(a), 4), F.one_hot(torch.tensor(b), 4)]).float() for a, b in pairs]
+    )
     image = image + 0.1 * torch.randn(image.shape, generator=g)
 
     def said(first: int, second: int) -> torch.Tensor:  # two words and a padding token (masked out) of noise
@@ -153,8 +179,15 @@ def _ordered_pairs(copies: int, seed: int) -> PairSet:
     mask = torch.tensor([[True, True, False]]).expand(len(tokens), 3)
     pooled = tokens[:, :2].mean(1)
     n = len(pairs)
-    return PairSet(ModalityFeatures(image), ModalityFeatures(pooled, tokens, mask), torch.arange(n), F.normalize(image, dim=-1),
-                   F.normalize(pooled, dim=-1), negatives=n + torch.arange(n).unsqueeze(1), canonical=torch.arange(n))
+    return PairSet(
+        ModalityFeatures(image),
+        ModalityFeatures(pooled, tokens, mask),
+        torch.arange(n),
+        F.normalize(image, dim=-1),
+        F.normalize(pooled, dim=-1),
+        negatives=n + torch.arange(n).unsqueeze(1),
+        canonical=torch.arange(n),
+    )
 
 
 def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
@@ -167,11 +200,18 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
     wins = {}
     for reader in (None, TokenReader(8, 16, 16, layers=1, queries=2)):
         torch.manual_seed(0)
-        head = ITMHead(create("fusion", "concat-mlp", image_dim=8, text_dim=8 + (16 if reader else 0), dim=16), prior_scale=0.0, text_reader=reader)
+        head = ITMHead(
+            create("fusion", "concat-mlp", image_dim=8, text_dim=8 + (16 if reader else 0), dim=16),
+            prior_scale=0.0,
+            text_reader=reader,
+        )
         train_itm(head, train, train, config)
         true, swapped = head.predict_pairs(val, rows, rows), head.predict_pairs(val, rows, rows + n)
         wins["tokens" if reader else "pooled"] = float((true > swapped + 1e-4).float().mean())
     assert wins["pooled"] == 0.0  # the same pooled feature (up to rounding): the same score, never clearly higher
     assert wins["tokens"] >= 0.9, wins
     with pytest.raises(ValueError, match="reads token features itself"):
-        ITMHead(create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2), text_reader=TokenReader(5, 8, 8))
+        ITMHead(
+            create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2),
+            text_reader=TokenReader(5, 8, 8),
+        )

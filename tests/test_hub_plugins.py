@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from plugins import tiny_hub as tiny_models
 from itm_core import create
 from itm_core.testing import assert_conforms
+from plugins import tiny_hub as tiny_models
 
 IMAGES = [Image.new("RGB", (40, 50), "red"), Image.new("RGB", (32, 32), "blue"), Image.new("L", (20, 30), 200)]
 TEXTS = ["a red circle", "two blue squares on the left", "a small white star at the top"]
@@ -38,7 +38,10 @@ def test_clip_parity_with_clipmodel(clip_dir):
     model = CLIPModel.from_pretrained(clip_dir).eval()
     tok, proc = AutoTokenizer.from_pretrained(clip_dir), AutoImageProcessor.from_pretrained(clip_dir)
     with torch.no_grad():
-        out = model(**tok(TEXTS, padding=True, return_tensors="pt"), **proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt"))
+        out = model(
+            **tok(TEXTS, padding=True, return_tensors="pt"),
+            **proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt"),
+        )
     ours = image.encode(IMAGES) @ text.encode(TEXTS).T
     assert torch.allclose(ours, out.logits_per_image / model.logit_scale.exp(), atol=1e-5)
     assert torch.allclose(image.encode(IMAGES), torch.nn.functional.normalize(out.image_embeds, dim=-1), atol=1e-5)
@@ -53,8 +56,10 @@ def test_clip_pair_is_a_zero_shot_matcher_for_evaluate(clip_dir, tiny_shapes):
     from itm_core.config import ComponentParams, MatcherRef
     from itm_core.judge.evaluation import EncoderPair, build_scorer, evaluate_retrieval
 
-    ref = MatcherRef(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
-                     text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}))
+    ref = MatcherRef(
+        image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
+        text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}),
+    )
     scorer = build_scorer(ref)
     assert isinstance(scorer, EncoderPair)
     metrics = evaluate_retrieval(scorer, tiny_shapes.split("test"))
@@ -85,7 +90,11 @@ def test_hf_image_parity_and_pooling(tmp_path):
     with torch.no_grad():
         out = model(**proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt"))
     assert torch.allclose(create("encoder", "hf-image", model=folder).encode(IMAGES), out.pooler_output, atol=1e-5)
-    assert torch.allclose(create("encoder", "hf-image", model=folder, pooling="cls").encode(IMAGES), out.last_hidden_state[:, 0], atol=1e-5)
+    assert torch.allclose(
+        create("encoder", "hf-image", model=folder, pooling="cls").encode(IMAGES),
+        out.last_hidden_state[:, 0],
+        atol=1e-5,
+    )
     for pooling in ("pooler", "cls", "mean"):
         assert_conforms("encoder", "hf-image", model=folder, pooling=pooling)
     with pytest.raises(ValueError, match="pooling must be one of"):
@@ -123,7 +132,11 @@ def test_blip_caption_parity(tmp_path):
     model = BlipForConditionalGeneration.from_pretrained(folder).eval()
     tok, proc = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
     with torch.no_grad():
-        ids = model.generate(pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"], max_new_tokens=6, do_sample=False)
+        ids = model.generate(
+            pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"],
+            max_new_tokens=6,
+            do_sample=False,
+        )
     assert captioner.generate(IMAGES) == [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
     assert_conforms("generator", "blip-caption", model=folder, max_new_tokens=4)
 
@@ -137,7 +150,12 @@ def test_vision_encoder_decoder_parity_greedy_and_beam(tmp_path, num_beams):
     model = VisionEncoderDecoderModel.from_pretrained(folder).eval()
     tok, proc = AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
     with torch.no_grad():
-        ids = model.generate(pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"], max_new_tokens=6, num_beams=num_beams, do_sample=False)
+        ids = model.generate(
+            pixel_values=proc(images=[i.convert("RGB") for i in IMAGES], return_tensors="pt")["pixel_values"],
+            max_new_tokens=6,
+            num_beams=num_beams,
+            do_sample=False,
+        )
     assert captioner.generate(IMAGES) == [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
     assert_conforms("generator", "vision-encoder-decoder", model=folder, max_new_tokens=4, num_beams=num_beams)
 
@@ -146,13 +164,31 @@ def test_stable_diffusion_parity_and_options(tmp_path):
     from diffusers import StableDiffusionPipeline
 
     folder = str(tiny_models.stable_diffusion(tmp_path))
-    gen = create("generator", "stable-diffusion", model=folder, steps=2, height=32, width=32, seed=5, guidance_scale=3.0, negative_prompt="blurry")
+    gen = create(
+        "generator",
+        "stable-diffusion",
+        model=folder,
+        steps=2,
+        height=32,
+        width=32,
+        seed=5,
+        guidance_scale=3.0,
+        negative_prompt="blurry",
+    )
     images = gen.generate(["a red circle", "a blue square"])
     assert [im.size for im in images] == [(32, 32), (32, 32)]
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe(prompt=["a red circle", "a blue square"], negative_prompt=["blurry"] * 2, num_inference_steps=2, guidance_scale=3.0,
-               height=32, width=32, generator=torch.Generator().manual_seed(5), output_type="pil").images
+    ref = pipe(
+        prompt=["a red circle", "a blue square"],
+        negative_prompt=["blurry"] * 2,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(5),
+        output_type="pil",
+    ).images
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, ref))
     other_seed = gen.generate(["a red circle"], seed=6)[0]
     assert not np.array_equal(np.asarray(other_seed), np.asarray(images[0]))
@@ -161,8 +197,12 @@ def test_stable_diffusion_parity_and_options(tmp_path):
 
 def test_missing_local_model_fails_clearly(tmp_path):
     """A folder that is not there is named as a missing folder, not as a malformed hub id."""
-    for name, options in [("clip", {"modality": "image", "model": "/no/such/folder"}), ("hf-text", {"model": "./nowhere"}),
-                          ("hf-image", {"model": str(tmp_path / "a" / "b")}), ("minilm", {"path": str(tmp_path / "none")})]:
+    for name, options in [
+        ("clip", {"modality": "image", "model": "/no/such/folder"}),
+        ("hf-text", {"model": "./nowhere"}),
+        ("hf-image", {"model": str(tmp_path / "a" / "b")}),
+        ("minilm", {"path": str(tmp_path / "none")}),
+    ]:
         with pytest.raises(FileNotFoundError, match="the folder does not exist. Give a folder made by save_pretrained"):
             create("encoder", name, **options)
     (tmp_path / "empty").mkdir()  # a folder without a model: the library's reason, with the model named
@@ -202,13 +242,24 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
 
     from flows.evaluate import evaluate
     from flows.retrain import retrain
-    from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, MatcherRef, RetrainParams, TrainingParams
+    from itm_core.config import (
+        ComponentParams,
+        DatasetParams,
+        EvaluateParams,
+        MatcherRef,
+        RetrainParams,
+        TrainingParams,
+    )
     from itm_core.ops.tracking import load_matcher
 
     dataset = DatasetParams(options=tiny_shapes_options)
-    towers = dict(image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
-                  text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}))
-    training = TrainingParams(epochs=2, batch_size=16, hidden_dim=0, embed_dim=16, unlock=["image", "text"], tower_lr=1e-3)
+    towers = dict(
+        image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
+        text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}),
+    )
+    training = TrainingParams(
+        epochs=2, batch_size=16, hidden_dim=0, embed_dim=16, unlock=["image", "text"], tower_lr=1e-3
+    )
     result = retrain(RetrainParams(dataset=dataset, training=training, **towers))
 
     matcher = load_matcher(f"models:/itm-matcher/{result['model_version']}")
@@ -218,7 +269,11 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
     assert not torch.allclose(tuned_vision, original.vision_model.embeddings.patch_embedding.weight)
     assert not torch.allclose(tuned_text, original.text_model.embeddings.token_embedding.weight)
 
-    board = evaluate(EvaluateParams(dataset=dataset, matchers=[MatcherRef(model_uri=f"models:/itm-matcher/{result['model_version']}")]))
+    board = evaluate(
+        EvaluateParams(
+            dataset=dataset, matchers=[MatcherRef(model_uri=f"models:/itm-matcher/{result['model_version']}")]
+        )
+    )
     assert board[0]["rsum"] == pytest.approx(result["test"]["rsum"], abs=1e-3)
 
     locked_text = dict(towers, text_encoder=ComponentParams(name="minilm"))
@@ -241,10 +296,24 @@ def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_sha
         splits = {s: tiny_shapes.split(s) for s in ("train", "val")}
         items = {s: {"image": [str(p) for p in d.image_paths()], "text": list(d.captions)} for s, d in splits.items()}
         live = {m: LiveTower(towers[m], items["train"][m], items["val"][m]) for m in towers}
-        feats = {s: FeatureSplit(live["image"].all_features(items[s]["image"]), live["text"].all_features(items[s]["text"]),
-                                 torch.tensor(splits[s].caption_image)) for s in splits}
+        feats = {
+            s: FeatureSplit(
+                live["image"].all_features(items[s]["image"]),
+                live["text"].all_features(items[s]["text"]),
+                torch.tensor(splits[s].caption_image),
+            )
+            for s in splits
+        }
         torch.manual_seed(0)
-        matcher = Matcher({"name": "clip"}, {"name": "clip"}, towers["image"].dim, towers["text"].dim, embed_dim=16, hidden_dim=0, dropout=0.0)
+        matcher = Matcher(
+            {"name": "clip"},
+            {"name": "clip"},
+            towers["image"].dim,
+            towers["text"].dim,
+            embed_dim=16,
+            hidden_dim=0,
+            dropout=0.0,
+        )
         return matcher, feats, live
 
     config = ContrastiveConfig(epochs=2, batch_size=16, lr=1e-3, tower_lr=1e-3, patience=5)
@@ -265,4 +334,3 @@ def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_sha
         assert not differ, (m, differ, [float((one[k] - two[k]).abs().max()) for k in differ])
     for k, w in m1.state_dict().items():
         assert torch.allclose(w, m2.state_dict()[k], atol=1e-4), k
-

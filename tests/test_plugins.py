@@ -16,19 +16,39 @@ from itm_core.components import Encoder
 from itm_core.contract.plugins import get_plugin_manager, temporary_plugin
 
 BUILTIN_COMPONENTS = {
-    ("encoder", "efficientnet-lite0"), ("encoder", "minilm"), ("encoder", "tfidf"), ("encoder", "color-histogram"),
-    ("similarity", "cosine"), ("similarity", "dot"), ("metric", "retrieval"), ("generator", "retrieval-captioner"),
-    ("dataset", "shapes"), ("dataset", "manifest"),
+    ("encoder", "efficientnet-lite0"),
+    ("encoder", "minilm"),
+    ("encoder", "tfidf"),
+    ("encoder", "color-histogram"),
+    ("similarity", "cosine"),
+    ("similarity", "dot"),
+    ("metric", "retrieval"),
+    ("generator", "retrieval-captioner"),
+    ("dataset", "shapes"),
+    ("dataset", "manifest"),
 }
 
 
 def test_builtins_load_through_entry_points():
     pm = get_plugin_manager()
     infos = {i.name: i for i in pm.info.values()}
-    assert {"shapes", "efficientnet", "minilm", "classic", "similarity", "retrieval", "retrieval-captioner", "manifest"} <= set(infos)
-    assert all(i.builtin and i.distribution == "itm-workbench" and not i.error for i in infos.values() if i.name in {"shapes", "minilm"})
+    assert {
+        "shapes",
+        "efficientnet",
+        "minilm",
+        "classic",
+        "similarity",
+        "retrieval",
+        "retrieval-captioner",
+        "manifest",
+    } <= set(infos)
+    assert all(
+        i.builtin and i.distribution == "itm-workbench" and not i.error
+        for i in infos.values()
+        if i.name in {"shapes", "minilm"}
+    )
     found = {(kind, name) for kind in itm_core.components.KINDS for name in itm_core.names(kind)}
-    assert BUILTIN_COMPONENTS <= found
+    assert found >= BUILTIN_COMPONENTS
 
 
 def test_unknown_name_lists_known_ones():
@@ -79,7 +99,11 @@ def test_duplicate_registration_names_both_plugins():
 
 @pytest.mark.parametrize(
     ("options", "rule"),
-    [({"rows_off": 1}, r"shape \(3, 3\), expected \(2, 3\)"), ({"value": float("nan")}, "non-finite"), ({"value": float("inf")}, "non-finite")],
+    [
+        ({"rows_off": 1}, r"shape \(3, 3\), expected \(2, 3\)"),
+        ({"value": float("nan")}, "non-finite"),
+        ({"value": float("inf")}, "non-finite"),
+    ],
 )
 def test_contract_violations_name_the_plugin(options, rule):
     with temporary_plugin(_ConstantPlugin(), "sloppy-plugin"):
@@ -200,7 +224,9 @@ def test_cli_plugins_json(external_plugins, fresh_plugins):
     by_name = {p["name"]: p for p in listing}
     assert set(by_name["similarity"]) >= {"name", "version", "hooks", "components"}
     assert by_name["similarity"]["hooks"] == ["register_similarities"]
-    assert {"kind": "similarity", "name": "cosine", "description": "Cosine similarity", "available": True} in by_name["similarity"]["components"]
+    assert {"kind": "similarity", "name": "cosine", "description": "Cosine similarity", "available": True} in by_name[
+        "similarity"
+    ]["components"]
     minilm = by_name["minilm"]["components"][0]
     assert minilm["modality"] == "text" and minilm["dim"] == 384
     assert by_name["goodpkg"]["version"] == "1.2.3"
@@ -223,5 +249,7 @@ def test_component_with_missing_dependency_is_listed_unavailable():
         component = listing["needy-plugin"]["components"][0]
         assert component["available"] is False and component["install"] == "pip install itm-no-such-package"
         assert all(c["available"] for c in listing["minilm"]["components"])
-        with pytest.raises(RegistryError, match="needs itm-no-such-package, which is not installed: pip install itm-no-such-package"):
+        with pytest.raises(
+            RegistryError, match="needs itm-no-such-package, which is not installed: pip install itm-no-such-package"
+        ):
             create("encoder", "needy")

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from readme_blocks import Block, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-DOCUMENTS = [(ROOT / "README.md", "README.md"), (ROOT / "examples" / "itm-plugin-example" / "README.md", "examples/itm-plugin-example/README.md")]
+DOCUMENTS = [
+    (ROOT / "README.md", "README.md"),
+    (ROOT / "examples" / "itm-plugin-example" / "README.md", "examples/itm-plugin-example/README.md"),
+]
 BLOCKS = [b for path, name in DOCUMENTS for b in parse(path, name)]
 SMALL_DATA = {"n_train": 64, "n_val": 16, "n_test": 16, "image_size": 64}  # for shapes and scenes
 PLUGINS_INSTALLED = ("itm-plugin-mine", "itm-plugin-example")  # what the walk-throughs pip install into .venv
@@ -47,21 +49,36 @@ class Workspace:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ITM_", "MLFLOW_", "PYTEST_"))}
         env.update(
-            PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(VENV_BIN.parent),
-            ITM_SHAPES_DEFAULTS=json.dumps(SMALL_DATA), ITM_SCENES_DEFAULTS=json.dumps(SMALL_DATA), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+            PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            VIRTUAL_ENV=str(VENV_BIN.parent),
+            ITM_SHAPES_DEFAULTS=json.dumps(SMALL_DATA),
+            ITM_SCENES_DEFAULTS=json.dumps(SMALL_DATA),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
             PREFECT_API_URL=str(PREFECT_API_URL.value()),  # the session's server: a flow run needs no temporary one
             PREFECT_HOME=str(self.dir.parent / "prefect-home"),
-            PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1",  # offline installs
+            PIP_NO_INDEX="1",
+            PIP_NO_BUILD_ISOLATION="0",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",  # offline installs
         )
         return env
 
     def run(self, script: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=self.dir, env=self.env(), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=1500)
+        return subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=self.dir,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=1500,
+        )
 
 
 def _uninstall_walkthrough_plugins() -> None:
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *PLUGINS_INSTALLED], capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *PLUGINS_INSTALLED], capture_output=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +107,17 @@ def test_readme_block(block: Block, workspaces):
         if block.file:
             (ws.dir / block.file).write_text(block.text)
             return
-        assert block.validate, f"{block.id}: a {block.language} block needs a readme-test marker (file NAME, validate MODEL or skip REASON)"
+        assert block.validate, (
+            f"{block.id}: a {block.language} block needs a readme-test marker (file NAME, validate MODEL or skip REASON)"
+        )
         import itm_core.config as config
 
         model = getattr(config, block.validate[0])
         model.model_validate(yaml.safe_load(block.text))
         return
-    assert block.language in ("bash", "python"), f"{block.id}: no way to run a {block.language!r} block; mark it skip with a reason"
+    assert block.language in ("bash", "python"), (
+        f"{block.id}: no way to run a {block.language!r} block; mark it skip with a reason"
+    )
     for command in block.before:
         setup = ws.run(command)
         assert setup.returncode == 0, f"{block.id}: set-up {command!r} failed:\n{setup.stderr[-3000:]}"
@@ -107,7 +128,9 @@ def test_readme_block(block: Block, workspaces):
         script = "\n".join(lines)
     result = ws.run(script)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{block.id} failed (exit {result.returncode}):\n{block.text}\n--- output (last 6000 characters) ---\n{output[-6000:]}"
+    assert result.returncode == 0, (
+        f"{block.id} failed (exit {result.returncode}):\n{block.text}\n--- output (last 6000 characters) ---\n{output[-6000:]}"
+    )
     for text in block.expect:
         assert text in output, f"{block.id}: output does not contain {text!r}:\n{output[-4000:]}"
     if left_out:

@@ -9,7 +9,15 @@ from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
 from itm_core.judge.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
 from itm_core.judge.retrieval import Ranks, ranks
-from itm_core.models.heads import HeadConfig, ITMHead, PairSet, hard_negatives, in_batch_negatives, listwise_loss, train_itm
+from itm_core.models.heads import (
+    HeadConfig,
+    ITMHead,
+    PairSet,
+    hard_negatives,
+    in_batch_negatives,
+    listwise_loss,
+    train_itm,
+)
 
 
 class Dot:
@@ -36,14 +44,21 @@ def _pairs(n_img: int, seed: int, spread: float = 0.6) -> tuple[PairSet, Ranks]:
     owner = torch.arange(n_img).repeat_interleave(3)
     image = F.normalize(torch.randn(n_img, 16, generator=g), dim=-1)
     text = F.normalize(image[owner] + spread * torch.randn(len(owner), 16, generator=g), dim=-1)
-    data = PairSet(ModalityFeatures(torch.zeros(n_img, 2)), ModalityFeatures(torch.zeros(len(owner), 2)), owner, image, text)
+    data = PairSet(
+        ModalityFeatures(torch.zeros(n_img, 2)), ModalityFeatures(torch.zeros(len(owner), 2)), owner, image, text
+    )
     return data, ranks(image, text, owner, Dot)
 
 
 def test_candidate_ranks_by_hand():
     # one query, four candidates in contrastive order; the answer is the third
-    c = Candidates(top=torch.tensor([[5, 6, 7, 8]]), similarity=torch.tensor([[0.9, 0.8, 0.7, 0.1]]),
-                   itm=torch.tensor([[0.0, 1.0, 0.95, 3.0]]), hits=torch.tensor([[False, False, True, False]]), base=torch.tensor([3]))
+    c = Candidates(
+        top=torch.tensor([[5, 6, 7, 8]]),
+        similarity=torch.tensor([[0.9, 0.8, 0.7, 0.1]]),
+        itm=torch.tensor([[0.0, 1.0, 0.95, 3.0]]),
+        hits=torch.tensor([[False, False, True, False]]),
+        base=torch.tensor([3]),
+    )
     assert c.ranks(0).tolist() == [3]  # not reranked
     assert c.ranks(4).tolist() == [3]  # ITM alone: 8, 6, 7, 5
     assert c.ranks(3).tolist() == [2]  # ITM alone over the top 3: 6, 7, 5
@@ -100,8 +115,14 @@ def test_report_names_combined_itm_only_and_the_choice():
 def test_in_batch_negatives_draw_similar_non_matches_only():
     owner = torch.tensor([0, 1, 2, 3])
     image = F.normalize(torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0, 1]]), dim=-1)
-    data = PairSet(ModalityFeatures(torch.zeros(4, 2)), ModalityFeatures(torch.zeros(4, 2)), owner, image, image.clone(),
-                   image_group=torch.tensor([0, 1, 2, 2]))  # images 2 and 3 are the same scene
+    data = PairSet(
+        ModalityFeatures(torch.zeros(4, 2)),
+        ModalityFeatures(torch.zeros(4, 2)),
+        owner,
+        image,
+        image.clone(),
+        image_group=torch.tensor([0, 1, 2, 2]),
+    )  # images 2 and 3 are the same scene
     g = torch.Generator().manual_seed(0)
     images, texts = in_batch_negatives(data, [0, 1, 2, 3], [0, 1, 2, 3], g, temperature=0.01)
     pairs = list(zip(images, texts))
@@ -128,14 +149,20 @@ def test_listwise_loss_is_a_softmax_over_each_querys_match_and_its_mined_negativ
     assert float(loss) == pytest.approx(by_hand / 3, rel=1e-6)
     # fewer negatives, drawn from the same pool: an easier task, never a larger loss
     for seed in range(5):
-        assert float(listwise_loss(head, data, images, captions, neg_c, neg_i, 2, torch.Generator().manual_seed(seed))) <= float(loss) + 1e-6
+        assert (
+            float(listwise_loss(head, data, images, captions, neg_c, neg_i, 2, torch.Generator().manual_seed(seed)))
+            <= float(loss) + 1e-6
+        )
     with pytest.raises(ValueError, match=r"listwise must be between 0 \(off\) and hard_pool \(4\)"):
         train_itm(head, data, data, HeadConfig(epochs=1, hard_pool=4, listwise=5))
     from pydantic import ValidationError
 
     from itm_core.config import FusionBenchmarkParams
 
-    with pytest.raises(ValidationError, match=r"listwise \(17\) draws from each query's hard_pool mined negatives, so it can be at most hard_pool \(16\)"):
+    with pytest.raises(
+        ValidationError,
+        match=r"listwise \(17\) draws from each query's hard_pool mined negatives, so it can be at most hard_pool \(16\)",
+    ):
         FusionBenchmarkParams(listwise=17)
     assert FusionBenchmarkParams(listwise=16, hard_pool=16).listwise == 16
 
@@ -154,7 +181,9 @@ def test_itm_checkpoint_is_chosen_on_validation_reranking():
     train, val = toy(128, 1), toy(48, 2)
     val_base = ranks(val.image_emb, val.caption_emb, val.caption_image, Dot)
     head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)
-    config = HeadConfig(epochs=6, batch_size=16, hard_pool=4, lr=3e-3, patience=6, input_dropout=0.0, select="rerank", rerank_k=8)
+    config = HeadConfig(
+        epochs=6, batch_size=16, hard_pool=4, lr=3e-3, patience=6, input_dropout=0.0, select="rerank", rerank_k=8
+    )
     result = train_itm(head, train, val, config, val_base=val_base)
     best = result.history[result.best_epoch - 1]
     assert best["val_select"] == best["val_rerank_r1"] == max(h["val_rerank_r1"] for h in result.history)

@@ -25,16 +25,38 @@ def test_kill_then_resume_matches_an_uninterrupted_run(prefect_server, mlflow_st
 
     from itm_core.ops.checkpoints import local_path
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "ITM_HOME": str(tmp_path / "itm")}
-    params = {"dataset": {"options": tiny_shapes_options}, "image_encoder": {"name": "color-histogram"},
-              "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
-              "training": {"epochs": 60, "patience": 60, "batch_size": 8, "hidden_dim": 256, "dropout": 0.2, "checkpoint_every": 1}}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "ITM_HOME": str(tmp_path / "itm"),
+    }
+    params = {
+        "dataset": {"options": tiny_shapes_options},
+        "image_encoder": {"name": "color-histogram"},
+        "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
+        "training": {
+            "epochs": 60,
+            "patience": 60,
+            "batch_size": 8,
+            "hidden_dim": 256,
+            "dropout": 0.2,
+            "checkpoint_every": 1,
+        },
+    }
 
     def retrain(extra: dict, name: str) -> subprocess.Popen:
         file = tmp_path / f"{name}.json"
         file.write_text(json.dumps({**params, "training": {**params["training"], **extra}}))
-        return subprocess.Popen([str(BIN / "itm"), "run", "retrain", "--params", str(file)], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [str(BIN / "itm"), "run", "retrain", "--params", str(file)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
 
     # run 1: killed with -9 once a few epochs are checkpointed
     first = retrain({}, "first")
@@ -43,7 +65,9 @@ def test_kill_then_resume_matches_an_uninterrupted_run(prefect_server, mlflow_st
     while checkpoint is None or torch.load(checkpoint, weights_only=True)["epoch"] < 5:
         assert first.poll() is None, first.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        found = list((tmp_path / "itm" / "checkpoints").glob("*.pt")) if (tmp_path / "itm" / "checkpoints").is_dir() else []
+        found = (
+            list((tmp_path / "itm" / "checkpoints").glob("*.pt")) if (tmp_path / "itm" / "checkpoints").is_dir() else []
+        )
         checkpoint = found[0] if found else None
         time.sleep(0.05)
     os.kill(first.pid, signal.SIGKILL)
@@ -59,7 +83,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(prefect_server, mlflow_st
     assert second.returncode == 0, err[-3000:]
     resumed = json.loads(out)
     assert resumed["run_id"] == killed_run.info.run_id
-    assert f"resuming from the checkpoint of epoch" in err and "marked MLflow run" in err
+    assert "resuming from the checkpoint of epoch" in err and "marked MLflow run" in err
     run = client.get_run(resumed["run_id"])
     assert run.info.status == "FINISHED" and int(run.data.tags["itm.resumed_from_epoch"]) >= killed_at
     assert not local_path(run.data.tags["itm.resume_key"]).exists()  # cleared once finished
@@ -72,5 +96,7 @@ def test_kill_then_resume_matches_an_uninterrupted_run(prefect_server, mlflow_st
     assert resumed["epochs"] == whole["epochs"] and resumed["best_epoch"] == whole["best_epoch"]
     assert resumed["test"] == pytest.approx(whole["test"], abs=1e-6)
     # an epoch logged just before the kill and again after the resume has one value per step
-    curve = lambda run_id: [v for _, v in sorted({m.step: m.value for m in client.get_metric_history(run_id, "val_rsum")}.items())]  # noqa: E731
+    curve = lambda run_id: [
+        v for _, v in sorted({m.step: m.value for m in client.get_metric_history(run_id, "val_rsum")}.items())
+    ]
     assert curve(resumed["run_id"]) == pytest.approx(curve(whole["run_id"]), abs=1e-6)

@@ -12,7 +12,17 @@ import pytest
 from PIL import Image
 
 from itm_core import create
-from plugins.scenes import COLORS, FORMAT, SceneSpec, describe, family, hard_negatives, random_spec, render, true_relations
+from plugins.scenes import (
+    COLORS,
+    FORMAT,
+    SceneSpec,
+    describe,
+    family,
+    hard_negatives,
+    random_spec,
+    render,
+    true_relations,
+)
 from plugins.shapes import data_folder
 
 
@@ -71,8 +81,17 @@ def test_objects_are_drawn_where_the_manifest_says(clutter):
         image, placed = render(spec, 128, rng, textured=True, jitter=False, clutter=clutter)
         pixels = np.asarray(image).astype(int)
         for where in placed:
-            covered = [o for o in placed if o is not where and (o["cx"] - where["cx"]) ** 2 + (o["cy"] - where["cy"]) ** 2 < (o["r"] + where["r"]) ** 2]
-            if covered or where["shape"] in ("cross", "star", "triangle"):  # thin shapes may not cover their exact centre
+            covered = [
+                o
+                for o in placed
+                if o is not where
+                and (o["cx"] - where["cx"]) ** 2 + (o["cy"] - where["cy"]) ** 2 < (o["r"] + where["r"]) ** 2
+            ]
+            if covered or where["shape"] in (
+                "cross",
+                "star",
+                "triangle",
+            ):  # thin shapes may not cover their exact centre
                 continue
             y, x = int(where["cy"] * 128), int(where["cx"] * 128)
             assert np.abs(pixels[y, x] - np.array(COLORS[where["color"]])).max() <= 1
@@ -102,7 +121,9 @@ def test_clutter_puts_palette_colours_no_caption_names_outside_the_objects(tmp_p
     plain, plain_colours = palette_pixels_outside_objects(0)
     cluttered, cluttered_colours = palette_pixels_outside_objects(16)
     assert plain == 0 and not plain_colours  # the plain grey background holds no palette colour
-    assert cluttered > 20 * 300 and len(cluttered_colours) >= 6  # several hundred pixels an image, in colours the captions do not name
+    assert (
+        cluttered > 20 * 300 and len(cluttered_colours) >= 6
+    )  # several hundred pixels an image, in colours the captions do not name
 
     def folder(**options):
         return create("dataset", "scenes", root=str(tmp_path), **options).folder
@@ -130,7 +151,9 @@ def test_cast_tints_the_whole_image_with_one_gain_per_channel(tmp_path):
     assert np.all(np.ptp(np.array(gains), axis=1) > 0.02)  # and apart for each channel: a tint, not a brightness change
     untinted = create("dataset", "scenes", cast=0.0, root=str(tmp_path))
     before = {k: v for k, v in untinted.params.items() if k != "cast"}
-    assert "cast" not in untinted.params and untinted.folder == data_folder("scenes", before, FORMAT, str(tmp_path))  # as named before the option
+    assert "cast" not in untinted.params and untinted.folder == data_folder(
+        "scenes", before, FORMAT, str(tmp_path)
+    )  # as named before the option
     assert create("dataset", "scenes", root=str(tmp_path)).params["cast"] == 0.2  # the default tints
     with pytest.raises(ValueError, match="cast must be at least 0 .none. and below 1, got 1.5"):
         create("dataset", "scenes", cast=1.5)

@@ -5,14 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -24,12 +16,22 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from itm_core.config import ComponentParams, DatasetParams, IndexParams, IndexSettingsParams, RetrainParams, SearchParams, TrainingParams
+from itm_core.config import (
+    ComponentParams,
+    DatasetParams,
+    IndexParams,
+    RetrainParams,
+    SearchParams,
+    TrainingParams,
+)
 from itm_core.judge.retrieval import top_k
 from itm_core.models.matcher import JointSimilarity
 from itm_core.models.search_index import IndexSettings, SearchIndex, SearchIndexError
 
-CLASSIC = dict(image_encoder=ComponentParams(name="color-histogram"), text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}))
+CLASSIC = dict(
+    image_encoder=ComponentParams(name="color-histogram"),
+    text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}),
+)
 
 
 def clustered(n: int, dim: int, seed: int = 0, centres: int = 200) -> np.ndarray:
@@ -68,7 +70,9 @@ def test_approximate_indexes_recall(kind):
     queries = clustered(200, 64, seed=2)
     items = pd.DataFrame({"image": np.arange(len(vectors)).astype(str)})
     exact = SearchIndex.build(vectors, items, IndexSettings(kind="flat")).search(queries, 10)[1]
-    index = SearchIndex.build(vectors, items, IndexSettings(kind="auto", exact_below=1000, hnsw_below=10000 if kind == "ivfpq" else 10**9))
+    index = SearchIndex.build(
+        vectors, items, IndexSettings(kind="auto", exact_below=1000, hnsw_below=10000 if kind == "ivfpq" else 10**9)
+    )
     assert index.kind == kind
     assert recall_at(10, index.search(queries, 10)[1], exact) >= 0.95
 
@@ -96,7 +100,9 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     assert built["kind"] == "flat" and built["images"] == tiny_shapes_options["n_test"] and built["promoted"]
     run = MlflowClient().get_run(built["run_id"])
     test = create("dataset", "shapes", **dataset.options).load().split("test")
-    assert run.data.tags["dataset.fingerprint"] == test.fingerprint() and run.data.tags["matcher.id"] == "itm-matcher v1"
+    assert (
+        run.data.tags["dataset.fingerprint"] == test.fingerprint() and run.data.tags["matcher.id"] == "itm-matcher v1"
+    )
     assert {"index", "captions"} <= {a.path for a in MlflowClient().list_artifacts(built["run_id"])}
 
     # exact index: the same top k as brute-force retrieval in the matcher's space; top-1 as often right as t2i R@1
@@ -129,9 +135,14 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     assert "search_results.png" in {a.path for a in MlflowClient().list_artifacts(found["run_id"])}
 
     # a newer champion: the old index is refused, naming the version it needs
-    second = retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=2, batch_size=32, seed=1), **CLASSIC))
+    second = retrain(
+        RetrainParams(dataset=dataset, training=TrainingParams(epochs=2, batch_size=32, seed=1), **CLASSIC)
+    )
     MlflowClient().set_registered_model_alias("itm-matcher", "champion", second["model_version"])
-    with pytest.raises(SearchIndexError, match=r"built with itm-matcher v1, but the matcher asked for, models:/itm-matcher@champion, is itm-matcher v2.*--matcher models:/itm-matcher/1"):
+    with pytest.raises(
+        SearchIndexError,
+        match=r"built with itm-matcher v1, but the matcher asked for, models:/itm-matcher@champion, is itm-matcher v2.*--matcher models:/itm-matcher/1",
+    ):
         Searcher.open()
     out = CliRunner().invoke(app, ["search", "a red circle"])
     assert out.exit_code == 2 and "--matcher models:/itm-matcher/1" in out.output
@@ -142,7 +153,10 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     frame = pd.DataFrame({"text": [test.captions[0], ""], "image": ["", _png_base64(Image.open(paths[0]))]})
     served = model.predict(frame, params={"k": 3})
     assert list(served["items"][0]) == list(results[0]["image"][:3]) and served["items"][1][0] == paths[0]
-    assert model.predict(pd.DataFrame({"text": ["a red circle"]}), params={"k": 2, "target": "captions"})["items"][0][0] in test.captions
+    assert (
+        model.predict(pd.DataFrame({"text": ["a red circle"]}), params={"k": 2, "target": "captions"})["items"][0][0]
+        in test.captions
+    )
     bomb = Image.new("RGB", (8000, 6000))  # 48 megapixels, over the 40 megapixel limit; compresses to a few KB
     bad = {
         "empty text": (pd.DataFrame({"text": ["  "]}), {}, "a text query must not be empty"),

@@ -33,8 +33,14 @@ def registered_matcher(mlflow_store, tiny_shapes):
     """A matcher over fitted classic encoders, logged and registered as itm-matcher@champion."""
     image_encoder, text_encoder = create("encoder", "color-histogram"), create("encoder", "tfidf", max_features=64)
     text_encoder.fit(tiny_shapes.captions)
-    matcher = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 64}},
-                      int(image_encoder.dim), int(text_encoder.dim), embed_dim=8, hidden_dim=0)
+    matcher = Matcher(
+        {"name": "color-histogram", "options": {}},
+        {"name": "tfidf", "options": {"max_features": 64}},
+        int(image_encoder.dim),
+        int(text_encoder.dim),
+        embed_dim=8,
+        hidden_dim=0,
+    )
     matcher.attach_encoders(image_encoder, text_encoder)
     mlflow.set_experiment("serving")
     with mlflow.start_run():
@@ -78,11 +84,30 @@ def served(model_uri: str, tracking_uri: str, tmp_path: Path):
     """`mlflow models serve -m MODEL --env-manager local` on a free loopback port; yields its port."""
     port = _free_port()
     # mlflow runs `uvicorn` from PATH: the virtual environment's, as when it is activated
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -104,7 +129,11 @@ def served(model_uri: str, tracking_uri: str, tmp_path: Path):
 
 
 def post(port: int, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -124,35 +153,56 @@ def test_served_search_model_answers_and_rejects_bad_requests(registered_matcher
     with mlflow.start_run():
         log_search_model(SearchBundle(matcher, index), "itm-search")
     with served("models:/itm-search/1", mlflow_store, tmp_path) as port:
-        status, answer = post(port, {"dataframe_split": {"columns": ["text"], "data": [["a red circle"]]}, "params": {"k": 3}})
+        status, answer = post(
+            port, {"dataframe_split": {"columns": ["text"], "data": [["a red circle"]]}, "params": {"k": 3}}
+        )
         assert status == 200 and len(answer["predictions"][0]["items"]) == 3
-        status, answer = post(port, {"dataframe_split": {"columns": ["image"], "data": [[example_image_base64()]]}, "params": {"k": 2}})
+        status, answer = post(
+            port, {"dataframe_split": {"columns": ["image"], "data": [[example_image_base64()]]}, "params": {"k": 2}}
+        )
         assert status == 200 and len(answer["predictions"][0]["scores"]) == 2
-        bad = [({"columns": ["text"], "data": [[""]]}, {}, "exactly one of 'text'"),
-               ({"columns": ["image"], "data": [["%%%"]]}, {}, "not base64-encoded image data"),
-               ({"columns": ["image"], "data": [[paths[0]]]}, {}, "not base64-encoded image data"),
-               ({"columns": ["text"], "data": [["a red circle"]]}, {"k": 0}, "k must be between 1 and 1000")]
+        bad = [
+            ({"columns": ["text"], "data": [[""]]}, {}, "exactly one of 'text'"),
+            ({"columns": ["image"], "data": [["%%%"]]}, {}, "not base64-encoded image data"),
+            ({"columns": ["image"], "data": [[paths[0]]]}, {}, "not base64-encoded image data"),
+            ({"columns": ["text"], "data": [["a red circle"]]}, {"k": 0}, "k must be between 1 and 1000"),
+        ]
         for frame, params, reason in bad:
             status, answer = post(port, {"dataframe_split": frame, "params": params})
-            assert 400 <= status < 500 and reason in answer["message"] and "stack_trace" not in answer, (frame, params, answer)
+            assert 400 <= status < 500 and reason in answer["message"] and "stack_trace" not in answer, (
+                frame,
+                params,
+                answer,
+            )
 
 
 def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
     with served("models:/itm-matcher@champion", mlflow_store, tmp_path) as port:
-        frame = pd.DataFrame({
-            "image": [example_image_base64(), "data:image/png;base64," + base64.b64encode(tiny_shapes.image_path(0).read_bytes()).decode()],
-            "text": ["a red circle in the middle", tiny_shapes.captions_of(0)[0]],
-        })
+        frame = pd.DataFrame(
+            {
+                "image": [
+                    example_image_base64(),
+                    "data:image/png;base64," + base64.b64encode(tiny_shapes.image_path(0).read_bytes()).decode(),
+                ],
+                "text": ["a red circle in the middle", tiny_shapes.captions_of(0)[0]],
+            }
+        )
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as resp:
             answered = json.loads(resp.read())["predictions"]
         local = mlflow.pyfunc.load_model("models:/itm-matcher@champion").predict(frame)
         assert [row["score"] for row in answered] == pytest.approx(local["score"].tolist(), abs=1e-5)
         assert len(answered[0]["image_embedding"]) == 8 and len(answered[1]["text_embedding"]) == 8
         # a bad image is a 400 whose message carries the reason, with no stack trace
-        bad = json.dumps({"dataframe_split": {"columns": ["image", "text"], "data": [["bm90IGFuIGltYWdl", "a red circle"]]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=bad, headers={"Content-Type": "application/json"})
+        bad = json.dumps(
+            {"dataframe_split": {"columns": ["image", "text"], "data": [["bm90IGFuIGltYWdl", "a red circle"]]}}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=bad, headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as answer:
             urllib.request.urlopen(request, timeout=60)
         assert answer.value.code == 400
@@ -160,11 +210,19 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
         assert "bad request: base64 image" in error["message"] and "unexpected error" not in error["message"]
         # a path on the server, too many rows, a missing column: 400s naming the reason
-        for frame, reason in ((pd.DataFrame({"image": [str(tiny_shapes.image_path(0))], "text": ["x"]}), "not base64-encoded image data"),
-                              (pd.DataFrame({"image": [example_image_base64()] * 300, "text": ["x"] * 300}), "a request holds 1 to 256 rows"),
-                              (pd.DataFrame({"text": ["x"]}), "['image']")):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
-                                             data=json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode())
+        for frame, reason in (
+            (pd.DataFrame({"image": [str(tiny_shapes.image_path(0))], "text": ["x"]}), "not base64-encoded image data"),
+            (
+                pd.DataFrame({"image": [example_image_base64()] * 300, "text": ["x"] * 300}),
+                "a request holds 1 to 256 rows",
+            ),
+            (pd.DataFrame({"text": ["x"]}), "['image']"),
+        ):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                headers={"Content-Type": "application/json"},
+                data=json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode(),
+            )
             with pytest.raises(urllib.error.HTTPError) as answer:
                 urllib.request.urlopen(request, timeout=60)
             assert answer.value.code == 400 and reason in json.loads(answer.value.read())["message"]

@@ -12,7 +12,15 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from itm_core.config import ComponentParams, DatasetParams, EvaluateParams, ExplainParams, FusionBenchmarkParams, GenerateParams, MatcherRef
+from itm_core.config import (
+    ComponentParams,
+    DatasetParams,
+    EvaluateParams,
+    ExplainParams,
+    FusionBenchmarkParams,
+    GenerateParams,
+    MatcherRef,
+)
 from itm_core.data import DataError, load_manifest, read_images
 from itm_core.encode import loader
 
@@ -28,7 +36,9 @@ def folder(tmp_path: Path) -> Path:
     rows = []
     for i, colour in enumerate(COLOURS):
         Image.new("RGB", (24, 24), colour).save(data / f"{colour}.png")
-        rows.append({"image": f"{colour}.png", "caption": f"a {colour} square", "split": ["train", "val", "test"][i // 4]})
+        rows.append(
+            {"image": f"{colour}.png", "caption": f"a {colour} square", "split": ["train", "val", "test"][i // 4]}
+        )
     (data / "bad.png").write_bytes((data / "red.png").read_bytes()[:50])
     rows.insert(8, {"image": "bad.png", "caption": "a broken square", "split": "test"})
     pd.DataFrame(rows).to_csv(data / "pairs.csv", index=False)
@@ -64,17 +74,23 @@ def read_by_encoder(folder: Path, monkeypatch) -> Counter:
     """How often the encoding pass reads each image file of ``folder``."""
     counts: Counter = Counter()
     real = loader.read_image
-    monkeypatch.setattr(loader, "read_image", lambda path, *a, **k: counts.update([Path(path).name]) or real(path, *a, **k))
+    monkeypatch.setattr(
+        loader, "read_image", lambda path, *a, **k: counts.update([Path(path).name]) or real(path, *a, **k)
+    )
     return counts
 
 
 def _split_names(split: str) -> set[str]:
-    return {f"{c}.png" for c in COLOURS[{"train": 0, "val": 4, "test": 8}[split]:][:4]} | ({"bad.png"} if split == "test" else set())
+    return {f"{c}.png" for c in COLOURS[{"train": 0, "val": 4, "test": 8}[split] :][:4]} | (
+        {"bad.png"} if split == "test" else set()
+    )
 
 
 def _latest_top_run(experiment: str):
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"]
+    )
     return next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
 
 
@@ -88,11 +104,16 @@ def test_read_images_decodes_once_up_to_a_limit(folder):
         read_images(data, "fail")
 
 
-def test_evaluate_checks_images_in_the_first_matchers_pass(dataset, opened, read_by_encoder, prefect_server, mlflow_store):
+def test_evaluate_checks_images_in_the_first_matchers_pass(
+    dataset, opened, read_by_encoder, prefect_server, mlflow_store
+):
     from flows.evaluate import evaluate
 
     image = ComponentParams(name="color-histogram", options={"bins": 2, "grid": 1})
-    matchers = [MatcherRef(image_encoder=image, text_encoder=ComponentParams(name=t), untrained_heads=True) for t in ("bow", "tfidf")]
+    matchers = [
+        MatcherRef(image_encoder=image, text_encoder=ComponentParams(name=t), untrained_heads=True)
+        for t in ("bow", "tfidf")
+    ]
     board = evaluate(EvaluateParams(dataset=dataset, matchers=matchers))
     assert len(board) == 2
     # the first matcher's pass read each test image once (the bad one too); the second found them in the cache
@@ -101,18 +122,26 @@ def test_evaluate_checks_images_in_the_first_matchers_pass(dataset, opened, read
     assert not set(opened) - _split_names("test") - {MEMORY}
     run = _latest_top_run("itm-evaluate")
     assert run.data.params["data.skipped_images"] == "1" and run.data.params["data.test.images"] == "4"
-    report = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv"))
+    report = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="skipped_images.csv")
+    )
     assert list(report["path"]) == ["bad.png"]
     with pytest.raises(DataError, match="bad.png"):
         evaluate(EvaluateParams(dataset=dataset.model_copy(update={"on_bad_image": "fail"}), matchers=matchers[:1]))
 
 
-def test_fusion_benchmark_encodes_and_checks_each_image_once(dataset, opened, read_by_encoder, prefect_server, mlflow_store):
+def test_fusion_benchmark_encodes_and_checks_each_image_once(
+    dataset, opened, read_by_encoder, prefect_server, mlflow_store
+):
     from flows.fusion_benchmark import encode_all
     from flows.tasks import load_data
 
-    params = FusionBenchmarkParams(dataset=dataset, image_encoder=ComponentParams(name="color-histogram", options={"bins": 2, "grid": 1}),
-                                   text_encoder=ComponentParams(name="bow"), fusions=["bilinear"])
+    params = FusionBenchmarkParams(
+        dataset=dataset,
+        image_encoder=ComponentParams(name="color-histogram", options={"bins": 2, "grid": 1}),
+        text_encoder=ComponentParams(name="bow"),
+        fusions=["bilinear"],
+    )
     data, _ = load_data.fn(params.dataset, check=False)
     features, skipped = encode_all.fn(params, {s: data.split(s) for s in ("train", "val", "test")}, ["bilinear"])
     every = {name for s in ("train", "val", "test") for name in _split_names(s)}
@@ -126,9 +155,16 @@ def test_fusion_benchmark_encodes_and_checks_each_image_once(dataset, opened, re
 def test_explain_opens_only_the_image_it_explains(dataset, opened, prefect_server, mlflow_store):
     from flows.explain import explain
 
-    ref = MatcherRef(image_encoder=ComponentParams(name="color-histogram", options={"bins": 2, "grid": 1}),
-                     text_encoder=ComponentParams(name="bow"), untrained_heads=True)
-    result = explain(ExplainParams(dataset=dataset, matcher=ref, explainers=[{"name": "occlusion", "options": {"grid": 2}}, "word-deletion"]))
+    ref = MatcherRef(
+        image_encoder=ComponentParams(name="color-histogram", options={"bins": 2, "grid": 1}),
+        text_encoder=ComponentParams(name="bow"),
+        untrained_heads=True,
+    )
+    result = explain(
+        ExplainParams(
+            dataset=dataset, matcher=ref, explainers=[{"name": "occlusion", "options": {"grid": 2}}, "word-deletion"]
+        )
+    )
     assert Path(result["image"]).name == "pink.png" and result["text"] == "a pink square"  # the first usable test image
     assert opened == Counter({"bad.png": 1, "pink.png": 1})
 

@@ -20,8 +20,18 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 ITM = str(Path(sys.executable).parent / "itm")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--virtual-time-budget=20000", "--dump-dom"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+    "--dump-dom",
+]
 
 
 def free_port() -> int:
@@ -32,7 +42,9 @@ def free_port() -> int:
 
 def api(url: str, body: dict | None = None) -> dict | list:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST"
+    )
     with urllib.request.urlopen(request, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -43,12 +55,24 @@ def stack(tmp_path_factory):
     env = {**os.environ, "ITM_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     ports = {"prefect": free_port(), "mlflow": free_port()}
-    started = subprocess.run([ITM, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])],
-                             env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    started = subprocess.run(
+        [ITM, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
     state = json.loads((home / "stack" / "stack.json").read_text())
-    yield {"home": home, "env": env, "output": started.stdout, "state": state,
-           "prefect": f"http://127.0.0.1:{ports['prefect']}", "mlflow": f"http://127.0.0.1:{ports['mlflow']}"}
+    yield {
+        "home": home,
+        "env": env,
+        "output": started.stdout,
+        "state": state,
+        "prefect": f"http://127.0.0.1:{ports['prefect']}",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+    }
     stopped = subprocess.run([ITM, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
 
@@ -56,14 +80,18 @@ def stack(tmp_path_factory):
 def run_deployment(stack: dict, name: str, params: dict, timeout: float = 600) -> dict:
     """Create a flow run of a deployment, as the UI's Run button does, and wait for its final state."""
     deployment = api(f"{stack['prefect']}/api/deployments/name/{name}")
-    run = api(f"{stack['prefect']}/api/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params": params}})
+    run = api(
+        f"{stack['prefect']}/api/deployments/{deployment['id']}/create_flow_run", {"parameters": {"params": params}}
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = api(f"{stack['prefect']}/api/flow_runs/{run['id']}")
         if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             break
         time.sleep(2)
-    assert run["state"]["type"] == "COMPLETED", f"{name}: {run['state']}; serve log: {Path(stack['state']['logs']['serve']).read_text()[-3000:]}"
+    assert run["state"]["type"] == "COMPLETED", (
+        f"{name}: {run['state']}; serve log: {Path(stack['state']['logs']['serve']).read_text()[-3000:]}"
+    )
     return {"run": run, "deployment": deployment}
 
 
@@ -72,7 +100,9 @@ def chromium_dom(url: str, profile: Path, needles: tuple[str, ...] = (), attempt
     ``needles`` are missing, since a loaded machine may not finish the single-page app within one
     virtual-time budget."""
     for _ in range(attempts):
-        out = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url], capture_output=True, text=True, timeout=120
+        )
         if all(n in out.stdout for n in needles):
             break
     return out.stdout
@@ -99,25 +129,37 @@ def test_forms_offer_registered_plugins(stack):
     assert {"minilm", "tfidf"} <= set(definitions[text_def]["properties"]["name"]["enum"])
     assert retrain["task"]["enum"] == ["matching", "captioning", "text-to-image"]
     assert retrain["task"]["description"] and retrain["registered_model"]["description"]
-    generate = api(f"{stack['prefect']}/api/deployments/name/generate/default")["parameter_openapi_schema"]["definitions"]["GenerateParams"]
-    assert {"retrieval-captioner", "trained-captioner", "trained-text-to-image"} <= set(generate["properties"]["generator"]["enum"])
+    generate = api(f"{stack['prefect']}/api/deployments/name/generate/default")["parameter_openapi_schema"][
+        "definitions"
+    ]["GenerateParams"]
+    assert {"retrieval-captioner", "trained-captioner", "trained-text-to-image"} <= set(
+        generate["properties"]["generator"]["enum"]
+    )
 
 
 def test_flows_triggered_through_the_api_land_in_mlflow_and_the_pages_show_them(stack, tiny_shapes_options, tmp_path):
     from mlflow.tracking import MlflowClient
 
     dataset = {"options": tiny_shapes_options}
-    run_deployment(stack, "retrain/default", {
-        "dataset": dataset, "image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
-        "training": {"epochs": 2, "batch_size": 16},
-    })
+    run_deployment(
+        stack,
+        "retrain/default",
+        {
+            "dataset": dataset,
+            "image_encoder": {"name": "color-histogram"},
+            "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
+            "training": {"epochs": 2, "batch_size": 16},
+        },
+    )
     done = run_deployment(stack, "evaluate/default", {"dataset": dataset})
     flow_run = done["run"]
 
     # the MLflow run on the tracking server, tagged with the flow run
     client = MlflowClient(tracking_uri=stack["mlflow"])
     experiment = client.get_experiment_by_name("itm-evaluate")
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'"
+    )
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1
     mlflow_run = parent[0]
@@ -126,15 +168,22 @@ def test_flows_triggered_through_the_api_land_in_mlflow_and_the_pages_show_them(
     assert client.get_model_version_by_alias("itm-matcher", "champion").version
 
     # the flow run's link artifact points at that MLflow run on the tracking server
-    artifacts = api(f"{stack['prefect']}/api/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
-    links = [a for a in artifacts if a["type"] == "markdown" and "MLflow run" in (a["data"] or "")] + [a for a in artifacts if a["type"] == "link"]
+    artifacts = api(
+        f"{stack['prefect']}/api/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
+    )
+    links = [a for a in artifacts if a["type"] == "markdown" and "MLflow run" in (a["data"] or "")] + [
+        a for a in artifacts if a["type"] == "link"
+    ]
     run_page = f"{stack['mlflow']}/#/experiments/{experiment.experiment_id}/runs/{mlflow_run.info.run_id}"
     assert any(run_page in (a["data"] or "") for a in links), artifacts
 
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: make test installs Debian's chromium for this test")
-    deployment_page = chromium_dom(f"{stack['prefect']}/deployments/deployment/{done['deployment']['id']}?tab=Runs", tmp_path / "chromium-1",
-                                   ("evaluate", flow_run["name"], "Completed"))
+    deployment_page = chromium_dom(
+        f"{stack['prefect']}/deployments/deployment/{done['deployment']['id']}?tab=Runs",
+        tmp_path / "chromium-1",
+        ("evaluate", flow_run["name"], "Completed"),
+    )
     assert "evaluate" in deployment_page and flow_run["name"] in deployment_page and "Completed" in deployment_page
     mlflow_page = chromium_dom(run_page, tmp_path / "chromium-2", (mlflow_run.info.run_name, mlflow_run.info.run_id))
     assert mlflow_run.info.run_name in mlflow_page and mlflow_run.info.run_id in mlflow_page
@@ -145,11 +194,31 @@ def test_itm_commands_use_the_running_stack(stack, tiny_shapes_options, tmp_path
     from mlflow.tracking import MlflowClient
 
     params = tmp_path / "eval.json"
-    params.write_text(json.dumps({"dataset": {"options": tiny_shapes_options}, "experiment": "from-the-cli", "matchers": [
-        {"image_encoder": {"name": "color-histogram"}, "text_encoder": {"name": "tfidf"}, "untrained_heads": True}]}))
+    params.write_text(
+        json.dumps(
+            {
+                "dataset": {"options": tiny_shapes_options},
+                "experiment": "from-the-cli",
+                "matchers": [
+                    {
+                        "image_encoder": {"name": "color-histogram"},
+                        "text_encoder": {"name": "tfidf"},
+                        "untrained_heads": True,
+                    }
+                ],
+            }
+        )
+    )
     env = {k: v for k, v in stack["env"].items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    out = subprocess.run([ITM, "run", "evaluate", "--params", str(params)], env=env, capture_output=True, text=True, timeout=600,
-                         stdin=subprocess.DEVNULL, cwd=tmp_path)
+    out = subprocess.run(
+        [ITM, "run", "evaluate", "--params", str(params)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert f"using the running stack: Prefect {stack['prefect']}" in out.stderr
     experiment = MlflowClient(tracking_uri=stack["mlflow"]).get_experiment_by_name("from-the-cli")

@@ -36,7 +36,13 @@ def test_training_learns_and_keeps_the_best_epoch():
     matcher = new_matcher()
     before = evaluate_features(matcher, test)
     seen = []
-    result = train_contrastive(matcher, train, val, ContrastiveConfig(epochs=30, batch_size=32, lr=3e-3, patience=30), lambda e, m: seen.append(e))
+    result = train_contrastive(
+        matcher,
+        train,
+        val,
+        ContrastiveConfig(epochs=30, batch_size=32, lr=3e-3, patience=30),
+        lambda e, m: seen.append(e),
+    )
     after = evaluate_features(matcher, test)
     assert after["i2t_r1"] > 0.8 and after["t2i_r1"] > 0.8
     assert after["rsum"] > before["rsum"] + 200
@@ -69,7 +75,12 @@ def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
 
 def test_an_unknown_training_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
-        train_contrastive(new_matcher(), synthetic(32, 1), synthetic(16, 2), ContrastiveConfig(epochs=1, batch_size=16, precision="fp16"))
+        train_contrastive(
+            new_matcher(),
+            synthetic(32, 1),
+            synthetic(16, 2),
+            ContrastiveConfig(epochs=1, batch_size=16, precision="fp16"),
+        )
 
 
 def test_early_stopping():
@@ -81,13 +92,17 @@ def test_early_stopping():
 
 def test_time_limit_ends_training_after_the_epoch_that_passes_it():
     train, val = synthetic(64, 1), synthetic(16, 2)
-    result = train_contrastive(new_matcher(), train, val, ContrastiveConfig(epochs=50, batch_size=16, patience=50, time_limit_s=1e-9))
+    result = train_contrastive(
+        new_matcher(), train, val, ContrastiveConfig(epochs=50, batch_size=16, patience=50, time_limit_s=1e-9)
+    )
     assert len(result.history) == 1 and result.best_epoch == 1
 
 
 def test_a_run_of_a_few_steps_trains():
     train, val = synthetic(32, 1), synthetic(16, 2)
-    result = train_contrastive(new_matcher(), train, val, ContrastiveConfig(epochs=1, batch_size=16))  # 2 passes x 2 batches
+    result = train_contrastive(
+        new_matcher(), train, val, ContrastiveConfig(epochs=1, batch_size=16)
+    )  # 2 passes x 2 batches
     assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
 
 
@@ -107,7 +122,14 @@ def test_matcher_save_and_load(tmp_path):
     tfidf = create("encoder", "tfidf", max_features=32)
     tfidf.fit(["a red circle", "a blue square"])
     hist = create("encoder", "color-histogram", bins=2, grid=1)
-    matcher = Matcher({"name": "color-histogram", "options": {"bins": 2, "grid": 1}}, {"name": "tfidf", "options": {"max_features": 32}}, 8, 32, embed_dim=4, hidden_dim=0)
+    matcher = Matcher(
+        {"name": "color-histogram", "options": {"bins": 2, "grid": 1}},
+        {"name": "tfidf", "options": {"max_features": 32}},
+        8,
+        32,
+        embed_dim=4,
+        hidden_dim=0,
+    )
     matcher.attach_encoders(hist, tfidf).eval()
     matcher.save(tmp_path / "m")
     loaded = Matcher.load(tmp_path / "m")
@@ -124,7 +146,10 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     train, val = synthetic(120, 1), synthetic(40, 2)
     config = ContrastiveConfig(epochs=8, batch_size=16, lr=3e-3, patience=8)
     # dropout on, so that the random state matters
-    make = lambda: (torch.manual_seed(0), Matcher({"name": "img"}, {"name": "txt"}, 12, 10, embed_dim=16, hidden_dim=32, dropout=0.2))[1]  # noqa: E731
+    make = lambda: (
+        torch.manual_seed(0),
+        Matcher({"name": "img"}, {"name": "txt"}, 12, 10, embed_dim=16, hidden_dim=32, dropout=0.2),
+    )[1]
     whole = make()
     reference = train_contrastive(whole, train, val, config)
 
@@ -159,7 +184,14 @@ def test_saved_matcher_is_data_only_and_old_formats_name_their_version(tmp_path)
 
     tfidf = create("encoder", "tfidf", max_features=32)
     tfidf.fit(["a red circle", "a blue square"])
-    m = Matcher({"name": "color-histogram", "options": {}}, {"name": "tfidf", "options": {"max_features": 32}}, 6**3 * 4, 32, embed_dim=8, hidden_dim=0)
+    m = Matcher(
+        {"name": "color-histogram", "options": {}},
+        {"name": "tfidf", "options": {"max_features": 32}},
+        6**3 * 4,
+        32,
+        embed_dim=8,
+        hidden_dim=0,
+    )
     folder = m.attach_encoders(create("encoder", "color-histogram"), tfidf).save(tmp_path / "m")
     assert {p.suffix for p in folder.iterdir()} <= {".json", ".safetensors"}  # no pickle, no torch.save
     loaded = Matcher.load(folder)

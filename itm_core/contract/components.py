@@ -12,7 +12,8 @@ import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ class Encoder(ABC):
     requires_fit: bool = False
 
     @abstractmethod
-    def encode(self, items: Sequence[Any]) -> "torch.Tensor": ...
+    def encode(self, items: Sequence[Any]) -> torch.Tensor: ...
 
     def fit(self, items: Sequence[Any]) -> None:
         """Learn data-dependent state (vocabulary, codebook) from training items."""
@@ -68,9 +69,9 @@ class Similarity(ABC):
     """Scores two embedding sets: ``score(a (N, D), b (M, D)) -> (N, M)``; higher is more similar."""
 
     @abstractmethod
-    def score(self, a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor": ...
+    def score(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor: ...
 
-    def pairwise(self, a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Scores of aligned rows, ``(N,)``; override when it is cheaper than the matrix diagonal."""
         import torch
 
@@ -92,7 +93,13 @@ class Fusion(ABC):
     inputs: ClassVar[str] = "pooled"
 
     @abstractmethod
-    def fuse(self, image: "torch.Tensor", text: "torch.Tensor", image_mask: "torch.Tensor | None" = None, text_mask: "torch.Tensor | None" = None) -> "torch.Tensor": ...
+    def fuse(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 class Generator(ABC):
@@ -117,7 +124,7 @@ class Dataset(ABC):
     """Yields image-text pairs with splits, as an :class:`itm_core.data.pairs.ImageTextSet`."""
 
     @abstractmethod
-    def load(self) -> "ImageTextSet": ...
+    def load(self) -> ImageTextSet: ...
 
 
 class Explainer(ABC):
@@ -161,9 +168,16 @@ def _check_tokens(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ContractError("encode_tokens() must return a (tokens, mask) tuple")
     tokens, mask = out
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 3 or len(tokens) != len(items) or tokens.shape[2] != int(c.token_dim):
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.ndim != 3
+        or len(tokens) != len(items)
+        or tokens.shape[2] != int(c.token_dim)
+    ):
         shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ContractError(f"encode_tokens() returned tokens of shape {shape}, expected ({len(items)}, L, {c.token_dim})")
+        raise ContractError(
+            f"encode_tokens() returned tokens of shape {shape}, expected ({len(items)}, L, {c.token_dim})"
+        )
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(tokens.shape[:2]):
         raise ContractError(f"encode_tokens() must return a bool mask of shape {tuple(tokens.shape[:2])}")
     if not bool(torch.isfinite(tokens).all()):
@@ -214,7 +228,9 @@ def _check_explain(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     text = args[2] if len(args) > 2 else kwargs["text"]
     for attr in ("score", "heat", "word_scores"):
         if not hasattr(out, attr):
-            raise ContractError(f"explain() must return an Attribution (score, heat, words, word_scores), got {type(out).__name__}")
+            raise ContractError(
+                f"explain() must return an Attribution (score, heat, words, word_scores), got {type(out).__name__}"
+            )
     if not math.isfinite(float(out.score)):
         raise ContractError(f"explain() returned a non-finite score {out.score!r}")
     modalities = tuple(getattr(c, "modalities", ("image", "text")))
@@ -227,7 +243,9 @@ def _check_explain(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
         scores = out.word_scores
         n = len(text.split())
         if scores is None or len(scores) != n or not all(math.isfinite(float(v)) for v in scores):
-            raise ContractError(f"explain() must return {n} finite word scores (one per word) for a text explainer, got {scores!r}")
+            raise ContractError(
+                f"explain() must return {n} finite word scores (one per word) for a text explainer, got {scores!r}"
+            )
 
 
 _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = {

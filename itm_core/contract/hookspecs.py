@@ -14,7 +14,8 @@ The hooks return nothing. The component interfaces live in :mod:`itm_core.contra
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pluggy
 

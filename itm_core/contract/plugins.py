@@ -12,8 +12,8 @@ import contextlib
 import importlib.metadata as md
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import pluggy
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from itm_core.contract.components import KINDS, Checked
 from itm_core.contract.plugins import get_plugin_manager
@@ -81,11 +82,19 @@ def collect() -> dict[str, dict[str, ComponentSpec]]:
     for kind, hook_name in HOOK_OF_KIND.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
 
-            def register(name: str, factory: Callable[..., Any], _plugin: str = impl.plugin_name, _kind: str = kind, **metadata: Any) -> None:
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                _plugin: str = impl.plugin_name,
+                _kind: str = kind,
+                **metadata: Any,
+            ) -> None:
                 if not isinstance(name, str) or not name:
                     raise RegistryError(f"plugin {_plugin!r} registered a {_kind} with an invalid name {name!r}")
                 if not callable(factory):
-                    raise RegistryError(f"plugin {_plugin!r} registered {_kind} {name!r} with a factory that is not callable")
+                    raise RegistryError(
+                        f"plugin {_plugin!r} registered {_kind} {name!r} with a factory that is not callable"
+                    )
                 previous = found[_kind].get(name)
                 if previous is not None:
                     raise RegistryError(

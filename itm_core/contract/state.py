@@ -35,14 +35,18 @@ def _split(value: Any, arrays: dict[str, torch.Tensor], path: str) -> Any:
     if isinstance(value, (np.ndarray, torch.Tensor)):
         key = f"a{len(arrays)}"
         kind = "numpy" if isinstance(value, np.ndarray) else "torch"
-        arrays[key] = torch.from_numpy(np.ascontiguousarray(value)) if kind == "numpy" else value.detach().cpu().contiguous()
+        arrays[key] = (
+            torch.from_numpy(np.ascontiguousarray(value)) if kind == "numpy" else value.detach().cpu().contiguous()
+        )
         return {_ARRAY: key, "kind": kind}
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise StateFormatError(f"encoder state at {path or 'the top'}: {type(value).__name__} is not plain data "
-                           "(use dicts, lists, strings, numbers, numpy arrays or tensors)")
+    raise StateFormatError(
+        f"encoder state at {path or 'the top'}: {type(value).__name__} is not plain data "
+        "(use dicts, lists, strings, numbers, numpy arrays or tensors)"
+    )
 
 
 def _join(value: Any, arrays: dict[str, torch.Tensor]) -> Any:
@@ -73,8 +77,10 @@ def load_state(folder: str | Path, stem: str) -> Any:
 
     folder = Path(folder)
     if (folder / f"{stem}.pkl").is_file() and not (folder / f"{stem}.json").is_file():
-        raise StateFormatError(f"{folder / (stem + '.pkl')} was written by itm-workbench 0.1 (format 1, a pickle), which this version "
-                               f"does not load: pickles can run code. Retrain the model, or re-save it with itm-workbench 0.1 and this version's format")
+        raise StateFormatError(
+            f"{folder / (stem + '.pkl')} was written by itm-workbench 0.1 (format 1, a pickle), which this version "
+            f"does not load: pickles can run code. Retrain the model, or re-save it with itm-workbench 0.1 and this version's format"
+        )
     if not (folder / f"{stem}.json").is_file():
         return None
     doc = json.loads((folder / f"{stem}.json").read_text())
@@ -88,7 +94,9 @@ def check_format(meta: dict[str, Any], folder: str | Path, what: str) -> None:
     written = int(meta.get("itm_format", 1))
     if written != FORMAT:
         who = "itm-workbench 0.1" if written == 1 else f"a newer itm-workbench (format {written})"
-        raise StateFormatError(f"{folder} is a {what} saved by {who}; this version reads format {FORMAT}: retrain it with this version")
+        raise StateFormatError(
+            f"{folder} is a {what} saved by {who}; this version reads format {FORMAT}: retrain it with this version"
+        )
 
 
 def state_digest(state: Any) -> str | None:
@@ -119,8 +127,10 @@ def load_weights_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Mod
     if not path.is_file():
         legacy = path.with_suffix(".pt")
         if legacy.is_file():
-            raise StateFormatError(f"{legacy} holds weights of itm-workbench 0.1 (format 1, torch.save); this version reads "
-                                   f"{path.name} (safetensors). Retrain the model with this version")
+            raise StateFormatError(
+                f"{legacy} holds weights of itm-workbench 0.1 (format 1, torch.save); this version reads "
+                f"{path.name} (safetensors). Retrain the model with this version"
+            )
         raise FileNotFoundError(f"no weights file {path}")
     load_model(module, str(path), device="cpu")
     return module

@@ -14,9 +14,10 @@ import inspect
 import re
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -152,7 +153,11 @@ def _encoder_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
 
     def odd_inputs() -> str:
         c.encode(odd)
-        return "grayscale, RGBA, palette, tiny and wide images" if c.modality == "image" else "empty, blank, very long and non-ASCII text"
+        return (
+            "grayscale, RGBA, palette, tiny and wide images"
+            if c.modality == "image"
+            else "empty, blank, very long and non-ASCII text"
+        )
 
     def state_roundtrip() -> str:
         if not getattr(c, "requires_fit", False):
@@ -194,9 +199,16 @@ def _encoder_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
         return f"same results on {accel}"
 
     return {
-        "declares modality and dim": declares, "output contract": output, "empty batch": empty, "single item": single,
-        "deterministic": deterministic, "batch-size independent": batch_independent, "odd inputs": odd_inputs,
-        "fitted state round-trip": state_roundtrip, "token features": token_features, "device": device,
+        "declares modality and dim": declares,
+        "output contract": output,
+        "empty batch": empty,
+        "single item": single,
+        "deterministic": deterministic,
+        "batch-size independent": batch_independent,
+        "odd inputs": odd_inputs,
+        "fitted state round-trip": state_roundtrip,
+        "token features": token_features,
+        "device": device,
     }
 
 
@@ -224,8 +236,14 @@ def _similarity_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[
     def zero_vectors() -> None:
         c.score(torch.zeros(2, 8), b)
 
-    return {"output contract": output, "pairwise matches score": pairwise, "empty set": empty, "deterministic": deterministic,
-            "chunk independent": chunk_independent, "zero vectors": zero_vectors}
+    return {
+        "output contract": output,
+        "pairwise matches score": pairwise,
+        "empty set": empty,
+        "deterministic": deterministic,
+        "chunk independent": chunk_independent,
+        "zero vectors": zero_vectors,
+    }
 
 
 def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:
@@ -240,7 +258,11 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
         image_mask = text_mask = None
 
     def fuse(rows: slice | list[int], device: str = "cpu") -> torch.Tensor:
-        masks = {} if image_mask is None else {"image_mask": image_mask[rows].to(device), "text_mask": text_mask[rows].to(device)}
+        masks = (
+            {}
+            if image_mask is None
+            else {"image_mask": image_mask[rows].to(device), "text_mask": text_mask[rows].to(device)}
+        )
         return c.fuse(image[rows].to(device), text[rows].to(device), **masks)
 
     def output() -> str:
@@ -255,7 +277,11 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
 
     def batch_independent() -> None:
         with torch.no_grad():
-            _close(fuse(slice(None)), torch.cat([fuse(slice(i, i + 1)) for i in range(4)]), "a batch vs. one item at a time")
+            _close(
+                fuse(slice(None)),
+                torch.cat([fuse(slice(i, i + 1)) for i in range(4)]),
+                "a batch vs. one item at a time",
+            )
 
     def empty() -> None:
         fuse(slice(0, 0))
@@ -286,8 +312,14 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
                 module.to("cpu")
         return f"same results on {accel}"
 
-    return {"output contract": output, "deterministic": deterministic, "batch-size independent": batch_independent,
-            "empty batch": empty, "trainable": trainable, "device": device}
+    return {
+        "output contract": output,
+        "deterministic": deterministic,
+        "batch-size independent": batch_independent,
+        "empty batch": empty,
+        "trainable": trainable,
+        "device": device,
+    }
 
 
 def _generator_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:
@@ -326,7 +358,9 @@ def _generator_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[]
                 c.generate([prompt])
             except ValueError as exc:
                 if "prompt" not in str(exc):
-                    raise RuleFailed(f"refused the prompt {prompt[:20]!r} with a message that does not say it is the prompt: {exc}") from None
+                    raise RuleFailed(
+                        f"refused the prompt {prompt[:20]!r} with a message that does not say it is the prompt: {exc}"
+                    ) from None
                 refused.append(str(exc))
         return "refused with: " + " | ".join(refused) if refused else None
 
@@ -337,14 +371,29 @@ def _metric_inputs(task: str) -> dict[str, Any]:
     if task == "retrieval":
         g = torch.Generator().manual_seed(0)
         image = torch.randn(4, 8, generator=g)
-        return {"image_emb": image, "text_emb": image.repeat_interleave(2, 0) + 0.1 * torch.randn(8, 8, generator=g), "caption_image": [i // 2 for i in range(8)]}
+        return {
+            "image_emb": image,
+            "text_emb": image.repeat_interleave(2, 0) + 0.1 * torch.randn(8, 8, generator=g),
+            "caption_image": [i // 2 for i in range(8)],
+        }
     if task == "captioning":
-        return {"predictions": ["a red circle", "two blue squares", ""], "references": [["a red circle", "a crimson disc"], ["two squares"], ["a star"]],
-                "images": sample_images()[:3]}
+        return {
+            "predictions": ["a red circle", "two blue squares", ""],
+            "references": [["a red circle", "a crimson disc"], ["two squares"], ["a star"]],
+            "images": sample_images()[:3],
+        }
     if task == "text-to-image":
         images = sample_images()
-        return {"images": images[:3], "prompts": ["a red circle on the left", "a blue square to the left of a green star", "a small green star in the middle"],
-                "reference_images": images[-3:], "distractors": list(SAMPLE_TEXTS)}
+        return {
+            "images": images[:3],
+            "prompts": [
+                "a red circle on the left",
+                "a blue square to the left of a green star",
+                "a small green star in the middle",
+            ],
+            "reference_images": images[-3:],
+            "distractors": list(SAMPLE_TEXTS),
+        }
     raise RuleSkipped(f"the kit has no sample inputs for metric task {task!r}; test it in the plugin's own suite")
 
 
@@ -402,7 +451,12 @@ def _dataset_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], 
         if c.load().fingerprint() != data().fingerprint():
             raise RuleFailed("two loads gave different pairs")
 
-    return {"output contract": output, "non-empty, every image captioned": non_empty, "images readable": images_readable, "deterministic": deterministic}
+    return {
+        "output contract": output,
+        "non-empty, every image captioned": non_empty,
+        "images readable": images_readable,
+        "deterministic": deterministic,
+    }
 
 
 class _TinyConvEncoder:
@@ -415,13 +469,17 @@ class _TinyConvEncoder:
         from torch import nn
 
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2)).eval()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        ).eval()
         self.cam_layer = self.net[2]
 
     def preprocess(self, image: Image.Image) -> Any:
         import numpy as np
 
-        return np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return (
+            np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        )
 
     def encode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).mean(dim=(2, 3))
@@ -430,7 +488,11 @@ class _TinyConvEncoder:
         import numpy as np
 
         with torch.no_grad():
-            return self.encode_differentiable(torch.from_numpy(np.stack([self.preprocess(i) for i in items]))) if items else torch.zeros(0, self.dim)
+            return (
+                self.encode_differentiable(torch.from_numpy(np.stack([self.preprocess(i) for i in items])))
+                if items
+                else torch.zeros(0, self.dim)
+            )
 
 
 class _HashedWords:
@@ -478,24 +540,41 @@ def _explainer_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[]
 
     def output() -> str:
         out = c.explain(scorer, image, text)
-        shown = [f"heat {out.heat.shape}" if out.heat is not None else "", f"{len(out.word_scores)} word scores" if out.word_scores is not None else ""]
+        shown = [
+            f"heat {out.heat.shape}" if out.heat is not None else "",
+            f"{len(out.word_scores)} word scores" if out.word_scores is not None else "",
+        ]
         return ", ".join(x for x in shown if x)
 
     def deterministic() -> None:
         a, b = c.explain(scorer, image, text), c.explain(scorer, image, text)
         for what, x, y in (("heat map", a.heat, b.heat), ("word scores", a.word_scores, b.word_scores)):
-            if (x is None) != (y is None) or (x is not None and not np.allclose(np.asarray(x), np.asarray(y), atol=ATOL)):
+            if (x is None) != (y is None) or (
+                x is not None and not np.allclose(np.asarray(x), np.asarray(y), atol=ATOL)
+            ):
                 raise RuleFailed(f"the same pair gave different {what}")
 
     def odd_inputs() -> None:
         for img in odd_images()[:2]:
             c.explain(scorer, img, "circle")  # one word, grayscale and RGBA images
 
-    return {"declares modalities": declares, "output contract": output, "deterministic": deterministic, "odd inputs": odd_inputs}
+    return {
+        "declares modalities": declares,
+        "output contract": output,
+        "deterministic": deterministic,
+        "odd inputs": odd_inputs,
+    }
 
 
-RULES = {"encoder": _encoder_rules, "similarity": _similarity_rules, "fusion": _fusion_rules,
-         "generator": _generator_rules, "metric": _metric_rules, "dataset": _dataset_rules, "explainer": _explainer_rules}
+RULES = {
+    "encoder": _encoder_rules,
+    "similarity": _similarity_rules,
+    "fusion": _fusion_rules,
+    "generator": _generator_rules,
+    "metric": _metric_rules,
+    "dataset": _dataset_rules,
+    "explainer": _explainer_rules,
+}
 
 
 def check_component(kind: str, name: str, defaults: bool = True, **options: Any) -> ConformanceReport:
@@ -511,7 +590,9 @@ def check_component(kind: str, name: str, defaults: bool = True, **options: Any)
         try:
             declared = s.check_options(Path(scratch)) if defaults else {}
         except Exception as exc:
-            report.results.append(CheckResult("builds", "fail", f"its check_options could not be prepared: {type(exc).__name__}: {exc}"))
+            report.results.append(
+                CheckResult("builds", "fail", f"its check_options could not be prepared: {type(exc).__name__}: {exc}")
+            )
             return report
         report.options = {**declared, **options}
 
@@ -535,7 +616,11 @@ def check_component(kind: str, name: str, defaults: bool = True, **options: Any)
                 report.results.append(CheckResult(rule, "fail", str(exc)))
             except Exception as exc:
                 where = traceback.extract_tb(exc.__traceback__)[-1]
-                report.results.append(CheckResult(rule, "fail", f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"))
+                report.results.append(
+                    CheckResult(
+                        rule, "fail", f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+                    )
+                )
     return report
 
 

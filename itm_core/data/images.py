@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
@@ -40,7 +41,9 @@ def open_image(path: Path | Any, max_pixels: int = DEFAULT_MAX_PIXELS, label: st
             with Image.open(path) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise DataError(f"{label}: {w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)")
+                    raise DataError(
+                        f"{label}: {w}x{h} pixels exceeds the limit of {max_pixels} (possible decompression bomb)"
+                    )
                 img.load()
                 return img.convert("RGB")
     except FileNotFoundError:
@@ -69,7 +72,11 @@ def image_from_reference(value: str, max_pixels: int = DEFAULT_MAX_PIXELS, allow
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        expected = "neither an image file that exists here nor base64-encoded image data" if allow_paths else "not base64-encoded image data"
+        expected = (
+            "neither an image file that exists here nor base64-encoded image data"
+            if allow_paths
+            else "not base64-encoded image data"
+        )
         raise DataError(f"{str(value)[:80]!r}: {expected}") from None
     return open_image(io.BytesIO(raw), max_pixels, label="base64 image")
 
@@ -99,8 +106,9 @@ def check_images(
     return kept, skipped
 
 
-def _read(data: ImageTextSet, on_error: OnError, max_pixels: int, limit: int | None,
-          keep_images: bool) -> tuple[ImageTextSet, list[Image.Image], list[SkippedImage]]:
+def _read(
+    data: ImageTextSet, on_error: OnError, max_pixels: int, limit: int | None, keep_images: bool
+) -> tuple[ImageTextSet, list[Image.Image], list[SkippedImage]]:
     if on_error not in ("fail", "skip"):
         raise DataError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     keep: list[int] = []

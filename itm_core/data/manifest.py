@@ -12,14 +12,23 @@ from itm_core.data.images import resolve_inside
 from itm_core.data.pairs import SPLITS, DataError, ImageTextSet
 
 Format = Literal["auto", "csv", "parquet", "jsonl", "karpathy"]
-_SUFFIX_FORMAT = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "karpathy"}
+_SUFFIX_FORMAT = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "karpathy",
+}
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
 
 def detect_format(path: Path) -> str:
     fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
     if fmt is None:
-        raise DataError(f"{path}: cannot tell the manifest format from {path.suffix!r}; use one of {sorted(_SUFFIX_FORMAT)} or pass format=")
+        raise DataError(
+            f"{path}: cannot tell the manifest format from {path.suffix!r}; use one of {sorted(_SUFFIX_FORMAT)} or pass format="
+        )
     return fmt
 
 
@@ -50,7 +59,9 @@ def load_manifest(
     if fmt == "karpathy":
         return _load_karpathy(path, root, name)
     rows = _read_table(path, fmt)
-    return _from_rows(rows, path, root, name, image_column, caption_column, split_column, tuple(extra_columns), split_ratios, seed)
+    return _from_rows(
+        rows, path, root, name, image_column, caption_column, split_column, tuple(extra_columns), split_ratios, seed
+    )
 
 
 def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -70,7 +81,9 @@ def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1 if fmt in ("csv", "jsonl") else None
         where = f", line {line}" if line else ""
-        raise DataError(f"{path}{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the manifest as UTF-8") from None
+        raise DataError(
+            f"{path}{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the manifest as UTF-8"
+        ) from None
     except Exception as exc:
         raise DataError(f"{path}: could not be read as {fmt}: {exc}") from None
     return frame.to_dict("records")
@@ -91,7 +104,9 @@ def _from_rows(
     if not rows:
         raise DataError(f"{path}: the manifest has no rows")
     columns = list(rows[0])
-    roles = [("image_column", image_column), ("caption_column", caption_column)] + [("extra_columns", c) for c in extra_columns]
+    roles = [("image_column", image_column), ("caption_column", caption_column)] + [
+        ("extra_columns", c) for c in extra_columns
+    ]
     for role, col in roles:
         if col not in columns:
             raise DataError(f"{path}: no column {col!r} ({role}); the columns are: {', '.join(map(str, columns))}")
@@ -114,7 +129,9 @@ def _from_rows(
         texts = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else [value]
         texts = [t for t in texts if not (isinstance(t, str) and not t.strip())]
         if not texts or not all(isinstance(t, str) for t in texts):
-            raise DataError(f"{path}, row {line}: column {caption_column!r} must hold a caption or a list of captions, got {value!r}")
+            raise DataError(
+                f"{path}, row {line}: column {caption_column!r} must hold a caption or a list of captions, got {value!r}"
+            )
         split = str(row[split_column]).strip() if has_split else None
         if image not in index:
             index[image] = len(images)
@@ -124,7 +141,9 @@ def _from_rows(
                 extras[c].append(row[c])
         k = index[image]
         if has_split and image_split[k] != split:
-            raise DataError(f"{path}, row {line}: image {image!r} is in split {split!r} here and {image_split[k]!r} earlier")
+            raise DataError(
+                f"{path}, row {line}: image {image!r} is in split {split!r} here and {image_split[k]!r} earlier"
+            )
         captions.extend(texts)
         caption_image.extend([k] * len(texts))
     if not has_split:

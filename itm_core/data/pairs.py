@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 SPLITS = ("train", "val", "test")
 
@@ -39,7 +40,9 @@ class ImageTextSet:
             raise DataError(f"{self.name}: {len(self.captions)} captions but {len(self.caption_image)} image links")
         for key, values in self.image_extras.items():
             if len(values) != len(self.images):
-                raise DataError(f"{self.name}: extra column {key!r} has {len(values)} values for {len(self.images)} images")
+                raise DataError(
+                    f"{self.name}: extra column {key!r} has {len(values)} values for {len(self.images)} images"
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,7 +67,7 @@ class ImageTextSet:
             out[k].append(caption)
         return out
 
-    def subset(self, indices: Sequence[int], name: str | None = None) -> "ImageTextSet":
+    def subset(self, indices: Sequence[int], name: str | None = None) -> ImageTextSet:
         """The images at ``indices`` (in that order) with their captions and extras."""
         position = {old: new for new, old in enumerate(indices)}
         caps = [(c, position[k]) for c, k in zip(self.captions, self.caption_image) if k in position]
@@ -79,14 +82,14 @@ class ImageTextSet:
             name=name or self.name,
         )
 
-    def split(self, name: str) -> "ImageTextSet":
+    def split(self, name: str) -> ImageTextSet:
         """The images of one split; an unknown split fails with the splits this dataset has."""
         indices = [i for i, s in enumerate(self.image_split) if s == name]
         if not indices:
             raise DataError(f"{self.name} has no images in split {name!r}; its splits are: {', '.join(self.splits)}")
         return self.subset(indices, name=f"{self.name}:{name}")
 
-    def head(self, n: int) -> "ImageTextSet":
+    def head(self, n: int) -> ImageTextSet:
         """The first ``n`` images (all when ``n`` is 0 or larger than the set)."""
         return self if n <= 0 or n >= len(self) else self.subset(range(n))
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from itm_core.config import DatasetParams
 
 
-def load_dataset(params: "DatasetParams", check: bool = True) -> tuple[ImageTextSet, list[SkippedImage]]:
+def load_dataset(params: DatasetParams, check: bool = True) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build the registered dataset, keep ``max_images`` per split, and (with ``check``) decode every
     image once to leave out bad ones. Without ``check`` the images are checked later, in the encoding
     pass that reads them anyway (:func:`itm_core.encode.embed.encode_split`)."""

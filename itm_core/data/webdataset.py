@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from itm_core.data.images import resolve_inside
 from itm_core.data.manifest import assign_splits
@@ -58,7 +59,9 @@ def _samples(shards: Sequence[str]) -> Iterator[dict[str, Any]]:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"webdataset: shard {shard!r} cannot be read as a tar file ({type(exc).__name__}: {exc})") from None
+            raise DataError(
+                f"webdataset: shard {shard!r} cannot be read as a tar file ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def _captions(sample: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -101,7 +104,9 @@ def load_webdataset(
         folder.mkdir(parents=True, exist_ok=True)
         rows, left_out = [], []
         seen: set[str] = set()
-        for sample in tqdm(_samples(shards), desc=f"reading {len(shards)} shards", unit="sample", leave=False, disable=None):
+        for sample in tqdm(
+            _samples(shards), desc=f"reading {len(shards)} shards", unit="sample", leave=False, disable=None
+        ):
             shard = Path(sample.get("__url__", "shard")).name
             key = str(sample["__key__"])
             member = f"{shard}/{key}"
@@ -128,7 +133,10 @@ def load_webdataset(
             split = meta.get("split") if isinstance(meta, dict) and meta.get("split") in SPLITS else None
             rows.append({"image": rel, "captions": captions, "split": split})
         tmp = folder / ".samples.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(json.dumps({"left_out": m, "reason": r}) + "\n" for m, r in left_out))
+        tmp.write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+            + "".join(json.dumps({"left_out": m, "reason": r}) + "\n" for m, r in left_out)
+        )
         tmp.replace(index)
     rows, left_out = [], []
     for line in index.read_text().splitlines():
@@ -165,13 +173,22 @@ def pack(data: ImageTextSet, out: str | Path, shard_size: int = 1000, prefix: st
             path = resolve_inside(data.root, rel)
             ext = path.suffix.lower().lstrip(".")
             if ext not in IMAGE_EXTENSIONS:
-                raise DataError(f"{rel}: cannot pack a .{ext} image; WebDataset readers take {', '.join(IMAGE_EXTENSIONS)}")
+                raise DataError(
+                    f"{rel}: cannot pack a .{ext} image; WebDataset readers take {', '.join(IMAGE_EXTENSIONS)}"
+                )
             try:
                 raw = path.read_bytes()
             except OSError as exc:
                 raise DataError(f"{rel}: cannot be read ({exc.strerror})") from None
             meta = {"captions": captions[i], "split": data.image_split[i], "source": rel}
-            sink.write({"__key__": f"{i:09d}", ext: raw, "txt": captions[i][0] if captions[i] else "", "json": json.dumps(meta)})
+            sink.write(
+                {
+                    "__key__": f"{i:09d}",
+                    ext: raw,
+                    "txt": captions[i][0] if captions[i] else "",
+                    "json": json.dumps(meta),
+                }
+            )
             if sink.fname and (not written or written[-1] != Path(sink.fname)):
                 written.append(Path(sink.fname))
     return written

@@ -19,9 +19,9 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -82,12 +82,20 @@ class EmbeddingCache:
         with closing(self._index(enc_key)) as con:
             con.execute("CREATE TEMP TABLE want (pos INTEGER, key TEXT)")
             con.executemany("INSERT INTO want VALUES (?, ?)", enumerate(keys))
-            for pos, shard, row in con.execute("SELECT want.pos, rows.shard, rows.row FROM want JOIN rows ON rows.key = want.key"):
+            for pos, shard, row in con.execute(
+                "SELECT want.pos, rows.shard, rows.row FROM want JOIN rows ON rows.key = want.key"
+            ):
                 out.setdefault(shard, []).append((pos, row))
         return out
 
-    def read_into(self, enc_key: str, found: dict[str, list[tuple[int, int]]], out: dict[str, np.ndarray], n: int,
-                  dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    def read_into(
+        self,
+        enc_key: str,
+        found: dict[str, list[tuple[int, int]]],
+        out: dict[str, np.ndarray],
+        n: int,
+        dtypes: dict[str, np.dtype],
+    ) -> dict[str, np.ndarray]:
         """Copy the rows ``found`` names into ``out``; a field missing from ``out`` is allocated for
         ``n`` rows of ``dtypes[field]`` from the first shard that has it. Returns ``out``."""
         folder = self.folder / enc_key
@@ -153,7 +161,9 @@ class FileKeys:
         with closing(_connect(self.path, FILES_SCHEMA)) as con:
             con.execute("CREATE TEMP TABLE want (path TEXT)")
             con.executemany("INSERT INTO want VALUES (?)", ((p,) for p in paths))
-            for path, size, mtime, key in con.execute("SELECT files.path, size, mtime_ns, key FROM want JOIN files ON files.path = want.path"):
+            for path, size, mtime, key in con.execute(
+                "SELECT files.path, size, mtime_ns, key FROM want JOIN files ON files.path = want.path"
+            ):
                 seen[path] = (size, mtime, key)
         out: list[str | None] = []
         for p, st in zip(paths, stats):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,16 @@ from itm_core.encode.cache import EmbeddingCache, FileKeys, default_cache_dir
 from itm_core.encode.loader import default_workers, iter_images
 from itm_core.encode.runtime import Accelerator
 
-__all__ = ["EmbeddingCache", "EncodeOptions", "default_cache_dir", "encode", "encode_into_cache", "encode_split", "encode_tokens", "encoder_key"]
+__all__ = [
+    "EmbeddingCache",
+    "EncodeOptions",
+    "default_cache_dir",
+    "encode",
+    "encode_into_cache",
+    "encode_split",
+    "encode_tokens",
+    "encoder_key",
+]
 
 
 @dataclass
@@ -78,8 +87,23 @@ class Encoded:
 class _Rows:
     """The output arrays of a pass plus the pending shard of fresh rows, committed every ``shard_size`` rows."""
 
-    def __init__(self, n: int, dtypes: dict[str, Any], cache: EmbeddingCache | None, enc_key: str, files: FileKeys | None, shard_size: int) -> None:
-        self.n, self.dtypes, self.cache, self.enc_key, self.files, self.shard_size = n, dtypes, cache, enc_key, files, shard_size
+    def __init__(
+        self,
+        n: int,
+        dtypes: dict[str, Any],
+        cache: EmbeddingCache | None,
+        enc_key: str,
+        files: FileKeys | None,
+        shard_size: int,
+    ) -> None:
+        self.n, self.dtypes, self.cache, self.enc_key, self.files, self.shard_size = (
+            n,
+            dtypes,
+            cache,
+            enc_key,
+            files,
+            shard_size,
+        )
         self.out: dict[str, np.ndarray] = {}
         self.done = np.zeros(n, dtype=bool)
         self.pending_keys: list[str] = []
@@ -103,14 +127,24 @@ class _Rows:
         """Copy in the rows the cache holds for ``keys`` (those of items ``positions``); the indices into
         ``keys`` that were found."""
         found = self.cache.lookup(self.enc_key, keys)
-        self.cache.read_into(self.enc_key, {s: [(positions[p], r) for p, r in pairs] for s, pairs in found.items()}, self.out, self.n, self.dtypes)
+        self.cache.read_into(
+            self.enc_key,
+            {s: [(positions[p], r) for p, r in pairs] for s, pairs in found.items()},
+            self.out,
+            self.n,
+            self.dtypes,
+        )
         hit = {p for pairs in found.values() for p, _ in pairs}
         self.done[[positions[p] for p in hit]] = True
         return hit
 
     def flush(self) -> None:
         if self.cache is not None and self.pending_keys:
-            self.cache.put(self.enc_key, self.pending_keys, {f: np.concatenate([p[f] for p in self.pending]) for f in self.pending[0]})
+            self.cache.put(
+                self.enc_key,
+                self.pending_keys,
+                {f: np.concatenate([p[f] for p in self.pending]) for f in self.pending[0]},
+            )
         if self.files is not None:
             self.files.remember(self.pending_files)
         self.pending_keys, self.pending, self.pending_files = [], [], []
@@ -161,11 +195,19 @@ def _encode_pass(
         try:
             with torch.inference_mode():
                 if modality == "image":
-                    batches = iter_images([items[i] for i in todo], options.batch_size, options.loader_workers, options.max_pixels, preprocess)
+                    batches = iter_images(
+                        [items[i] for i in todo],
+                        options.batch_size,
+                        options.loader_workers,
+                        options.max_pixels,
+                        preprocess,
+                    )
                 else:  # similar lengths together: batches pad to their longest text
                     order = sorted(todo, key=lambda i: len(items[i]))
-                    batches = ([_Text(i, items[i]) for i in order[s : s + options.text_batch_size]]
-                               for s in range(0, len(order), options.text_batch_size))
+                    batches = (
+                        [_Text(i, items[i]) for i in order[s : s + options.text_batch_size]]
+                        for s in range(0, len(order), options.text_batch_size)
+                    )
                 for batch in batches:
                     fresh_keys, values, file_rows = [], [], []
                     for got in batch:
@@ -186,14 +228,18 @@ def _encode_pass(
                         fresh_keys.append(k)
                         values.append(got.value)
                     rows.pending_files.extend(file_rows)
-                    if modality == "image" and cache is not None and fresh_keys:  # content first seen under another path
+                    if (
+                        modality == "image" and cache is not None and fresh_keys
+                    ):  # content first seen under another path
                         hit = rows.fill_from_cache([first[k][0] for k in fresh_keys], fresh_keys)
                         if hit:
                             values = [v for p, v in enumerate(values) if p not in hit]
                             fresh_keys = [k for p, k in enumerate(fresh_keys) if p not in hit]
                     if values:
                         out = accel.run(compute, values)
-                        rows.add([first[k] for k in fresh_keys], fresh_keys, {f: t.cpu().numpy() for f, t in out.items()})
+                        rows.add(
+                            [first[k] for k in fresh_keys], fresh_keys, {f: t.cpu().numpy() for f, t in out.items()}
+                        )
                     bar.update(len(batch))
         finally:
             rows.flush()
@@ -218,15 +264,25 @@ def _pooled_compute(encoder: Any) -> tuple[Callable[[list[Any]], dict[str, torch
     encoder's own ``preprocess`` / ``encode_preprocessed`` split when it has one, else ``encode`` on
     decoded images."""
     if encoder.modality == "image" and hasattr(encoder, "preprocess") and hasattr(encoder, "encode_preprocessed"):
-        return (lambda batch: {"emb": encoder.encode_preprocessed(torch.from_numpy(np.stack(batch))).float()}), encoder.preprocess
+        return (
+            lambda batch: {"emb": encoder.encode_preprocessed(torch.from_numpy(np.stack(batch))).float()}
+        ), encoder.preprocess
     return (lambda batch: {"emb": encoder.encode(batch).float()}), None
 
 
-def _pooled_pass(encoder: Any, items: Sequence[Any], cache: EmbeddingCache | None, options: EncodeOptions, desc: str | None,
-                 on_error: Literal["fail", "skip"] = "fail") -> Encoded:
+def _pooled_pass(
+    encoder: Any,
+    items: Sequence[Any],
+    cache: EmbeddingCache | None,
+    options: EncodeOptions,
+    desc: str | None,
+    on_error: Literal["fail", "skip"] = "fail",
+) -> Encoded:
     """One pass of pooled features (``emb``, float32) over ``items``."""
     compute, preprocess = _pooled_compute(encoder)
-    return _encode_pass(encoder, items, cache, "pooled", compute, {"emb": np.float32}, options, desc, preprocess, on_error)
+    return _encode_pass(
+        encoder, items, cache, "pooled", compute, {"emb": np.float32}, options, desc, preprocess, on_error
+    )
 
 
 def encode(
@@ -243,11 +299,15 @@ def encode(
     Only items missing from ``cache`` are encoded; duplicates are encoded once. An image that cannot
     be used raises :class:`DataError` naming the file.
     """
-    out = _pooled_pass(encoder, items, cache, options or EncodeOptions(batch_size=batch_size, max_pixels=max_pixels), desc)
+    out = _pooled_pass(
+        encoder, items, cache, options or EncodeOptions(batch_size=batch_size, max_pixels=max_pixels), desc
+    )
     return torch.from_numpy(out.arrays["emb"]) if len(items) else torch.zeros(0, int(encoder.dim))
 
 
-def encode_into_cache(encoder: Any, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None) -> Encoded:
+def encode_into_cache(
+    encoder: Any, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None
+) -> Encoded:
     """Encode ``items`` into ``cache`` (pooled features), leaving bad images out: what a worker that
     fills a shared cache runs."""
     return _pooled_pass(encoder, items, cache, options or EncodeOptions(), None, on_error="skip")
@@ -263,14 +323,18 @@ def encode_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token- or patch-level features ``(N, L, token_dim)`` (stored as float16) and their mask ``(N, L)``."""
     if not hasattr(encoder, "encode_tokens"):
-        raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} gives no token-level features (no encode_tokens)")
+        raise ValueError(
+            f"encoder {getattr(encoder, 'name', encoder)!r} gives no token-level features (no encode_tokens)"
+        )
 
     def compute(batch: list[Any]) -> dict[str, torch.Tensor]:
         tokens, mask = encoder.encode_tokens(batch)
         return {"tokens": tokens.half(), "mask": mask.bool()}
 
     options = EncodeOptions(batch_size=batch_size, max_pixels=max_pixels, compile="off")
-    out = _encode_pass(encoder, items, cache, "tokens", compute, {"tokens": np.float16, "mask": np.bool_}, options, desc)
+    out = _encode_pass(
+        encoder, items, cache, "tokens", compute, {"tokens": np.float16, "mask": np.bool_}, options, desc
+    )
     if not len(items):
         return torch.zeros(0, 0, int(encoder.token_dim), dtype=torch.half), torch.zeros(0, 0, dtype=torch.bool)
     return torch.from_numpy(out.arrays["tokens"]), torch.from_numpy(out.arrays["mask"])
@@ -287,7 +351,9 @@ class CachedRows:
 
     def load(self) -> torch.Tensor:
         cache = EmbeddingCache(self.folder, float16=self.float16)
-        out = cache.read_into(self.enc_key, cache.lookup(self.enc_key, self.keys), {}, len(self.keys), {"emb": np.float32})
+        out = cache.read_into(
+            self.enc_key, cache.lookup(self.enc_key, self.keys), {}, len(self.keys), {"emb": np.float32}
+        )
         if len(self.keys) and "emb" not in out:
             raise FileNotFoundError(f"the embedding cache {self.folder} no longer holds these rows; encode again")
         return torch.from_numpy(out["emb"]) if self.keys else torch.zeros(0, 0)
@@ -316,11 +382,18 @@ def _from_sources(sources: tuple[CachedRows, CachedRows], caption_image: torch.T
     return FeatureSplit(sources[0].load(), sources[1].load(), caption_image, sources)
 
 
-def _image_pass(encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None, options: EncodeOptions,
-                on_bad_image: Literal["fail", "skip"]) -> tuple[ImageTextSet, Encoded, list[SkippedImage]]:
+def _image_pass(
+    encoder: Any,
+    data: ImageTextSet,
+    cache: EmbeddingCache | None,
+    options: EncodeOptions,
+    on_bad_image: Literal["fail", "skip"],
+) -> tuple[ImageTextSet, Encoded, list[SkippedImage]]:
     paths = [str(p) for p in data.image_paths()]
     try:
-        images = _pooled_pass(encoder, paths, cache, options, f"{data.name}: {getattr(encoder, 'name', 'image')}", on_bad_image)
+        images = _pooled_pass(
+            encoder, paths, cache, options, f"{data.name}: {getattr(encoder, 'name', 'image')}", on_bad_image
+        )
     except DataError as exc:
         raise DataError(f"{data.name}: {exc}. {SKIP_HINT}") from None
     skipped = [SkippedImage(data.images[i], reason) for i, reason in images.failures]
@@ -331,7 +404,10 @@ def _image_pass(encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None, 
 
 
 def encode_images(
-    encoder: Any, data: ImageTextSet, cache: EmbeddingCache | None = None, options: EncodeOptions | None = None,
+    encoder: Any,
+    data: ImageTextSet,
+    cache: EmbeddingCache | None = None,
+    options: EncodeOptions | None = None,
     on_bad_image: Literal["fail", "skip"] = "fail",
 ) -> tuple[ImageTextSet, torch.Tensor, list[SkippedImage]]:
     """The image tower's features of every usable image of ``data``, each file read, checked and
@@ -355,14 +431,24 @@ def encode_split(
     options = options or EncodeOptions()
     kept, images, skipped = _image_pass(image_encoder, data, cache, options, on_bad_image)
     image_rows = images.arrays["emb"] if images.ok.all() else images.arrays["emb"][images.ok]
-    text = _pooled_pass(text_encoder, kept.captions, cache, options, f"{data.name}: {getattr(text_encoder, 'name', 'text')}")
+    text = _pooled_pass(
+        text_encoder, kept.captions, cache, options, f"{data.name}: {getattr(text_encoder, 'name', 'text')}"
+    )
     sources = None
     if cache is not None:
         image_keys = [k for k, ok in zip(images.keys, images.ok) if ok]
-        sources = (CachedRows(str(cache.folder), images.enc_key, image_keys, cache.float16),
-                   CachedRows(str(cache.folder), text.enc_key, text.keys, cache.float16))
+        sources = (
+            CachedRows(str(cache.folder), images.enc_key, image_keys, cache.float16),
+            CachedRows(str(cache.folder), text.enc_key, text.keys, cache.float16),
+        )
     text_rows = torch.from_numpy(text.arrays["emb"]) if len(kept.captions) else torch.zeros(0, int(text_encoder.dim))
-    return kept, FeatureSplit(torch.from_numpy(image_rows), text_rows, torch.tensor(kept.caption_image, dtype=torch.long), sources), skipped
+    return (
+        kept,
+        FeatureSplit(
+            torch.from_numpy(image_rows), text_rows, torch.tensor(kept.caption_image, dtype=torch.long), sources
+        ),
+        skipped,
+    )
 
 
 @dataclass
@@ -377,7 +463,7 @@ class ModalityFeatures:
         return len(self.pooled)
 
     @staticmethod
-    def concat(parts: Sequence["ModalityFeatures"]) -> "ModalityFeatures":
+    def concat(parts: Sequence[ModalityFeatures]) -> ModalityFeatures:
         """The rows of ``parts`` one after another (token features only if every part has them)."""
         has_tokens = all(p.tokens is not None for p in parts)
         return ModalityFeatures(
@@ -395,7 +481,13 @@ class ModalityFeatures:
         return self.pooled[index], None
 
 
-def encode_features(encoder: Any, items: Sequence[Any], cache: EmbeddingCache | None = None, tokens: bool = False, desc: str | None = None) -> ModalityFeatures:
+def encode_features(
+    encoder: Any,
+    items: Sequence[Any],
+    cache: EmbeddingCache | None = None,
+    tokens: bool = False,
+    desc: str | None = None,
+) -> ModalityFeatures:
     """Pooled features of ``items``, plus token features when ``tokens`` is set."""
     pooled = encode(encoder, items, cache, desc=desc)
     if not tokens:

@@ -12,8 +12,9 @@ import hashlib
 import io
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from itm_core.data.images import DEFAULT_MAX_PIXELS, open_image
 from itm_core.data.pairs import DataError
@@ -32,7 +33,9 @@ class LoadedImage:
     error: str | None = None
 
 
-def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, preprocess: Callable[[Any], Any] | None = None, index: int = 0) -> LoadedImage:
+def read_image(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, preprocess: Callable[[Any], Any] | None = None, index: int = 0
+) -> LoadedImage:
     """Read ``path`` once: hash its bytes, decode them with the safety checks of :func:`open_image`,
     and apply ``preprocess`` (an encoder's per-image step) to the decoded image."""
     out = LoadedImage(index, path)
@@ -93,8 +96,13 @@ def _die_with(parent: int, worker_id: int) -> None:
         os._exit(1)
 
 
-def iter_images(paths: Sequence[str], batch_size: int, workers: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                preprocess: Callable[[Any], Any] | None = None) -> Iterator[list[LoadedImage]]:
+def iter_images(
+    paths: Sequence[str],
+    batch_size: int,
+    workers: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    preprocess: Callable[[Any], Any] | None = None,
+) -> Iterator[list[LoadedImage]]:
     """Batches of :class:`LoadedImage`, in the order of ``paths``; ``workers`` processes read ahead
     (0 reads in this process)."""
     import torch.utils.data
@@ -105,8 +113,13 @@ def iter_images(paths: Sequence[str], batch_size: int, workers: int, max_pixels:
             yield [files[i] for i in range(start, min(start + batch_size, len(files)))]
         return
     loader = torch.utils.data.DataLoader(
-        files, batch_size=batch_size, num_workers=workers, collate_fn=_as_list, prefetch_factor=4,
-        multiprocessing_context="fork" if "fork" in _start_methods() else None, worker_init_fn=functools.partial(_die_with, os.getpid()),
+        files,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_as_list,
+        prefetch_factor=4,
+        multiprocessing_context="fork" if "fork" in _start_methods() else None,
+        worker_init_fn=functools.partial(_die_with, os.getpid()),
     )
     yield from loader
 

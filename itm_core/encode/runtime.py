@@ -23,14 +23,19 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 MODES = ("auto", "on", "off", "onnxruntime", "torch")
 _AUTO_OVERRIDE = os.environ.get("ITM_AUTO_COMPILE_ITEMS")
-AUTO_ITEMS = {"onnxruntime": 512, "torch": 6000} if _AUTO_OVERRIDE is None else {"onnxruntime": int(_AUTO_OVERRIDE), "torch": int(_AUTO_OVERRIDE)}
+AUTO_ITEMS = (
+    {"onnxruntime": 512, "torch": 6000}
+    if _AUTO_OVERRIDE is None
+    else {"onnxruntime": int(_AUTO_OVERRIDE), "torch": int(_AUTO_OVERRIDE)}
+)
 TOLERANCE = 1e-4
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ def choose_runtime(encoder: Any, what: str, n_items: int, mode: str) -> str | No
     if mode not in MODES:
         raise ValueError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "onnxruntime" and not onnxruntime_installed():
-        raise ValueError("compile: onnxruntime needs the onnxruntime package: pip install onnxruntime (or choose auto, torch or off)")
+        raise ValueError(
+            "compile: onnxruntime needs the onnxruntime package: pip install onnxruntime (or choose auto, torch or off)"
+        )
     if mode == "off" or what != "pooled":
         return None
     offered = runtimes(encoder)
@@ -82,14 +89,28 @@ class OnnxModule:
     range, the setting ONNX Runtime gives for CPUs without VNNI, so that the integer products cannot
     saturate and the result does not depend on which instructions the CPU has."""
 
-    def __init__(self, module: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str], dynamic: dict[str, dict[int, str]],
-                 int8: bool = False) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        example: tuple[torch.Tensor, ...],
+        names: list[str],
+        dynamic: dict[str, dict[int, str]],
+        int8: bool = False,
+    ) -> None:
         import onnxruntime
 
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), example, buffer, input_names=names, output_names=["out"], dynamic_axes=dynamic, dynamo=False)
+            torch.onnx.export(
+                module.eval(),
+                example,
+                buffer,
+                input_names=names,
+                output_names=["out"],
+                dynamic_axes=dynamic,
+                dynamo=False,
+            )
         model = _quantized(buffer.getvalue()) if int8 else buffer.getvalue()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -113,7 +134,9 @@ def _quantized(model: bytes) -> bytes:
         prepared, out = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(onnx.load_from_string(model), prepared, skip_symbolic_shape=True)  # graph fused and shapes inferred first, as ONNX Runtime advises
+            quant_pre_process(
+                onnx.load_from_string(model), prepared, skip_symbolic_shape=True
+            )  # graph fused and shapes inferred first, as ONNX Runtime advises
             quantize_dynamic(prepared, out, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
         return out.read_bytes()
 
@@ -131,14 +154,18 @@ class Accelerator:
         self.verified = False
         self.max_difference: float | None = None
 
-    def _padded(self, compute: Callable[[list[Any]], dict[str, torch.Tensor]], values: list[Any]) -> dict[str, torch.Tensor]:
+    def _padded(
+        self, compute: Callable[[list[Any]], dict[str, torch.Tensor]], values: list[Any]
+    ) -> dict[str, torch.Tensor]:
         if self.runtime != "torch":  # ONNX Runtime takes any batch size
             return compute(values)
         n = len(values)
         padded = values + [values[-1]] * (self.batch_size - n) if n < self.batch_size else values
         return {f: t[:n] for f, t in compute(padded).items()}
 
-    def run(self, compute: Callable[[list[Any]], dict[str, torch.Tensor]], values: list[Any]) -> dict[str, torch.Tensor]:
+    def run(
+        self, compute: Callable[[list[Any]], dict[str, torch.Tensor]], values: list[Any]
+    ) -> dict[str, torch.Tensor]:
         if not self.enabled:
             return compute(values)
         if self.verified:
@@ -149,11 +176,23 @@ class Accelerator:
             compiled = self._padded(compute, values)
             self.max_difference = max(float((compiled[f].float() - eager[f].float()).abs().max()) for f in eager)
         except Exception as exc:  # a backend that cannot compile this model: stay eager
-            log.warning("compiled inference (%s) failed for %s (%s: %s); encoding eagerly", self.runtime, getattr(self.encoder, "name", "encoder"), type(exc).__name__, exc)
+            log.warning(
+                "compiled inference (%s) failed for %s (%s: %s); encoding eagerly",
+                self.runtime,
+                getattr(self.encoder, "name", "encoder"),
+                type(exc).__name__,
+                exc,
+            )
             self.max_difference = None
         if self.max_difference is None or self.max_difference > TOLERANCE:
             if self.max_difference is not None:
-                log.warning("%s in %s differs from eager by %.2e > %.0e; encoding eagerly", getattr(self.encoder, "name", "encoder"), self.runtime, self.max_difference, TOLERANCE)
+                log.warning(
+                    "%s in %s differs from eager by %.2e > %.0e; encoding eagerly",
+                    getattr(self.encoder, "name", "encoder"),
+                    self.runtime,
+                    self.max_difference,
+                    TOLERANCE,
+                )
             self.encoder.set_compiled(False)
             self.enabled = False
         self.verified = True

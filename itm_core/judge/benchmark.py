@@ -5,24 +5,38 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, ModalityFeatures, encode_features
+from itm_core.judge.rerank import candidates, choose_both
+from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 from itm_core.models.heads import (
-    FusionHead, HeadConfig, ITMHead, PairSet, QASet, evaluate_itm, evaluate_vqa, parameter_count, probe_pair_scores, reranked_metrics, train_itm, train_vqa,
+    FusionHead,
+    HeadConfig,
+    ITMHead,
+    PairSet,
+    QASet,
+    evaluate_itm,
+    evaluate_vqa,
+    parameter_count,
+    probe_pair_scores,
+    reranked_metrics,
+    train_itm,
+    train_vqa,
 )
 from itm_core.models.matcher import Matcher
 from itm_core.models.token_reader import TokenReader
-from itm_core.contract.registry import create
-from itm_core.judge.rerank import candidates, choose_both
-from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 
 TEXT_READERS = ("auto", "tokens", "pooled")
-READER_WIDTH = 128  # the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
+READER_WIDTH = (
+    128  # the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
+)
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
 QA = "qa"
@@ -50,22 +64,36 @@ class SplitFeatures:
     kinds: list[str] | None = None
 
 
-def encode_split_features(image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool, probe: bool,
-                          text_tokens: bool | None = None) -> SplitFeatures:
+def encode_split_features(
+    image_encoder: Any,
+    text_encoder: Any,
+    data: ImageTextSet,
+    cache: EmbeddingCache,
+    tokens: bool,
+    probe: bool,
+    text_tokens: bool | None = None,
+) -> SplitFeatures:
     """Images and captions (pooled, and tokens when a fusion needs them: ``tokens`` for both, ``text_tokens``
     for the texts alone, by default as ``tokens``), probe captions and questions."""
     text_tokens = tokens if text_tokens is None else text_tokens or tokens
     out = SplitFeatures(
         data=data,
-        image=encode_features(image_encoder, [str(p) for p in data.image_paths()], cache, tokens, desc=f"{data.name} images"),
+        image=encode_features(
+            image_encoder, [str(p) for p in data.image_paths()], cache, tokens, desc=f"{data.name} images"
+        ),
         text=encode_features(text_encoder, data.captions, cache, text_tokens, desc=f"{data.name} captions"),
     )
     tokens = text_tokens  # probe captions and questions are texts
     if probe and has_probe(data):
-        out.probe = {k: encode_features(text_encoder, list(data.image_extras[k]), cache, tokens) for k in (PROBE_TRUE, *PROBE_NEGATIVES)}
+        out.probe = {
+            k: encode_features(text_encoder, list(data.image_extras[k]), cache, tokens)
+            for k in (PROBE_TRUE, *PROBE_NEGATIVES)
+        }
     if has_qa(data):
         rows = [(i, q) for i, qa in enumerate(data.image_extras[QA]) for q in qa]
-        out.questions = encode_features(text_encoder, [q["question"] for _, q in rows], cache, tokens, desc=f"{data.name} questions")
+        out.questions = encode_features(
+            text_encoder, [q["question"] for _, q in rows], cache, tokens, desc=f"{data.name} questions"
+        )
         out.question_image = torch.tensor([i for i, _ in rows], dtype=torch.long)
         out.answers = [q["answer"] for _, q in rows]
         out.kinds = [q.get("type", "all") for _, q in rows]
@@ -80,13 +108,21 @@ def pair_set(f: SplitFeatures, matcher: Matcher, dataset_negatives: bool = False
         n_img, n_cap = len(f.image), len(f.text)
         parts += [f.probe[k] for k in (PROBE_TRUE, *PROBE_NEGATIVES)]
         canonical = n_cap + torch.arange(n_img)
-        negatives = n_cap + (1 + torch.arange(len(PROBE_NEGATIVES))).unsqueeze(0) * n_img + torch.arange(n_img).unsqueeze(1)
+        negatives = (
+            n_cap + (1 + torch.arange(len(PROBE_NEGATIVES))).unsqueeze(0) * n_img + torch.arange(n_img).unsqueeze(1)
+        )
     text = ModalityFeatures.concat(parts) if len(parts) > 1 else f.text
     with torch.no_grad():
         matcher.eval()
         return PairSet(
-            f.image, text, torch.tensor(f.data.caption_image), matcher.embed_image_features(f.image.pooled), matcher.embed_text_features(text.pooled),
-            negatives, canonical, image_groups(f.data),
+            f.image,
+            text,
+            torch.tensor(f.data.caption_image),
+            matcher.embed_image_features(f.image.pooled),
+            matcher.embed_text_features(text.pooled),
+            negatives,
+            canonical,
+            image_groups(f.data),
         )
 
 
@@ -104,7 +140,11 @@ def probe_set(f: SplitFeatures, matcher: Matcher) -> PairSet:
     with torch.no_grad():
         matcher.eval()
         return PairSet(
-            f.image, text, torch.arange(len(f.image)), matcher.embed_image_features(f.image.pooled), matcher.embed_text_features(text.pooled),
+            f.image,
+            text,
+            torch.arange(len(f.image)),
+            matcher.embed_image_features(f.image.pooled),
+            matcher.embed_text_features(text.pooled),
             kinds=PROBE_NEGATIVES,
         )
 
@@ -175,27 +215,45 @@ def benchmark_fusion(
     if config.text_reader not in TEXT_READERS:
         raise ValueError(f"text_reader must be one of {', '.join(TEXT_READERS)}; got {config.text_reader!r}")
     # fusions of tokens read them themselves; auto reads them when they were encoded
-    read = not tokens and (config.text_reader == "tokens" or (config.text_reader == "auto" and train.text.tokens is not None))
+    read = not tokens and (
+        config.text_reader == "tokens" or (config.text_reader == "auto" and train.text.tokens is not None)
+    )
 
     def fusion() -> Any:
         image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
-        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1]) + (READER_WIDTH if read else 0)
+        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1]) + (
+            READER_WIDTH if read else 0
+        )
         return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **options)
 
     def reader() -> TokenReader | None:
         if not read:
             return None
         if train.text.tokens is None:
-            raise ValueError("text_reader tokens needs the texts' token features; encode them (encode_split_features with text_tokens)")
+            raise ValueError(
+                "text_reader tokens needs the texts' token features; encode them (encode_split_features with text_tokens)"
+            )
         return TokenReader(int(train.text.tokens.shape[-1]), READER_WIDTH, READER_WIDTH)
 
     start = time.perf_counter()
     itm = ITMHead(fusion(), input_dropout=config.input_dropout, text_reader=reader())
     config = dataclasses.replace(config, rerank_k=rerank_k)
-    result = train_itm(itm, data.train, data.val, config, (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None, data.val_probe, data.val_base)
+    result = train_itm(
+        itm,
+        data.train,
+        data.val,
+        config,
+        (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None,
+        data.val_probe,
+        data.val_base,
+    )
     if on_itm is not None:
         on_itm(itm)
-    metrics: dict[str, float] = {"parameters": float(parameter_count(itm)), "itm_best_epoch": float(result.best_epoch), "text_reader_tokens": float(read)}
+    metrics: dict[str, float] = {
+        "parameters": float(parameter_count(itm)),
+        "itm_best_epoch": float(result.best_epoch),
+        "text_reader_tokens": float(read),
+    }
     metrics.update(evaluate_itm(itm, data.test))
     choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
     metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base, choice))
@@ -204,8 +262,16 @@ def benchmark_fusion(
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
     if vqa_config is not None and train.questions is not None and test.questions is not None:
         vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
-        vqa = FusionHead(fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout, text_reader=reader())
-        vqa_result = train_vqa(vqa, qa_set(train, vocabulary), qa_set(val, vocabulary), vqa_config, (lambda e, m: on_epoch("vqa", e, m)) if on_epoch else None)
+        vqa = FusionHead(
+            fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout, text_reader=reader()
+        )
+        vqa_result = train_vqa(
+            vqa,
+            qa_set(train, vocabulary),
+            qa_set(val, vocabulary),
+            vqa_config,
+            (lambda e, m: on_epoch("vqa", e, m)) if on_epoch else None,
+        )
         metrics.update(evaluate_vqa(vqa, qa_set(test, vocabulary)))
         metrics["vqa_best_epoch"] = float(vqa_result.best_epoch)
         metrics["vqa_parameters"] = float(parameter_count(vqa))
@@ -219,8 +285,10 @@ def reads_text_tokens(text_reader: str, text_encoder: Any) -> bool:
     has_tokens = hasattr(text_encoder, "encode_tokens")
     if text_reader == "tokens" and not has_tokens:
         name = getattr(text_encoder, "name", type(text_encoder).__name__)
-        raise ValueError(f"text_reader tokens needs token features, and the text encoder {name!r} gives none (no encode_tokens); "
-                         "use text_reader: pooled or auto, or a text encoder with tokens such as minilm")
+        raise ValueError(
+            f"text_reader tokens needs token features, and the text encoder {name!r} gives none (no encode_tokens); "
+            "use text_reader: pooled or auto, or a text encoder with tokens such as minilm"
+        )
     return text_reader == "tokens" or (text_reader == "auto" and has_tokens)
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from itm_core.config import MatcherRef
+from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode
 from itm_core.models.matcher import Matcher
-from itm_core.contract.registry import create
 
 
 @dataclass
@@ -86,7 +87,9 @@ def image_tower(scorer: Matcher | EncoderPair) -> Any:
     return scorer.image_encoder if isinstance(scorer, EncoderPair) else scorer._encoder("image")
 
 
-def evaluate_retrieval(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None) -> dict[str, float]:
+def evaluate_retrieval(
+    scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None
+) -> dict[str, float]:
     """Retrieval metrics (both directions) of ``scorer`` on every image and caption of ``data``."""
     image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
     text_emb = scorer.embed_texts(data.captions, cache)
@@ -103,8 +106,14 @@ class RetrievalReport:
     top_images: list[list[int]]
 
 
-def retrieval_report(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: EmbeddingCache | None = None,
-                     examples: int = 4, k: int = 5, seed: int = 0) -> RetrievalReport:
+def retrieval_report(
+    scorer: Matcher | EncoderPair,
+    data: ImageTextSet,
+    cache: EmbeddingCache | None = None,
+    examples: int = 4,
+    k: int = 5,
+    seed: int = 0,
+) -> RetrievalReport:
     """:func:`evaluate_retrieval` plus the ranks (for recall@K curves) and the top ``k`` images of
     ``examples`` captions picked with ``seed`` (for a retrieval example grid)."""
     image_emb = scorer.embed_images([str(p) for p in data.image_paths()], cache)
@@ -112,8 +121,15 @@ def retrieval_report(scorer: Matcher | EncoderPair, data: ImageTextSet, cache: E
     return report_from_embeddings(image_emb, text_emb, data, scorer.similarity, examples, k, seed)
 
 
-def report_from_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, data: ImageTextSet, similarity: Any,
-                           examples: int = 4, k: int = 5, seed: int = 0) -> RetrievalReport:
+def report_from_embeddings(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    data: ImageTextSet,
+    similarity: Any,
+    examples: int = 4,
+    k: int = 5,
+    seed: int = 0,
+) -> RetrievalReport:
     """The :class:`RetrievalReport` of embeddings already computed for every image and caption of
     ``data``; the ranks are computed once and give the metrics too."""
     import random
@@ -122,5 +138,7 @@ def report_from_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor, data
 
     r = ranks(image_emb, text_emb, data.caption_image, similarity)
     queries = sorted(random.Random(seed).sample(range(len(data.captions)), min(examples, len(data.captions))))
-    _, best = top_k(text_emb[queries], image_emb, similarity, k) if queries else (None, torch.zeros(0, k, dtype=torch.long))
+    _, best = (
+        top_k(text_emb[queries], image_emb, similarity, k) if queries else (None, torch.zeros(0, k, dtype=torch.long))
+    )
     return RetrievalReport(recall_metrics(r), r, queries, best.tolist())

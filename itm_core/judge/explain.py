@@ -13,8 +13,9 @@ pictures); hidden words are left out. Every explainer that hides things hides th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,9 +92,15 @@ class PairScorer:
 
     def _image_emb(self, images: Sequence[Any]) -> torch.Tensor:
         if hasattr(self.matcher, "embed_image_objects"):
-            parts = [self.matcher.embed_image_objects(list(images[s : s + self.batch])) for s in range(0, len(images), self.batch)]
+            parts = [
+                self.matcher.embed_image_objects(list(images[s : s + self.batch]))
+                for s in range(0, len(images), self.batch)
+            ]
         else:
-            parts = [self.matcher.image_encoder.encode(list(images[s : s + self.batch])).float() for s in range(0, len(images), self.batch)]
+            parts = [
+                self.matcher.image_encoder.encode(list(images[s : s + self.batch])).float()
+                for s in range(0, len(images), self.batch)
+            ]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     @torch.no_grad()
@@ -130,8 +137,10 @@ class PairScorer:
     def require_differentiable(self, explainer: str) -> Any:
         if not self.differentiable():
             enc = self.image_encoder()
-            raise ValueError(f"explainer {explainer!r} needs gradients through the image encoder, and "
-                             f"{type(enc).__name__} has no encode_differentiable; use occlusion, lime or shap with it")
+            raise ValueError(
+                f"explainer {explainer!r} needs gradients through the image encoder, and "
+                f"{type(enc).__name__} has no encode_differentiable; use occlusion, lime or shap with it"
+            )
         return self.image_encoder()
 
     def pixels(self, image: Any) -> torch.Tensor:
@@ -146,7 +155,11 @@ class PairScorer:
 
         def f(x: torch.Tensor) -> torch.Tensor:
             features = enc.encode_differentiable(x).float()
-            emb = self.matcher.embed_image_features(features) if hasattr(self.matcher, "embed_image_features") else features
+            emb = (
+                self.matcher.embed_image_features(features)
+                if hasattr(self.matcher, "embed_image_features")
+                else features
+            )
             return self.matcher.similarity.pairwise(emb, text_emb.expand(len(emb), -1))
 
         return f
@@ -159,9 +172,13 @@ def explain_with(explainer: Any, name: str, scorer: PairScorer, image: Any, text
     out.seconds = time.perf_counter() - start
     out.explainer = name
     if out.heat is not None and (out.heat.ndim != 2 or not np.isfinite(out.heat).all()):
-        raise ValueError(f"explainer {name!r} returned a heat map of shape {out.heat.shape} with non-finite values or not 2-D")
+        raise ValueError(
+            f"explainer {name!r} returned a heat map of shape {out.heat.shape} with non-finite values or not 2-D"
+        )
     if out.word_scores is not None and len(out.word_scores) != len(text.split()):
-        raise ValueError(f"explainer {name!r} returned {len(out.word_scores)} word scores for {len(text.split())} words")
+        raise ValueError(
+            f"explainer {name!r} returned {len(out.word_scores)} word scores for {len(text.split())} words"
+        )
     return out
 
 
@@ -251,7 +268,16 @@ def attributions_figure(image: Any, text: str, found: Sequence[Attribution]) -> 
 
 def explanation_figure(image: Any, text: str, explanation: Explanation) -> Any:
     """The image, the occlusion heat map over it, and a bar per word."""
-    return attributions_figure(image, text, [
-        Attribution("occlusion", explanation.score, heat=np.asarray(explanation.heat)),
-        Attribution("word-deletion", explanation.score, words=explanation.words, word_scores=list(explanation.word_contributions)),
-    ])
+    return attributions_figure(
+        image,
+        text,
+        [
+            Attribution("occlusion", explanation.score, heat=np.asarray(explanation.heat)),
+            Attribution(
+                "word-deletion",
+                explanation.score,
+                words=explanation.words,
+                word_scores=list(explanation.word_contributions),
+            ),
+        ],
+    )

@@ -16,8 +16,9 @@ explainers on the same pairs and matcher; a ``random`` order over the same pairs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,9 @@ def cell_heat(heat: np.ndarray, grid: int) -> np.ndarray:
     """The heat map averaged over a ``grid x grid`` raster (box filter; any input resolution)."""
     from PIL import Image
 
-    return np.asarray(Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize((grid, grid), Image.BOX), dtype=np.float64)
+    return np.asarray(
+        Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize((grid, grid), Image.BOX), dtype=np.float64
+    )
 
 
 def area(curve: Sequence[float]) -> float:
@@ -39,7 +42,9 @@ def area(curve: Sequence[float]) -> float:
     return float(((y[1:] + y[:-1]) / 2).sum() / (len(y) - 1)) if len(y) > 1 else float(y[0])
 
 
-def image_curves(scorer: PairScorer, image: Any, text: str, order: Sequence[int], grid: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def image_curves(
+    scorer: PairScorer, image: Any, text: str, order: Sequence[int], grid: int, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves (``steps + 1`` scores each) for cells in ``order``, most important first."""
     image = image.convert("RGB")
     fill = fill_colour(image)
@@ -99,8 +104,15 @@ class Faithfulness:
     pointing: bool | None = None
 
 
-def judge(scorer: PairScorer, image: Any, text: str, found: Attribution, grid: int = 8, steps: int = 8,
-          region: dict[str, float] | None = None) -> Faithfulness:
+def judge(
+    scorer: PairScorer,
+    image: Any,
+    text: str,
+    found: Attribution,
+    grid: int = 8,
+    steps: int = 8,
+    region: dict[str, float] | None = None,
+) -> Faithfulness:
     """The curves' areas (and pointing, given the named object's region) for one attribution."""
     out = Faithfulness()
     if found.heat is not None:
@@ -116,10 +128,19 @@ def judge(scorer: PairScorer, image: Any, text: str, found: Attribution, grid: i
     return out
 
 
-def random_reference(scorer: PairScorer, image: Any, text: str, seed: int, grid: int = 8, steps: int = 8,
-                     region: dict[str, float] | None = None) -> Faithfulness:
+def random_reference(
+    scorer: PairScorer,
+    image: Any,
+    text: str,
+    seed: int,
+    grid: int = 8,
+    steps: int = 8,
+    region: dict[str, float] | None = None,
+) -> Faithfulness:
     """The same measures for a random order of cells and words (and a random peak for pointing)."""
     rng = np.random.default_rng(seed)
     n_words = len(text.split())
-    found = Attribution("random", 0.0, heat=rng.random((grid, grid)), words=text.split(), word_scores=list(rng.random(n_words)))
+    found = Attribution(
+        "random", 0.0, heat=rng.random((grid, grid)), words=text.split(), word_scores=list(rng.random(n_words))
+    )
     return judge(scorer, image, text, found, grid, steps, region)

@@ -10,8 +10,9 @@ Memory: at most ``chunk x chunk`` scores exist at once; never the whole image x 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -78,7 +79,9 @@ def recall_metrics(r: Ranks, ks: Sequence[int] = KS) -> dict[str, float]:
     return out
 
 
-def top_k(query: torch.Tensor, gallery: torch.Tensor, similarity: Any, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(
+    query: torch.Tensor, gallery: torch.Tensor, similarity: Any, k: int, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores and indices of the ``k`` best gallery items for each query, keeping a running top-k per chunk."""
     k = min(k, len(gallery))
     best_s = torch.full((len(query), 0), float("-inf"))

@@ -12,16 +12,17 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.training import TrainSchedule, clipped_step, one_cycle, seed_everything
+from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
@@ -68,11 +69,21 @@ class CaptionModel(nn.Module):
         self.feature_dim = feature_dim
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("std", torch.ones(feature_dim))
-        self.prefix = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, config.prefix_tokens * config.n_embd))
+        self.prefix = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(feature_dim, config.prefix_tokens * config.n_embd)
+        )
         gpt_config = GPT2Config(
-            vocab_size=vocab_size, n_positions=config.prefix_tokens + config.max_length + 2, n_embd=config.n_embd,
-            n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout, embd_pdrop=config.dropout,
-            attn_pdrop=config.dropout, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            vocab_size=vocab_size,
+            n_positions=config.prefix_tokens + config.max_length + 2,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         )
         self.gpt = GPT2LMHeadModel(gpt_config)
 
@@ -97,20 +108,29 @@ class CaptionModel(nn.Module):
         return self.gpt(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
 
     @torch.no_grad()
-    def generate_ids(self, features: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None) -> torch.Tensor:
+    def generate_ids(
+        self, features: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None
+    ) -> torch.Tensor:
         self.eval()
         prefix = self.prefix_embeddings(features)
         return self.gpt.generate(
-            inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
-            max_new_tokens=max_new_tokens or self.config.max_length, num_beams=num_beams, do_sample=False,
-            eos_token_id=2, pad_token_id=0, bos_token_id=1,
+            inputs_embeds=prefix,
+            attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
+            max_new_tokens=max_new_tokens or self.config.max_length,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=2,
+            pad_token_id=0,
+            bos_token_id=1,
         )
 
 
 class Captioner:
     """A trained caption model with its tokenizer and image encoder: PIL images or features in, captions out."""
 
-    def __init__(self, model: CaptionModel, tokenizer: Any, image_encoder: dict[str, Any], encoder: Any | None = None) -> None:
+    def __init__(
+        self, model: CaptionModel, tokenizer: Any, image_encoder: dict[str, Any], encoder: Any | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_encoder = image_encoder
@@ -144,19 +164,28 @@ class Captioner:
         return self.caption_features(features, num_beams)
 
     def save(self, folder: str | Path) -> Path:
-        meta = {"kind": "captioner", "feature_dim": self.model.feature_dim, "config": asdict(self.model.config), "image_encoder": self.image_encoder}
+        meta = {
+            "kind": "captioner",
+            "feature_dim": self.model.feature_dim,
+            "config": asdict(self.model.config),
+            "image_encoder": self.image_encoder,
+        }
         folder = save_model_folder(folder, CONFIG_FILE, meta, self.model, self.encoder, "image_encoder")
         self.tokenizer.save(str(folder / TOKENIZER_FILE))
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Captioner":
+    def load(cls, folder: str | Path) -> Captioner:
         from tokenizers import Tokenizer
 
         meta = read_meta(folder, CONFIG_FILE, "captioner")
         tokenizer = Tokenizer.from_file(str(Path(folder) / TOKENIZER_FILE))
-        model = load_weights(folder, CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), CaptionerConfig(**meta["config"])))
-        return cls(model, tokenizer, meta["image_encoder"], restore_encoder(folder, meta["image_encoder"], "image_encoder"))
+        model = load_weights(
+            folder, CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), CaptionerConfig(**meta["config"]))
+        )
+        return cls(
+            model, tokenizer, meta["image_encoder"], restore_encoder(folder, meta["image_encoder"], "image_encoder")
+        )
 
 
 @dataclass
@@ -169,7 +198,13 @@ class CaptionTrainResult:
 
 
 @torch.no_grad()
-def caption_loss(captioner: Captioner, features: torch.Tensor, captions: Sequence[str], caption_image: Sequence[int], batch_size: int = 256) -> float:
+def caption_loss(
+    captioner: Captioner,
+    features: torch.Tensor,
+    captions: Sequence[str],
+    caption_image: Sequence[int],
+    batch_size: int = 256,
+) -> float:
     """Mean next-token loss over every (image, caption) pair."""
     captioner.model.eval()
     losses, weights = [], []
@@ -221,8 +256,13 @@ def train_captioner(
                 continue
             batch_ids = ids[rows]
             batch_ids = batch_ids[:, : int((batch_ids != 0).sum(1).max())]
-            losses.append(clipped_step(model.loss(train_features[owners[rows]], batch_ids), model, optimizer, scheduler))
-        metrics = {"train_loss": float(np.mean(losses)), "val_loss": caption_loss(captioner, val_features, val_captions, val_caption_image)}
+            losses.append(
+                clipped_step(model.loss(train_features[owners[rows]], batch_ids), model, optimizer, scheduler)
+            )
+        metrics = {
+            "train_loss": float(np.mean(losses)),
+            "val_loss": caption_loss(captioner, val_features, val_captions, val_caption_image),
+        }
         result.history.append({"epoch": epoch, **metrics})
         if on_epoch is not None:
             on_epoch(epoch, metrics, captioner)

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,9 @@ class Ranks:
     def slice(self, n: int) -> slice:
         """The rows of a global batch of ``n`` this rank takes (contiguous, equal shares)."""
         if n % self.world:
-            raise ValueError(f"a global batch of {n} does not split over {self.world} processes; use a multiple of {self.world}")
+            raise ValueError(
+                f"a global batch of {n} does not split over {self.world} processes; use a multiple of {self.world}"
+            )
         share = n // self.world
         return slice(self.rank * share, (self.rank + 1) * share)
 
@@ -82,7 +85,9 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
 
 
-def global_contrastive_loss(matcher: Matcher, image_features: torch.Tensor, text_features: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+def global_contrastive_loss(
+    matcher: Matcher, image_features: torch.Tensor, text_features: torch.Tensor, ranks: Ranks
+) -> torch.Tensor:
     """The symmetric contrastive loss over the global batch, from this rank's slice of features."""
     from itm_core.models.training import clip_loss
 
@@ -121,7 +126,9 @@ def broadcast_parameters(module: torch.nn.Module, ranks: Ranks) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def train_steps(matcher: Matcher, image: torch.Tensor, text: torch.Tensor, batches: list[torch.Tensor], lr: float, ranks: Ranks) -> list[float]:
+def train_steps(
+    matcher: Matcher, image: torch.Tensor, text: torch.Tensor, batches: list[torch.Tensor], lr: float, ranks: Ranks
+) -> list[float]:
     """AdamW steps over ``batches`` (row indices of one global batch each) of aligned ``image`` /
     ``text`` features, data-parallel over ``ranks``; the global loss of each step."""
     broadcast_parameters(matcher, ranks)
@@ -142,9 +149,16 @@ EVENT = "itm-epoch "  # the line a training process prints after each epoch: the
 
 
 def train_in_processes(
-    processes: int, matcher: Matcher, train: Any, val: Any, config: Any, unlocked: dict[str, Any] | None = None,
-    resume: dict[str, Any] | None = None, checkpoint_path: Path | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None, on_checkpoint: Callable[[int, bool], None] | None = None,
+    processes: int,
+    matcher: Matcher,
+    train: Any,
+    val: Any,
+    config: Any,
+    unlocked: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint_path: Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int, bool], None] | None = None,
 ) -> Any:
     """``train_contrastive`` data-parallel in ``processes`` local processes (``torchrun
     --standalone``, gloo, the machine's cores shared out as torch threads); leaves the best weights
@@ -158,19 +172,47 @@ def train_in_processes(
     unlocked = unlocked or {}
     with tempfile.TemporaryDirectory(prefix="itm-train-") as tmp:
         spec, out = Path(tmp) / "spec.pt", Path(tmp) / "result.pt"
-        torch.save({"matcher": matcher, "train": train, "val": val, "config": config, "unlocked": unlocked, "resume": resume,
-                    "checkpoint": str(checkpoint_path) if checkpoint_path else None, "out": str(out)}, spec)
+        torch.save(
+            {
+                "matcher": matcher,
+                "train": train,
+                "val": val,
+                "config": config,
+                "unlocked": unlocked,
+                "resume": resume,
+                "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+                "out": str(out),
+            },
+            spec,
+        )
         threads = max(1, (os.cpu_count() or 1) // processes)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(processes),
-                   "-m", "itm_core.models.distributed", str(spec)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(processes),
+            "-m",
+            "itm_core.models.distributed",
+            str(spec),
+        ]
         tail: deque[str] = deque(maxlen=60)
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
+        )
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 if line.startswith(EVENT):
-                    event = json.loads(line[len(EVENT):])
+                    event = json.loads(line[len(EVENT) :])
                     if on_epoch is not None:
                         on_epoch(event["epoch"], event["metrics"])
                     if on_checkpoint is not None and event["checkpoint"]:
@@ -184,7 +226,9 @@ def train_in_processes(
         finally:
             proc.wait()
         if proc.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"data-parallel training in {processes} processes failed (exit {proc.returncode}):\n{''.join(tail)}")
+            raise RuntimeError(
+                f"data-parallel training in {processes} processes failed (exit {proc.returncode}):\n{''.join(tail)}"
+            )
         got = torch.load(out, weights_only=False)
     matcher.load_state_dict(got["matcher"])
     matcher.eval()
@@ -214,15 +258,33 @@ def main(argv: list[str] | None = None) -> None:
             tmp = checkpoint_path.with_suffix(".tmp")
             torch.save(state, tmp)
             tmp.replace(checkpoint_path)
-        print(EVENT + json.dumps({**latest, "done": bool(state["done"]), "checkpoint": checkpoint_path is not None}), flush=True)
+        print(
+            EVENT + json.dumps({**latest, "done": bool(state["done"]), "checkpoint": checkpoint_path is not None}),
+            flush=True,
+        )
 
     matcher, unlocked = spec["matcher"], spec["unlocked"]
-    result = train_contrastive(matcher, spec["train"], spec["val"], spec["config"], on_epoch, unlocked, checkpoint=checkpoint,
-                               resume=spec["resume"], ranks=ranks)
+    result = train_contrastive(
+        matcher,
+        spec["train"],
+        spec["val"],
+        spec["config"],
+        on_epoch,
+        unlocked,
+        checkpoint=checkpoint,
+        resume=spec["resume"],
+        ranks=ranks,
+    )
     if ranks.main:
         tmp = Path(spec["out"] + ".tmp")
-        torch.save({"matcher": matcher.state_dict(), "towers": {m: t.encoder.train_module().state_dict() for m, t in unlocked.items()},
-                    "result": result}, tmp)
+        torch.save(
+            {
+                "matcher": matcher.state_dict(),
+                "towers": {m: t.encoder.train_module().state_dict() for m, t in unlocked.items()},
+                "result": result,
+            },
+            tmp,
+        )
         tmp.replace(spec["out"])
     if ranks.world > 1:
         dist.barrier()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,22 +57,37 @@ class FusionHead(nn.Module):
     the pooled dimension plus the reader's output): the pooled feature blurs which word goes with
     which object, and the reader can keep it."""
 
-    def __init__(self, fusion: Any, outputs: int, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0,
-                 text_reader: TokenReader | None = None) -> None:
+    def __init__(
+        self,
+        fusion: Any,
+        outputs: int,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        input_dropout: float = 0.0,
+        text_reader: TokenReader | None = None,
+    ) -> None:
         super().__init__()
         self.input_dropout = nn.Dropout(input_dropout)
         self.fusion = fusion.unwrapped if hasattr(fusion, "unwrapped") else fusion
         if not isinstance(self.fusion, nn.Module):
-            raise TypeError(f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained")
+            raise TypeError(
+                f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained"
+            )
         self._fuse = fusion.fuse  # through the contract checks
         self.tokens = getattr(fusion, "inputs", "pooled") == "tokens"
         if text_reader is not None and self.tokens:
-            raise ValueError(f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text reader is for fusions of pooled features")
+            raise ValueError(
+                f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text reader is for fusions of pooled features"
+            )
         self.text_reader = text_reader
         self.image_norm = Standardizer(int(fusion.image_dim))
-        self.text_norm = Standardizer(int(fusion.text_dim) - (text_reader.out[-1].out_features if text_reader is not None else 0))
+        self.text_norm = Standardizer(
+            int(fusion.text_dim) - (text_reader.out[-1].out_features if text_reader is not None else 0)
+        )
         self.token_norm = Standardizer(text_reader.proj.in_features) if text_reader is not None else None
-        self.classifier = nn.Sequential(nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
+        self.classifier = nn.Sequential(
+            nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs)
+        )
 
     def fit_statistics(self, image: ModalityFeatures, text: ModalityFeatures) -> None:
         self.image_norm.fit(image, self.tokens)
@@ -91,7 +107,9 @@ class FusionHead(nn.Module):
         return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
 
     @torch.no_grad()
-    def attention_maps(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int]) -> torch.Tensor | None:
+    def attention_maps(
+        self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int]
+    ) -> torch.Tensor | None:
         """For fusions that attend from text to image patches (``attention_maps``, as ``cross-attention``
         has): how much each pair's text attends to each patch, ``(N, patches)``; None for other fusions."""
         if not hasattr(self.fusion, "attention_maps"):
@@ -102,7 +120,14 @@ class FusionHead(nn.Module):
         return self.fusion.attention_maps(self.image_norm(img), self.text_norm(txt), img_mask, txt_mask)
 
     @torch.no_grad()
-    def predict(self, image: ModalityFeatures, image_rows: Sequence[int], text: ModalityFeatures, text_rows: Sequence[int], batch: int = 1024) -> torch.Tensor:
+    def predict(
+        self,
+        image: ModalityFeatures,
+        image_rows: Sequence[int],
+        text: ModalityFeatures,
+        text_rows: Sequence[int],
+        batch: int = 1024,
+    ) -> torch.Tensor:
         """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
@@ -118,7 +143,12 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def hard_negatives(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: torch.Tensor, k: int, image_group: torch.Tensor | None = None, chunk: int = 1024
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    caption_image: torch.Tensor,
+    k: int,
+    image_group: torch.Tensor | None = None,
+    chunk: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` most similar non-matching captions of each image ``(N_img, k)`` and images of each caption ``(N_txt, k)``.
 
@@ -153,7 +183,9 @@ class HeadConfig:
     hard_pool: int = 16
     input_dropout: float = 0.3
     seed: int = 0
-    in_batch_negatives: bool = True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
+    in_batch_negatives: bool = (
+        True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
+    )
     select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
     rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
     listwise: int = 0  # ITM: also a softmax over each query's match and this many mined negatives (0: off)
@@ -190,9 +222,18 @@ class ITMHead(FusionHead):
     """The match classifier: the fused pair's logit plus a learned multiple of the pair's contrastive
     similarity, so the head corrects the matcher rather than starting from nothing."""
 
-    def __init__(self, fusion: Any, hidden: int = 256, dropout: float = 0.1, input_dropout: float = 0.0, prior_scale: float = 5.0,
-                 text_reader: TokenReader | None = None) -> None:
-        super().__init__(fusion, outputs=1, hidden=hidden, dropout=dropout, input_dropout=input_dropout, text_reader=text_reader)
+    def __init__(
+        self,
+        fusion: Any,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        input_dropout: float = 0.0,
+        prior_scale: float = 5.0,
+        text_reader: TokenReader | None = None,
+    ) -> None:
+        super().__init__(
+            fusion, outputs=1, hidden=hidden, dropout=dropout, input_dropout=input_dropout, text_reader=text_reader
+        )
         self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
 
     def score(self, data: PairSet, image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
@@ -200,7 +241,13 @@ class ITMHead(FusionHead):
         return self(data.image, image_rows, data.text, text_rows)[:, 0] + self.prior_scale * prior
 
     @torch.no_grad()
-    def predict_pairs(self, data: PairSet, image_rows: Sequence[int] | torch.Tensor, text_rows: Sequence[int] | torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    def predict_pairs(
+        self,
+        data: PairSet,
+        image_rows: Sequence[int] | torch.Tensor,
+        text_rows: Sequence[int] | torch.Tensor,
+        batch: int = 1024,
+    ) -> torch.Tensor:
         """Match logits of the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
@@ -283,7 +330,9 @@ def _fit(
 SELECT = ("rerank+probe", "rerank", "probe", "auc")
 
 
-def in_batch_negatives(train: PairSet, images: list[int], captions: list[int], generator: torch.Generator, temperature: float = 0.07) -> tuple[list[int], list[int]]:
+def in_batch_negatives(
+    train: PairSet, images: list[int], captions: list[int], generator: torch.Generator, temperature: float = 0.07
+) -> tuple[list[int], list[int]]:
     """ALBEF's in-batch hard negatives: for each image a caption of another image in the batch, drawn
     with probability ``softmax(similarity / temperature)``; for each caption, an image likewise.
     Duplicates of the image (same ``image_group``) are never drawn; a row with nothing to draw is left out.
@@ -307,13 +356,23 @@ def in_batch_negatives(train: PairSet, images: list[int], captions: list[int], g
     return out_i, out_t
 
 
-def listwise_loss(head: "ITMHead", train: PairSet, images: list[int], captions: list[int], neg_captions: torch.Tensor,
-                  neg_images: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+def listwise_loss(
+    head: ITMHead,
+    train: PairSet,
+    images: list[int],
+    captions: list[int],
+    neg_captions: torch.Tensor,
+    neg_images: torch.Tensor,
+    n: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """The reranking task itself: each image's caption against ``n`` of its mined negative captions,
     and each caption's image against ``n`` of its mined negative images, a cross-entropy over each
     query's ``1 + n`` logits with the match first (both directions averaged)."""
     i, c = torch.tensor(images), torch.tensor(captions)
-    pick = lambda pool, rows: pool[rows].gather(1, torch.rand(len(rows), pool.shape[1], generator=generator).argsort(1)[:, :n])
+    pick = lambda pool, rows: pool[rows].gather(
+        1, torch.rand(len(rows), pool.shape[1], generator=generator).argsort(1)[:, :n]
+    )
     texts = torch.cat([c.unsqueeze(1), pick(neg_captions, i)], 1)  # (B, 1+n) per image
     imgs = torch.cat([i.unsqueeze(1), pick(neg_images, c)], 1)  # (B, 1+n) per caption
     b, m = texts.shape
@@ -324,8 +383,13 @@ def listwise_loss(head: "ITMHead", train: PairSet, images: list[int], captions: 
 
 
 def train_itm(
-    head: ITMHead, train: PairSet, val: PairSet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    val_probe: PairSet | None = None, val_base: Ranks | None = None,
+    head: ITMHead,
+    train: PairSet,
+    val: PairSet,
+    config: HeadConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    val_probe: PairSet | None = None,
+    val_base: Ranks | None = None,
 ) -> HeadResult:
     """Train the ITM head: for each image, its caption (match), a hard negative caption, and a hard
     negative image for the caption, sampled from the ``hard_pool`` most similar by the contrastive
@@ -342,10 +406,14 @@ def train_itm(
     if config.select not in SELECT:
         raise ValueError(f"ITM select must be one of {', '.join(SELECT)}; got {config.select!r}")
     if not 0 <= config.listwise <= config.hard_pool:
-        raise ValueError(f"ITM listwise must be between 0 (off) and hard_pool ({config.hard_pool}), the mined negatives it draws from; got {config.listwise}")
+        raise ValueError(
+            f"ITM listwise must be between 0 (off) and hard_pool ({config.hard_pool}), the mined negatives it draws from; got {config.listwise}"
+        )
     seed_everything(config.seed)
     head.fit_statistics(train.image, train.text)
-    neg_captions, neg_images = hard_negatives(train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group)
+    neg_captions, neg_images = hard_negatives(
+        train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group
+    )
     captions = captions_per_image(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
     generator = torch.Generator().manual_seed(config.seed)
@@ -358,7 +426,11 @@ def train_itm(
             pos = [rng.choice(captions[i]) for i in batch]
             neg_c = [int(neg_captions[i, rng.randrange(neg_captions.shape[1])]) for i in batch]
             neg_i = [int(neg_images[c, rng.randrange(neg_images.shape[1])]) for c in pos]
-            images, texts, labels = batch + batch + neg_i, pos + neg_c + pos, [1.0] * len(batch) + [0.0] * (2 * len(batch))
+            images, texts, labels = (
+                batch + batch + neg_i,
+                pos + neg_c + pos,
+                [1.0] * len(batch) + [0.0] * (2 * len(batch)),
+            )
             if config.in_batch_negatives and len(batch) > 1:
                 extra_i, extra_t = in_batch_negatives(train, batch, pos, generator)
                 images, texts, labels = images + extra_i, texts + extra_t, labels + [0.0] * len(extra_i)
@@ -373,15 +445,26 @@ def train_itm(
             balance = (target == 0).sum() / (target == 1).sum()
             loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
             if config.listwise:
-                loss = loss + listwise_loss(head, train, batch, pos, neg_captions, neg_images, config.listwise, generator)
+                loss = loss + listwise_loss(
+                    head, train, batch, pos, neg_captions, neg_images, config.listwise, generator
+                )
             yield loss
 
-    parts = [p for p in config.select.split("+") if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)] or ["auc"]
+    parts = [
+        p
+        for p in config.select.split("+")
+        if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)
+    ] or ["auc"]
 
     def validate() -> dict[str, float]:
         out = {f"val_{k}": v for k, v in evaluate_itm(head, val).items()}
         if val_probe is not None:
-            out.update({f"val_{k}": v for k, v in probe_pair_scores(lambda i, t: head.predict_pairs(val_probe, i, t), val_probe).items()})
+            out.update(
+                {
+                    f"val_{k}": v
+                    for k, v in probe_pair_scores(lambda i, t: head.predict_pairs(val_probe, i, t), val_probe).items()
+                }
+            )
         if val_base is not None:
             found = candidates(head, val, config.rerank_k, val_base)
             choice = choose_both(found)
@@ -400,7 +483,9 @@ def rerank(head: ITMHead, data: PairSet, k: int, base: Ranks) -> Ranks:
     return itm_only(candidates(head, data, k, base))
 
 
-def reranked_metrics(head: ITMHead, data: PairSet, k: int, base: Ranks, choice: dict[str, Choice] | None = None) -> dict[str, float]:
+def reranked_metrics(
+    head: ITMHead, data: PairSet, k: int, base: Ranks, choice: dict[str, Choice] | None = None
+) -> dict[str, float]:
     """Recall metrics of the reranker (``reranked_*``: ITM logit plus ``choice``'s weight times the
     contrastive similarity over its top k; without ``choice``, the ITM logit alone over the top ``k``)
     and of the ITM logit alone (``itm_only_*``)."""
@@ -422,7 +507,10 @@ def probe_pair_scores(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 def probe_accuracy(true_scores: torch.Tensor, negative_scores: dict[str, torch.Tensor]) -> dict[str, float]:
     """How often the true caption outscores each kind of hard negative (ties count as failures):
     ``probe_accuracy_<kind>`` per kind and ``probe_accuracy``, their mean."""
-    out = {f"probe_accuracy_{kind.removeprefix('neg_')}": float((true_scores > s).float().mean()) for kind, s in negative_scores.items()}
+    out = {
+        f"probe_accuracy_{kind.removeprefix('neg_')}": float((true_scores > s).float().mean())
+        for kind, s in negative_scores.items()
+    }
     out["probe_accuracy"] = float(np.mean(list(out.values())))
     return out
 
@@ -452,7 +540,13 @@ def evaluate_vqa(head: FusionHead, data: QASet) -> dict[str, float]:
     return out
 
 
-def train_vqa(head: FusionHead, train: QASet, val: QASet, config: HeadConfig, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> HeadResult:
+def train_vqa(
+    head: FusionHead,
+    train: QASet,
+    val: QASet,
+    config: HeadConfig,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> HeadResult:
     """Train the answer classifier with cross-entropy; answers outside the answer set (-1) are ignored."""
     seed_everything(config.seed)
     head.fit_statistics(train.image, train.question)
@@ -466,4 +560,12 @@ def train_vqa(head: FusionHead, train: QASet, val: QASet, config: HeadConfig, on
             logits = head(train.image, train.question_image[batch], train.question, batch)
             yield F.cross_entropy(logits, train.answer[batch])
 
-    return _fit(head, steps, lambda: {"val_vqa_accuracy": evaluate_vqa(head, val)["vqa_accuracy"]}, "val_vqa_accuracy", config, "VQA head", on_epoch)
+    return _fit(
+        head,
+        steps,
+        lambda: {"val_vqa_accuracy": evaluate_vqa(head, val)["vqa_accuracy"]},
+        "val_vqa_accuracy",
+        config,
+        "VQA head",
+        on_epoch,
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,9 @@ class ProjectionHead(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
         if hidden > 0:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+            )
         else:
             self.net = nn.Linear(in_dim, out_dim)
 
@@ -77,8 +80,14 @@ class Matcher(nn.Module):
     ) -> None:
         super().__init__()
         self.config = dict(
-            image_encoder=image_encoder, text_encoder=text_encoder, image_dim=image_dim, text_dim=text_dim,
-            embed_dim=embed_dim, hidden_dim=hidden_dim, dropout=dropout, init_temperature=init_temperature,
+            image_encoder=image_encoder,
+            text_encoder=text_encoder,
+            image_dim=image_dim,
+            text_dim=text_dim,
+            embed_dim=embed_dim,
+            hidden_dim=hidden_dim,
+            dropout=dropout,
+            init_temperature=init_temperature,
         )
         self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
         self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
@@ -98,7 +107,7 @@ class Matcher(nn.Module):
         return scale * self.embed_image_features(image_features) @ self.embed_text_features(text_features).T
 
     # --- raw inputs -> joint space ------------------------------------------------------------
-    def attach_encoders(self, image_encoder: Any, text_encoder: Any) -> "Matcher":
+    def attach_encoders(self, image_encoder: Any, text_encoder: Any) -> Matcher:
         self.encoders = {"image": image_encoder, "text": text_encoder}
         return self
 
@@ -137,7 +146,7 @@ class Matcher(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, attach: bool = True) -> "Matcher":
+    def load(cls, folder: str | Path, attach: bool = True) -> Matcher:
         """Rebuild a saved matcher, with its encoders created from the registry and their fitted state."""
         from itm_core.contract.registry import create_encoder
 
@@ -152,6 +161,9 @@ class Matcher(nn.Module):
         load_weights_into(matcher, folder / WEIGHTS_FILE)
         matcher.eval()
         if attach:
-            encoders = {m: create_encoder(config[f"{m}_encoder"], load_state(folder, f"{m}_encoder_state")) for m in ("image", "text")}
+            encoders = {
+                m: create_encoder(config[f"{m}_encoder"], load_state(folder, f"{m}_encoder_state"))
+                for m in ("image", "text")
+            }
             matcher.attach_encoders(encoders["image"], encoders["text"])
         return matcher

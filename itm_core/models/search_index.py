@@ -68,8 +68,14 @@ class SearchIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, items: pd.DataFrame, settings: IndexSettings | None = None, meta: dict[str, Any] | None = None,
-              seed: int = 0) -> "SearchIndex":
+    def build(
+        cls,
+        vectors: np.ndarray,
+        items: pd.DataFrame,
+        settings: IndexSettings | None = None,
+        meta: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> SearchIndex:
         """An index over ``vectors`` (rows are unit vectors); ``items`` has one row per vector."""
         import faiss
 
@@ -127,13 +133,15 @@ class SearchIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SearchIndex":
+    def load(cls, folder: str | Path) -> SearchIndex:
         import faiss
 
         folder = Path(folder)
         missing = [f for f in (INDEX_FILE, ITEMS_FILE, META_FILE) if not (folder / f).is_file()]
         if missing:
-            raise SearchIndexError(f"{folder} is not a saved search index (missing {', '.join(missing)}); build one with `itm run index`")
+            raise SearchIndexError(
+                f"{folder} is not a saved search index (missing {', '.join(missing)}); build one with `itm run index`"
+            )
         meta = json.loads((folder / META_FILE).read_text())
         index = faiss.read_index(str(folder / INDEX_FILE))
         settings = IndexSettings(**meta.pop("settings", {}))

@@ -22,9 +22,10 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,9 +33,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from itm_core.data import DataError
-from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.token_reader import TokenReader
-from itm_core.models.training import TrainSchedule, captions_per_image, clipped_step, one_cycle, seed_everything, settle_precision, step_autocast
+from itm_core.models.training import (
+    TrainSchedule,
+    captions_per_image,
+    clipped_step,
+    one_cycle,
+    seed_everything,
+    settle_precision,
+    step_autocast,
+)
+from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 
 CONFIG_FILE = "text_to_image.json"
 
@@ -86,7 +95,10 @@ def images_to_tensor(images: Sequence[Any], resolution: int) -> torch.Tensor:
     """PIL images as ``(N, 3, r, r)`` in ``[-1, 1]``."""
     from PIL import Image
 
-    arrays = [np.asarray(img.convert("RGB").resize((resolution, resolution), Image.BILINEAR), dtype=np.float32) for img in images]
+    arrays = [
+        np.asarray(img.convert("RGB").resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
+        for img in images
+    ]
     if not arrays:
         return torch.zeros(0, 3, resolution, resolution)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
@@ -164,20 +176,29 @@ def projection_discriminator(widths: list[int], cond_dim: int) -> tuple[nn.Modul
     return nn.Sequential(*down), sn(nn.Linear(widths[0], 1)), sn(nn.Linear(cond_dim, widths[0]))
 
 
-def project_score(features: nn.Module, critic: nn.Module, project: nn.Module, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def project_score(
+    features: nn.Module, critic: nn.Module, project: nn.Module, images: torch.Tensor, cond: torch.Tensor
+) -> torch.Tensor:
     """``D(x, c) = psi(phi(x)) + <project(c), phi(x)>``, ``phi`` summed over positions."""
     h = features(images).sum(dim=(2, 3))
     return critic(h).squeeze(1) + (project(cond) * h).sum(1)
 
 
-def hinge_losses(discriminate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor, fake: torch.Tensor,
-                 cond: torch.Tensor, mismatch_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def hinge_losses(
+    discriminate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    fake: torch.Tensor,
+    cond: torch.Tensor,
+    mismatch_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The discriminator's hinge loss (real; fake; and, as in GAN-INT-CLS, real images with the wrong
     text as a second kind of fake, weighted ``mismatch_weight``) and the generator's."""
     real_loss = F.relu(1 - discriminate(images, cond.detach())).mean()
     fake_loss = F.relu(1 + discriminate(fake.detach(), cond.detach())).mean()
     wrong = cond.detach().roll(1, dims=0)
-    d_loss = real_loss + (1 - mismatch_weight) * fake_loss + mismatch_weight * F.relu(1 + discriminate(images, wrong)).mean()
+    d_loss = (
+        real_loss + (1 - mismatch_weight) * fake_loss + mismatch_weight * F.relu(1 + discriminate(images, wrong)).mean()
+    )
     return d_loss, -discriminate(fake, cond).mean()
 
 
@@ -201,9 +222,13 @@ class FiLMUpBlock(nn.Module):
         return h + self.shortcut(x)
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor) -> torch.Tensor:
+def gaussian_kl(
+    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(prior_mu, exp(prior_logvar))), summed over dimensions, averaged over the batch."""
-    return (0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)).mean()
+    return (
+        0.5 * (prior_logvar - logvar + (logvar.exp() + (mu - prior_mu).pow(2)) / prior_logvar.exp() - 1).sum(1)
+    ).mean()
 
 
 class ConditionalVAE(nn.Module):
@@ -229,35 +254,65 @@ class ConditionalVAE(nn.Module):
         self.side = r // 8
         self.condition = vector_condition(text_dim, config)
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.Flatten(),
+            nn.Conv2d(3, ch, 4, 2, 1),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch * 2, 4, 2, 1),
+            nn.SiLU(),
+            nn.Conv2d(ch * 2, ch * 2, 4, 2, 1),
+            nn.SiLU(),
+            nn.Flatten(),
         )
         flat = ch * 2 * self.side * self.side
         self.to_latent = nn.Linear(flat + config.cond_dim, 2 * config.latent_dim)
         self.from_latent = nn.Sequential(nn.Linear(config.latent_dim + config.cond_dim, flat), nn.SiLU())
         # align_weight: the condition is also trained to pick its image out of the batch (InfoNCE)
-        self.align = nn.ModuleList([nn.Linear(flat, config.cond_dim), nn.Linear(config.cond_dim, config.cond_dim)]) if config.align_weight > 0 else None
+        self.align = (
+            nn.ModuleList([nn.Linear(flat, config.cond_dim), nn.Linear(config.cond_dim, config.cond_dim)])
+            if config.align_weight > 0
+            else None
+        )
         if config.cvae_prior not in ("learned", "standard"):
             raise ValueError(f"cvae: cvae_prior must be learned or standard, got {config.cvae_prior!r}")
-        self.prior = (nn.Sequential(nn.Linear(config.cond_dim, 2 * config.cond_dim), nn.SiLU(), nn.Linear(2 * config.cond_dim, 2 * config.latent_dim))
-                      if config.cvae_prior == "learned" else None)
+        self.prior = (
+            nn.Sequential(
+                nn.Linear(config.cond_dim, 2 * config.cond_dim),
+                nn.SiLU(),
+                nn.Linear(2 * config.cond_dim, 2 * config.latent_dim),
+            )
+            if config.cvae_prior == "learned"
+            else None
+        )
         if config.cvae_decoder == "film":
             self.decoder = None
             last = max(8, ch // 2)
-            self.up = nn.ModuleList([FiLMUpBlock(ch * 2, ch * 2, config.cond_dim), FiLMUpBlock(ch * 2, ch, config.cond_dim),
-                                     FiLMUpBlock(ch, last, config.cond_dim)])
+            self.up = nn.ModuleList(
+                [
+                    FiLMUpBlock(ch * 2, ch * 2, config.cond_dim),
+                    FiLMUpBlock(ch * 2, ch, config.cond_dim),
+                    FiLMUpBlock(ch, last, config.cond_dim),
+                ]
+            )
             self.to_rgb = nn.Conv2d(last, 3, 3, 1, 1)
         elif config.cvae_decoder == "deconv":
             self.decoder = nn.Sequential(
-                nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1), nn.SiLU(), nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1), nn.SiLU(),
-                nn.ConvTranspose2d(ch, ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh(),
+                nn.ConvTranspose2d(ch * 2, ch * 2, 4, 2, 1),
+                nn.SiLU(),
+                nn.ConvTranspose2d(ch * 2, ch, 4, 2, 1),
+                nn.SiLU(),
+                nn.ConvTranspose2d(ch, ch, 4, 2, 1),
+                nn.SiLU(),
+                nn.Conv2d(ch, 3, 3, 1, 1),
+                nn.Tanh(),
             )
         else:
             raise ValueError(f"cvae: cvae_decoder must be film or deconv, got {config.cvae_decoder!r}")
         # adv_weight: a projection discriminator judges samples drawn from the prior against real images
         # (and real images with the wrong text), so that what is sampled is sharp and fits its text
-        self.critic = (nn.ModuleList(projection_discriminator([ch * 2, ch * 2, ch, max(8, ch // 2)], config.cond_dim))
-                       if config.adv_weight > 0 else None)
+        self.critic = (
+            nn.ModuleList(projection_discriminator([ch * 2, ch * 2, ch, max(8, ch // 2)], config.cond_dim))
+            if config.adv_weight > 0
+            else None
+        )
 
     def prior_of(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z | c)."""
@@ -289,8 +344,9 @@ class ConditionalVAE(nn.Module):
         assert self.critic is not None
         return project_score(*self.critic, images, cond)
 
-    def losses(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None, adversarial: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def losses(
+        self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None, adversarial: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The VAE loss (per pixel: reconstruction, KL, the align term), then with ``adversarial`` the
         discriminator's hinge loss and the generator's adversarial loss on samples from the prior."""
         cond = self.condition(text, mask)
@@ -304,12 +360,17 @@ class ConditionalVAE(nn.Module):
         loss = rec + self.config.kl_weight * kl
         if self.config.prior_weight is not None and self.prior is not None:
             # the prior's side of the KL at its own weight (KL balancing): the posterior is held to it at kl_weight
-            loss = loss + (self.config.prior_weight - self.config.kl_weight) * gaussian_kl(mu.detach(), logvar.detach(), prior_mu, prior_logvar)
+            loss = loss + (self.config.prior_weight - self.config.kl_weight) * gaussian_kl(
+                mu.detach(), logvar.detach(), prior_mu, prior_logvar
+            )
         loss = loss / images[0].numel()
         if self.align is not None and len(images) > 1:
             logits = F.normalize(self.align[0](seen), dim=1) @ F.normalize(self.align[1](cond), dim=1).T / 0.1
             target = torch.arange(len(images))
-            loss = loss + self.config.align_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            loss = (
+                loss
+                + self.config.align_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            )
         if not adversarial or self.critic is None:
             return loss, None, None
         fake = self.decode(prior_mu + torch.randn_like(prior_mu) * (0.5 * prior_logvar).exp(), cond)
@@ -320,7 +381,12 @@ class ConditionalVAE(nn.Module):
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = self.condition(text, mask)
         mu, logvar = self.prior_of(cond)
-        z = mu + self.config.temperature * torch.randn(len(text), self.config.latent_dim, generator=generator) * (0.5 * logvar).exp()
+        z = (
+            mu
+            + self.config.temperature
+            * torch.randn(len(text), self.config.latent_dim, generator=generator)
+            * (0.5 * logvar).exp()
+        )
         return self.decode(z, cond)
 
 
@@ -337,12 +403,22 @@ class ConditionalDiffusion(nn.Module):
         up = ("CrossAttnUpBlock2D",) * (blocks - 1) + ("UpBlock2D",)
         self.condition = TextCondition(text_dim, config.cond_dim)
         self.unet = UNet2DConditionModel(
-            sample_size=config.resolution, in_channels=3, out_channels=3, block_out_channels=tuple(config.block_channels),
-            layers_per_block=1, down_block_types=down, up_block_types=up, cross_attention_dim=config.cond_dim,
-            attention_head_dim=8, norm_num_groups=min(32, min(config.block_channels) // 2),
+            sample_size=config.resolution,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=tuple(config.block_channels),
+            layers_per_block=1,
+            down_block_types=down,
+            up_block_types=up,
+            cross_attention_dim=config.cond_dim,
+            attention_head_dim=8,
+            norm_num_groups=min(32, min(config.block_channels) // 2),
         )
-        self.train_scheduler = DDPMScheduler(num_train_timesteps=config.train_timesteps, beta_schedule="squaredcos_cap_v2",
-                                             prediction_type=config.prediction_type)
+        self.train_scheduler = DDPMScheduler(
+            num_train_timesteps=config.train_timesteps,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type=config.prediction_type,
+        )
 
     def _cond(self, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if text.dim() == 2:
@@ -378,7 +454,9 @@ class ConditionalDiffusion(nn.Module):
         both_mask = torch.cat([mask, mask]).float()
         g = self.config.guidance_scale
         for t in scheduler.timesteps:
-            out = self.unet(torch.cat([x, x]), t, encoder_hidden_states=both_cond, encoder_attention_mask=both_mask).sample
+            out = self.unet(
+                torch.cat([x, x]), t, encoder_hidden_states=both_cond, encoder_attention_mask=both_mask
+            ).sample
             cond_out, uncond_out = out.chunk(2)
             x = scheduler.step(uncond_out + g * (cond_out - uncond_out), t, x).prev_sample
         return x
@@ -433,7 +511,13 @@ class TextGAN(nn.Module):
         return not name.startswith(("features.", "critic.", "project."))
 
     def generator_parameters(self) -> list[nn.Parameter]:
-        return [*self.seed.parameters(), *self.seed_norm.parameters(), *self.up.parameters(), *self.to_rgb.parameters(), *self.condition.parameters()]
+        return [
+            *self.seed.parameters(),
+            *self.seed_norm.parameters(),
+            *self.up.parameters(),
+            *self.to_rgb.parameters(),
+            *self.condition.parameters(),
+        ]
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return [*self.features.parameters(), *self.critic.parameters(), *self.project.parameters()]
@@ -448,7 +532,9 @@ class TextGAN(nn.Module):
     def discriminate(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return project_score(self.features, self.critic, self.project, images, cond)
 
-    def losses(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(
+        self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hinge losses: the discriminator's (real, fake, real with the wrong text) and the generator's."""
         cond = self.condition(text, mask)
         fake = self.generate(torch.randn(len(images), self.config.noise_dim), cond)
@@ -462,7 +548,9 @@ class TextGAN(nn.Module):
     @torch.no_grad()
     def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = self.condition(text, mask)
-        return self.generate(self.config.temperature * torch.randn(len(text), self.config.noise_dim, generator=generator), cond)
+        return self.generate(
+            self.config.temperature * torch.randn(len(text), self.config.noise_dim, generator=generator), cond
+        )
 
 
 class _Residual(nn.Module):
@@ -536,7 +624,9 @@ class VQPrior(nn.Module):
         self.position = nn.Parameter(torch.randn(length, width) * 0.02)
         self.memory = nn.Linear(cond_dim, width)
         self.null = nn.Parameter(torch.zeros(1, 1, width))
-        layer = nn.TransformerDecoderLayer(width, max(1, width // 64), 4 * width, dropout=dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            width, max(1, width // 64), 4 * width, dropout=dropout, batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, codes)
@@ -572,8 +662,17 @@ class VQVAE(nn.Module):
         ch = widths[-1]
         self.encoder = nn.Sequential(*down, _Residual(ch), _Residual(ch), nn.ReLU(), nn.Conv2d(ch, config.code_dim, 1))
         self.codebook = Codebook(config.codebook_size, config.code_dim)
-        self.decoder = nn.Sequential(nn.Conv2d(config.code_dim, ch, 3, 1, 1), _Residual(ch), _Residual(ch), nn.ReLU(), *up)
-        self.prior = VQPrior(config.codebook_size, self.side * self.side, config.cond_dim, config.prior_width, config.prior_layers, config.prior_dropout)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(config.code_dim, ch, 3, 1, 1), _Residual(ch), _Residual(ch), nn.ReLU(), *up
+        )
+        self.prior = VQPrior(
+            config.codebook_size,
+            self.side * self.side,
+            config.cond_dim,
+            config.prior_width,
+            config.prior_layers,
+            config.prior_dropout,
+        )
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]
@@ -621,7 +720,12 @@ class VQVAE(nn.Module):
         return self.decoder(self.codebook.lookup(grid)).clamp(-1, 1)
 
 
-MODELS: dict[str, type[nn.Module]] = {"cvae": ConditionalVAE, "diffusion": ConditionalDiffusion, "gan": TextGAN, "vqvae": VQVAE}
+MODELS: dict[str, type[nn.Module]] = {
+    "cvae": ConditionalVAE,
+    "diffusion": ConditionalDiffusion,
+    "gan": TextGAN,
+    "vqvae": VQVAE,
+}
 
 
 class Trainer:
@@ -711,7 +815,12 @@ class VQTrainer(Trainer):
     of the epoch with the lowest validation loss is kept (on a few thousand images it overfits)."""
 
     def __init__(self, model: VQVAE, config: TextToImageConfig, steps_per_epoch: int) -> None:
-        self.model, self.config, self.steps_per_epoch, self.autocast = model, config, steps_per_epoch, step_autocast(config.precision)
+        self.model, self.config, self.steps_per_epoch, self.autocast = (
+            model,
+            config,
+            steps_per_epoch,
+            step_autocast(config.precision),
+        )
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=config.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, config.lr, max(1, config.vq_epochs) * steps_per_epoch, 0.05)
@@ -730,7 +839,13 @@ class VQTrainer(Trainer):
 
     def end_epoch(self, epoch: int, val_loss: float) -> None:
         if self.model.phase == "prior" and (self.best is None or val_loss < self.best[0]):
-            state = {k: v.detach().clone() for k, v in [*self.model.prior.state_dict().items(), *(("condition." + k, v) for k, v in self.model.condition.state_dict().items())]}
+            state = {
+                k: v.detach().clone()
+                for k, v in [
+                    *self.model.prior.state_dict().items(),
+                    *(("condition." + k, v) for k, v in self.model.condition.state_dict().items()),
+                ]
+            }
             self.best = (val_loss, epoch, state)
 
     def finish(self) -> int:
@@ -739,11 +854,18 @@ class VQTrainer(Trainer):
             return 0
         _, epoch, state = self.best
         self.model.prior.load_state_dict({k: v for k, v in state.items() if not k.startswith("condition.")})
-        self.model.condition.load_state_dict({k[len("condition."):]: v for k, v in state.items() if k.startswith("condition.")})
+        self.model.condition.load_state_dict(
+            {k[len("condition.") :]: v for k, v in state.items() if k.startswith("condition.")}
+        )
         return epoch
 
 
-TRAINERS: dict[str, Callable[[Any, TextToImageConfig, int], Trainer]] = {"cvae": cvae_trainer, "diffusion": LossTrainer, "gan": GanTrainer, "vqvae": VQTrainer}
+TRAINERS: dict[str, Callable[[Any, TextToImageConfig, int], Trainer]] = {
+    "cvae": cvae_trainer,
+    "diffusion": LossTrainer,
+    "gan": GanTrainer,
+    "vqvae": VQTrainer,
+}
 
 
 # The models ``text_condition: auto`` reads tokens for: measured on shapes, the token condition helps the
@@ -762,8 +884,10 @@ def uses_tokens(config: TextToImageConfig, text_encoder: Any) -> bool:
         return has_tokens and config.model in AUTO_TOKENS
     if config.text_condition == "tokens" and not has_tokens:
         name = getattr(text_encoder, "name", type(text_encoder).__name__)
-        raise ValueError(f"{config.model}: text_condition tokens needs token features, and the text encoder {name!r} gives none "
-                         f"(no encode_tokens); use text_condition: pooled or auto, or a text encoder with tokens such as minilm")
+        raise ValueError(
+            f"{config.model}: text_condition tokens needs token features, and the text encoder {name!r} gives none "
+            f"(no encode_tokens); use text_condition: pooled or auto, or a text encoder with tokens such as minilm"
+        )
     return config.text_condition == "tokens"
 
 
@@ -783,20 +907,31 @@ def check_prompts(prompts: Sequence[Any], limit: int = MAX_PROMPT_CHARS) -> list
         if not prompt.strip():
             raise DataError(f"prompt {n} is empty; describe the image, for example 'a small red circle on the left'")
         if len(prompt) > limit:
-            raise DataError(f"prompt {n} has {len(prompt)} characters; at most {limit} are accepted (the text encoder reads far fewer)")
+            raise DataError(
+                f"prompt {n} has {len(prompt)} characters; at most {limit} are accepted (the text encoder reads far fewer)"
+            )
         letters = [c for c in prompt if c.isalpha()]
         if letters and not any(unicodedata.name(c, "").startswith("LATIN") for c in letters):
             foreign.append(n)
     if not foreign:
         return []
     shown = ", ".join(map(str, foreign[:10])) + (" ..." if len(foreign) > 10 else "")
-    return [f"{len(foreign)} prompt(s) ({shown}) have no letters in the Latin script; an English text encoder reads them as unknown words"]
+    return [
+        f"{len(foreign)} prompt(s) ({shown}) have no letters in the Latin script; an English text encoder reads them as unknown words"
+    ]
 
 
 class TextToImage:
     """A trained model with its text encoder: prompts in, PIL images out (the same seed, the same images)."""
 
-    def __init__(self, model: nn.Module, text_encoder_spec: dict[str, Any], text_dim: int, tokens: bool, encoder: Any | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        text_encoder_spec: dict[str, Any],
+        text_dim: int,
+        tokens: bool,
+        encoder: Any | None = None,
+    ) -> None:
         self.model = model.eval()
         self.text_encoder_spec = text_encoder_spec
         self.text_dim = text_dim
@@ -816,18 +951,24 @@ class TextToImage:
                 return tok.float(), mask.bool()
             return self.encoder.encode(list(prompts)).float(), None
 
-    def generate_from_features(self, text: torch.Tensor, mask: torch.Tensor | None, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    def generate_from_features(
+        self, text: torch.Tensor, mask: torch.Tensor | None, seed: int = 0, batch_size: int = 64
+    ) -> torch.Tensor:
         self.model.eval()
         generator = torch.Generator().manual_seed(seed)
-        parts = [self.model.sample(text[s : s + batch_size], None if mask is None else mask[s : s + batch_size], generator)
-                 for s in range(0, len(text), batch_size)]
+        parts = [
+            self.model.sample(text[s : s + batch_size], None if mask is None else mask[s : s + batch_size], generator)
+            for s in range(0, len(text), batch_size)
+        ]
         return torch.cat(parts) if parts else torch.zeros(0, 3, self.config.resolution, self.config.resolution)
 
-    def with_temperature(self, temperature: float) -> "TextToImage":
+    def with_temperature(self, temperature: float) -> TextToImage:
         """The cvae or GAN sampling its noise at ``temperature`` times its deviation from now on (below 1:
         less variety, closer to what the prompt most often looks like; 0: the prior's mean)."""
         if self.config.model not in ("cvae", "gan"):
-            raise ValueError(f"temperature: only the cvae and the gan sample with a temperature; this model is a {self.config.model}")
+            raise ValueError(
+                f"temperature: only the cvae and the gan sample with a temperature; this model is a {self.config.model}"
+            )
         if not temperature >= 0:
             raise ValueError(f"temperature must be 0 or more, got {temperature!r}")
         self.model.config = replace(self.config, temperature=float(temperature))
@@ -842,18 +983,30 @@ class TextToImage:
         return tensor_to_images(self.generate_from_features(text, mask, seed))
 
     def save(self, folder: str | Path) -> Path:
-        meta = {"kind": "text-to-image", "config": asdict(self.config), "text_encoder": self.text_encoder_spec, "text_dim": self.text_dim, "tokens": self.tokens}
+        meta = {
+            "kind": "text-to-image",
+            "config": asdict(self.config),
+            "text_encoder": self.text_encoder_spec,
+            "text_dim": self.text_dim,
+            "tokens": self.tokens,
+        }
         return save_model_folder(folder, CONFIG_FILE, meta, self.model, self.encoder, "text_encoder")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TextToImage":
+    def load(cls, folder: str | Path) -> TextToImage:
         meta = read_meta(folder, CONFIG_FILE, "text-to-image model")
         raw = meta["config"]
         # models saved before the learned cvae prior, the FiLM decoder, the token condition and the align term existed
         old = {"cvae_prior": "standard", "cvae_decoder": "deconv", "text_condition": "pooled", "align_weight": 0.0}
         config = TextToImageConfig(**{**old, **raw, "block_channels": tuple(raw["block_channels"])})
         model = load_weights(folder, MODELS[config.model](meta["text_dim"], config))
-        return cls(model, meta["text_encoder"], meta["text_dim"], meta["tokens"], restore_encoder(folder, meta["text_encoder"], "text_encoder"))
+        return cls(
+            model,
+            meta["text_encoder"],
+            meta["text_dim"],
+            meta["tokens"],
+            restore_encoder(folder, meta["text_encoder"], "text_encoder"),
+        )
 
 
 @dataclass
@@ -866,7 +1019,9 @@ class TextFeatures:
 
     def first_captions(self, n_images: int) -> torch.Tensor:
         """The row of each image's first caption, for images that have one."""
-        return torch.tensor([rows[0] for rows in captions_per_image(self.caption_image, n_images) if rows], dtype=torch.long)
+        return torch.tensor(
+            [rows[0] for rows in captions_per_image(self.caption_image, n_images) if rows], dtype=torch.long
+        )
 
 
 @dataclass
@@ -879,7 +1034,9 @@ class T2ITrainResult:
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, images: torch.Tensor, features: TextFeatures, seed: int, batch_size: int = 256) -> float:
+def validation_loss(
+    model: nn.Module, images: torch.Tensor, features: TextFeatures, seed: int, batch_size: int = 256
+) -> float:
     """The training loss on validation pairs with fixed noise (one caption per image)."""
     model.eval()
     state = torch.random.get_rng_state()
@@ -889,7 +1046,9 @@ def validation_loss(model: nn.Module, images: torch.Tensor, features: TextFeatur
     for s in range(0, len(rows), batch_size):
         r = rows[s : s + batch_size]
         mask = None if features.mask is None else features.mask[r]
-        losses.append(model.training_loss(images[features.caption_image[r]], features.text[r].float(), mask).item() * len(r))
+        losses.append(
+            model.training_loss(images[features.caption_image[r]], features.text[r].float(), mask).item() * len(r)
+        )
     torch.random.set_rng_state(state)
     return float(sum(losses) / max(1, len(rows)))
 
@@ -953,7 +1112,10 @@ def train_text_to_image(
                 update_average(ema, model, min(config.ema_decay, (1 + result.steps) / (10 + result.steps)))
             result.steps += 1
             losses.append(loss)
-        metrics = {"train_loss": float(np.mean(losses)), "val_loss": validation_loss(trained.model, val_images, val, config.seed)}
+        metrics = {
+            "train_loss": float(np.mean(losses)),
+            "val_loss": validation_loss(trained.model, val_images, val, config.seed),
+        }
         if getattr(model, "phase", None) is not None:
             metrics["stage"] = 0.0 if model.phase == "vq" else 1.0
         result.history.append({"epoch": epoch, **metrics})

@@ -20,9 +20,13 @@ class TokenReader(nn.Module):
     def __init__(self, in_dim: int, width: int, out_dim: int, layers: int = 2, queries: int = 4) -> None:
         super().__init__()
         if layers < 0 or queries < 1:
-            raise ValueError(f"token reader: layers must be at least 0 and queries at least 1, got {layers} and {queries}")
+            raise ValueError(
+                f"token reader: layers must be at least 0 and queries at least 1, got {layers} and {queries}"
+            )
         self.proj = nn.Linear(in_dim, width)
-        layer = nn.TransformerEncoderLayer(width, max(1, width // 32), 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, max(1, width // 32), 2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.mix = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
         self.queries = nn.Parameter(torch.randn(queries, width) * width**-0.5)
         self.out = nn.Sequential(nn.Linear(queries * width, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
@@ -35,5 +39,9 @@ class TokenReader(nn.Module):
         h = self.proj(tokens.float())
         if self.mix is not None:
             h = self.mix(h, src_key_padding_mask=~mask)
-        weights = (self.queries @ h.transpose(1, 2) * h.shape[-1] ** -0.5).masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+        weights = (
+            (self.queries @ h.transpose(1, 2) * h.shape[-1] ** -0.5)
+            .masked_fill(~mask[:, None], float("-inf"))
+            .softmax(-1)
+        )
         return self.out((weights @ h).flatten(1))

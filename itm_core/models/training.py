@@ -11,9 +11,10 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,10 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from itm_core.encode.embed import FeatureSplit
+from itm_core.judge.retrieval import ranks, recall_metrics
 from itm_core.models.distributed import Ranks, average_gradients, broadcast_parameters, gather_with_grad, share_decision
 from itm_core.models.matcher import Matcher
-from itm_core.judge.retrieval import ranks, recall_metrics
-
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -33,7 +33,9 @@ def cpu_bf16_flags() -> list[str]:
     """The bfloat16 instructions this CPU has (``avx512_bf16``, ``amx_bf16``) from /proc/cpuinfo; empty
     where it has none or the file cannot be read (not Linux)."""
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        flags = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
     except (OSError, StopIteration):
         return []
     return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
@@ -116,7 +118,13 @@ class TrainSchedule:
     precision: str = "fp32"
 
 
-def clipped_step(loss: torch.Tensor, module: torch.nn.Module | list[torch.nn.Parameter], optimizer: Any, scheduler: Any, max_norm: float = 1.0) -> float:
+def clipped_step(
+    loss: torch.Tensor,
+    module: torch.nn.Module | list[torch.nn.Parameter],
+    optimizer: Any,
+    scheduler: Any,
+    max_norm: float = 1.0,
+) -> float:
     """Backpropagate ``loss``, clip the gradient norm of ``module``, step the optimizer and the
     scheduler (held at its last value once its steps are used up); the loss as a float. Given a list
     of parameters instead of a module, only those receive the gradient."""
@@ -224,7 +232,9 @@ def train_contrastive(
     for module in (matcher, *modules.values()):
         broadcast_parameters(module, ranks)
     groups = [{"params": list(matcher.parameters()), "lr": config.lr}]
-    groups += [{"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()]
+    groups += [
+        {"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     captions = captions_per_image(train.caption_image, len(train.image))
     usable = [i for i, c in enumerate(captions) if c]
@@ -252,10 +262,20 @@ def train_contrastive(
         rng.setstate(_python_rng_state(resume["rng"]))
         torch.set_rng_state(resume["torch_rng"])
         best_state, stale, done = resume["best_state"], int(resume["stale"]), bool(resume["done"])
-        result.best_value, result.best_epoch, result.history = float(resume["best_value"]), int(resume["best_epoch"]), list(resume["history"])
+        result.best_value, result.best_epoch, result.history = (
+            float(resume["best_value"]),
+            int(resume["best_epoch"]),
+            list(resume["history"]),
+        )
         first_epoch, elapsed = int(resume["epoch"]) + 1, float(resume["elapsed"])
         start -= elapsed
-    bar = tqdm(range(first_epoch, config.epochs + 1 if not done else first_epoch), desc="training", unit="epoch", leave=False, disable=None)
+    bar = tqdm(
+        range(first_epoch, config.epochs + 1 if not done else first_epoch),
+        desc="training",
+        unit="epoch",
+        leave=False,
+        disable=None,
+    )
     for epoch in bar:
         matcher.train()
         for mod in modules.values():
@@ -284,7 +304,10 @@ def train_contrastive(
                 if scheduler.last_epoch < scheduler.total_steps - 1:
                     scheduler.step()
                 losses.append(loss.item())
-        metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"), "temperature": 1.0 / matcher.logit_scale.exp().item()}
+        metrics = {
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "temperature": 1.0 / matcher.logit_scale.exp().item(),
+        }
         if unlocked:
             val = FeatureSplit(
                 image=unlocked["image"].all_features(unlocked["image"].val_items) if "image" in unlocked else val.image,
@@ -303,15 +326,29 @@ def train_contrastive(
             best_state = snapshot()
         else:
             stale += 1
-        done = stale >= config.patience or bool(config.time_limit_s and time.perf_counter() - start > config.time_limit_s)
+        done = stale >= config.patience or bool(
+            config.time_limit_s and time.perf_counter() - start > config.time_limit_s
+        )
         done = bool(share_decision({"done": float(done)}, ranks)["done"])  # rank 0's clock
         if checkpoint is not None and ranks.main:
-            checkpoint({
-                "epoch": epoch, "done": done, "matcher": matcher.state_dict(), "towers": {m: mod.state_dict() for m, mod in modules.items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": list(_flatten_rng(rng.getstate())),
-                "torch_rng": torch.get_rng_state(), "best_state": best_state, "best_value": result.best_value, "best_epoch": result.best_epoch,
-                "stale": stale, "history": result.history, "elapsed": time.perf_counter() - start,
-            })
+            checkpoint(
+                {
+                    "epoch": epoch,
+                    "done": done,
+                    "matcher": matcher.state_dict(),
+                    "towers": {m: mod.state_dict() for m, mod in modules.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": list(_flatten_rng(rng.getstate())),
+                    "torch_rng": torch.get_rng_state(),
+                    "best_state": best_state,
+                    "best_value": result.best_value,
+                    "best_epoch": result.best_epoch,
+                    "stale": stale,
+                    "history": result.history,
+                    "elapsed": time.perf_counter() - start,
+                }
+            )
         if done:
             break
     bar.close()

@@ -65,8 +65,13 @@ def find_resumable(experiment: str, key: str) -> tuple[Any, dict[str, Any]] | No
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`itm.resume_key` = '{key}' and attributes.status != 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    runs = mlflow.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`itm.resume_key` = '{key}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     if not runs:
         return None
     run = runs[0]
@@ -74,7 +79,9 @@ def find_resumable(experiment: str, key: str) -> tuple[Any, dict[str, Any]] | No
     if local_path(key).is_file():
         states.append(torch.load(local_path(key), weights_only=True))
     try:
-        folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"{ARTIFACT_DIR}/{FILE}", dst_path=tempfile.mkdtemp())
+        folder = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path=f"{ARTIFACT_DIR}/{FILE}", dst_path=tempfile.mkdtemp()
+        )
         states.append(torch.load(folder, weights_only=True))
     except (MlflowException, OSError):
         pass

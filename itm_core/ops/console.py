@@ -14,6 +14,7 @@ import re
 import warnings
 from typing import Any
 
+
 def quiet_libraries() -> None:
     """Set before the libraries are imported (the environment variables) and again after (the loggers)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
@@ -62,7 +63,9 @@ def hide_input_tracebacks(errors: tuple[type[BaseException], ...], also: Any = N
     """Attach the filter to Prefect's console handlers (set up when Prefect is imported)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    handlers = [h for name in ("prefect", "") for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)]
+    handlers = [
+        h for name in ("prefect", "") for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)
+    ]
     for handler in handlers:
         if not any(isinstance(f, _InputErrorFilter) for f in handler.filters):
             handler.addFilter(_InputErrorFilter(errors, also))

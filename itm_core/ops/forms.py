@@ -27,8 +27,11 @@ def component_names(kind: str, modality: str | None = None) -> list[str]:
     from itm_core.contract.registry import collect
 
     specs = collect().get(kind, {})
-    return sorted(n for n, s in specs.items()
-                  if modality is None or modality in str(s.metadata.get("modality", s.metadata.get("task", ""))).split("|"))
+    return sorted(
+        n
+        for n, s in specs.items()
+        if modality is None or modality in str(s.metadata.get("modality", s.metadata.get("task", ""))).split("|")
+    )
 
 
 def _def_name(ref: str) -> str:

@@ -17,7 +17,9 @@ def caption_grid(images: list[Any], texts: list[str], columns: int = 4) -> Any:
     rows = max(1, -(-len(images) // columns))
     titles = ["\n".join(textwrap.wrap(str(text), 32)[:6]) for text in texts]  # at most six lines above each image
     lines = max((t.count("\n") + 1 for t in titles), default=1)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, (3.2 + 0.16 * lines) * rows), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3 * columns, (3.2 + 0.16 * lines) * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, title in zip(axes.flat, images, titles):
@@ -74,7 +76,9 @@ def retrieval_examples_figure(queries: list[str], results: list[list[Any]], hits
     import matplotlib.pyplot as plt
 
     columns = max((len(r) for r in results), default=1)
-    fig, axes = plt.subplots(len(queries), columns + 1, figsize=(2.2 * (columns + 1), 2.3 * len(queries)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(queries), columns + 1, figsize=(2.2 * (columns + 1), 2.3 * len(queries)), squeeze=False
+    )
     for row, (query, images, marks) in enumerate(zip(queries, results, hits)):
         axes[row, 0].axis("off")
         axes[row, 0].text(0, 0.5, "\n".join(textwrap.wrap(query, 24)), fontsize=8, va="center")

@@ -14,7 +14,9 @@ from itm_core.contract.state import FORMAT, check_format, load_state, load_weigh
 WEIGHTS_FILE = "weights.safetensors"
 
 
-def save_model_folder(folder: str | Path, config_file: str, meta: dict[str, Any], module: torch.nn.Module, encoder: Any, role: str) -> Path:
+def save_model_folder(
+    folder: str | Path, config_file: str, meta: dict[str, Any], module: torch.nn.Module, encoder: Any, role: str
+) -> Path:
     """Write ``meta`` as ``config_file``, the weights of ``module`` and ``encoder``'s fitted state (``<role>_state.json``/``.safetensors``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -57,14 +58,21 @@ def matcher_identity(uri: str) -> MatcherIdentity:
             run = re.fullmatch(r"runs:/([0-9a-f]+)/.*", uri)
             return MatcherIdentity(f"run {run.group(1)}" if run else uri, uri)
     except MlflowException as exc:
-        raise LookupError(f"cannot resolve matcher {uri!r} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+        raise LookupError(
+            f"cannot resolve matcher {uri!r} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
+        ) from None
     return MatcherIdentity(f"{v.name} v{v.version}", uri, f"models:/{v.name}/{v.version}")
 
 
 def latest_index_run() -> Any:
     """The newest finished run of ``itm run index``."""
-    runs = mlflow.search_runs(experiment_names=[INDEX_EXPERIMENT], filter_string="attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[INDEX_EXPERIMENT],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     if not runs:
         raise SearchIndexError(f"no index in MLflow ({mlflow.get_tracking_uri()}) yet: build one with `itm run index`")
     return runs[0]
@@ -83,10 +91,14 @@ def locate_index(ref: str | None, target: str = "images") -> tuple[Path, str]:
     else:
         run_id = latest_index_run().info.run_id
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=subfolder, dst_path=tempfile.mkdtemp(prefix="itm-index-"))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=subfolder, dst_path=tempfile.mkdtemp(prefix="itm-index-")
+        )
     except MlflowException as exc:
         what = "a caption index (build it with captions: true)" if target == "captions" else "an index"
-        raise SearchIndexError(f"run {run_id!r} has no {what} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+        raise SearchIndexError(
+            f"run {run_id!r} has no {what} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
+        ) from None
     return Path(local), f"run {run_id}"
 
 
@@ -98,7 +110,7 @@ class Searcher:
         self.index = index
 
     @classmethod
-    def open(cls, index_ref: str | None = None, matcher_uri: str | None = None, target: str = "images") -> "Searcher":
+    def open(cls, index_ref: str | None = None, matcher_uri: str | None = None, target: str = "images") -> Searcher:
         folder, source = locate_index(index_ref, target)
         index = SearchIndex.load(folder)
         built_with = index.meta.get("matcher_id")
@@ -108,7 +120,8 @@ class Searcher:
             raise SearchIndexError(
                 f"the index ({source}) was built with {built_with}, but the matcher asked for, {wanted.uri}, is {wanted.id}: "
                 f"their embeddings do not share a space. Rebuild the index with `itm run index` (it uses the champion), "
-                f"or search with --matcher {needed}")
+                f"or search with --matcher {needed}"
+            )
         return cls(load_matcher(wanted.version_uri or wanted.uri), index)
 
     def search_texts(self, texts: Sequence[str], k: int) -> list[pd.DataFrame]:
@@ -148,7 +161,7 @@ class SearchBundle:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SearchBundle":
+    def load(cls, folder: str | Path) -> SearchBundle:
         folder = Path(folder)
         captions = SearchIndex.load(folder / "captions") if (folder / "captions").is_dir() else None
         return cls(Matcher.load(folder / "matcher"), SearchIndex.load(folder / "index"), captions)
@@ -186,7 +199,9 @@ class SearchModel(mlflow.pyfunc.PythonModel):
             has_text = isinstance(text, str) and text != ""
             has_image = isinstance(image, str) and image != ""
             if has_text == has_image:
-                raise ValueError("each row needs exactly one of 'text' (a non-empty string) or 'image' (base64 image data)")
+                raise ValueError(
+                    "each row needs exactly one of 'text' (a non-empty string) or 'image' (base64 image data)"
+                )
             if has_text:
                 (result,) = searcher.search_texts([text], k)
             else:

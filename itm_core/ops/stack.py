@@ -20,9 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -80,20 +81,32 @@ class Stack:
     def env(self) -> dict[str, str]:
         """What a client of this stack needs: the Prefect API and the MLflow tracking server (with
         authentication, the credentials come from ``ITM_AUTH_USER`` / ``ITM_AUTH_PASSWORD``)."""
-        return {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri, "ITM_MLFLOW_UI_URL": self.mlflow_uri}
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "ITM_MLFLOW_UI_URL": self.mlflow_uri,
+        }
 
     def auth_env(self) -> dict[str, str]:
         """The clients' credential variables, from ``ITM_AUTH_*`` (empty without authentication)."""
         creds = credentials()
         if not self.auth or creds is None:
             return {}
-        return {"PREFECT_API_AUTH_STRING": f"{creds[0]}:{creds[1]}", "MLFLOW_TRACKING_USERNAME": creds[0], "MLFLOW_TRACKING_PASSWORD": creds[1]}
+        return {
+            "PREFECT_API_AUTH_STRING": f"{creds[0]}:{creds[1]}",
+            "MLFLOW_TRACKING_USERNAME": creds[0],
+            "MLFLOW_TRACKING_PASSWORD": creds[1],
+        }
 
     def describe(self) -> list[tuple[str, str, str]]:
         return [
             ("Prefect server + UI", self.prefect_ui, self.logs.get("prefect", "")),
             ("MLflow tracking server + UI", self.mlflow_uri, self.logs.get("mlflow", "")),
-            ("deployments (serve)", "retrain/default, evaluate/default, generate/default, ... (see prefect.yaml)", self.logs.get("serve", "")),
+            (
+                "deployments (serve)",
+                "retrain/default, evaluate/default, generate/default, ... (see prefect.yaml)",
+                self.logs.get("serve", ""),
+            ),
         ]
 
 
@@ -151,7 +164,15 @@ def use_running_stack(home: Path | None = None) -> Stack | None:
 def _start(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> None:
     log = Path(stack.home) / "stack" / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
     stack.pids[name], stack.logs[name] = proc.pid, str(log)
     stack.state_file.write_text(json.dumps(asdict(stack), indent=2))
 
@@ -175,15 +196,23 @@ def _deployments_ready(stack: Stack) -> bool:
         return False
 
 
-def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = None, timeout: float = 240,
-       echo: Callable[[str], None] = print, host: str = HOST) -> Stack:
+def up(
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    home: Path | None = None,
+    timeout: float = 240,
+    echo: Callable[[str], None] = print,
+    host: str = HOST,
+) -> Stack:
     """Start the three processes (or report the running stack) and wait until each answers. A
     ``host`` other than loopback requires ``ITM_AUTH_USER`` and ``ITM_AUTH_PASSWORD``."""
     home = home or itm_home()
     auth = host not in LOOPBACK_DEFAULTS
     if auth and credentials() is None:
-        raise StackError(f"binding to {host} lets other machines reach the stack: set {AUTH_USER} and {AUTH_PASSWORD} "
-                         "(the Prefect API and MLflow then require them), or keep the default host 127.0.0.1")
+        raise StackError(
+            f"binding to {host} lets other machines reach the stack: set {AUTH_USER} and {AUTH_PASSWORD} "
+            "(the Prefect API and MLflow then require them), or keep the default host 127.0.0.1"
+        )
     current = load_stack(home)
     if current is not None and current.pids and all(running(current).values()):
         echo("the stack is already running")
@@ -194,32 +223,74 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, home: Path | None = No
     (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
     stack = Stack(str(home), prefect_port, mlflow_port, host=host, auth=auth)
     base = {k: v for k, v in os.environ.items() if k not in (AUTH_USER, AUTH_PASSWORD, "PREFECT_API_URL")}
-    base.update({"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"})
+    base.update(
+        {
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     prefect_env, mlflow_env, mlflow_auth = {**base, "PREFECT_UI_API_URL": stack.prefect_api}, dict(base), []
     if auth:
         user, password = credentials()
         prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = f"{user}:{password}"
         ini = home / "stack" / "mlflow-auth.ini"  # no password in it: MLflow reads that from the environment
-        ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
-                       f"admin_username = {user}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        ini.write_text(
+            f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
+            f"admin_username = {user}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
         import secrets
 
-        mlflow_env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password,  # CSRF key: the user's, else one per start
-                          MLFLOW_FLASK_SERVER_SECRET_KEY=os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32))
+        mlflow_env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_PASSWORD=password,  # CSRF key: the user's, else one per start
+            MLFLOW_FLASK_SERVER_SECRET_KEY=os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32),
+        )
         # Host headers MLflow accepts (its DNS-rebinding guard): ITM_ALLOWED_HOSTS, else the bound address and loopback
-        allowed = os.environ.get("ITM_ALLOWED_HOSTS") or f"{stack.address},{stack.address}:{mlflow_port},localhost,127.0.0.1"
+        allowed = (
+            os.environ.get("ITM_ALLOWED_HOSTS") or f"{stack.address},{stack.address}:{mlflow_port},localhost,127.0.0.1"
+        )
         mlflow_auth = ["--app-name", "basic-auth", "--allowed-hosts", allowed]
     try:
-        _start(stack, "prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port)], prefect_env)
-        _start(stack, "mlflow", [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(mlflow_port), "--workers", "1",
-                                 "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                                 "--artifacts-destination", str(home / "mlflow" / "artifacts"), *mlflow_auth], mlflow_env)
+        _start(
+            stack,
+            "prefect",
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(prefect_port)],
+            prefect_env,
+        )
+        _start(
+            stack,
+            "mlflow",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "mlflow" / "artifacts"),
+                *mlflow_auth,
+            ],
+            mlflow_env,
+        )
         _wait(stack, "mlflow", lambda: _http_ok(f"{stack.mlflow_uri}/health"), timeout)
         echo(f"MLflow tracking server and UI: {stack.mlflow_uri}")
         _wait(stack, "prefect", lambda: _http_ok(f"{stack.prefect_api}/health"), timeout)
         echo(f"Prefect server and UI: {stack.prefect_ui}")
-        _start(stack, "serve", [sys.executable, "-m", "itm_core.ops.serve"], {**base, **stack.env(), **stack.auth_env(), "ITM_HOME": str(home)})
+        _start(
+            stack,
+            "serve",
+            [sys.executable, "-m", "itm_core.ops.serve"],
+            {**base, **stack.env(), **stack.auth_env(), "ITM_HOME": str(home)},
+        )
         _wait(stack, "serve", lambda: _deployments_ready(stack), timeout)
         echo("deployments served: " + ", ".join(served_deployments(stack)))
     except BaseException:
@@ -270,7 +341,9 @@ def served_deployments(stack: Stack) -> list[str]:
     """``flow/deployment`` names as the stack's Prefect server lists them (no flow code is imported here)."""
 
     def post(path: str) -> list[dict[str, Any]]:
-        request = urllib.request.Request(f"{stack.prefect_api}/{path}", data=b"{}", headers={"Content-Type": "application/json", **_auth_header()})
+        request = urllib.request.Request(
+            f"{stack.prefect_api}/{path}", data=b"{}", headers={"Content-Type": "application/json", **_auth_header()}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -289,7 +362,10 @@ def build_deployments(path: Path | None = None) -> list[Any]:
     for spec in deployment_specs(path):
         flow = load_flow_from_entrypoint(str(PROJECT_ROOT / spec["entrypoint"]))
         deployment = flow.to_deployment(
-            name=spec["name"], description=spec.get("description"), tags=spec.get("tags"), parameters=spec.get("parameters") or {},
+            name=spec["name"],
+            description=spec.get("description"),
+            tags=spec.get("tags"),
+            parameters=spec.get("parameters") or {},
         )
         schema = with_plugin_choices(deployment._parameter_openapi_schema.model_dump())
         deployment._parameter_openapi_schema = ParameterSchema(**schema)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -43,7 +44,11 @@ def prefect_context() -> dict[str, str]:
 
     if not flow_run.id:
         return {}
-    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name), "prefect.flow_name": str(flow_run.flow_name)}
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "prefect.flow_name": str(flow_run.flow_name),
+    }
     url = flow_run.ui_url  # only a real link: without a Prefect UI it reads "None/flow-runs/..."
     if url and str(url).startswith(("http://", "https://")):
         tags["prefect.flow_run_url"] = str(url)
@@ -71,7 +76,11 @@ def _process_tags() -> dict[str, str]:
     import psutil
 
     me = psutil.Process()
-    return {"itm.host": socket.gethostname(), "itm.pid": str(me.pid), "itm.pid_started": repr(me.create_time())}  # repr: read back exactly
+    return {
+        "itm.host": socket.gethostname(),
+        "itm.pid": str(me.pid),
+        "itm.pid_started": repr(me.create_time()),
+    }  # repr: read back exactly
 
 
 def close_orphaned_runs(experiment_id: str) -> list[str]:
@@ -84,7 +93,9 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     client = MlflowClient()
     host = socket.gethostname()
     try:
-        running = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`itm.host` = '{host}'", max_results=200)
+        running = client.search_runs(
+            [experiment_id], f"attributes.status = 'RUNNING' and tags.`itm.host` = '{host}'", max_results=200
+        )
     except MlflowException:
         return []
     closed = []
@@ -107,8 +118,11 @@ def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
     status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
     client = MlflowClient()
     try:
-        runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}' and attributes.status = 'RUNNING'",
-                                  output_format="list")
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}' and attributes.status = 'RUNNING'",
+            output_format="list",
+        )
     except MlflowException:
         return
     for r in runs:
@@ -120,7 +134,9 @@ FLOW_HOOKS = {"on_crashed": [close_flow_run_runs], "on_cancellation": [close_flo
 
 
 @contextlib.contextmanager
-def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False, run_id: str | None = None) -> Iterator[Any]:
+def tracked_run(
+    experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False, run_id: str | None = None
+) -> Iterator[Any]:
     """An MLflow run with flattened params, tagged with the Prefect flow run and the process that
     holds it open; links back from Prefect. Runs left RUNNING by a dead process are closed first."""
     if not nested:
@@ -129,8 +145,12 @@ def tracked_run(experiment: str, run_name: str | None, params: dict[str, Any], n
             print(f"marked MLflow run {orphan} FAILED: the process that ran it is gone")
     # CPU, memory and disk use every few seconds (MLflow's system metrics), for top-level runs
     # ``run_id``: reopen that run (a resumed training goes on in the run it started in)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
-                          log_system_metrics=not nested and system_metrics_enabled()) as run:
+    with mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else run_name,
+        nested=nested,
+        log_system_metrics=not nested and system_metrics_enabled(),
+    ) as run:
         mlflow.set_tags({**prefect_context(), **_process_tags()})
         if params and not run_id:  # a reopened run keeps the parameters it was started with
             mlflow.log_params(flatten(params))
@@ -203,13 +223,17 @@ class MatcherModel(mlflow.pyfunc.PythonModel):
         if missing:
             raise ValueError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
         check_rows(model_input)
-        img = self.matcher.embed_image_objects([image_from_reference(v, allow_paths=False) for v in model_input["image"]])
+        img = self.matcher.embed_image_objects(
+            [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
+        )
         txt = self.matcher.embed_texts([str(t) for t in model_input["text"]])
-        return pd.DataFrame({
-            "score": self.matcher.similarity.pairwise(img, txt).tolist(),
-            "image_embedding": [row.tolist() for row in img],
-            "text_embedding": [row.tolist() for row in txt],
-        })
+        return pd.DataFrame(
+            {
+                "score": self.matcher.similarity.pairwise(img, txt).tolist(),
+                "image_embedding": [row.tolist() for row in img],
+                "text_embedding": [row.tolist() for row in txt],
+            }
+        )
 
 
 def example_image_base64(size: int = 32) -> str:
@@ -231,13 +255,21 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
 
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("double", "score"), ColSpec(Array("double"), "image_embedding"), ColSpec(Array("double"), "text_embedding")]),
+        outputs=Schema(
+            [
+                ColSpec("double", "score"),
+                ColSpec(Array("double"), "image_embedding"),
+                ColSpec(Array("double"), "text_embedding"),
+            ]
+        ),
     )
     example = pd.DataFrame({"image": [example_image_base64()], "text": ["a red circle in the middle"]})
     return _log_pyfunc("matcher", MatcherModel(), matcher, registered_model, signature, example)
 
 
-def _log_pyfunc(name: str, python_model: Any, saveable: Any, registered_model: str | None, signature: Any, example: pd.DataFrame) -> Any:
+def _log_pyfunc(
+    name: str, python_model: Any, saveable: Any, registered_model: str | None, signature: Any, example: pd.DataFrame
+) -> Any:
     """Save ``saveable`` to a folder and log it as the artifact ``name`` of the pyfunc class of
     ``python_model``, as models-from-code: MLflow stores the project's small entry file for the
     class (``itm_core/ops/served``), not a pickled object."""
@@ -277,7 +309,9 @@ def _load_pyfunc(uri: str, model_class: type, what: str) -> Any:
     except MlflowException as exc:
         if not _missing(exc):
             raise
-        raise LookupError(f"cannot load {what} {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}") from None
+        raise LookupError(
+            f"cannot load {what} {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
+        ) from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, model_class):
         raise LookupError(f"{uri!r} is an MLflow model but not an itm {what}")
@@ -286,15 +320,19 @@ def _load_pyfunc(uri: str, model_class: type, what: str) -> Any:
 
 def load_trained_generator(folder: str | Path) -> Any:
     """A saved captioner or text-to-image model, by the configuration file in ``folder``."""
-    from itm_core.models.captioning import CONFIG_FILE as CAPTIONER, Captioner
-    from itm_core.models.text_to_image import CONFIG_FILE as T2I, TextToImage
+    from itm_core.models.captioning import CONFIG_FILE as CAPTIONER
+    from itm_core.models.captioning import Captioner
+    from itm_core.models.text_to_image import CONFIG_FILE as T2I
+    from itm_core.models.text_to_image import TextToImage
 
     folder = Path(folder)
     if (folder / CAPTIONER).is_file():
         return Captioner.load(folder)
     if (folder / T2I).is_file():
         return TextToImage.load(folder)
-    raise FileNotFoundError(f"{folder} is neither a saved captioner ({CAPTIONER}) nor a saved text-to-image model ({T2I})")
+    raise FileNotFoundError(
+        f"{folder} is neither a saved captioner ({CAPTIONER}) nor a saved text-to-image model ({T2I})"
+    )
 
 
 def _png_base64(image: Any) -> str:
@@ -319,15 +357,17 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             return self._predict(model_input, params or {})
 
     def _predict(self, model_input: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-        from itm_core.models.captioning import Captioner
         from itm_core.data import image_from_reference
+        from itm_core.models.captioning import Captioner
 
         if isinstance(self.generator, Captioner):
             if "image" not in model_input.columns:
                 raise ValueError("a captioner's input needs an 'image' column (base64 image data or data: URIs)")
             check_rows(model_input)
             images = [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
-            return pd.DataFrame({"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))})
+            return pd.DataFrame(
+                {"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))}
+            )
         if "prompt" not in model_input.columns:
             raise ValueError("a text-to-image model's input needs a 'prompt' column")
         check_rows(model_input)
@@ -344,10 +384,18 @@ def log_generator(generator: Any, registered_model: str | None) -> Any:
     from itm_core.models.captioning import Captioner
 
     if isinstance(generator, Captioner):
-        schema = (Schema([ColSpec("string", "image")]), Schema([ColSpec("string", "caption")]), ParamSpec("num_beams", "long", 1))
+        schema = (
+            Schema([ColSpec("string", "image")]),
+            Schema([ColSpec("string", "caption")]),
+            ParamSpec("num_beams", "long", 1),
+        )
         example = pd.DataFrame({"image": [example_image_base64()]})
     else:
-        schema = (Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "image")]), ParamSpec("seed", "long", 0))
+        schema = (
+            Schema([ColSpec("string", "prompt")]),
+            Schema([ColSpec("string", "image")]),
+            ParamSpec("seed", "long", 0),
+        )
         example = pd.DataFrame({"prompt": ["a red circle in the middle"]})
     signature = ModelSignature(inputs=schema[0], outputs=schema[1], params=ParamSchema([schema[2]]))
     return _log_pyfunc("generator", GeneratorModel(), generator, registered_model, signature, example)
@@ -410,7 +458,9 @@ def promotion_lock(registered_model: str, timeout_s: float = 1800) -> Iterator[N
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"waited {timeout_s:.0f} s for the promotion lock of {registered_model!r} ({handle.name})") from None
+                    raise TimeoutError(
+                        f"waited {timeout_s:.0f} s for the promotion lock of {registered_model!r} ({handle.name})"
+                    ) from None
                 time.sleep(0.2)
         try:
             with _prefect_slot(f"itm-promote-{safe}", timeout_s):
@@ -440,7 +490,9 @@ def _prefect_slot(name: str, timeout_s: float) -> Iterator[None]:
         yield
 
 
-def register_and_promote_version(registered_model: str, log_model: Any, metric: str, new_value: float, score_version: Any) -> tuple[Any, "Promotion"]:
+def register_and_promote_version(
+    registered_model: str, log_model: Any, metric: str, new_value: float, score_version: Any
+) -> tuple[Any, Promotion]:
     """Register a new version (``log_model()``), then, under :func:`promotion_lock`, re-read the
     champion, score it on the same test data (``score_version(version)``) and move ``champion``
     only when the new version is strictly better. Concurrent runs therefore leave the best version
@@ -454,18 +506,34 @@ def register_and_promote_version(registered_model: str, log_model: Any, metric: 
             champion_value = float(score_version(str(previous.version)))
             mlflow.log_metric(f"champion_test_{metric}", champion_value)
         decision = promote_if_better(registered_model, version, metric, new_value, champion_value, previous)
-    mlflow.set_tags({"promotion.decision": decision.reason(), "promotion.metric": metric, "promotion.promoted": str(decision.promoted),
-                     "model_version": version})
+    mlflow.set_tags(
+        {
+            "promotion.decision": decision.reason(),
+            "promotion.metric": metric,
+            "promotion.promoted": str(decision.promoted),
+            "model_version": version,
+        }
+    )
     print(decision.reason())
     return info, decision
 
 
-def promote_if_better(registered_model: str, new_version: str, metric: str, new_value: float, champion_value: float | None, previous: Any | None) -> Promotion:
+def promote_if_better(
+    registered_model: str,
+    new_version: str,
+    metric: str,
+    new_value: float,
+    champion_value: float | None,
+    previous: Any | None,
+) -> Promotion:
     """Move ``champion`` to ``new_version`` when there is none or the new model scores strictly higher."""
     decision = Promotion(
         promoted=previous is None or new_value > (champion_value if champion_value is not None else float("-inf")),
-        metric=metric, new_value=new_value, champion_value=champion_value,
-        previous_version=None if previous is None else str(previous.version), new_version=str(new_version),
+        metric=metric,
+        new_value=new_value,
+        champion_value=champion_value,
+        previous_version=None if previous is None else str(previous.version),
+        new_version=str(new_version),
     )
     client = MlflowClient()
     if decision.promoted:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,14 @@ from itm_core.components import Dataset, Encoder, Explainer, Fusion, Generator, 
 from itm_core.data import ImageTextSet, load_manifest
 
 COLOURS = {
-    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 230), "yellow": (240, 220, 30),
-    "purple": (140, 40, 190), "orange": (250, 140, 20), "white": (250, 250, 250), "black": (15, 15, 15),
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (40, 70, 230),
+    "yellow": (240, 220, 30),
+    "purple": (140, 40, 190),
+    "orange": (250, 140, 20),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
 }
 NAMES = list(COLOURS)
 PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)
@@ -134,7 +141,13 @@ class ColourSwatches(Dataset):
                     rel = f"{name}-{i}.png"
                     Image.frombytes("RGB", (24, 24), pixels).save(self.folder / rel)
                     split = "train" if i < 0.6 * self.per_colour else "val" if i < 0.8 * self.per_colour else "test"
-                    rows.append({"image": rel, "caption": [f"a {name} swatch", f"something {name}", f"the colour {name}"], "split": split})
+                    rows.append(
+                        {
+                            "image": rel,
+                            "caption": [f"a {name} swatch", f"something {name}", f"the colour {name}"],
+                            "split": split,
+                        }
+                    )
             manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return load_manifest(manifest, name="colour-swatches")
 
@@ -158,12 +171,23 @@ class Quadrants(Explainer):
                 copy.paste((0, 0, 0), (col * w // 2, row * h // 2, (col + 1) * w // 2, (row + 1) * h // 2))
                 hidden.append(copy)
         scores = scorer.score_images([image, *hidden], text)  # any matcher's scores, through the scorer
-        return Attribution("quadrants", float(scores[0]), heat=(scores[0] - scores[1:]).reshape(2, 2).astype(np.float32), words=text.split())
+        return Attribution(
+            "quadrants",
+            float(scores[0]),
+            heat=(scores[0] - scores[1:]).reshape(2, 2).astype(np.float32),
+            words=text.split(),
+        )
 
 
 @hookimpl
 def register_encoders(register):
-    register("colour-names", ColourNames, modality="image|text", dim=len(NAMES), description="Images and texts as shares of 8 colour names")
+    register(
+        "colour-names",
+        ColourNames,
+        modality="image|text",
+        dim=len(NAMES),
+        description="Images and texts as shares of 8 colour names",
+    )
 
 
 @hookimpl
@@ -183,14 +207,27 @@ def register_generators(register):
 
 @hookimpl
 def register_metrics(register):
-    register("exact-match", ExactMatch, task="captioning", keys=["exact_match"], description="Share of captions equal to a reference")
+    register(
+        "exact-match",
+        ExactMatch,
+        task="captioning",
+        keys=["exact_match"],
+        description="Share of captions equal to a reference",
+    )
 
 
 @hookimpl
 def register_datasets(register):
-    register("colour-swatches", ColourSwatches, splits=["train", "val", "test"], description="Noisy one-colour swatches with captions")
+    register(
+        "colour-swatches",
+        ColourSwatches,
+        splits=["train", "val", "test"],
+        description="Noisy one-colour swatches with captions",
+    )
 
 
 @hookimpl
 def register_explainers(register):
-    register("quadrants", Quadrants, modalities=["image"], description="Score drop when each quarter of the image is hidden")
+    register(
+        "quadrants", Quadrants, modalities=["image"], description="Score drop when each quarter of the image is hidden"
+    )

@@ -29,7 +29,11 @@ def test_zero_shot_retrieval_and_captions(tmp_path):
     from itm_core.judge.evaluation import EncoderPair, evaluate_retrieval
 
     data = create("dataset", "colour-swatches", per_colour=5, root=str(tmp_path)).load().split("test")
-    pair = EncoderPair(create("encoder", "colour-names", modality="image"), create("encoder", "colour-names", modality="text"), create("similarity", "neg-euclidean"))
+    pair = EncoderPair(
+        create("encoder", "colour-names", modality="image"),
+        create("encoder", "colour-names", modality="text"),
+        create("similarity", "neg-euclidean"),
+    )
     metrics = evaluate_retrieval(pair, data)
     assert metrics["i2t_r1"] == 1.0  # every swatch's own colour words are nearest
     captions = create("generator", "colour-namer").generate(load_images(data.image_paths()))
