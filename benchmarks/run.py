@@ -561,7 +561,7 @@ def bench_retrieval(n_img: int) -> list[Row]:
     import torch
 
     from itm_core import create
-    from itm_core.judge.retrieval import ranks
+    from itm_core.models.retrieval import ranks
 
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(n_img, 256), dim=1)
@@ -933,7 +933,7 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
     import pandas as pd
     import torch
 
-    from itm_core.judge.retrieval import top_k
+    from itm_core.models.retrieval import top_k
     from itm_core.models.matcher import JointSimilarity
     from itm_core.models.search_index import IndexSettings, SearchIndex
 
@@ -990,7 +990,7 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
     real = int((differ & (np.abs(got_s - ref_s) > 1e-5)).sum())
     rows.append(
         {
-            "what": "exact index top 10 vs itm_core.judge.retrieval.top_k, 500 queries x 5,000 items",
+            "what": "exact index top 10 vs itm_core.models.retrieval.top_k, 500 queries x 5,000 items",
             "reference": "top_k",
             "value": float(real),
             "ref_value": 0.0,

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import transient_only
+from flows.retry import transient_only
 from itm_core.config import EncodingParams, ExecutorParams
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode_into_cache, encoder_key

@@ -10,12 +10,14 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import checked_by_encoding, load_data, log_dataset, transient_only
+from flows.retry import transient_only
+from flows.tasks import checked_by_encoding, load_data, log_dataset
 from itm_core.config import EvaluateParams, MatcherRef
 from itm_core.data import ImageTextSet, SkippedImage, load_images
 from itm_core.encode.embed import EmbeddingCache
-from itm_core.judge.evaluation import RetrievalReport, build_scorer, image_tower, retrieval_report
+from itm_core.judge.evaluation import RetrievalReport, image_tower, retrieval_report
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
+from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 LEADERBOARD_COLUMNS = [

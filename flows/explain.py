@@ -14,10 +14,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import load_data, read_checked
 from itm_core.config import ComponentParams, ExplainParams
+from itm_core.contract.explaining import Attribution, PairScorer
 from itm_core.contract.registry import create, spec
 from itm_core.data import DataError, open_image
-from itm_core.judge.evaluation import build_scorer
-from itm_core.judge.explain import Attribution, PairScorer, attributions_figure, explain_with
+from itm_core.judge.explain import attributions_figure, explain_with
+from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 

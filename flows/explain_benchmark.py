@@ -14,10 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.explain import build_explainer, cannot_serve
 from flows.tasks import load_data, read_checked
 from itm_core.config import ComponentParams, ExplainBenchmarkParams
+from itm_core.contract.explaining import PairScorer
 from itm_core.contract.registry import names, spec
-from itm_core.judge.evaluation import build_scorer
-from itm_core.judge.explain import PairScorer, attributions_figure, explain_with
+from itm_core.judge.explain import attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
+from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 COLUMNS = [

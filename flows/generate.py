@@ -12,7 +12,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import load_data, log_dataset, read_checked, transient_only
+from flows.retry import transient_only
+from flows.tasks import load_data, log_dataset, read_checked
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.contract.registry import create
 from itm_core.data import DataError, load_images

@@ -15,7 +15,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import checked_by_encoding, load_data, log_dataset, transient_only
+from flows.retry import transient_only
+from flows.tasks import checked_by_encoding, load_data, log_dataset
 from itm_core.config import IndexParams
 from itm_core.data import ImageTextSet
 from itm_core.data.images import SkippedImage

@@ -11,26 +11,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from flows.retry import transient_only
 from itm_core.config import DatasetParams, EncodingParams
+from itm_core.contract.datasets import load_dataset
 from itm_core.data import ImageTextSet, SkippedImage, read_images
-from itm_core.data.source import load_dataset
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_images, encode_split, encoder_key
 from itm_core.ops.tracking import log_table
-
-
-def transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry failures that may pass (a server, a file system, a download),
-    never bad input (unknown model, invalid value, missing file), which would fail the same way again."""
-    from itm_core.components import ContractError
-    from itm_core.contract.registry import RegistryError
-
-    try:
-        state.result()
-    except (LookupError, ValueError, TypeError, FileNotFoundError, ContractError, RegistryError, ImportError):
-        return False
-    except Exception:
-        return True
-    return False
 
 
 @task(name="load-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)

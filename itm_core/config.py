@@ -8,29 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from itm_core.contract.datasets import DatasetParams
+from itm_core.contract.params import ComponentParams, Params, problems
+from itm_core.ops.scorers import MatcherRef
 
 RECALL_KEYS = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DatasetParams(Params):
-    name: str = Field("shapes", description="A registered dataset: `shapes`, `manifest`, or one from a plugin")
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Options for the dataset, e.g. {'path': 'pairs.csv'} for `manifest`"
-    )
-    on_bad_image: Literal["fail", "skip"] = Field(
-        "skip", description="Missing or corrupt images: skip them (and report which) or fail"
-    )
-    max_images: int = Field(0, ge=0, description="Use only the first N images of each split (0: all)")
-
-
-class ComponentParams(Params):
-    name: str = Field(description="Registered component name")
-    options: dict[str, Any] = Field(default_factory=dict, description="Keyword options for the component's factory")
 
 
 class TrainingParams(Params):
@@ -296,11 +280,6 @@ class TextToImageParams(Params):
         return self
 
 
-def problems(exc: ValidationError) -> str:
-    """Each validation error as ``field.path: message``, joined by semicolons."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors())
-
-
 T2I_MODELS = ("cvae", "gan", "vqvae", "diffusion")
 
 
@@ -400,36 +379,6 @@ class RetrainParams(Params):
     @property
     def model_name(self) -> str:
         return self.registered_model or REGISTERED_MODELS[self.task]
-
-
-class MatcherRef(Params):
-    """A matcher to evaluate: a model URI, or a pair of encoders (compared directly, or through untrained heads)."""
-
-    model_uri: str | None = Field(
-        None, description="e.g. models:/itm-matcher@champion, runs:/<id>/matcher, or a saved matcher folder"
-    )
-    image_encoder: ComponentParams | None = None
-    text_encoder: ComponentParams | None = None
-    untrained_heads: bool = Field(
-        False, description="With an encoder pair: score through randomly initialised heads (a chance reference)"
-    )
-    similarity: str = Field("cosine", description="Similarity for an encoder pair compared directly")
-    label: str | None = Field(None, description="Name in the leaderboard")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> MatcherRef:
-        pair = self.image_encoder is not None and self.text_encoder is not None
-        if bool(self.model_uri) == pair:
-            raise ValueError("give either model_uri or both image_encoder and text_encoder")
-        return self
-
-    def display_name(self) -> str:
-        if self.label:
-            return self.label
-        if self.model_uri:
-            return self.model_uri
-        suffix = " (untrained heads)" if self.untrained_heads else ""
-        return f"{self.image_encoder.name} + {self.text_encoder.name}{suffix}"
 
 
 class EvaluateParams(Params):

@@ -25,7 +25,8 @@ import numpy as np
 
 from itm_core import hookimpl
 from itm_core.components import Explainer
-from itm_core.judge.explain import Attribution, PairScorer, fill_colour, hide, occlusion_heat, word_deletion, words_of
+from itm_core.contract.explaining import Attribution, PairScorer
+from itm_core.judge.explain import fill_colour, hide, occlusion_heat, word_deletion, words_of
 
 
 def superpixels(image: Any, segments: int) -> np.ndarray:

@@ -40,7 +40,7 @@ class RetrievalCaptioner(Generator):
         self.bank_emb = self.matcher.embed_texts(self.bank, EmbeddingCache())
 
     def generate(self, inputs: Sequence[Any], **options: Any) -> list[str]:
-        from itm_core.judge.retrieval import top_k
+        from itm_core.models.retrieval import top_k
 
         if len(inputs) == 0:
             return []

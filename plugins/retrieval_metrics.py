@@ -33,7 +33,7 @@ class RetrievalMetric(Metric):
         **_: Any,
     ) -> dict[str, float]:
         from itm_core import create
-        from itm_core.judge.retrieval import ranks, recall_metrics
+        from itm_core.models.retrieval import ranks, recall_metrics
 
         if similarity is None:
             similarity = create("similarity", "cosine")

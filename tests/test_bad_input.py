@@ -58,7 +58,7 @@ def _images(folder: Path) -> dict[str, str]:
 
 
 def _run(args: list[str]):
-    from itm_core.cli import app
+    from cli.main import app
 
     return CliRunner().invoke(app, args)
 

@@ -139,7 +139,7 @@ def test_broken_components_are_caught_by_rule():
 
 
 def test_cli_check_exit_status():
-    from itm_core.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["plugins", "check", "color-histogram", "-o", "bins=4", "-o", "grid=1"])
@@ -168,7 +168,7 @@ def test_itm_plugins_check_passes_for_every_builtin_with_no_options(kind, name, 
     """What a user types first: `itm plugins check NAME`. Built-ins whose defaults need a hub
     checkpoint, a champion or a data file declare check options (tiny local stand-ins), so every
     one passes offline, and the check leaves nothing behind (no mlflow.db, no files in the folder)."""
-    from itm_core.cli import app
+    from cli.main import app
 
     monkeypatch.chdir(tmp_path)
     out = CliRunner().invoke(app, ["plugins", "check", name, "--kind", kind])

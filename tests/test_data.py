@@ -226,7 +226,7 @@ def test_pack_then_read_gives_the_same_pairs(tiny_shapes, tmp_path):
     from typer.testing import CliRunner
 
     from itm_core import create
-    from itm_core.cli import app
+    from cli.main import app
 
     data = tiny_shapes
     rows = [

@@ -13,7 +13,8 @@ import torch
 
 SCRIPT = """
 import sys, torch
-from itm_core.models.distributed import init_from_env, train_steps
+from itm_core.models.distributed import train_steps
+from itm_core.models.process_group import init_from_env
 from itm_core.models.matcher import Matcher
 torch.manual_seed(0)
 image, text = torch.randn(64, 24), torch.randn(64, 16)

@@ -57,7 +57,7 @@ def installed_example(tmp_path_factory):
 
 
 def test_listed_by_itm_plugins(installed_example):
-    from itm_core.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["plugins", "--json"])
     example = {p["name"]: p for p in json.loads(result.stdout)}["example"]

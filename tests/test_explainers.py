@@ -8,8 +8,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from itm_core import create
+from itm_core.contract.explaining import Attribution, PairScorer
 from itm_core.judge.evaluation import EncoderPair
-from itm_core.judge.explain import Attribution, PairScorer, explain_with
+from itm_core.judge.explain import explain_with
 from itm_core.judge.faithfulness import area, cell_heat, judge, named_object, points_at, random_reference
 
 
@@ -196,7 +197,7 @@ def test_explain_and_explain_benchmark_flows(prefect_server, mlflow_store, tiny_
 
     from typer.testing import CliRunner
 
-    from itm_core.cli import app
+    from cli.main import app
 
     out = CliRunner().invoke(app, ["explain", "-e", "word-deletion", "-e", "lime", "-e", "occlusion", "--grid", "2"])
     assert out.exit_code == 0, out.output

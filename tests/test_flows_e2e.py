@@ -172,7 +172,7 @@ def test_prefect_artifacts_and_cached_encoding(prefect_server, mlflow_store, tin
 
 
 def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, tiny_shapes_options):
-    from itm_core.cli import app
+    from cli.main import app
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset:\n  name: shapes\n  on_bad_image: ignore\ntraining:\n  epochs: 0\n")
@@ -287,7 +287,7 @@ def test_generate_text_to_image_plugin(prefect_server, mlflow_store, tiny_shapes
 def test_demo_command_on_tiny_shapes(prefect_server, mlflow_store):
     """`itm demo --dataset shapes` end to end (small data; the README runs the default, scenes): two
     retrains, a leaderboard of four, captions from a caption bank of shapes, a champion."""
-    from itm_core.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["demo", "--dataset", "shapes", "--train-images", "40", "--eval-images", "12"])
     assert result.exit_code == 0, result.output
@@ -313,7 +313,7 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
     from flows.explain import explain
     from flows.retrain import retrain
     from itm_core import create
-    from itm_core.cli import app
+    from cli.main import app
     from itm_core.config import ExplainParams
 
     dataset = DatasetParams(options={**tiny_shapes_options, "n_train": 200})

@@ -108,8 +108,7 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(
     test_images = tiny_shapes_options["n_test"]
     assert result["generated"] == test_images
     assert (
-        "num_images is 100 but split 'test'" in result["notes"][0]
-        and f"has {test_images} images" in result["notes"][0]
+        "num_images is 100 but split 'test'" in result["notes"][0] and f"has {test_images} images" in result["notes"][0]
     )
     assert MlflowClient().get_run(result["run_id"]).data.tags["generate.notes"] == result["notes"][0]
 

@@ -7,7 +7,6 @@ import torch
 
 from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.judge.retrieval import Ranks
 from itm_core.models.heads import (
     FusionHead,
     HeadConfig,
@@ -21,6 +20,7 @@ from itm_core.models.heads import (
     train_itm,
     train_vqa,
 )
+from itm_core.models.retrieval import Ranks
 
 
 def test_weighted_fusion_fixed_or_learned():

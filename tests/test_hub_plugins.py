@@ -54,7 +54,8 @@ def test_clip_conforms(clip_dir, modality):
 
 def test_clip_pair_is_a_zero_shot_matcher_for_evaluate(clip_dir, tiny_shapes):
     from itm_core.config import ComponentParams, MatcherRef
-    from itm_core.judge.evaluation import EncoderPair, build_scorer, evaluate_retrieval
+    from itm_core.judge.evaluation import EncoderPair, evaluate_retrieval
+    from itm_core.ops.scorers import build_scorer
 
     ref = MatcherRef(
         image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),

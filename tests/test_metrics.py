@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from itm_core import create
-from itm_core.judge.retrieval import ranks, recall_metrics, top_k
+from itm_core.models.retrieval import ranks, recall_metrics, top_k
 
 
 class MatrixSimilarity:
@@ -116,7 +116,7 @@ def test_chunked_ranks_equal_the_full_matrix_ranks():
     """Positives are scored by the same chunk computations as negatives: no near-tie flips (a separate
     pairwise pass used to put 8 of 30,000 ranks off by one here)."""
     from itm_core import create
-    from itm_core.judge.retrieval import ranks
+    from itm_core.models.retrieval import ranks
 
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(5000, 256), dim=1)

@@ -216,7 +216,7 @@ def test_itm_disable_plugins(external_plugins, fresh_plugins, monkeypatch):
 
 
 def test_cli_plugins_json(external_plugins, fresh_plugins):
-    from itm_core.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
@@ -237,7 +237,7 @@ def test_cli_plugins_json(external_plugins, fresh_plugins):
 
 
 def test_component_with_missing_dependency_is_listed_unavailable():
-    from itm_core.cli import plugin_listing
+    from cli.main import plugin_listing
 
     class Needy:
         @hookimpl

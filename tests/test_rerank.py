@@ -7,8 +7,6 @@ import torch.nn.functional as F
 
 from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.judge.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
-from itm_core.judge.retrieval import Ranks, ranks
 from itm_core.models.heads import (
     HeadConfig,
     ITMHead,
@@ -18,6 +16,8 @@ from itm_core.models.heads import (
     listwise_loss,
     train_itm,
 )
+from itm_core.models.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
+from itm_core.models.retrieval import Ranks, ranks
 
 
 class Dot:
@@ -188,7 +188,7 @@ def test_itm_checkpoint_is_chosen_on_validation_reranking():
     best = result.history[result.best_epoch - 1]
     assert best["val_select"] == best["val_rerank_r1"] == max(h["val_rerank_r1"] for h in result.history)
     found = candidates(head, val, 8, val_base)
-    from itm_core.judge.rerank import rerank_r1
+    from itm_core.models.rerank import rerank_r1
 
     assert abs(rerank_r1(found, choose_both(found)) - best["val_rerank_r1"]) < 1e-9
     base_r1 = float(((val_base.i2t <= 1).float().mean() + (val_base.t2i <= 1).float().mean()) / 2)

@@ -173,7 +173,7 @@ def test_dataset_is_deterministic_and_carries_the_probe_and_questions(tmp_path):
 def test_demo_names_the_datasets_it_runs_on():
     from typer.testing import CliRunner
 
-    from itm_core.cli import app
+    from cli.main import app
 
     out = CliRunner().invoke(app, ["demo", "--dataset", "coco"])
     assert out.exit_code == 2 and "--dataset must be shapes or scenes, got 'coco'" in out.output

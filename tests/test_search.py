@@ -24,8 +24,8 @@ from itm_core.config import (
     SearchParams,
     TrainingParams,
 )
-from itm_core.judge.retrieval import top_k
 from itm_core.models.matcher import JointSimilarity
+from itm_core.models.retrieval import top_k
 from itm_core.models.search_index import IndexSettings, SearchIndex, SearchIndexError
 
 CLASSIC = dict(
@@ -90,7 +90,7 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     from flows.retrain import retrain
     from flows.search import search
     from itm_core import create
-    from itm_core.cli import app
+    from cli.main import app
     from itm_core.ops.search import Searcher
     from itm_core.ops.tracking import load_matcher
 

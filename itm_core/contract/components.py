@@ -130,8 +130,8 @@ class Dataset(ABC):
 class Explainer(ABC):
     """Says why a matcher scores an image-text pair as it does. ``modalities`` names what it explains
     (``"image"``: a heat map, ``"text"``: a value per word); ``explain`` gets a
-    :class:`itm_core.judge.explain.PairScorer`, a PIL image and the text, and returns an
-    :class:`itm_core.judge.explain.Attribution`."""
+    :class:`itm_core.contract.explaining.PairScorer`, a PIL image and the text, and returns an
+    :class:`itm_core.contract.explaining.Attribution`."""
 
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")
 

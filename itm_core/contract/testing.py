@@ -14,7 +14,7 @@ import inspect
 import re
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from itm_core.contract.components import ContractError
+from itm_core.contract.explaining import PairScorer
 from itm_core.contract.registry import create, spec
 
 Status = Literal["pass", "fail", "skip"]
@@ -510,20 +511,30 @@ class _HashedWords:
         return out
 
 
-def tiny_scorer() -> Any:
-    """A :class:`~itm_core.judge.explain.PairScorer` over a random conv encoder and hashed words,
+class _TinyPair:
+    """The two tiny encoders compared by cosine: the matcher behind :func:`tiny_scorer`."""
+
+    def __init__(self) -> None:
+        self.image_encoder, self.text_encoder = _TinyConvEncoder(), _HashedWords()
+
+    @staticmethod
+    def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+
+    @property
+    def similarity(self) -> _TinyPair:
+        return self
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder.encode(list(texts))
+
+
+def tiny_scorer() -> PairScorer:
+    """A :class:`~itm_core.contract.explaining.PairScorer` over a random conv encoder and hashed words,
     compared by cosine: cheap, deterministic, with gradients."""
-    import torch.nn.functional as F
-
-    from itm_core.judge.evaluation import EncoderPair
-    from itm_core.judge.explain import PairScorer
-
-    class Cosine:
-        @staticmethod
-        def pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
-
-    return PairScorer(EncoderPair(_TinyConvEncoder(), _HashedWords(), Cosine()))
+    return PairScorer(_TinyPair())
 
 
 def _explainer_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:

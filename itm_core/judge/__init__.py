@@ -1,1 +1,1 @@
-"""Judging models: retrieval metrics, evaluation, benchmarks and explanations."""
+"""Judging models: evaluation on a split, the fusion benchmark, explanations and their faithfulness."""

@@ -14,8 +14,6 @@ import torch
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, ModalityFeatures, encode_features
-from itm_core.judge.rerank import candidates, choose_both
-from itm_core.judge.retrieval import Ranks, ranks, recall_metrics
 from itm_core.models.heads import (
     FusionHead,
     HeadConfig,
@@ -31,6 +29,8 @@ from itm_core.models.heads import (
     train_vqa,
 )
 from itm_core.models.matcher import Matcher
+from itm_core.models.rerank import candidates, choose_both
+from itm_core.models.retrieval import Ranks, ranks, recall_metrics
 from itm_core.models.token_reader import TokenReader
 
 TEXT_READERS = ("auto", "tokens", "pooled")

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from itm_core.config import MatcherRef
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode
@@ -63,25 +62,6 @@ def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[A
     return build_encoder(image, "image", train), build_encoder(text, "text", train)
 
 
-def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:
-    """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``."""
-    from itm_core.ops.tracking import load_matcher
-
-    if ref.model_uri:
-        return load_matcher(ref.model_uri)
-    image, text = build_encoders(ref.image_encoder, ref.text_encoder, train)
-    if ref.untrained_heads:
-        torch.manual_seed(0)
-        matcher = Matcher(ref.image_encoder.model_dump(), ref.text_encoder.model_dump(), int(image.dim), int(text.dim))
-        return matcher.attach_encoders(image, text).eval()
-    if int(image.dim) != int(text.dim):
-        raise ValueError(
-            f"encoders {ref.image_encoder.name!r} (dim {image.dim}) and {ref.text_encoder.name!r} (dim {text.dim}) "
-            "do not share an embedding space; evaluate a trained matcher or set untrained_heads"
-        )
-    return EncoderPair(image, text, create("similarity", ref.similarity))
-
-
 def image_tower(scorer: Matcher | EncoderPair) -> Any:
     """The image encoder a scorer reads image files with."""
     return scorer.image_encoder if isinstance(scorer, EncoderPair) else scorer._encoder("image")
@@ -134,7 +114,7 @@ def report_from_embeddings(
     ``data``; the ranks are computed once and give the metrics too."""
     import random
 
-    from itm_core.judge.retrieval import ranks, recall_metrics, top_k
+    from itm_core.models.retrieval import ranks, recall_metrics, top_k
 
     r = ranks(image_emb, text_emb, data.caption_image, similarity)
     queries = sorted(random.Random(seed).sample(range(len(data.captions)), min(examples, len(data.captions))))

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from itm_core.judge.explain import Attribution, PairScorer, cell_mask, fill_colour, hide
+from itm_core.contract.explaining import Attribution, PairScorer
+from itm_core.judge.explain import cell_mask, fill_colour, hide
 
 POINTING_TOLERANCE = 1 / 16
 

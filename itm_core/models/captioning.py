@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from itm_core.models.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.training import TrainSchedule, clipped_step, one_cycle, seed_everything
-from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"

@@ -23,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.judge.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, rerank_r1
-from itm_core.judge.retrieval import Ranks
+from itm_core.models.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, rerank_r1
+from itm_core.models.retrieval import Ranks
 from itm_core.models.token_reader import TokenReader
 from itm_core.models.training import captions_per_image, seed_everything
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from itm_core.data import DataError
+from itm_core.models.saving import load_weights, read_meta, restore_encoder, save_model_folder
 from itm_core.models.token_reader import TokenReader
 from itm_core.models.training import (
     TrainSchedule,
@@ -43,7 +44,6 @@ from itm_core.models.training import (
     settle_precision,
     step_autocast,
 )
-from itm_core.ops.saving import load_weights, read_meta, restore_encoder, save_model_folder
 
 CONFIG_FILE = "text_to_image.json"
 

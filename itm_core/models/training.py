@@ -22,9 +22,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from itm_core.encode.embed import FeatureSplit
-from itm_core.judge.retrieval import ranks, recall_metrics
-from itm_core.models.distributed import Ranks, average_gradients, broadcast_parameters, gather_with_grad, share_decision
 from itm_core.models.matcher import Matcher
+from itm_core.models.process_group import (
+    Ranks,
+    average_gradients,
+    broadcast_parameters,
+    gather_with_grad,
+    share_decision,
+)
+from itm_core.models.retrieval import ranks, recall_metrics
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -45,7 +45,7 @@ RECALL_KS = (1, 2, 3, 5, 10, 20, 50)
 
 def recall_at_k_figure(curves: dict[str, Any], ks: tuple[int, ...] = RECALL_KS) -> Any:
     """Recall@K against K, image-to-text and text-to-image side by side; ``curves`` maps a label to
-    its :class:`itm_core.judge.retrieval.Ranks`."""
+    its :class:`itm_core.models.retrieval.Ranks`."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -267,6 +267,10 @@ def log_matcher(matcher: Matcher, registered_model: str | None) -> Any:
     return _log_pyfunc("matcher", MatcherModel(), matcher, registered_model, signature, example)
 
 
+# the models-from-code entry file of each kind of logged model (see itm_core/ops/served/__init__.py)
+SERVED = Path(__file__).with_name("served")
+
+
 def _log_pyfunc(
     name: str, python_model: Any, saveable: Any, registered_model: str | None, signature: Any, example: pd.DataFrame
 ) -> Any:
@@ -275,13 +279,11 @@ def _log_pyfunc(
     class (``itm_core/ops/served``), not a pickled object."""
     from importlib.metadata import version
 
-    from itm_core.ops.served import code_path
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = saveable.save(Path(tmp) / name)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=code_path(name),
+            python_model=str(SERVED / f"{name}_model.py"),
             artifacts={name: str(folder)},
             pip_requirements=[f"itm-workbench=={version('itm-workbench')}", f"torch=={version('torch')}"],
             registered_model_name=registered_model,

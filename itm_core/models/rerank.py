@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from itm_core.judge.retrieval import Ranks, recall_metrics, top_k
+from itm_core.models.retrieval import Ranks, recall_metrics, top_k
 
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 DIRECTIONS = ("i2t", "t2i")

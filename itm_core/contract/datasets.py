@@ -1,22 +1,33 @@
-"""Load the dataset a flow's parameters name, with its images checked."""
+"""The dataset a flow's parameters name: built through the registry, cut to ``max_images`` per split,
+its images checked."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Literal
 
+from pydantic import Field
+
+from itm_core.contract.params import Params
+from itm_core.contract.registry import create
 from itm_core.data.images import SkippedImage, check_images
 from itm_core.data.pairs import ImageTextSet
 
-if TYPE_CHECKING:
-    from itm_core.config import DatasetParams
+
+class DatasetParams(Params):
+    name: str = Field("shapes", description="A registered dataset: `shapes`, `manifest`, or one from a plugin")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Options for the dataset, e.g. {'path': 'pairs.csv'} for `manifest`"
+    )
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "skip", description="Missing or corrupt images: skip them (and report which) or fail"
+    )
+    max_images: int = Field(0, ge=0, description="Use only the first N images of each split (0: all)")
 
 
 def load_dataset(params: DatasetParams, check: bool = True) -> tuple[ImageTextSet, list[SkippedImage]]:
     """Build the registered dataset, keep ``max_images`` per split, and (with ``check``) decode every
     image once to leave out bad ones. Without ``check`` the images are checked later, in the encoding
     pass that reads them anyway (:func:`itm_core.encode.embed.encode_split`)."""
-    from itm_core.contract.registry import create
-
     data = create("dataset", params.name, **params.options).load()
     if params.max_images:
         keep: list[int] = []

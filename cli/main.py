@@ -238,9 +238,7 @@ def data_pack(
     manifest: Path = typer.Argument(..., help="A CSV, Parquet, JSONL or Karpathy JSON manifest"),
     out: Path = typer.Argument(..., help="Folder for the shards"),
     shard_size: int = typer.Option(1000, "--shard-size", help="Samples per shard"),
-    root: Path | None = typer.Option(
-        None, help="Folder the manifest's image paths are relative to (default: its own)"
-    ),
+    root: Path | None = typer.Option(None, help="Folder the manifest's image paths are relative to (default: its own)"),
 ) -> None:
     """Write MANIFEST's images and captions as WebDataset shards OUT/shard-NNNNN.tar (read them back
     with the `webdataset` dataset, urls OUT/shard-{00000..NNNNN}.tar)."""
