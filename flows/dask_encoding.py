@@ -64,7 +64,7 @@ def encode_shard(
     started = time.time()
     if threads:
         torch.set_num_threads(threads)
-    options = encoding.options()
+    options = encoding
     options.workers = 0  # Dask worker processes are daemonic: they cannot start loader processes
     options.shard_size = max(options.shard_size, len(items))
     encoded = encode_into_cache(worker_encoder(spec), items, EmbeddingCache(cache_folder, float16=float16), options)

@@ -24,8 +24,8 @@ from itm_core.config import (
     GenerateParams,
     MatcherRef,
     RetrainParams,
-    TrainingParams,
 )
+from itm_core.models.training import ContrastiveTraining
 
 PRETRAINED = (ComponentParams(name="efficientnet-lite0"), ComponentParams(name="minilm"))
 CLASSIC = (ComponentParams(name="color-histogram"), ComponentParams(name="tfidf"))
@@ -33,13 +33,13 @@ CLASSIC = (ComponentParams(name="color-histogram"), ComponentParams(name="tfidf"
 
 def run_demo(
     dataset: DatasetParams | None = None,
-    training: TrainingParams | None = None,
+    training: ContrastiveTraining | None = None,
     num_captions: int = 12,
     console: Console | None = None,
 ) -> dict[str, Any]:
     console = console or Console()
     dataset = dataset or DatasetParams(name="scenes")
-    training = training or TrainingParams()
+    training = training or ContrastiveTraining()
     start = time.perf_counter()
     runs = {}
     for label, (image, text) in (("pretrained", PRETRAINED), ("classic", CLASSIC)):

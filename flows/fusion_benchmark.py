@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import checked_by_encoding, load_data, log_dataset, without_skipped
-from itm_core.config import FusionBenchmarkParams, HeadTrainingParams
+from itm_core.config import FusionBenchmarkParams
 from itm_core.contract.registry import names, spec
 from itm_core.data import SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
@@ -30,9 +30,8 @@ from itm_core.judge.benchmark import (
     uses_tokens,
 )
 from itm_core.judge.evaluation import build_encoders
-from itm_core.models.heads import HeadConfig
 from itm_core.models.matcher import Matcher
-from itm_core.models.training import ContrastiveConfig, train_contrastive
+from itm_core.models.training import train_contrastive
 from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
 
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
@@ -60,20 +59,6 @@ COLUMNS = [
     "parameters",
     "train_seconds",
 ]
-
-
-def head_config(p: HeadTrainingParams, hard_pool: int, seed: int, **itm: Any) -> HeadConfig:
-    return HeadConfig(
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        patience=p.patience,
-        input_dropout=p.input_dropout,
-        hard_pool=hard_pool,
-        seed=seed,
-        **itm,
-    )
 
 
 @task(name="encode", cache_policy=NO_CACHE)
@@ -117,17 +102,8 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
         hidden_dim=t.hidden_dim,
         dropout=t.dropout,
     )
-    config = ContrastiveConfig(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        patience=t.patience,
-        monitor=t.monitor,
-        seed=params.seed,
-        precision=t.precision,
-    )
-    train_contrastive(matcher, split(features["train"]), split(features["val"]), config)
+    options = t.model_copy(update={"seed": params.seed})  # the benchmark's seed seeds every model it trains
+    train_contrastive(matcher, split(features["train"]), split(features["val"]), options)
     return prepare(features, matcher, params.dataset_negatives)
 
 
@@ -149,21 +125,8 @@ def run_method(name: str, params: FusionBenchmarkParams, data: BenchmarkData) ->
                 mlflow.log_figure(fig, "attention_maps.png")
                 plt.close(fig)
 
-        vqa = (
-            head_config(params.vqa, params.hard_pool, params.seed, text_reader=params.text_reader)
-            if has_qa(data.features["train"].data)
-            else None
-        )
-        itm = head_config(
-            params.itm,
-            params.hard_pool,
-            params.seed,
-            in_batch_negatives=params.in_batch_negatives,
-            select=params.itm_select,
-            listwise=params.listwise,
-            text_reader=params.text_reader,
-        )
-        metrics = benchmark_fusion(name, options, data, itm, vqa, params.rerank_k, on_epoch, on_itm)
+        vqa = params.vqa if has_qa(data.features["train"].data) else None
+        metrics = benchmark_fusion(name, options, data, params, params.itm, vqa, params.seed, on_epoch, on_itm)
         mlflow.log_metrics(metrics)
     print(
         f"{name}: "

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.retrain_generation import require_diffusers, require_matcher, t2i_config, text_features
+from flows.retrain_generation import require_diffusers, require_matcher, text_features
 from flows.tasks import load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
 from itm_core.contract.registry import create
@@ -92,9 +92,8 @@ def run_model(
 
     run = model_params(params, name)
     t = run.text_to_image
-    config = t2i_config(run)
     require_diffusers(name, "generation-benchmark: model")
-    tokens = uses_tokens(config, encoder)
+    tokens = uses_tokens(t, encoder)
     features = {s: text_features(encoder, d, cache, tokens) for s, d in data["splits"].items() if s != "test"}
     images = {s: images_to_tensor(data["images"][s], t.resolution) for s in ("train", "val")}
     with tracked_run(params.experiment, name, {"model": name, **t.model_dump()}, nested=True):
@@ -109,7 +108,7 @@ def run_model(
             features["train"],
             images["val"],
             features["val"],
-            config,
+            t,
             on_epoch,
         )
         model.encoder = encoder

@@ -56,7 +56,7 @@ def embed(
 @task(name="build-index", cache_policy=NO_CACHE)
 def build_index(vectors: np.ndarray, items: pd.DataFrame, params: IndexParams, meta: dict[str, Any]) -> SearchIndex:
     start = time.perf_counter()
-    index = SearchIndex.build(vectors, items, params.index.settings(), meta)
+    index = SearchIndex.build(vectors, items, params.index, meta)
     print(f"{index.kind} index of {len(index)} items ({index.dim} dims) built in {time.perf_counter() - start:.1f} s")
     return index
 

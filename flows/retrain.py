@@ -18,8 +18,9 @@ from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache, FeatureSplit
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.distributed import train_in_processes
+from itm_core.models.loop import FitResult
 from itm_core.models.matcher import Matcher
-from itm_core.models.training import ContrastiveConfig, LiveTower, TrainResult, train_contrastive
+from itm_core.models.training import LiveTower, train_contrastive
 from itm_core.ops.checkpoints import Checkpointer, find_resumable, resume_key
 from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
 
@@ -56,7 +57,7 @@ def train_matcher(
     unlocked: dict[str, LiveTower],
     checkpointer: Checkpointer | None = None,
     resume: dict[str, Any] | None = None,
-) -> tuple[Matcher, TrainResult]:
+) -> tuple[Matcher, FitResult]:
     """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
     t = params.training
     torch.manual_seed(t.seed)
@@ -69,26 +70,14 @@ def train_matcher(
         hidden_dim=t.hidden_dim,
         dropout=t.dropout,
     )
-    config = ContrastiveConfig(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        weight_decay=t.weight_decay,
-        patience=t.patience,
-        monitor=t.monitor,
-        seed=t.seed,
-        tower_lr=t.tower_lr,
-        time_limit_s=t.time_limit_s,
-        precision=t.precision,
-    )
-
     progress = Progress("training-progress", f"epochs of {t.epochs} (early stopping may end sooner)")
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch)
         progress.update(epoch, t.epochs)
         print(
-            f"epoch {epoch}: loss {metrics['train_loss']:.4f}, val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}"
+            f"epoch {epoch}: loss {metrics['train_loss']:.4f}, "
+            f"val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}"
         )
 
     if resume is not None:
@@ -100,7 +89,7 @@ def train_matcher(
             matcher,
             train,
             val,
-            config,
+            t,
             unlocked,
             resume,
             checkpointer.path if checkpointer else None,
@@ -108,9 +97,7 @@ def train_matcher(
             checkpointer.publish if checkpointer else None,
         )
     else:
-        result = train_contrastive(
-            matcher, train, val, config, on_epoch, unlocked, checkpoint=checkpointer, resume=resume
-        )
+        result = train_contrastive(matcher, train, val, t, on_epoch, unlocked, checkpoint=checkpointer, resume=resume)
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
     return matcher, result
 

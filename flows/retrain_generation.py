@@ -82,24 +82,9 @@ def train_captioner_task(
 ) -> tuple[Any, Any]:
     """Train the GPT-2 captioner on cached image features; log losses every epoch and sample captions
     of fixed validation images every ``sample_every`` epochs."""
-    from itm_core.models.captioning import CaptionerConfig, train_captioner
+    from itm_core.models.captioning import train_captioner
 
     c = params.captioning
-    config = CaptionerConfig(
-        prefix_tokens=c.prefix_tokens,
-        n_embd=c.n_embd,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
-        dropout=c.dropout,
-        max_length=c.max_length,
-        epochs=c.epochs,
-        batch_size=c.batch_size,
-        lr=c.lr,
-        weight_decay=c.weight_decay,
-        patience=c.patience,
-        seed=c.seed,
-        time_limit_s=c.time_limit_s,
-    )
     val = splits["val"]
     shown = list(range(min(SAMPLES, len(val))))
     shown_images = load_images([val.image_path(i) for i in shown])
@@ -117,7 +102,7 @@ def train_captioner_task(
         features["val"],
         val.captions,
         val.caption_image,
-        config,
+        c,
         on_epoch,
     )
     mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
@@ -206,14 +191,13 @@ def train_t2i_task(
     from itm_core.models.text_to_image import tensor_to_images, train_text_to_image
 
     t = params.text_to_image
-    config = t2i_config(params)
     shown = min(SAMPLES, len(prompts))
     rows = features["val"].first_captions(len(images["val"]))[:shown]
     shown_text = features["val"].text[rows].float()
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 
     on_epoch = epoch_callback(
-        config.epochs,
+        t.epochs,
         t.sample_every,
         lambda model: (
             tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed)),
@@ -227,63 +211,12 @@ def train_t2i_task(
         features["train"],
         images["val"],
         features["val"],
-        config,
+        t,
         on_epoch,
     )
     mlflow.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps})
     mlflow.set_tags({"training.stopped": result.stopped, "training.precision": model.config.precision})
     return model, result
-
-
-def t2i_config(params: RetrainParams) -> Any:
-    from itm_core.models.text_to_image import TextToImageConfig
-    from itm_core.models.training import settle_precision
-
-    t = params.text_to_image
-    return TextToImageConfig(
-        model=t.model,
-        resolution=t.resolution,
-        cond_dim=t.cond_dim,
-        channels=t.channels or CHANNELS.get(t.model, 64),
-        latent_dim=t.latent_dim,
-        kl_weight=t.kl_weight,
-        prior_weight=t.prior_weight,
-        align_weight=t.align_weight,
-        adv_weight=t.adv_weight,
-        temperature=t.temperature if t.temperature is not None else TEMPERATURE.get(t.model, 1.0),
-        cvae_prior=t.cvae_prior,
-        cvae_decoder=t.cvae_decoder,
-        text_condition=t.text_condition,
-        condition_layers=t.condition_layers,
-        condition_queries=t.condition_queries,
-        block_channels=tuple(t.block_channels),
-        sample_steps=t.sample_steps,
-        guidance_scale=t.guidance_scale if t.guidance_scale is not None else GUIDANCE.get(t.model, 1.0),
-        noise_dim=t.noise_dim,
-        mismatch_weight=t.mismatch_weight,
-        codebook_size=t.codebook_size,
-        code_stride=t.code_stride,
-        vq_epochs=t.vq_epochs,
-        prior_width=t.prior_width,
-        prior_layers=t.prior_layers,
-        prior_dropout=t.prior_dropout,
-        top_k=t.top_k,
-        epochs=t.epochs or EPOCHS[t.model],
-        batch_size=t.batch_size or BATCH.get(t.model, 64),
-        lr=t.lr or LR.get(t.model, 1e-3),
-        seed=t.seed,
-        time_limit_s=t.time_limit_s,
-        precision=settle_precision(t.precision or PRECISION.get(t.model, "fp32")),
-    )
-
-
-EPOCHS = {"cvae": 120, "diffusion": 14, "gan": 120, "vqvae": 60}
-LR = {"gan": 2e-4}
-BATCH = {"cvae": 32}
-CHANNELS = {"gan": 32}
-GUIDANCE = {"diffusion": 3.0, "vqvae": 2.0}
-TEMPERATURE = {"cvae": 0.3}
-PRECISION = {"cvae": "auto"}
 
 
 def require_diffusers(model: str, option: str) -> None:
@@ -317,8 +250,7 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
     splits = {s: data.split(s) for s in ("train", "val", "test")}
     encoder = build_encoder(params.text_encoder, "text", splits["train"])
     cache = EmbeddingCache()
-    config = t2i_config(params)
-    tokens = uses_tokens(config, encoder)
+    tokens = uses_tokens(t, encoder)
     run_name = params.run_name or f"{t.model} on {params.text_encoder.name}"
     with tracked_run(params.experiment, run_name, params.model_dump()) as run:
         images, skipped = {}, []

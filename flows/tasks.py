@@ -121,7 +121,7 @@ def encode_features(
         from flows.dask_encoding import encode_on_dask
 
         encode_on_dask(image_encoder, text_encoder, data, cache, encoding)
-    kept, features, skipped = encode_split(image_encoder, text_encoder, data, cache, encoding.options(), on_bad_image)
+    kept, features, skipped = encode_split(image_encoder, text_encoder, data, cache, encoding, on_bad_image)
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
     return kept, features, skipped

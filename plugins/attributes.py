@@ -192,8 +192,8 @@ def train_reader(dataset: Any, resolution: int, epochs: int = 30, seed: int = 0)
     from torch.nn import functional as F
 
     from itm_core.data import load_images
+    from itm_core.models.loop import one_cycle, seed_everything
     from itm_core.models.text_to_image import images_to_tensor
-    from itm_core.models.training import one_cycle, seed_everything
 
     seed_everything(seed)
     data = dataset.load()

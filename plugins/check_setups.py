@@ -68,7 +68,7 @@ def with_matcher(**extra: Any) -> Callable[[Path], dict[str, Any]]:
 def captioner_folder(folder: Path) -> dict[str, Any]:
     import torch
 
-    from itm_core.models.captioning import Captioner, CaptionerConfig, CaptionModel, train_tokenizer
+    from itm_core.models.captioning import Captioner, CaptioningOptions, CaptionModel, train_tokenizer
 
     image, _ = _classic_encoders()
     tokenizer = train_tokenizer(CAPTIONS)
@@ -76,7 +76,7 @@ def captioner_folder(folder: Path) -> dict[str, Any]:
     model = CaptionModel(
         int(image.dim),
         tokenizer.get_vocab_size(),
-        CaptionerConfig(prefix_tokens=2, n_embd=16, n_layer=1, n_head=2, max_length=8),
+        CaptioningOptions(prefix_tokens=2, n_embd=16, n_layer=1, n_head=2, max_length=8),
     )
     captioner = Captioner(model, tokenizer, {"name": "color-histogram", "options": {"bins": 2, "grid": 1}}, image)
     return {"model": str(captioner.save(folder / "captioner")), "num_beams": 2}
@@ -85,11 +85,11 @@ def captioner_folder(folder: Path) -> dict[str, Any]:
 def text_to_image_folder(folder: Path) -> dict[str, Any]:
     import torch
 
-    from itm_core.models.text_to_image import ConditionalVAE, TextToImage, TextToImageConfig
+    from itm_core.models.text_to_image import ConditionalVAE, CVAEOptions, TextToImage
 
     _, text = _classic_encoders()
     torch.manual_seed(0)
-    model = ConditionalVAE(int(text.dim), TextToImageConfig(resolution=16, cond_dim=8, latent_dim=4, channels=8))
+    model = ConditionalVAE(int(text.dim), CVAEOptions(resolution=16, cond_dim=8, latent_dim=4, channels=8))
     t2i = TextToImage(model, {"name": "tfidf", "options": {"max_features": 64}}, int(text.dim), False, text)
     return {"model": str(t2i.save(folder / "text-to-image"))}
 

@@ -225,8 +225,8 @@ def test_pack_then_read_gives_the_same_pairs(tiny_shapes, tmp_path):
     """`itm data pack` writes shards that the `webdataset` dataset reads back as the same pairs."""
     from typer.testing import CliRunner
 
-    from itm_core import create
     from cli.main import app
+    from itm_core import create
 
     data = tiny_shapes
     rows = [

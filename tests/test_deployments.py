@@ -42,7 +42,7 @@ def test_parameter_forms_have_defaults_and_descriptions():
     fn, _ = get_flow("retrain")
     schema = parameter_schema(fn).model_dump_for_openapi()
     defs = schema["definitions"]
-    training = defs["TrainingParams"]["properties"]
+    training = defs["ContrastiveTraining"]["properties"]
     assert training["epochs"]["default"] == 40 and "Maximum epochs" in training["epochs"]["description"]
     assert set(defs["RetrainParams"]["properties"]) >= {
         "dataset",

@@ -111,7 +111,7 @@ def test_retrain_in_two_processes_matches_one(prefect_server, mlflow_store, tiny
 
 
 def test_processes_must_fit_the_batch():
-    from itm_core.config import TrainingParams
+    from itm_core.config import ContrastiveTraining
 
     with pytest.raises(ValueError, match=r"training.processes \(8\) is larger than training.batch_size \(4\)"):
-        TrainingParams(processes=8, batch_size=4)
+        ContrastiveTraining(processes=8, batch_size=4)

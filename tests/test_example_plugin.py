@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from itm_core.config import (
     ComponentParams,
+    ContrastiveTraining,
     DatasetParams,
     EvaluateParams,
     GenerateParams,
     MatcherRef,
     RetrainParams,
-    TrainingParams,
 )
 from itm_core.contract.plugins import reset_plugin_manager
 
@@ -125,7 +125,7 @@ def test_flows_use_its_components_by_name(installed_example, prefect_server, mlf
             dataset=dataset,
             image_encoder=image,
             text_encoder=text,
-            training=TrainingParams(epochs=3, batch_size=8, hidden_dim=0, embed_dim=8),
+            training=ContrastiveTraining(epochs=3, batch_size=8, hidden_dim=0, embed_dim=8),
         )
     )
     assert trained["model_version"] == "1" and trained["promoted"]

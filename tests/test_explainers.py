@@ -153,19 +153,19 @@ def test_explain_and_explain_benchmark_flows(prefect_server, mlflow_store, tiny_
     from flows.retrain import retrain
     from itm_core.config import (
         ComponentParams,
+        ContrastiveTraining,
         DatasetParams,
         ExplainBenchmarkParams,
         ExplainParams,
         MatcherRef,
         RetrainParams,
-        TrainingParams,
     )
 
     dataset = DatasetParams(options={**tiny_shapes_options, "n_train": 200, "n_test": 40})
     retrain(
         RetrainParams(
             dataset=dataset,
-            training=TrainingParams(epochs=10, batch_size=32),
+            training=ContrastiveTraining(epochs=10, batch_size=32),
             image_encoder=ComponentParams(name="color-histogram"),
             text_encoder=ComponentParams(name="tfidf", options={"max_features": 256}),
         )

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from itm_core.config import (
     ComponentParams,
+    ContrastiveTraining,
     DatasetParams,
     EvaluateParams,
     GenerateParams,
     MatcherRef,
     RetrainParams,
-    TrainingParams,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -39,7 +39,7 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     from flows.retrain import retrain
 
     dataset = DatasetParams(options=tiny_shapes_options)
-    training = TrainingParams(epochs=4, batch_size=16, patience=4)
+    training = ContrastiveTraining(epochs=4, batch_size=16, patience=4)
     first = retrain(RetrainParams(dataset=dataset, training=training, **PRETRAINED))
     second = retrain(RetrainParams(dataset=dataset, training=training, **CLASSIC))
     client = MlflowClient()
@@ -149,7 +149,9 @@ def test_prefect_artifacts_and_cached_encoding(prefect_server, mlflow_store, tin
     from flows.retrain import retrain
 
     params = RetrainParams(
-        dataset=DatasetParams(options=tiny_shapes_options), training=TrainingParams(epochs=2, batch_size=16), **CLASSIC
+        dataset=DatasetParams(options=tiny_shapes_options),
+        training=ContrastiveTraining(epochs=2, batch_size=16),
+        **CLASSIC,
     )
     first = retrain.with_options(name="retrain")(params, return_state=True)
     second = retrain(params, return_state=True)
@@ -310,14 +312,14 @@ def test_explain_flow_and_cli(prefect_server, mlflow_store, tiny_shapes_options,
     """The occlusion map finds the shape; the colour and shape words matter more than filler words."""
     from PIL import Image, ImageDraw
 
+    from cli.main import app
     from flows.explain import explain
     from flows.retrain import retrain
     from itm_core import create
-    from cli.main import app
     from itm_core.config import ExplainParams
 
     dataset = DatasetParams(options={**tiny_shapes_options, "n_train": 200})
-    retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=10, batch_size=32), **CLASSIC))
+    retrain(RetrainParams(dataset=dataset, training=ContrastiveTraining(epochs=10, batch_size=32), **CLASSIC))
     # a red square in the top-left cell of a 2x2 grid, on the shapes background grey
     image = Image.new("RGB", (64, 64), (128, 128, 128))
     ImageDraw.Draw(image).rectangle((4, 4, 28, 28), fill=(220, 30, 30))

@@ -9,13 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from itm_core.config import DatasetParams, FusionBenchmarkParams, HeadTrainingParams, TrainingParams
+from itm_core.config import ContrastiveTraining, DatasetParams, FusionBenchmarkParams, HeadTraining
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 FAST = dict(
-    contrastive=TrainingParams(epochs=3, batch_size=16),
-    itm=HeadTrainingParams(epochs=2, batch_size=16),
-    vqa=HeadTrainingParams(epochs=2, batch_size=32),
+    contrastive=ContrastiveTraining(epochs=3, batch_size=16),
+    itm=HeadTraining(epochs=2, batch_size=16),
+    vqa=HeadTraining(epochs=2, batch_size=32),
     dim=16,
     hard_pool=4,
     rerank_k=4,

@@ -4,11 +4,13 @@ solid-colour images whose captions name their colour: small enough to train in s
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from itm_core import create
 from itm_core.testing import assert_conforms
@@ -26,6 +28,14 @@ def colour_images(per_colour: int, seed: int) -> tuple[list[Image.Image], list[s
             images.append(Image.fromarray(pixels))
             names.append(name)
     return images, names
+
+
+def t2i(model: str = "cvae", **options: Any) -> Any:
+    """A text-to-image model's options for these tests: its defaults, in float32 (whatever the CPU
+    offers) and without a time limit, and ``options``."""
+    from itm_core.models.text_to_image import FAMILIES
+
+    return FAMILIES[model].options(**{"precision": "fp32", "time_limit_s": 0, **options})
 
 
 def mean_colour(image: Image.Image) -> str:
@@ -47,14 +57,14 @@ def test_tokenizer_is_trained_on_the_captions():
 
 
 def test_captioner_learns_colours_and_round_trips(tmp_path):
-    from itm_core.models.captioning import Captioner, CaptionerConfig, train_captioner
+    from itm_core.models.captioning import Captioner, CaptioningOptions, train_captioner
 
     encoder = create("encoder", "color-histogram")
     train_images, train_names = colour_images(10, seed=0)
     val_images, val_names = colour_images(3, seed=1)
     rng = random.Random(0)
     train_captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in train_names]
-    config = CaptionerConfig(
+    config = CaptioningOptions(
         prefix_tokens=1, n_embd=32, n_layer=1, n_head=2, dropout=0.0, epochs=40, batch_size=10, lr=3e-3, patience=40
     )
     captioner, result = train_captioner(
@@ -68,7 +78,7 @@ def test_captioner_learns_colours_and_round_trips(tmp_path):
         config,
     )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] / 3
-    assert result.best_val_loss == min(h["val_loss"] for h in result.history)
+    assert result.best_value == min(h["val_loss"] for h in result.history)
     captioner.encoder = encoder
     test_images, test_names = colour_images(2, seed=2)
     for beams in (1, 3):
@@ -96,15 +106,13 @@ def _text_features(prompts: list[str], encoder, tokens: bool = False):
 
 
 def test_conditional_vae_draws_the_prompted_colour(tmp_path):
-    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import TextToImage, images_to_tensor, train_text_to_image
 
     images, names = colour_images(12, seed=0)
     prompts = [f"a {c} square" for c in names]
     encoder = create("encoder", "bow")
     encoder.fit(prompts)
-    config = TextToImageConfig(
-        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
-    )
+    config = t2i(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
     val_images, val_names = colour_images(2, seed=1)
     seen = []
     model, result = train_text_to_image(
@@ -140,13 +148,13 @@ def test_conditional_vae_draws_the_prompted_colour(tmp_path):
 def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from_it(tmp_path):
     import json
 
-    from itm_core.models.text_to_image import CONFIG_FILE, ConditionalVAE, TextToImage, TextToImageConfig
+    from itm_core.models.text_to_image import CONFIG_FILE, ConditionalVAE, TextToImage
 
     torch.manual_seed(0)
-    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
+    base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8, prior_weight=None, temperature=1.0)
     learned, standard = (
-        ConditionalVAE(6, TextToImageConfig(**base)),
-        ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="standard")),
+        ConditionalVAE(6, t2i(**base)),
+        ConditionalVAE(6, t2i(**base, cvae_prior="standard")),
     )
     assert learned.prior is not None and standard.prior is None
     standard.load_state_dict({k: v for k, v in learned.state_dict().items() if not k.startswith("prior.")})
@@ -170,17 +178,15 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
         assert torch.all(learned.prior_of(learned.condition(text))[1] == 0)
         assert 0.5 < (learned.sample(text, None, torch.Generator().manual_seed(0)) - mu).std() < 1.5
         del learned.decode
-    with pytest.raises(ValueError, match="cvae_prior must be learned or standard"):
-        ConditionalVAE(6, TextToImageConfig(**base, cvae_prior="flat"))
+    with pytest.raises(ValidationError, match="cvae_prior"):
+        t2i(**base, cvae_prior="flat")
 
     # a model saved before the learned prior, the FiLM decoder and the token condition existed has none of their
     # keys in its config: it loads as a standard prior with the deconvolution decoder on the pooled text, and
     # draws what it drew before
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
-    old = ConditionalVAE(
-        int(encoder.dim), TextToImageConfig(**base, cvae_prior="standard", cvae_decoder="deconv", align_weight=0.0)
-    )
+    old = ConditionalVAE(int(encoder.dim), t2i(**base, cvae_prior="standard", cvae_decoder="deconv", align_weight=0.0))
     folder = TextToImage(old, {"name": "bow", "options": {}}, int(encoder.dim), False, encoder).save(tmp_path / "old")
     meta_file = folder / CONFIG_FILE
     meta = json.loads(meta_file.read_text())
@@ -204,17 +210,16 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
 
 
 def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
-    from pydantic import ValidationError
     from torch.nn import functional as F
 
     from itm_core.config import RetrainParams
-    from itm_core.models.text_to_image import ConditionalVAE, FiLMUpBlock, TextToImageConfig
+    from itm_core.models.text_to_image import ConditionalVAE, FiLMUpBlock
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
     film, deconv = (
-        ConditionalVAE(6, TextToImageConfig(**base)),
-        ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="deconv")),
+        ConditionalVAE(6, t2i(**base)),
+        ConditionalVAE(6, t2i(**base, cvae_decoder="deconv")),
     )
     assert film.decoder is None and len(film.up) == 3 and deconv.decoder is not None and not hasattr(deconv, "up")
     z, text = torch.randn(5, 4), torch.randn(5, 6)
@@ -240,8 +245,8 @@ def test_cvae_film_decoder_scales_and_shifts_every_resolution_by_the_text():
         )
         assert torch.allclose(block(x, c1), block(x, c2))  # with the text's weights zeroed, only the bias acts
 
-    with pytest.raises(ValueError, match="cvae_decoder must be film or deconv"):
-        ConditionalVAE(6, TextToImageConfig(**base, cvae_decoder="unet"))
+    with pytest.raises(ValidationError, match="cvae_decoder"):
+        t2i(**base, cvae_decoder="unet")
     with pytest.raises(ValidationError, match="cvae_decoder"):
         RetrainParams(task="text-to-image", text_to_image={"cvae_decoder": "unet"})
 
@@ -250,7 +255,6 @@ def test_diffusion_trains_samples_and_round_trips(tmp_path):
     from itm_core.models.text_to_image import (
         ConditionalDiffusion,
         TextToImage,
-        TextToImageConfig,
         images_to_tensor,
         train_text_to_image,
     )
@@ -259,7 +263,7 @@ def test_diffusion_trains_samples_and_round_trips(tmp_path):
     prompts = [f"a {c} square" for c in names]
     encoder = create("encoder", "bow")
     encoder.fit(prompts)
-    config = TextToImageConfig(
+    config = t2i(
         model="diffusion",
         resolution=16,
         block_channels=(16, 32),
@@ -319,7 +323,6 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
     from itm_core.models.text_to_image import (
         MODELS,
         TextToImage,
-        TextToImageConfig,
         images_to_tensor,
         train_text_to_image,
     )
@@ -328,7 +331,7 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
     prompts = [f"a {c} square" for c in names]
     encoder = create("encoder", "bow")
     encoder.fit(prompts)
-    config = TextToImageConfig(model=model_name, resolution=16, cond_dim=16, batch_size=8, **options)
+    config = t2i(model=model_name, resolution=16, cond_dim=16, batch_size=8, **options)
     val_images, val_names = colour_images(2, seed=1)
     stages = []
     model, result = train_text_to_image(
@@ -362,9 +365,9 @@ def test_gan_and_vqvae_draw_the_prompted_colour(tmp_path, model_name, options):
 def test_the_gan_averages_its_generator_and_keeps_the_live_discriminator():
     import copy
 
-    from itm_core.models.text_to_image import TextGAN, TextToImageConfig, update_average
+    from itm_core.models.text_to_image import TextGAN, update_average
 
-    live = TextGAN(10, TextToImageConfig(model="gan", resolution=16, channels=8))
+    live = TextGAN(10, t2i(model="gan", resolution=16, channels=8))
     ema = copy.deepcopy(live)
     with torch.no_grad():
         for p in live.parameters():
@@ -467,7 +470,7 @@ def colour_matcher(tmp_path_factory):
     """A matcher trained on colour images and colour captions, saved to a folder."""
     from itm_core.encode.embed import FeatureSplit
     from itm_core.models.matcher import Matcher
-    from itm_core.models.training import ContrastiveConfig, train_contrastive
+    from itm_core.models.training import ContrastiveTraining, train_contrastive
 
     images, names = colour_images(10, seed=0)
     captions = [f"a {c} square" for c in names]
@@ -488,7 +491,7 @@ def colour_matcher(tmp_path_factory):
         matcher,
         split,
         split,
-        ContrastiveConfig(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0),
+        ContrastiveTraining(epochs=100, batch_size=10, lr=1e-2, patience=100, monitor="rsum", seed=0),
     )
     matcher.attach_encoders(image_encoder, text_encoder)
     return str(matcher.save(tmp_path_factory.mktemp("matcher") / "matcher"))
@@ -538,7 +541,7 @@ def test_matcher_text_conditions_a_generator_with_the_matchers_text_tower_and_ke
     import shutil
 
     from itm_core.models.matcher import Matcher
-    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.models.text_to_image import TextToImage, images_to_tensor, train_text_to_image
 
     encoder = create("encoder", "matcher-text", matcher=colour_matcher)
     matcher = Matcher.load(colour_matcher)
@@ -552,9 +555,7 @@ def test_matcher_text_conditions_a_generator_with_the_matchers_text_tower_and_ke
     images, names = colour_images(12, seed=0)
     captions = [f"a {c} square" for c in names]
     val_images, val_names = colour_images(2, seed=1)
-    config = TextToImageConfig(
-        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
-    )
+    config = t2i(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
     model, _ = train_text_to_image(
         {"name": "matcher-text", "options": {"matcher": colour_matcher}},
         images_to_tensor(images, 16),
@@ -631,12 +632,11 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
         CONFIG_FILE,
         TextFeatures,
         TextToImage,
-        TextToImageConfig,
-        TokenCondition,
         images_to_tensor,
         train_text_to_image,
         uses_tokens,
     )
+    from itm_core.models.text_to_image.base import TokenCondition
 
     encoder = create("encoder", "minilm", max_length=16)
 
@@ -648,9 +648,7 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     rng = random.Random(0)
     captions = [rng.choice([f"a {c} square", f"a square that is {c}"]) for c in names]
     val_images, val_names = colour_images(2, seed=1)
-    config = TextToImageConfig(
-        model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3
-    )
+    config = t2i(model="cvae", resolution=16, channels=16, latent_dim=4, cond_dim=16, epochs=60, batch_size=12, lr=3e-3)
     assert uses_tokens(config, encoder)
     model, _ = train_text_to_image(
         {"name": "minilm", "options": {"max_length": 16}},
@@ -693,12 +691,12 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
     with pytest.raises(
         ValueError, match=r"text_condition tokens needs token features, and the text encoder 'bow' gives none"
     ):
-        uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), bow)
-    assert not uses_tokens(TextToImageConfig(model="cvae"), bow)  # auto falls back to the pooled feature
+        uses_tokens(t2i(model="gan", text_condition="tokens"), bow)
+    assert not uses_tokens(t2i(model="cvae"), bow)  # auto falls back to the pooled feature
     assert not uses_tokens(
-        TextToImageConfig(model="gan"), encoder
+        t2i(model="gan"), encoder
     )  # auto keeps the GAN on the pooled feature (it collapses on tokens)
-    assert uses_tokens(TextToImageConfig(model="gan", text_condition="tokens"), encoder)
+    assert uses_tokens(t2i(model="gan", text_condition="tokens"), encoder)
     with pytest.raises(ValueError, match="layers must be at least 0"):
         TokenCondition(8, 8, layers=-1, queries=4)
 
@@ -706,17 +704,16 @@ def test_cvae_token_condition_reads_the_text_encoders_tokens(tmp_path):
 def test_cvae_align_term_is_an_infonce_between_each_image_and_its_condition():
     """``align_weight``: the loss adds that weight times a symmetric InfoNCE (temperature 0.1) between the
     encoder's view of each image and its text condition, so the condition learns what tells images apart."""
-    from pydantic import ValidationError
     from torch.nn import functional as F
 
     from itm_core.config import RetrainParams
-    from itm_core.models.text_to_image import ConditionalVAE, TextToImageConfig
+    from itm_core.models.text_to_image import ConditionalVAE
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8)
     aligned, plain = (
-        ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.5)),
-        ConditionalVAE(6, TextToImageConfig(**base, align_weight=0.0)),
+        ConditionalVAE(6, t2i(**base, align_weight=0.5)),
+        ConditionalVAE(6, t2i(**base, align_weight=0.0)),
     )
     assert plain.align is None
     plain.load_state_dict({k: v for k, v in aligned.state_dict().items() if not k.startswith("align.")})
@@ -742,17 +739,14 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     text from samples drawn from the prior and from real images with the wrong text (hinge losses); the
     rest of the cvae adds ``adv_weight`` times the generator's loss. The discriminator has its own
     optimiser: the VAE step never moves it, and it never moves the VAE."""
-    from pydantic import ValidationError
-
     from itm_core.config import RetrainParams
     from itm_core.models.text_to_image import (
         ConditionalVAE,
         TextToImage,
-        TextToImageConfig,
-        hinge_losses,
         images_to_tensor,
         train_text_to_image,
     )
+    from itm_core.models.text_to_image.base import hinge_losses
 
     # the hinge losses, by hand, with a discriminator simple enough to write down
     def critic(x, c):
@@ -769,8 +763,8 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     assert torch.allclose(d_loss, by_hand) and torch.allclose(g_loss, -critic(fake, cond).mean())
 
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=16, batch_size=8)
-    assert ConditionalVAE(6, TextToImageConfig(**base)).critic is None  # off by default: no discriminator is built
-    vae = ConditionalVAE(6, TextToImageConfig(**base, adv_weight=0.1))
+    assert ConditionalVAE(6, t2i(**base)).critic is None  # off by default: no discriminator is built
+    vae = ConditionalVAE(6, t2i(**base, adv_weight=0.1))
     d_params, g_params = vae.discriminator_parameters(), vae.generator_parameters()
     assert d_params and {id(p) for p in d_params}.isdisjoint(id(p) for p in g_params)
     assert len(d_params) + len(g_params) == len(list(vae.parameters()))
@@ -781,7 +775,7 @@ def test_cvae_adversarial_term_trains_a_projection_discriminator_on_samples_from
     encoder.fit(prompts)
     val_images, val_names = colour_images(2, seed=1)
     features = _text_features(prompts, encoder)
-    config = TextToImageConfig(**base, epochs=25, lr=3e-3, adv_weight=0.1)
+    config = t2i(**base, epochs=25, lr=3e-3, adv_weight=0.1)
     model, result = train_text_to_image(
         {"name": "bow", "options": {}},
         images_to_tensor(images, 16),
@@ -823,16 +817,14 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
     """``temperature`` multiplies the noise a cvae (its prior's deviation) or a GAN samples: at 0 every
     seed draws the same image (the cvae's prior mean), at 1 seeds differ. It is saved with the model, the
     ``trained-text-to-image`` generator can override it, and bad values are refused by name."""
-    from pydantic import ValidationError
-
     from itm_core.config import RetrainParams
-    from itm_core.models.text_to_image import MODELS, TextToImage, TextToImageConfig
+    from itm_core.models.text_to_image import MODELS, TextToImage
 
     encoder = create("encoder", "bow")
     encoder.fit(["a red square", "a blue square"])
-    for name in ("cvae", "gan"):
+    for name, own in (("cvae", {"latent_dim": 4}), ("gan", {"noise_dim": 8})):
         torch.manual_seed(0)
-        config = TextToImageConfig(model=name, resolution=16, cond_dim=8, latent_dim=4, channels=8, noise_dim=8)
+        config = t2i(model=name, resolution=16, cond_dim=8, channels=8, **own)
         model = TextToImage(
             MODELS[name](int(encoder.dim), config).eval(),
             {"name": "bow", "options": {}},
@@ -873,15 +865,13 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
     with pytest.raises(ValueError, match="trained-text-to-image: option temperature must be 0 or more"):
         create("generator", "trained-text-to-image", model=str(folder), temperature=-0.5)
     diffusion = TextToImage(
-        MODELS["cvae"](
-            int(encoder.dim), TextToImageConfig(model="cvae", resolution=16, cond_dim=8, latent_dim=4, channels=8)
-        ),
+        MODELS["cvae"](int(encoder.dim), t2i(model="cvae", resolution=16, cond_dim=8, latent_dim=4, channels=8)),
         {"name": "bow", "options": {}},
         int(encoder.dim),
         False,
         encoder,
     )
-    diffusion.model.config = TextToImageConfig(model="diffusion")
+    diffusion.model.config = t2i(model="diffusion")
     with pytest.raises(
         ValueError, match="only the cvae and the gan sample with a temperature; this model is a diffusion"
     ):
@@ -893,16 +883,14 @@ def test_temperature_scales_the_sampled_noise_of_the_cvae_and_the_gan(tmp_path):
 def test_cvae_prior_weight_sets_the_priors_side_of_the_kl_apart_from_the_posteriors():
     """``prior_weight`` (KL balancing): the learned prior is pulled towards the posterior at that weight
     while the posterior is held to the prior at ``kl_weight``; unset, both sides take ``kl_weight``."""
-    from pydantic import ValidationError
-
     from itm_core.config import RetrainParams
-    from itm_core.models.text_to_image import ConditionalVAE, TextToImageConfig
+    from itm_core.models.text_to_image import ConditionalVAE
 
     torch.manual_seed(0)
     base = dict(model="cvae", resolution=16, channels=8, latent_dim=4, cond_dim=8, kl_weight=0.1, align_weight=0.0)
     plain, balanced = (
-        ConditionalVAE(6, TextToImageConfig(**base)),
-        ConditionalVAE(6, TextToImageConfig(**base, prior_weight=1.0)),
+        ConditionalVAE(6, t2i(**base, prior_weight=None)),
+        ConditionalVAE(6, t2i(**base, prior_weight=1.0)),
     )
     balanced.load_state_dict(plain.state_dict())
     images, text = torch.rand(5, 3, 16, 16) * 2 - 1, torch.randn(5, 6)
@@ -925,12 +913,10 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
     """``precision: bf16`` runs the forward pass of every training step in bfloat16 while the weights
     stay float32, and the cvae still learns its colours; validation and sampling run in float32; ``auto``
     settles on bf16 only where the CPU has bfloat16 instructions; bad values are refused by name."""
-    from pydantic import ValidationError
-
-    from flows.retrain_generation import t2i_config
     from itm_core.config import RetrainParams
-    from itm_core.models import training
-    from itm_core.models.text_to_image import TextToImage, TextToImageConfig, images_to_tensor, train_text_to_image
+    from itm_core.errors import ParamsError
+    from itm_core.models import loop
+    from itm_core.models.text_to_image import TextToImage, images_to_tensor, train_text_to_image
 
     images, names = colour_images(12, seed=0)
     prompts = [f"a {c} square" for c in names]
@@ -955,7 +941,7 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
             return out
 
         monkeypatch.setattr(torch.nn.Conv2d, "forward", conv_forward)
-        config = TextToImageConfig(model=name, resolution=16, cond_dim=16, batch_size=12, precision="bf16", **options)
+        config = t2i(model=name, resolution=16, cond_dim=16, batch_size=12, precision="bf16", **options)
         model, result = train_text_to_image(
             {"name": "bow", "options": {}},
             images_to_tensor(images, 16),
@@ -978,27 +964,22 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
             assert TextToImage.load(model.save(tmp_path / name)).config.precision == "bf16"
 
     for flags, settled in (([], "fp32"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")):
-        monkeypatch.setattr(training, "cpu_bf16_flags", lambda flags=flags: flags)
-        assert training.settle_precision("auto") == settled
-        assert training.settle_precision("fp32") == "fp32" and training.settle_precision("bf16") == "bf16"
+        monkeypatch.setattr(loop, "cpu_bf16_flags", lambda flags=flags: flags)
+        assert loop.settle_precision("auto") == settled
+        assert loop.settle_precision("fp32") == "fp32" and loop.settle_precision("bf16") == "bf16"
+
         # the flow's default: auto for the cvae, fp32 for the others unless asked
-        assert t2i_config(RetrainParams(task="text-to-image")).precision == settled
-        assert t2i_config(RetrainParams(task="text-to-image", text_to_image={"model": "gan"})).precision == "fp32"
-        assert (
-            t2i_config(
-                RetrainParams(task="text-to-image", text_to_image={"model": "gan", "precision": "auto"})
-            ).precision
-            == settled
-        )
-    with pytest.raises(ValueError, match="training precision must be auto, fp32 or bf16, got 'fp16'"):
-        train_text_to_image(
-            {"name": "bow", "options": {}},
-            images_to_tensor(images, 16),
-            _text_features(prompts, encoder),
-            images_to_tensor(val_images, 16),
-            val,
-            TextToImageConfig(model="cvae", resolution=16, precision="fp16"),
-        )
+        def settled_for(**options: Any) -> str:
+            options = RetrainParams(task="text-to-image", text_to_image=options).text_to_image
+            return loop.settle_precision(options.precision)
+
+        assert settled_for() == settled
+        assert settled_for(model="gan") == "fp32"
+        assert settled_for(model="gan", precision="auto") == settled
+    with pytest.raises(ParamsError, match="training precision must be auto, fp32 or bf16, got 'fp16'"):
+        loop.settle_precision("fp16")
+    with pytest.raises(ValidationError, match="precision"):
+        t2i(model="cvae", resolution=16, precision="fp16")
     with pytest.raises(ValidationError, match="precision"):
         RetrainParams(task="text-to-image", text_to_image={"precision": "fp16"})
 
@@ -1006,21 +987,31 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
 def test_the_flows_per_model_defaults_and_the_options_that_override_them():
     """``retrain`` and ``generation-benchmark`` give each text-to-image model its own defaults (what
     was measured best for it within the time limit) wherever an option is left unset."""
-    from flows.retrain_generation import t2i_config
     from itm_core.config import RetrainParams
 
     def config(**options):
-        return t2i_config(RetrainParams(task="text-to-image", text_to_image=options))
+        return RetrainParams(task="text-to-image", text_to_image=options).text_to_image
 
     expected = {
-        "cvae": (120, 32, 1e-3, 0.3),
-        "gan": (120, 64, 2e-4, 1.0),
-        "vqvae": (60, 64, 1e-3, 1.0),
-        "diffusion": (14, 64, 1e-3, 1.0),
+        "cvae": (120, 32, 1e-3, "auto", 0.3),
+        "gan": (120, 64, 2e-4, "fp32", 1.0),
+        "vqvae": (60, 64, 1e-3, "fp32", None),
+        "diffusion": (14, 64, 1e-3, "fp32", None),
     }
-    for model, (epochs, batch_size, lr, temperature) in expected.items():
+    for model, (epochs, batch_size, lr, precision, temperature) in expected.items():
         c = config(model=model)
-        assert (c.epochs, c.batch_size, c.lr, c.temperature) == (epochs, batch_size, lr, temperature), model
-        c = config(model=model, epochs=30, batch_size=8, lr=0.01, temperature=0.7)
-        assert (c.epochs, c.batch_size, c.lr, c.temperature) == (30, 8, 0.01, 0.7), model
+        assert (c.epochs, c.batch_size, c.lr, c.precision) == (epochs, batch_size, lr, precision), model
+        assert getattr(c, "temperature", None) == temperature, model
+        c = config(model=model, epochs=70, batch_size=8, lr=0.01, precision="bf16")
+        assert (c.epochs, c.batch_size, c.lr, c.precision) == (70, 8, 0.01, "bf16"), model
+        # earlier versions wrote one flat text_to_image for every model, null for "this model's default"
+        assert config(model=model, epochs=None, channels=None, temperature=None) == config(model=model), model
+    assert config(model="gan", temperature=0.7).temperature == 0.7
+    assert config(model="vqvae", guidance_scale=None).guidance_scale == 2.0
+    assert config(model="diffusion").guidance_scale == 3.0 and config(model="gan").channels == 32
+    # an option of another model is refused in one line that names it and whose it is
+    with pytest.raises(ValidationError, match="kl_weight is an option of cvae, not of model 'gan'"):
+        config(model="gan", kl_weight=0.5)
+    with pytest.raises(ValidationError, match="does not match any of the expected tags: 'cvae', 'gan'"):
+        config(model="dalle")
     assert config().model == "cvae" and config().kl_weight == 0.1 and config().prior_weight == 1.0

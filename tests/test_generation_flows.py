@@ -13,15 +13,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from itm_core.config import (
-    CaptioningParams,
+    CaptioningOptions,
     ComponentParams,
+    ContrastiveTraining,
     DatasetParams,
     GenerateParams,
     RetrainParams,
-    TextToImageParams,
-    TrainingParams,
 )
 from itm_core.data import DataError
+from itm_core.models.text_to_image import CVAEOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -50,10 +50,10 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(
     with pytest.raises(LookupError, match=r"Train a matcher first \(`itm run retrain`\), or set text_to_image.matcher"):
         retrain(RetrainParams(task="text-to-image", dataset=dataset, **CLASSIC))
     # a matcher first: it scores clipscore, alignment and r_precision
-    retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=3, batch_size=16), **CLASSIC))
+    retrain(RetrainParams(dataset=dataset, training=ContrastiveTraining(epochs=3, batch_size=16), **CLASSIC))
 
     # captioning: trained, tested with BLEU, registered as itm-captioner, samples logged during training
-    captioning = CaptioningParams(n_embd=32, n_layer=1, n_head=2, epochs=3, batch_size=32, sample_every=2, num_beams=2)
+    captioning = CaptioningOptions(n_embd=32, n_layer=1, n_head=2, epochs=3, batch_size=32, sample_every=2, num_beams=2)
     first = retrain(RetrainParams(task="captioning", dataset=dataset, captioning=captioning, **CLASSIC))
     second = retrain(
         RetrainParams(
@@ -113,7 +113,7 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(
     assert MlflowClient().get_run(result["run_id"]).data.tags["generate.notes"] == result["notes"][0]
 
     # text to image: the conditional VAE at 16 pixels, scored by r_precision with the champion matcher
-    t2i = TextToImageParams(resolution=16, epochs=3, batch_size=16, sample_every=2, test_prompts=8, candidates=4)
+    t2i = CVAEOptions(resolution=16, epochs=3, batch_size=16, sample_every=2, test_prompts=8, candidates=4)
     drawn = retrain(RetrainParams(task="text-to-image", dataset=dataset, text_to_image=t2i, **CLASSIC))
     assert drawn["promoted"] and {"r_precision", "r_precision_chance", "alignment"} <= set(drawn["test"])
     assert drawn["test"]["r_precision_chance"] == pytest.approx(0.25)
@@ -193,7 +193,7 @@ def test_generation_benchmark_trains_every_model_on_one_budget_and_scores_them_s
 ):
     from flows.generation_benchmark import COLUMNS, generation_benchmark
     from itm_core.config import GenerationBenchmarkParams
-    from itm_core.models.training import settle_precision
+    from itm_core.models.loop import settle_precision
     from plugins.check_setups import matcher_folder
 
     matcher = matcher_folder(tmp_path)  # an untrained classic matcher, saved: scoring needs no registry

@@ -7,9 +7,9 @@ import torch
 
 from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
+from itm_core.models.head_training import HeadTraining, ITMOptions, train_itm, train_vqa
 from itm_core.models.heads import (
     FusionHead,
-    HeadConfig,
     ITMHead,
     PairSet,
     QASet,
@@ -17,8 +17,6 @@ from itm_core.models.heads import (
     hard_negatives,
     probe_accuracy,
     rerank,
-    train_itm,
-    train_vqa,
 )
 from itm_core.models.retrieval import Ranks
 
@@ -116,7 +114,11 @@ def test_itm_head_learns_to_separate_matches():
     head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)
     before = evaluate_itm(head, val)["itm_auc"]
     result = train_itm(
-        head, train, val, HeadConfig(epochs=15, batch_size=16, hard_pool=4, lr=3e-3, patience=15, input_dropout=0.0)
+        head,
+        train,
+        val,
+        HeadTraining(epochs=15, batch_size=16, lr=3e-3, patience=15, input_dropout=0.0),
+        ITMOptions(hard_pool=4),
     )
     after = evaluate_itm(head, val)
     assert after["itm_auc"] > max(before, 0.8) and result.best_epoch >= 1
@@ -133,7 +135,7 @@ def test_vqa_head_learns_and_reports_per_type():
     kinds = ["sign0" if n % 2 == 0 else "sign1" for n in range(128)]
     data = QASet(image, questions, q_image, answer, kinds)
     head = FusionHead(create("fusion", "concat-mlp", image_dim=5, text_dim=2, dim=16), outputs=4)
-    train_vqa(head, data, data, HeadConfig(epochs=30, batch_size=32, lr=3e-3, patience=30, input_dropout=0.0))
+    train_vqa(head, data, data, HeadTraining(epochs=30, batch_size=32, lr=3e-3, patience=30, input_dropout=0.0))
     out = evaluate_vqa(head, data)
     assert set(out) == {"vqa_accuracy", "vqa_accuracy_sign0", "vqa_accuracy_sign1"} and out["vqa_accuracy"] > 0.9
 
@@ -196,7 +198,8 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
     train, val = _ordered_pairs(8, seed=1), _ordered_pairs(2, seed=2)
     n = len(val.image)
     rows = torch.arange(n)
-    config = HeadConfig(epochs=25, batch_size=16, hard_pool=4, lr=3e-3, patience=25, input_dropout=0.0, select="auc")
+    training = HeadTraining(epochs=25, batch_size=16, lr=3e-3, patience=25, input_dropout=0.0)
+    options = ITMOptions(hard_pool=4, itm_select="auc")
     wins = {}
     for reader in (None, TokenReader(8, 16, 16, layers=1, queries=2)):
         torch.manual_seed(0)
@@ -205,7 +208,7 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
             prior_scale=0.0,
             text_reader=reader,
         )
-        train_itm(head, train, train, config)
+        train_itm(head, train, train, training, options)
         true, swapped = head.predict_pairs(val, rows, rows), head.predict_pairs(val, rows, rows + n)
         wins["tokens" if reader else "pooled"] = float((true > swapped + 1e-4).float().mean())
     assert wins["pooled"] == 0.0  # the same pooled feature (up to rounding): the same score, never clearly higher

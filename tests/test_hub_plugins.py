@@ -245,11 +245,11 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
     from flows.retrain import retrain
     from itm_core.config import (
         ComponentParams,
+        ContrastiveTraining,
         DatasetParams,
         EvaluateParams,
         MatcherRef,
         RetrainParams,
-        TrainingParams,
     )
     from itm_core.ops.tracking import load_matcher
 
@@ -258,7 +258,7 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
         image_encoder=ComponentParams(name="clip", options={"modality": "image", "model": clip_dir}),
         text_encoder=ComponentParams(name="clip", options={"modality": "text", "model": clip_dir}),
     )
-    training = TrainingParams(
+    training = ContrastiveTraining(
         epochs=2, batch_size=16, hidden_dim=0, embed_dim=16, unlock=["image", "text"], tower_lr=1e-3
     )
     result = retrain(RetrainParams(dataset=dataset, training=training, **towers))
@@ -290,7 +290,7 @@ def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_sha
     from itm_core.encode.embed import FeatureSplit
     from itm_core.models.distributed import train_in_processes
     from itm_core.models.matcher import Matcher
-    from itm_core.models.training import ContrastiveConfig, LiveTower, train_contrastive
+    from itm_core.models.training import ContrastiveTraining, LiveTower, train_contrastive
 
     def setup() -> tuple:
         towers = {m: create("encoder", "clip", modality=m, model=clip_dir) for m in ("image", "text")}
@@ -317,7 +317,7 @@ def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_sha
         )
         return matcher, feats, live
 
-    config = ContrastiveConfig(epochs=2, batch_size=16, lr=1e-3, tower_lr=1e-3, patience=5)
+    config = ContrastiveTraining(epochs=2, batch_size=16, lr=1e-3, tower_lr=1e-3, patience=5)
     m1, f1, live1 = setup()
     r1 = train_contrastive(m1, f1["train"], f1["val"], config, unlocked=live1)
     m2, f2, live2 = setup()

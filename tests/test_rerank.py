@@ -7,15 +7,8 @@ import torch.nn.functional as F
 
 from itm_core import create
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.models.heads import (
-    HeadConfig,
-    ITMHead,
-    PairSet,
-    hard_negatives,
-    in_batch_negatives,
-    listwise_loss,
-    train_itm,
-)
+from itm_core.models.head_training import HeadTraining, ITMOptions, in_batch_negatives, listwise_loss, train_itm
+from itm_core.models.heads import ITMHead, PairSet, hard_negatives
 from itm_core.models.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
 from itm_core.models.retrieval import Ranks, ranks
 
@@ -153,9 +146,10 @@ def test_listwise_loss_is_a_softmax_over_each_querys_match_and_its_mined_negativ
             float(listwise_loss(head, data, images, captions, neg_c, neg_i, 2, torch.Generator().manual_seed(seed)))
             <= float(loss) + 1e-6
         )
-    with pytest.raises(ValueError, match=r"listwise must be between 0 \(off\) and hard_pool \(4\)"):
-        train_itm(head, data, data, HeadConfig(epochs=1, hard_pool=4, listwise=5))
     from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"listwise \(5\) draws from each query's hard_pool mined negatives"):
+        ITMOptions(hard_pool=4, listwise=5)
 
     from itm_core.config import FusionBenchmarkParams
 
@@ -181,10 +175,9 @@ def test_itm_checkpoint_is_chosen_on_validation_reranking():
     train, val = toy(128, 1), toy(48, 2)
     val_base = ranks(val.image_emb, val.caption_emb, val.caption_image, Dot)
     head = ITMHead(create("fusion", "concat-mlp", image_dim=6, text_dim=4, dim=16), prior_scale=0.0)
-    config = HeadConfig(
-        epochs=6, batch_size=16, hard_pool=4, lr=3e-3, patience=6, input_dropout=0.0, select="rerank", rerank_k=8
-    )
-    result = train_itm(head, train, val, config, val_base=val_base)
+    training = HeadTraining(epochs=6, batch_size=16, lr=3e-3, patience=6, input_dropout=0.0)
+    options = ITMOptions(hard_pool=4, itm_select="rerank", rerank_k=8)
+    result = train_itm(head, train, val, training, options, val_base=val_base)
     best = result.history[result.best_epoch - 1]
     assert best["val_select"] == best["val_rerank_r1"] == max(h["val_rerank_r1"] for h in result.history)
     found = candidates(head, val, 8, val_base)

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from itm_core.config import (
     ComponentParams,
+    ContrastiveTraining,
     DatasetParams,
     IndexParams,
     RetrainParams,
     SearchParams,
-    TrainingParams,
 )
 from itm_core.models.matcher import JointSimilarity
 from itm_core.models.retrieval import top_k
@@ -86,16 +86,16 @@ def _png_base64(image: Image.Image) -> str:
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+    from cli.main import app
     from flows.index import index
     from flows.retrain import retrain
     from flows.search import search
     from itm_core import create
-    from cli.main import app
     from itm_core.ops.search import Searcher
     from itm_core.ops.tracking import load_matcher
 
     dataset = DatasetParams(options={**tiny_shapes_options, "n_train": 160})
-    trained = retrain(RetrainParams(dataset=dataset, training=TrainingParams(epochs=8, batch_size=32), **CLASSIC))
+    trained = retrain(RetrainParams(dataset=dataset, training=ContrastiveTraining(epochs=8, batch_size=32), **CLASSIC))
     built = index(IndexParams(dataset=dataset, splits=["test"], captions=True))
     assert built["kind"] == "flat" and built["images"] == tiny_shapes_options["n_test"] and built["promoted"]
     run = MlflowClient().get_run(built["run_id"])
@@ -136,7 +136,7 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
 
     # a newer champion: the old index is refused, naming the version it needs
     second = retrain(
-        RetrainParams(dataset=dataset, training=TrainingParams(epochs=2, batch_size=32, seed=1), **CLASSIC)
+        RetrainParams(dataset=dataset, training=ContrastiveTraining(epochs=2, batch_size=32, seed=1), **CLASSIC)
     )
     MlflowClient().set_registered_model_alias("itm-matcher", "champion", second["model_version"])
     with pytest.raises(

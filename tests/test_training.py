@@ -7,7 +7,7 @@ import torch
 
 from itm_core.encode.embed import FeatureSplit
 from itm_core.models.matcher import Matcher
-from itm_core.models.training import ContrastiveConfig, clip_loss, evaluate_features, train_contrastive
+from itm_core.models.training import ContrastiveTraining, clip_loss, evaluate_features, train_contrastive
 
 
 def synthetic(n_images: int, seed: int) -> FeatureSplit:
@@ -40,7 +40,7 @@ def test_training_learns_and_keeps_the_best_epoch():
         matcher,
         train,
         val,
-        ContrastiveConfig(epochs=30, batch_size=32, lr=3e-3, patience=30),
+        ContrastiveTraining(epochs=30, batch_size=32, lr=3e-3, patience=30),
         lambda e, m: seen.append(e),
     )
     after = evaluate_features(matcher, test)
@@ -59,7 +59,7 @@ def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
         matcher, seen = new_matcher(), set()
         linear = next(m for m in matcher.image_head.modules() if isinstance(m, torch.nn.Linear))
         hook = linear.register_forward_hook(lambda module, args, out: seen.add((module.training, out.dtype)))
-        config = ContrastiveConfig(epochs=30, batch_size=32, lr=3e-3, patience=30, precision=precision)
+        config = ContrastiveTraining(epochs=30, batch_size=32, lr=3e-3, patience=30, precision=precision)
         result = train_contrastive(matcher, train, val, config)
         hook.remove()
         runs[precision] = (result, evaluate_features(matcher, test), seen, matcher)
@@ -74,26 +74,23 @@ def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
 
 
 def test_an_unknown_training_precision_is_refused():
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
-        train_contrastive(
-            new_matcher(),
-            synthetic(32, 1),
-            synthetic(16, 2),
-            ContrastiveConfig(epochs=1, batch_size=16, precision="fp16"),
-        )
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"precision\n  Input should be 'fp32' or 'bf16'"):
+        ContrastiveTraining(epochs=1, batch_size=16, precision="fp16")
 
 
 def test_early_stopping():
     train, val = synthetic(64, 1), synthetic(16, 5)
     val = FeatureSplit(val.image, torch.randn_like(val.text), val.caption_image)  # nothing to learn on val
-    result = train_contrastive(new_matcher(), train, val, ContrastiveConfig(epochs=50, batch_size=16, patience=2))
+    result = train_contrastive(new_matcher(), train, val, ContrastiveTraining(epochs=50, batch_size=16, patience=2))
     assert len(result.history) == result.best_epoch + 2 < 50
 
 
 def test_time_limit_ends_training_after_the_epoch_that_passes_it():
     train, val = synthetic(64, 1), synthetic(16, 2)
     result = train_contrastive(
-        new_matcher(), train, val, ContrastiveConfig(epochs=50, batch_size=16, patience=50, time_limit_s=1e-9)
+        new_matcher(), train, val, ContrastiveTraining(epochs=50, batch_size=16, patience=50, time_limit_s=1e-9)
     )
     assert len(result.history) == 1 and result.best_epoch == 1
 
@@ -101,7 +98,7 @@ def test_time_limit_ends_training_after_the_epoch_that_passes_it():
 def test_a_run_of_a_few_steps_trains():
     train, val = synthetic(32, 1), synthetic(16, 2)
     result = train_contrastive(
-        new_matcher(), train, val, ContrastiveConfig(epochs=1, batch_size=16)
+        new_matcher(), train, val, ContrastiveTraining(epochs=1, batch_size=16)
     )  # 2 passes x 2 batches
     assert len(result.history) == 1 and result.history[0]["train_loss"] > 0
 
@@ -111,7 +108,7 @@ def test_training_is_reproducible_on_cpu():
     states = []
     for _ in range(2):
         m = new_matcher()
-        train_contrastive(m, train, val, ContrastiveConfig(epochs=3, batch_size=16, seed=7))
+        train_contrastive(m, train, val, ContrastiveTraining(epochs=3, batch_size=16, seed=7))
         states.append(m.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -144,7 +141,7 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     """Training stopped after epoch 3 (a crash while logging epoch 4) and resumed from the epoch-3
     checkpoint, written and read back as a file, ends with the weights and history of a run never stopped."""
     train, val = synthetic(120, 1), synthetic(40, 2)
-    config = ContrastiveConfig(epochs=8, batch_size=16, lr=3e-3, patience=8)
+    config = ContrastiveTraining(epochs=8, batch_size=16, lr=3e-3, patience=8)
     # dropout on, so that the random state matters
     make = lambda: (
         torch.manual_seed(0),

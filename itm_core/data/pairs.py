@@ -98,3 +98,13 @@ class ImageTextSet:
         h = hashlib.sha256()
         h.update(json.dumps([str(self.root.resolve()), self.images, self.captions, self.caption_image]).encode())
         return h.hexdigest()[:16]
+
+
+def captions_per_image(caption_image: Sequence[int] | Any, n_images: int) -> list[list[int]]:
+    """For each of ``n_images`` images, the indices of its captions (``caption_image`` gives each
+    caption's image: a sequence or a tensor)."""
+    lists: list[list[int]] = [[] for _ in range(n_images)]
+    owners = caption_image.tolist() if hasattr(caption_image, "tolist") else caption_image
+    for j, i in enumerate(owners):
+        lists[i].append(j)
+    return lists

@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from itm_core.contract.params import Params
 from itm_core.contract.state import state_digest
 from itm_core.data.images import DEFAULT_MAX_PIXELS, SKIP_HINT, SkippedImage
 from itm_core.data.pairs import DataError, ImageTextSet
@@ -38,18 +40,30 @@ __all__ = [
 ]
 
 
-@dataclass
-class EncodeOptions:
-    """How an encoding pass runs: batch sizes (images; texts, which go in length order), loader
-    processes (``None``: one per two cores), shard size of the cache commits, the compiled-inference
-    choice and the image pixel limit."""
+class EncodeOptions(Params):
+    """How an encoding pass runs: batch sizes, loader processes, cache shards, compiled inference and
+    the image pixel limit."""
 
-    batch_size: int = 64
-    text_batch_size: int = 256
-    workers: int | None = None
-    shard_size: int = 2048
-    compile: Literal["auto", "on", "off", "onnxruntime", "torch"] = "auto"
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = Field(64, ge=1, description="Images per encoder batch")
+    text_batch_size: int = Field(
+        256, ge=1, description="Texts per encoder batch (texts go in length order, so batches pad little)"
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Loader processes that read and decode images beside the model "
+        "(empty: one per two cores; 0: none)",
+    )
+    compile: Literal["auto", "on", "off", "onnxruntime", "torch"] = Field(
+        "auto",
+        description="Run locked towers compiled: `auto` in the best runtime the encoder offers (ONNX Runtime, "
+        "else torch.compile) for passes large enough to repay building it; `on` always; `onnxruntime` or "
+        "`torch` that runtime; `off` eagerly",
+    )
+    shard_size: int = Field(2048, ge=1, description="Rows per committed cache shard (a killed run redoes at most one)")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels than this are refused as decompression bombs"
+    )
 
     @property
     def loader_workers(self) -> int:

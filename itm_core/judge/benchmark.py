@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ import torch
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, ModalityFeatures, encode_features
+from itm_core.models.head_training import HeadTraining, ITMOptions, train_itm, train_vqa
 from itm_core.models.heads import (
     FusionHead,
-    HeadConfig,
     ITMHead,
     PairSet,
     QASet,
@@ -25,18 +24,14 @@ from itm_core.models.heads import (
     parameter_count,
     probe_pair_scores,
     reranked_metrics,
-    train_itm,
-    train_vqa,
 )
 from itm_core.models.matcher import Matcher
 from itm_core.models.rerank import candidates, choose_both
 from itm_core.models.retrieval import Ranks, ranks, recall_metrics
 from itm_core.models.token_reader import TokenReader
 
-TEXT_READERS = ("auto", "tokens", "pooled")
-READER_WIDTH = (
-    128  # the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
-)
+# the token reader's width and output: what a fusion of pooled features gets per text beside the pooled feature
+READER_WIDTH = 128
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
 QA = "qa"
@@ -195,28 +190,28 @@ def similarity_results(data: BenchmarkData) -> dict[str, float]:
 
 def benchmark_fusion(
     name: str,
-    options: dict[str, Any],
+    fusion_options: dict[str, Any],
     data: BenchmarkData,
-    config: HeadConfig,
-    vqa_config: HeadConfig | None,
-    rerank_k: int,
+    options: ITMOptions,
+    itm_training: HeadTraining,
+    vqa_training: HeadTraining | None,
+    seed: int = 0,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
     on_itm: Callable[[ITMHead], None] | None = None,
 ) -> dict[str, float]:
     """Train and judge one fusion method: its ITM head (accuracy, AUC, probe, reranked retrieval)
-    and, when the data has questions and ``vqa_config`` is given, its VQA head.
+    and, when the data has questions and ``vqa_training`` is given, its VQA head.
 
     Reranking: the head reorders each test query's contrastive top ``rerank_k`` by its ITM logit plus
-    a weight times the contrastive similarity, with ``k`` (at most ``rerank_k``, or none) and the
+    a weight times the contrastive similarity, with ``k`` (at most ``options.rerank_k``, or none) and the
     weight chosen per direction on the validation split (``reranked_*``); ``itm_only_*`` is the ITM
     logit alone over the top ``rerank_k``."""
     train, val, test = (data.features[s] for s in ("train", "val", "test"))
     tokens = uses_tokens([name])
-    if config.text_reader not in TEXT_READERS:
-        raise ValueError(f"text_reader must be one of {', '.join(TEXT_READERS)}; got {config.text_reader!r}")
+    rerank_k = options.rerank_k
     # fusions of tokens read them themselves; auto reads them when they were encoded
     read = not tokens and (
-        config.text_reader == "tokens" or (config.text_reader == "auto" and train.text.tokens is not None)
+        options.text_reader == "tokens" or (options.text_reader == "auto" and train.text.tokens is not None)
     )
 
     def fusion() -> Any:
@@ -224,7 +219,7 @@ def benchmark_fusion(
         text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1]) + (
             READER_WIDTH if read else 0
         )
-        return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **options)
+        return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **fusion_options)
 
     def reader() -> TokenReader | None:
         if not read:
@@ -236,13 +231,14 @@ def benchmark_fusion(
         return TokenReader(int(train.text.tokens.shape[-1]), READER_WIDTH, READER_WIDTH)
 
     start = time.perf_counter()
-    itm = ITMHead(fusion(), input_dropout=config.input_dropout, text_reader=reader())
-    config = dataclasses.replace(config, rerank_k=rerank_k)
+    itm = ITMHead(fusion(), input_dropout=itm_training.input_dropout, text_reader=reader())
     result = train_itm(
         itm,
         data.train,
         data.val,
-        config,
+        itm_training,
+        options,
+        seed,
         (lambda e, m: on_epoch("itm", e, m)) if on_epoch else None,
         data.val_probe,
         data.val_base,
@@ -260,16 +256,17 @@ def benchmark_fusion(
     probe = data.test_probe
     if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
-    if vqa_config is not None and train.questions is not None and test.questions is not None:
+    if vqa_training is not None and train.questions is not None and test.questions is not None:
         vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
         vqa = FusionHead(
-            fusion(), outputs=len(vocabulary), input_dropout=vqa_config.input_dropout, text_reader=reader()
+            fusion(), outputs=len(vocabulary), input_dropout=vqa_training.input_dropout, text_reader=reader()
         )
         vqa_result = train_vqa(
             vqa,
             qa_set(train, vocabulary),
             qa_set(val, vocabulary),
-            vqa_config,
+            vqa_training,
+            seed,
             (lambda e, m: on_epoch("vqa", e, m)) if on_epoch else None,
         )
         metrics.update(evaluate_vqa(vqa, qa_set(test, vocabulary)))

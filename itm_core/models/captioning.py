@@ -9,20 +9,28 @@ the training captions with the ``tokenizers`` library. Decoding is transformers'
 
 from __future__ import annotations
 
-import copy
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from itm_core.contract.params import Params
+from itm_core.models.loop import (
+    FitResult,
+    Trainer,
+    clipped_step,
+    fit,
+    one_cycle,
+    seed_everything,
+    settle_precision,
+    step_autocast,
+)
 from itm_core.models.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.models.training import TrainSchedule, clipped_step, one_cycle, seed_everything
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
@@ -43,25 +51,49 @@ def train_tokenizer(captions: Sequence[str], min_frequency: int = 1) -> Any:
     return tokenizer
 
 
-@dataclass
-class CaptionerConfig(TrainSchedule):
-    """The decoder's shape and the training schedule."""
+class CaptioningOptions(Params):
+    """The trained captioner: image-encoder features as a prefix to a small GPT-2 decoder trained from
+    scratch; the decoder's shape, its training and how it captions."""
 
-    epochs: int = 12
-    weight_decay: float = 0.01
-    prefix_tokens: int = 4
-    n_embd: int = 256
-    n_layer: int = 3
-    n_head: int = 4
-    dropout: float = 0.1
-    max_length: int = 24
-    patience: int = 4
+    prefix_tokens: int = Field(4, ge=1, description="Decoder input embeddings the image features are projected to")
+    n_embd: int = Field(256, ge=8, description="GPT-2 width")
+    n_layer: int = Field(3, ge=1, description="GPT-2 layers")
+    n_head: int = Field(4, ge=1, description="GPT-2 attention heads (must divide n_embd)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(24, ge=2, description="Longest caption in tokens (longer ones are cut in training)")
+    epochs: int = Field(12, ge=1, description="Maximum epochs (each pass sees every caption)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(3, ge=1, description="Stop after this many epochs without a lower validation loss")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: training steps' forward passes run under bfloat16 autocast (validation stays float32); "
+        "auto: bf16 on a CPU with AVX512-BF16 or AMX, fp32 elsewhere",
+    )
+    num_beams: int = Field(3, ge=1, description="Beam width for the test captions and the registered model (1: greedy)")
+    sample_every: int = Field(2, ge=1, description="Log captions of fixed validation images every this many epochs")
+    time_limit_s: float = Field(
+        840, ge=0, description="End training after the epoch that passes this many seconds (0: no limit)"
+    )
+    seed: int = Field(0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> CaptioningOptions:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        return self
+
+
+def saved_options(config: dict[str, Any]) -> CaptioningOptions:
+    """The options a captioner was saved with (keys that are no longer options are left out)."""
+    return CaptioningOptions.model_validate({k: v for k, v in config.items() if k in CaptioningOptions.model_fields})
 
 
 class CaptionModel(nn.Module):
     """Feature prefix + GPT-2. ``vocab_size`` and the special token ids come from the tokenizer."""
 
-    def __init__(self, feature_dim: int, vocab_size: int, config: CaptionerConfig) -> None:
+    def __init__(self, feature_dim: int, vocab_size: int, config: CaptioningOptions) -> None:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         super().__init__()
@@ -139,7 +171,7 @@ class Captioner:
     def encode_ids(self, captions: Sequence[str]) -> torch.Tensor:
         """Caption token ids ending with EOS, truncated to ``max_length`` and padded with 0."""
         limit = self.model.config.max_length
-        rows = [self.tokenizer.encode(c).ids[: limit - 1] + [2] for c in captions]
+        rows = [[*self.tokenizer.encode(c).ids[: limit - 1], 2] for c in captions]
         out = torch.zeros(len(rows), max(map(len, rows), default=1), dtype=torch.long)
         for n, r in enumerate(rows):
             out[n, : len(r)] = torch.tensor(r)
@@ -167,7 +199,7 @@ class Captioner:
         meta = {
             "kind": "captioner",
             "feature_dim": self.model.feature_dim,
-            "config": asdict(self.model.config),
+            "config": self.model.config.model_dump(),
             "image_encoder": self.image_encoder,
         }
         folder = save_model_folder(folder, CONFIG_FILE, meta, self.model, self.encoder, "image_encoder")
@@ -181,20 +213,11 @@ class Captioner:
         meta = read_meta(folder, CONFIG_FILE, "captioner")
         tokenizer = Tokenizer.from_file(str(Path(folder) / TOKENIZER_FILE))
         model = load_weights(
-            folder, CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), CaptionerConfig(**meta["config"]))
+            folder, CaptionModel(meta["feature_dim"], tokenizer.get_vocab_size(), saved_options(meta["config"]))
         )
         return cls(
             model, tokenizer, meta["image_encoder"], restore_encoder(folder, meta["image_encoder"], "image_encoder")
         )
-
-
-@dataclass
-class CaptionTrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = float("inf")
-    seconds: float = 0.0
-    stopped: str = "epochs"
 
 
 @torch.no_grad()
@@ -216,6 +239,56 @@ def caption_loss(
     return float(np.average(losses, weights=weights)) if losses else float("nan")
 
 
+class CaptionerTrainer(Trainer):
+    """Every (image, caption) pair once an epoch, next-token loss, AdamW under a one-cycle schedule."""
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        features: torch.Tensor,
+        captions: Sequence[str],
+        caption_image: Sequence[int],
+        val: tuple[torch.Tensor, Sequence[str], Sequence[int]],
+        options: CaptioningOptions,
+    ) -> None:
+        self.captioner, self.model, self.features, self.val, self.options = (
+            captioner,
+            captioner.model,
+            features,
+            val,
+            options,
+        )
+        self.autocast = step_autocast(settle_precision(options.precision))
+        self.ids = captioner.encode_ids(captions)
+        self.owners = torch.as_tensor(list(caption_image), dtype=torch.long)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.steps_per_epoch = max(1, -(-len(self.ids) // options.batch_size))
+        self.scheduler = one_cycle(self.optimizer, options.lr, options.epochs * self.steps_per_epoch, 0.1)
+        self.rng = random.Random(options.seed)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        size = self.options.batch_size
+        order = list(range(len(self.ids)))
+        self.rng.shuffle(order)
+        for b in range(self.steps_per_epoch):
+            rows = torch.tensor(order[b * size : (b + 1) * size])
+            if len(rows) == 0:
+                continue
+            ids = self.ids[rows]
+            yield self.features[self.owners[rows]], ids[:, : int((ids != 0).sum(1).max())]
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        with self.autocast:
+            loss = self.model.loss(*batch)
+        return clipped_step(loss, self.model, self.optimizer, self.scheduler)
+
+    def validate(self) -> dict[str, float]:
+        return {"val_loss": caption_loss(self.captioner, *self.val)}
+
+
 def train_captioner(
     image_encoder: dict[str, Any],
     train_features: torch.Tensor,
@@ -224,60 +297,32 @@ def train_captioner(
     val_features: torch.Tensor,
     val_captions: Sequence[str],
     val_caption_image: Sequence[int],
-    config: CaptionerConfig,
+    options: CaptioningOptions,
     on_epoch: Callable[[int, dict[str, float], Captioner], None] | None = None,
-) -> tuple[Captioner, CaptionTrainResult]:
-    """Train on every (image, caption) pair each epoch; keep the weights with the lowest validation loss.
-
-    ``time_limit_s`` (when above 0) ends training after the epoch that passes it."""
-    seed_everything(config.seed)
-    start = time.perf_counter()
+) -> tuple[Captioner, FitResult]:
+    """Train on every (image, caption) pair each epoch; keep the weights with the lowest validation
+    loss (``result.best_value``). ``time_limit_s`` (when above 0) ends training after the epoch that passes it."""
+    seed_everything(options.seed)
     tokenizer = train_tokenizer(train_captions)
-    model = CaptionModel(train_features.shape[1], tokenizer.get_vocab_size(), config)
+    model = CaptionModel(train_features.shape[1], tokenizer.get_vocab_size(), options)
     model.set_statistics(train_features)
     captioner = Captioner(model, tokenizer, image_encoder)
-    ids = captioner.encode_ids(train_captions)
-    owners = torch.as_tensor(list(train_caption_image), dtype=torch.long)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, -(-len(ids) // config.batch_size))
-    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch, 0.1)
-    rng = random.Random(config.seed)
-    result = CaptionTrainResult()
-    best_state = copy.deepcopy(model.state_dict())
-    stale = 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = list(range(len(ids)))
-        rng.shuffle(order)
-        losses = []
-        for b in range(steps_per_epoch):
-            rows = torch.tensor(order[b * config.batch_size : (b + 1) * config.batch_size])
-            if len(rows) == 0:
-                continue
-            batch_ids = ids[rows]
-            batch_ids = batch_ids[:, : int((batch_ids != 0).sum(1).max())]
-            losses.append(
-                clipped_step(model.loss(train_features[owners[rows]], batch_ids), model, optimizer, scheduler)
-            )
-        metrics = {
-            "train_loss": float(np.mean(losses)),
-            "val_loss": caption_loss(captioner, val_features, val_captions, val_caption_image),
-        }
-        result.history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics, captioner)
-        if metrics["val_loss"] < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, stale = metrics["val_loss"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                result.stopped = "patience"
-                break
-        if config.time_limit_s and time.perf_counter() - start > config.time_limit_s:
-            result.stopped = "time limit"
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    result.seconds = time.perf_counter() - start
+    trainer = CaptionerTrainer(
+        captioner,
+        train_features,
+        train_captions,
+        train_caption_image,
+        (val_features, val_captions, val_caption_image),
+        options,
+    )
+    result = fit(
+        trainer,
+        epochs=options.epochs,
+        patience=options.patience,
+        time_limit_s=options.time_limit_s,
+        monitor="val_loss",
+        mode="min",
+        on_epoch=(lambda epoch, metrics: on_epoch(epoch, metrics, captioner)) if on_epoch else None,
+        desc="captioner",
+    )
     return captioner, result

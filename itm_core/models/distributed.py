@@ -25,7 +25,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from itm_core.models.loop import FitResult
 from itm_core.models.matcher import Matcher
+from itm_core.models.training import ContrastiveTraining, LiveTower, clip_loss, train_contrastive
 from itm_core.models.process_group import (
     Ranks,
     average_gradients,
@@ -39,8 +41,6 @@ def global_contrastive_loss(
     matcher: Matcher, image_features: torch.Tensor, text_features: torch.Tensor, ranks: Ranks
 ) -> torch.Tensor:
     """The symmetric contrastive loss over the global batch, from this rank's slice of features."""
-    from itm_core.models.training import clip_loss
-
     image = gather_with_grad(matcher.embed_image_features(image_features), ranks)
     text = gather_with_grad(matcher.embed_text_features(text_features), ranks)
     scale = matcher.logit_scale.clamp(max=torch.log(torch.tensor(100.0))).exp()
@@ -74,16 +74,16 @@ def train_in_processes(
     matcher: Matcher,
     train: Any,
     val: Any,
-    config: Any,
-    unlocked: dict[str, Any] | None = None,
+    config: ContrastiveTraining,
+    unlocked: dict[str, LiveTower] | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int, bool], None] | None = None,
-) -> Any:
+) -> FitResult:
     """``train_contrastive`` data-parallel in ``processes`` local processes (``torchrun
     --standalone``, gloo, the machine's cores shared out as torch threads); leaves the best weights
-    in ``matcher`` and the unlocked towers and returns the ``TrainResult``.
+    in ``matcher`` and the unlocked towers and returns the ``FitResult``.
 
     The features travel as references to the embedding cache (``FeatureSplit`` pickles that way).
     Rank 0 writes the checkpoint to ``checkpoint_path`` every epoch and prints one line per epoch,
@@ -162,8 +162,6 @@ def train_in_processes(
 
 def main(argv: list[str] | None = None) -> None:
     """One training process of ``train_in_processes`` (``python -m itm_core.models.distributed SPEC``)."""
-    from itm_core.models.training import train_contrastive
-
     spec = torch.load((argv or sys.argv[1:])[0], weights_only=False)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     ranks = init_from_env("gloo")

@@ -9,24 +9,19 @@
 
 from __future__ import annotations
 
-import copy
-import random
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from itm_core.data.pairs import captions_per_image
 from itm_core.encode.embed import ModalityFeatures
-from itm_core.models.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, rerank_r1
+from itm_core.models.rerank import DIRECTIONS, Choice, candidates, itm_only, report
 from itm_core.models.retrieval import Ranks
 from itm_core.models.token_reader import TokenReader
-from itm_core.models.training import captions_per_image, seed_everything
 
 
 class Standardizer(nn.Module):
@@ -174,25 +169,6 @@ def hard_negatives(
 
 
 @dataclass
-class HeadConfig:
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    patience: int = 3
-    hard_pool: int = 16
-    input_dropout: float = 0.3
-    seed: int = 0
-    in_batch_negatives: bool = (
-        True  # ITM: also a negative caption and image drawn from the batch by contrastive similarity
-    )
-    select: str = "rerank+probe"  # ITM: the validation score that picks the best epoch (see train_itm)
-    rerank_k: int = 16  # ITM: candidates per query when selecting on reranking
-    listwise: int = 0  # ITM: also a softmax over each query's match and this many mined negatives (0: off)
-    text_reader: str = "auto"  # fusions of pooled features: also the text's tokens read by a TokenReader ("tokens"; "auto": when encoded), or not ("pooled")
-
-
-@dataclass
 class PairSet:
     """One split for ITM: image and text features with the contrastive matcher's embeddings of both.
 
@@ -255,13 +231,6 @@ class ITMHead(FusionHead):
         return torch.cat(outs) if outs else torch.zeros(0)
 
 
-@dataclass
-class HeadResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    seconds: float = 0.0
-
-
 def itm_pairs(data: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A balanced evaluation set: each image with its first caption (match) and its hardest non-matching caption."""
     first = captions_per_image(data.caption_image, len(data.image))
@@ -283,199 +252,6 @@ def evaluate_itm(head: ITMHead, data: PairSet) -> dict[str, float]:
         "itm_accuracy": float(((logits > 0).float() == labels).float().mean()),
         "itm_auc": float(roc_auc_score(labels.numpy(), logits.numpy())),
     }
-
-
-def _fit(
-    head: FusionHead,
-    steps: Callable[[random.Random], Iterator[torch.Tensor]],
-    validate: Callable[[], dict[str, float]],
-    monitor: str,
-    config: HeadConfig,
-    desc: str,
-    on_epoch: Callable[[int, dict[str, float]], None] | None,
-) -> HeadResult:
-    """The loop both heads share: AdamW, an epoch of ``steps`` (losses), validation, early stopping, best weights kept."""
-    start = time.perf_counter()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rng = random.Random(config.seed)
-    result = HeadResult()
-    best, best_state, stale = float("-inf"), copy.deepcopy(head.state_dict()), 0
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False, disable=None)
-    for epoch in bar:
-        head.train()
-        losses = []
-        for loss in steps(rng):
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        metrics = {"loss": float(np.mean(losses)) if losses else float("nan"), **validate()}
-        result.history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", **{monitor: f"{metrics[monitor]:.3f}"})
-        if metrics[monitor] > best:
-            best, best_state, stale, result.best_epoch = metrics[monitor], copy.deepcopy(head.state_dict()), 0, epoch
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    bar.close()
-    head.load_state_dict(best_state)
-    head.eval()
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-SELECT = ("rerank+probe", "rerank", "probe", "auc")
-
-
-def in_batch_negatives(
-    train: PairSet, images: list[int], captions: list[int], generator: torch.Generator, temperature: float = 0.07
-) -> tuple[list[int], list[int]]:
-    """ALBEF's in-batch hard negatives: for each image a caption of another image in the batch, drawn
-    with probability ``softmax(similarity / temperature)``; for each caption, an image likewise.
-    Duplicates of the image (same ``image_group``) are never drawn; a row with nothing to draw is left out.
-    Returns the (image, caption) rows of the negative pairs."""
-    i, c = torch.tensor(images), torch.tensor(captions)
-    group = torch.arange(len(train.image)) if train.image_group is None else train.image_group
-    same = group[i].unsqueeze(1) == group[train.caption_image[c]].unsqueeze(0)  # (B images, B captions)
-    sim = (train.image_emb[i] @ train.text_emb[c].T).float() / temperature
-    sim = sim.masked_fill(same, float("-inf"))
-    out_i, out_t = [], []
-    rows = (~same).any(1)
-    if rows.any():
-        drawn = torch.multinomial(sim[rows].softmax(1), 1, generator=generator)[:, 0]
-        out_i += i[rows].tolist()
-        out_t += c[drawn].tolist()
-    cols = (~same).any(0)
-    if cols.any():
-        drawn = torch.multinomial(sim.T[cols].softmax(1), 1, generator=generator)[:, 0]
-        out_i += i[drawn].tolist()
-        out_t += c[cols].tolist()
-    return out_i, out_t
-
-
-def listwise_loss(
-    head: ITMHead,
-    train: PairSet,
-    images: list[int],
-    captions: list[int],
-    neg_captions: torch.Tensor,
-    neg_images: torch.Tensor,
-    n: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """The reranking task itself: each image's caption against ``n`` of its mined negative captions,
-    and each caption's image against ``n`` of its mined negative images, a cross-entropy over each
-    query's ``1 + n`` logits with the match first (both directions averaged)."""
-    i, c = torch.tensor(images), torch.tensor(captions)
-    pick = lambda pool, rows: pool[rows].gather(
-        1, torch.rand(len(rows), pool.shape[1], generator=generator).argsort(1)[:, :n]
-    )
-    texts = torch.cat([c.unsqueeze(1), pick(neg_captions, i)], 1)  # (B, 1+n) per image
-    imgs = torch.cat([i.unsqueeze(1), pick(neg_images, c)], 1)  # (B, 1+n) per caption
-    b, m = texts.shape
-    logit_t = head.score(train, i.repeat_interleave(m), texts.flatten()).view(b, m)
-    logit_i = head.score(train, imgs.flatten(), c.repeat_interleave(m)).view(b, m)
-    zero = torch.zeros(b, dtype=torch.long)
-    return (F.cross_entropy(logit_t, zero) + F.cross_entropy(logit_i, zero)) / 2
-
-
-def train_itm(
-    head: ITMHead,
-    train: PairSet,
-    val: PairSet,
-    config: HeadConfig,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    val_probe: PairSet | None = None,
-    val_base: Ranks | None = None,
-) -> HeadResult:
-    """Train the ITM head: for each image, its caption (match), a hard negative caption, and a hard
-    negative image for the caption, sampled from the ``hard_pool`` most similar by the contrastive
-    matcher; with ``config.in_batch_negatives``, also a negative caption and image drawn from the
-    batch by contrastive similarity (ALBEF); and, when ``train.negatives`` is set, the image's own
-    hard-negative captions against its true caption in the same template.
-
-    The best epoch is chosen by ``config.select`` on the validation split: ``rerank`` is the mean R@1
-    of both directions after reranking the contrastive top ``config.rerank_k`` with the head (ITM
-    logit plus a contrastive weight, ``k`` and weight chosen on validation too; needs ``val_base``,
-    the contrastive validation ranks), ``probe`` the probe accuracy (needs ``val_probe``), ``auc`` the
-    ITM AUC, ``rerank+probe`` the sum of the first two. What is missing is left out of the sum; with
-    nothing left, ``auc``."""
-    if config.select not in SELECT:
-        raise ValueError(f"ITM select must be one of {', '.join(SELECT)}; got {config.select!r}")
-    if not 0 <= config.listwise <= config.hard_pool:
-        raise ValueError(
-            f"ITM listwise must be between 0 (off) and hard_pool ({config.hard_pool}), the mined negatives it draws from; got {config.listwise}"
-        )
-    seed_everything(config.seed)
-    head.fit_statistics(train.image, train.text)
-    neg_captions, neg_images = hard_negatives(
-        train.image_emb, train.caption_emb, train.caption_image, config.hard_pool, train.image_group
-    )
-    captions = captions_per_image(train.caption_image, len(train.image))
-    usable = [i for i, c in enumerate(captions) if c]
-    generator = torch.Generator().manual_seed(config.seed)
-
-    def steps(rng: random.Random) -> Iterator[torch.Tensor]:
-        order = usable[:]
-        rng.shuffle(order)
-        for b in range(0, len(order), config.batch_size):
-            batch = order[b : b + config.batch_size]
-            pos = [rng.choice(captions[i]) for i in batch]
-            neg_c = [int(neg_captions[i, rng.randrange(neg_captions.shape[1])]) for i in batch]
-            neg_i = [int(neg_images[c, rng.randrange(neg_images.shape[1])]) for c in pos]
-            images, texts, labels = (
-                batch + batch + neg_i,
-                pos + neg_c + pos,
-                [1.0] * len(batch) + [0.0] * (2 * len(batch)),
-            )
-            if config.in_batch_negatives and len(batch) > 1:
-                extra_i, extra_t = in_batch_negatives(train, batch, pos, generator)
-                images, texts, labels = images + extra_i, texts + extra_t, labels + [0.0] * len(extra_i)
-            if train.negatives is not None:  # the true caption in the negatives' template, against every negative kind
-                kinds = train.negatives.shape[1]
-                images += batch * (1 + kinds)
-                texts += train.canonical[batch].tolist() + train.negatives[batch].T.flatten().tolist()
-                labels += [1.0] * len(batch) + [0.0] * (kinds * len(batch))
-            target = torch.tensor(labels)
-            logits = head.score(train, torch.tensor(images), torch.tensor(texts))
-            # weight the matches as much as the non-matches
-            balance = (target == 0).sum() / (target == 1).sum()
-            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=balance)
-            if config.listwise:
-                loss = loss + listwise_loss(
-                    head, train, batch, pos, neg_captions, neg_images, config.listwise, generator
-                )
-            yield loss
-
-    parts = [
-        p
-        for p in config.select.split("+")
-        if (p != "rerank" or val_base is not None) and (p != "probe" or val_probe is not None)
-    ] or ["auc"]
-
-    def validate() -> dict[str, float]:
-        out = {f"val_{k}": v for k, v in evaluate_itm(head, val).items()}
-        if val_probe is not None:
-            out.update(
-                {
-                    f"val_{k}": v
-                    for k, v in probe_pair_scores(lambda i, t: head.predict_pairs(val_probe, i, t), val_probe).items()
-                }
-            )
-        if val_base is not None:
-            found = candidates(head, val, config.rerank_k, val_base)
-            choice = choose_both(found)
-            out["val_rerank_r1"] = rerank_r1(found, choice)
-            for d in DIRECTIONS:
-                out.update({f"val_{k}": v for k, v in choice[d].as_metrics(d).items()})
-        names = {"rerank": "val_rerank_r1", "probe": "val_probe_accuracy", "auc": "val_itm_auc"}
-        out["val_select"] = sum(out[names[p]] for p in parts)
-        return out
-
-    return _fit(head, steps, validate, "val_select", config, "ITM head", on_epoch)
 
 
 def rerank(head: ITMHead, data: PairSet, k: int, base: Ranks) -> Ranks:
@@ -538,34 +314,3 @@ def evaluate_vqa(head: FusionHead, data: QASet) -> dict[str, float]:
         rows = torch.tensor([k == kind for k in data.kind])
         out[f"vqa_accuracy_{kind}"] = float(correct[rows].mean())
     return out
-
-
-def train_vqa(
-    head: FusionHead,
-    train: QASet,
-    val: QASet,
-    config: HeadConfig,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-) -> HeadResult:
-    """Train the answer classifier with cross-entropy; answers outside the answer set (-1) are ignored."""
-    seed_everything(config.seed)
-    head.fit_statistics(train.image, train.question)
-    rows = [n for n in range(len(train.answer)) if train.answer[n] >= 0]
-
-    def steps(rng: random.Random) -> Iterator[torch.Tensor]:
-        order = rows[:]
-        rng.shuffle(order)
-        for b in range(0, len(order), config.batch_size):
-            batch = torch.tensor(order[b : b + config.batch_size])
-            logits = head(train.image, train.question_image[batch], train.question, batch)
-            yield F.cross_entropy(logits, train.answer[batch])
-
-    return _fit(
-        head,
-        steps,
-        lambda: {"val_vqa_accuracy": evaluate_vqa(head, val)["vqa_accuracy"]},
-        "val_vqa_accuracy",
-        config,
-        "VQA head",
-        on_epoch,
-    )

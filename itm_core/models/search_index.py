@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
+
+from itm_core.contract.params import Params
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
@@ -33,19 +36,22 @@ class SearchIndexError(LookupError):
     """An index that cannot be used as asked (missing, built by another matcher, bad k)."""
 
 
-@dataclass
-class IndexSettings:
-    kind: str = "auto"
-    exact_below: int = 50_000
-    hnsw_below: int = 500_000
-    hnsw_m: int = 32
-    ef_construction: int = 128
-    ef_search: int = 256
-    nlist: int = 0  # 0: about 4 * sqrt(n)
-    pq_m: int = 0  # 0: dim / 4 sub-quantisers (at most 64)
-    nprobe: int = 64
-    refine: int = 20  # re-rank refine * k candidates exactly (ivfpq)
-    train_size: int = 100_000
+class IndexSettings(Params):
+    """The FAISS index: exact below a size, a graph (HNSW) or inverted lists of compressed codes (IVF-PQ) above."""
+
+    kind: Literal["auto", "flat", "hnsw", "ivfpq"] = Field(
+        "auto", description="`auto` picks by size: flat (exact) < exact_below <= hnsw < hnsw_below <= ivfpq"
+    )
+    exact_below: int = Field(50_000, ge=1, description="auto: exact search (IndexFlatIP) below this many items")
+    hnsw_below: int = Field(500_000, ge=1, description="auto: HNSW below this many items, IVF-PQ from here on")
+    hnsw_m: int = Field(32, ge=4, description="hnsw: links per node")
+    ef_construction: int = Field(128, ge=8, description="hnsw: candidate list while building")
+    ef_search: int = Field(256, ge=8, description="hnsw: candidate list while searching (recall vs speed)")
+    nlist: int = Field(0, ge=0, description="ivfpq: inverted lists (0: about 4 x sqrt(items))")
+    pq_m: int = Field(0, ge=0, description="ivfpq: sub-quantisers, dividing the embedding size (0: about dim / 4)")
+    nprobe: int = Field(64, ge=1, description="ivfpq: lists visited per query (recall vs speed)")
+    refine: int = Field(20, ge=1, description="ivfpq: re-rank refine x k candidates with exact scores")
+    train_size: int = Field(100_000, ge=1, description="ivfpq: vectors the quantisers are trained on")
 
     def choose(self, n: int) -> str:
         if self.kind != "auto":
@@ -128,7 +134,7 @@ class SearchIndex:
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         self.items.to_parquet(folder / ITEMS_FILE, index=False)
-        meta = {**self.meta, "kind": self.kind, "dim": self.dim, "size": len(self), "settings": asdict(self.settings)}
+        meta = {**self.meta, "kind": self.kind, "dim": self.dim, "size": len(self), "settings": self.settings.model_dump()}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return folder
 

@@ -1,27 +1,30 @@
-"""Pure-PyTorch training of a matcher's heads on cached tower features (the LiT recipe).
+"""Contrastive training of a matcher's heads on cached tower features (the LiT recipe).
 
 Symmetric contrastive loss (image-to-text and text-to-image cross-entropy) with a learned
 temperature; one caption per image in each pass so a batch holds no duplicate images; validation
-retrieval every epoch; early stopping on a validation metric; the best weights restored at the end.
+retrieval every epoch; early stopping on a validation metric; the best weights restored at the end
+(the loop is :func:`itm_core.models.loop.fit`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from pydantic import Field, model_validator
+from torch import nn
 
+from itm_core.contract.components import Encoder
+from itm_core.contract.params import Params
+from itm_core.data.pairs import captions_per_image
 from itm_core.encode.embed import FeatureSplit
+from itm_core.models.loop import FitResult, Trainer, fit, one_cycle, scheduler_step, seed_everything, step_autocast
 from itm_core.models.matcher import Matcher
 from itm_core.models.process_group import (
     Ranks,
@@ -32,49 +35,65 @@ from itm_core.models.process_group import (
 )
 from itm_core.models.retrieval import ranks, recall_metrics
 
-PRECISIONS = ("fp32", "bf16")
+RecallKey = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The bfloat16 instructions this CPU has (``avx512_bf16``, ``amx_bf16``) from /proc/cpuinfo; empty
-    where it has none or the file cannot be read (not Linux)."""
-    try:
-        flags = next(
-            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+class ContrastiveTraining(Params):
+    """The matcher's heads and their contrastive training."""
 
+    epochs: int = Field(40, ge=1, description="Maximum epochs")
+    batch_size: int = Field(256, ge=2, description="Images per contrastive batch")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(6, ge=1, description="Stop after this many epochs without validation improvement")
+    monitor: RecallKey = Field("rsum", description="Validation metric for early stopping and the best checkpoint")
+    embed_dim: int = Field(256, ge=2, description="Joint embedding dimension")
+    hidden_dim: int = Field(1024, ge=0, description="Hidden width of the projection heads (0: linear heads)")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, description="Seed for weights, batches and caption sampling")
+    unlock: list[Literal["image", "text"]] = Field(
+        default_factory=list,
+        description="Towers to fine-tune with the heads (trainable encoders only, e.g. clip); locked by default",
+    )
+    tower_lr: float = Field(1e-5, gt=0, description="Peak learning rate of unlocked towers")
+    time_limit_s: float = Field(
+        0,
+        ge=0,
+        description="End training after the epoch that passes this many seconds (0: no limit); "
+        "the best epoch so far is kept",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: training steps run under bfloat16 autocast (weights, loss and validation stay "
+        "float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX, much slower on CPUs without them",
+    )
+    resume: bool = Field(
+        False,
+        description="Continue the last unfinished run of these same parameters from its last checkpoint "
+        "(after a crash, kill or cancel)",
+    )
+    checkpoint_every: int = Field(
+        5,
+        ge=0,
+        description="Also log the checkpoint to the MLflow run every this many epochs (0: never); "
+        "it is written locally every epoch",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Train data-parallel in this many processes on this machine (torch.distributed, gloo): "
+        "each embeds its slice of every global batch and the loss spans the whole batch, as in one process",
+    )
 
-def settle_precision(precision: str) -> str:
-    """``auto`` becomes ``bf16`` on a CPU that runs bfloat16 natively (AVX512-BF16 or AMX) and ``fp32``
-    elsewhere, where emulated bfloat16 is slower; ``fp32`` and ``bf16`` stay as they are."""
-    if precision not in (*PRECISIONS, "auto"):
-        raise ValueError(f"training precision must be auto, {' or '.join(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if cpu_bf16_flags() else "fp32"
-
-
-def step_autocast(precision: str, device_type: str = "cpu") -> torch.autocast:
-    """What a training step's forward pass runs under: bfloat16 autocast with ``precision`` ``bf16``
-    (weights, optimiser state and the backward's accumulation stay float32), else nothing."""
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-@dataclass
-class ContrastiveConfig:
-    epochs: int = 40
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    patience: int = 6
-    monitor: str = "rsum"
-    seed: int = 0
-    tower_lr: float = 1e-5
-    time_limit_s: float = 0.0
-    precision: str = "fp32"  # "bf16": the forward pass of every step under bfloat16 autocast
+    @model_validator(mode="after")
+    def _batch_splits(self) -> ContrastiveTraining:
+        if self.processes > self.batch_size:
+            raise ValueError(
+                f"training.processes ({self.processes}) is larger than training.batch_size ({self.batch_size}): "
+                "every process takes a slice of each batch; use at most batch_size processes"
+            )
+        return self
 
 
 @dataclass
@@ -84,7 +103,7 @@ class LiveTower:
     ``train_items`` / ``val_items`` are image paths or caption strings, aligned with the feature rows.
     """
 
-    encoder: Any
+    encoder: Encoder
     train_items: Sequence[Any]
     val_items: Sequence[Any]
     batch_size: int = 64
@@ -99,67 +118,6 @@ class LiveTower:
     def all_features(self, items: Sequence[Any]) -> torch.Tensor:
         self.encoder.train_module().eval()
         return torch.cat([self.features(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)])
-
-
-@dataclass
-class TrainResult:
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_value: float = float("-inf")
-    seconds: float = 0.0
-
-
-@dataclass
-class TrainSchedule:
-    """What every trained generator's configuration shares: the optimisation schedule and a time
-    limit (``time_limit_s`` above 0 ends training after the epoch that passes it)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    time_limit_s: float = 0.0
-    # "bf16": each step's forward pass under bfloat16 autocast; "auto": bf16 where the device runs it natively
-    precision: str = "fp32"
-
-
-def clipped_step(
-    loss: torch.Tensor,
-    module: torch.nn.Module | list[torch.nn.Parameter],
-    optimizer: Any,
-    scheduler: Any,
-    max_norm: float = 1.0,
-) -> float:
-    """Backpropagate ``loss``, clip the gradient norm of ``module``, step the optimizer and the
-    scheduler (held at its last value once its steps are used up); the loss as a float. Given a list
-    of parameters instead of a module, only those receive the gradient."""
-    optimizer.zero_grad()
-    if isinstance(module, torch.nn.Module):
-        loss.backward()
-        params = list(module.parameters())
-    else:
-        loss.backward(inputs=module)
-        params = module
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
-    if scheduler.last_epoch < scheduler.total_steps - 1:
-        scheduler.step()
-    return loss.item()
-
-
-def one_cycle(optimizer: Any, max_lr: float | list[float], total_steps: int, pct_start: float) -> Any:
-    """A one-cycle schedule that also works for very short runs: torch's ``OneCycleLR`` divides by
-    zero when the warm-up is one step or less, so such runs warm up for half of at least three steps."""
-    if pct_start * total_steps <= 1:
-        pct_start, total_steps = 0.5, max(total_steps, 3)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -177,41 +135,155 @@ def evaluate_features(matcher: Matcher, split: FeatureSplit) -> dict[str, float]
     return recall_metrics(ranks(img, txt, split.caption_image, matcher.similarity))
 
 
-def captions_per_image(caption_image: torch.Tensor, n_images: int) -> list[list[int]]:
-    """For each image, the indices of its captions."""
-    lists: list[list[int]] = [[] for _ in range(n_images)]
-    for j, i in enumerate(caption_image.tolist()):
-        lists[i].append(j)
-    return lists
-
-
-def _flatten_rng(state: tuple) -> list[Any]:
+def _flatten_rng(state: tuple[Any, ...]) -> list[Any]:
     """``random.Random.getstate()`` as a flat list of numbers (what ``torch.load(weights_only=True)`` reads)."""
     version, internal, gauss = state
     return [version, *internal, gauss]
 
 
-def _python_rng_state(flat: list[Any]) -> tuple:
+def _python_rng_state(flat: list[Any]) -> tuple[Any, ...]:
     return (int(flat[0]), tuple(int(v) for v in flat[1:-1]), flat[-1])
+
+
+class ContrastiveTrainer(Trainer):
+    """The heads (and unlocked towers) on one global batch per step: each process embeds its slice,
+    the loss spans the gathered batch, gradients are averaged over the processes."""
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        train: FeatureSplit,
+        val: FeatureSplit,
+        options: ContrastiveTraining,
+        unlocked: dict[str, LiveTower],
+        ranks: Ranks,
+    ) -> None:
+        seed_everything(options.seed)
+        self.matcher, self.train, self.val, self.options, self.unlocked, self.ranks = (
+            matcher,
+            train,
+            val,
+            options,
+            unlocked,
+            ranks,
+        )
+        self.main = ranks.main
+        # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in bfloat16.
+        self.autocast = step_autocast(options.precision, next(matcher.parameters()).device.type)
+        matcher.image_head.set_statistics(train.image)
+        matcher.text_head.set_statistics(train.text)
+        self.towers = {m: t.encoder.train_module() for m, t in unlocked.items()}
+        for module in (matcher, *self.towers.values()):
+            broadcast_parameters(module, ranks)
+        groups = [{"params": list(matcher.parameters()), "lr": options.lr}]
+        groups += [
+            {"params": [p for p in mod.parameters() if p.requires_grad], "lr": options.tower_lr}
+            for mod in self.towers.values()
+        ]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
+        self.captions = captions_per_image(train.caption_image, len(train.image))
+        self.usable = [i for i, c in enumerate(self.captions) if c]
+        self.passes = max(1, round(len(train.text) / max(1, len(self.usable))))
+        steps_per_epoch = self.passes * max(1, len(self.usable) // options.batch_size)
+        self.scheduler = one_cycle(self.optimizer, [g["lr"] for g in groups], options.epochs * steps_per_epoch, 0.1)
+        self.rng = random.Random(options.seed)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"matcher": self.matcher, **self.towers}
+
+    def batches(self) -> Iterator[tuple[list[int], list[int]]]:
+        """Each pass, the usable images shuffled into global batches, each with one caption drawn per image."""
+        size = self.options.batch_size
+        for _ in range(self.passes):
+            order = self.usable[:]
+            self.rng.shuffle(order)
+            for b in range(max(1, len(order) // size)):
+                batch = order[b * size : (b + 1) * size]
+                batch = batch[: len(batch) - len(batch) % self.ranks.world]  # equal slices
+                if len(batch) < 2:
+                    continue
+                yield batch, [self.rng.choice(self.captions[i]) for i in batch]
+
+    def _features(self, modality: str, rows: list[int], cached: torch.Tensor) -> torch.Tensor:
+        tower = self.unlocked.get(modality)
+        return cached[rows] if tower is None else tower.features([tower.train_items[i] for i in rows])
+
+    def step(self, batch: tuple[list[int], list[int]]) -> float:
+        images, captions = batch
+        mine = self.ranks.slice(len(images))
+        with self.autocast:
+            image_emb = self.matcher.embed_image_features(self._features("image", images[mine], self.train.image))
+            text_emb = self.matcher.embed_text_features(self._features("text", captions[mine], self.train.text))
+        scale = self.matcher.logit_scale.clamp(max=math.log(100.0)).exp()
+        loss = clip_loss(
+            scale * gather_with_grad(image_emb.float(), self.ranks) @ gather_with_grad(text_emb.float(), self.ranks).T
+        )
+        self.optimizer.zero_grad()
+        loss.backward()
+        for module in self.modules().values():
+            average_gradients(module, self.ranks)
+        self.optimizer.step()
+        scheduler_step(self.scheduler)
+        return loss.item()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"temperature": 1.0 / self.matcher.logit_scale.exp().item()}
+
+    def validate(self) -> dict[str, float]:
+        """Retrieval on the validation split; unlocked towers re-encode it first."""
+        val = self.val
+        if self.unlocked:
+            val = FeatureSplit(
+                image=self.unlocked["image"].all_features(self.unlocked["image"].val_items)
+                if "image" in self.unlocked
+                else val.image,
+                text=self.unlocked["text"].all_features(self.unlocked["text"].val_items)
+                if "text" in self.unlocked
+                else val.text,
+                caption_image=val.caption_image,
+            )
+        return {f"val_{k}": v for k, v in evaluate_features(self.matcher, val).items()}
+
+    def agree(self, values: dict[str, float]) -> dict[str, float]:
+        return share_decision(values, self.ranks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "matcher": self.matcher.state_dict(),
+            "towers": {m: mod.state_dict() for m, mod in self.towers.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _flatten_rng(self.rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.matcher.load_state_dict(state["matcher"])
+        for m, mod in self.towers.items():
+            mod.load_state_dict(state["towers"][m])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.setstate(_python_rng_state(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
 
 
 def train_contrastive(
     matcher: Matcher,
     train: FeatureSplit,
     val: FeatureSplit,
-    config: ContrastiveConfig,
+    options: ContrastiveTraining,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     unlocked: dict[str, LiveTower] | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: dict[str, Any] | None = None,
-    ranks: Ranks = Ranks(),
-) -> TrainResult:
+    ranks: Ranks | None = None,
+) -> FitResult:
     """Train ``matcher``'s heads and temperature; leaves the best validation weights in ``matcher``.
 
-    ``config.time_limit_s`` above 0 ends training after the epoch that passes it.
-    ``config.precision`` ``"bf16"`` runs each step's forward pass under bfloat16 autocast (faster on
+    ``options.time_limit_s`` above 0 ends training after the epoch that passes it.
+    ``options.precision`` ``"bf16"`` runs each step's forward pass under bfloat16 autocast (faster on
     GPUs and on CPUs with AVX512-BF16 or AMX; much slower on CPUs without them).
-    Towers named in ``unlocked`` (``"image"``, ``"text"``) are fine-tuned too, at ``config.tower_lr``:
+    Towers named in ``unlocked`` (``"image"``, ``"text"``) are fine-tuned too, at ``options.tower_lr``:
     their batches are encoded live, and validation re-encodes them every epoch.
     ``checkpoint(state)`` is called at the end of every epoch with everything needed to go on
     (weights, optimiser, schedule, random states, early-stopping state, history); training given
@@ -224,144 +296,14 @@ def train_contrastive(
     the one-process step on the same global batch. Rank 0 decides early stopping and alone calls
     ``on_epoch`` and ``checkpoint``.
     """
-    unlocked = unlocked or {}
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"training precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
-    seed_everything(config.seed)
-    device = next(matcher.parameters()).device
-    # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in bfloat16.
-    autocast = step_autocast(config.precision, device.type)
-    start = time.perf_counter()
-    matcher.image_head.set_statistics(train.image)
-    matcher.text_head.set_statistics(train.text)
-    modules = {m: t.encoder.train_module() for m, t in unlocked.items()}
-    for module in (matcher, *modules.values()):
-        broadcast_parameters(module, ranks)
-    groups = [{"params": list(matcher.parameters()), "lr": config.lr}]
-    groups += [
-        {"params": [p for p in mod.parameters() if p.requires_grad], "lr": config.tower_lr} for mod in modules.values()
-    ]
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    captions = captions_per_image(train.caption_image, len(train.image))
-    usable = [i for i, c in enumerate(captions) if c]
-    passes = max(1, round(len(train.text) / max(1, len(usable))))
-    steps_per_epoch = passes * max(1, len(usable) // config.batch_size)
-    scheduler = one_cycle(optimizer, [g["lr"] for g in groups], config.epochs * steps_per_epoch, 0.1)
-    rng = random.Random(config.seed)
-    result = TrainResult()
-
-    def snapshot() -> dict[str, Any]:
-        return copy.deepcopy({"matcher": matcher.state_dict(), **{m: mod.state_dict() for m, mod in modules.items()}})
-
-    def batch_features(modality: str, rows: list[int], cached: torch.Tensor) -> torch.Tensor:
-        tower = unlocked.get(modality)
-        return cached[rows] if tower is None else tower.features([tower.train_items[i] for i in rows])
-
-    best_state = snapshot()
-    stale, first_epoch, elapsed, done = 0, 1, 0.0, False
-    if resume is not None:
-        matcher.load_state_dict(resume["matcher"])
-        for m, mod in modules.items():
-            mod.load_state_dict(resume["towers"][m])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        rng.setstate(_python_rng_state(resume["rng"]))
-        torch.set_rng_state(resume["torch_rng"])
-        best_state, stale, done = resume["best_state"], int(resume["stale"]), bool(resume["done"])
-        result.best_value, result.best_epoch, result.history = (
-            float(resume["best_value"]),
-            int(resume["best_epoch"]),
-            list(resume["history"]),
-        )
-        first_epoch, elapsed = int(resume["epoch"]) + 1, float(resume["elapsed"])
-        start -= elapsed
-    bar = tqdm(
-        range(first_epoch, config.epochs + 1 if not done else first_epoch),
-        desc="training",
-        unit="epoch",
-        leave=False,
-        disable=None,
+    trainer = ContrastiveTrainer(matcher, train, val, options, unlocked or {}, ranks or Ranks())
+    return fit(
+        trainer,
+        epochs=options.epochs,
+        patience=options.patience,
+        time_limit_s=options.time_limit_s,
+        monitor=f"val_{options.monitor}",
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        resume=resume,
     )
-    for epoch in bar:
-        matcher.train()
-        for mod in modules.values():
-            mod.train()
-        losses: list[float] = []
-        for _ in range(passes):
-            order = usable[:]
-            rng.shuffle(order)
-            for b in range(max(1, len(order) // config.batch_size)):
-                batch = order[b * config.batch_size : (b + 1) * config.batch_size]
-                batch = batch[: len(batch) - len(batch) % ranks.world]  # equal slices
-                if len(batch) < 2:
-                    continue
-                picked = [rng.choice(captions[i]) for i in batch]
-                mine = ranks.slice(len(batch))
-                with autocast:
-                    image_emb = matcher.embed_image_features(batch_features("image", batch[mine], train.image)).float()
-                    text_emb = matcher.embed_text_features(batch_features("text", picked[mine], train.text)).float()
-                scale = matcher.logit_scale.clamp(max=math.log(100.0)).exp()
-                loss = clip_loss(scale * gather_with_grad(image_emb, ranks) @ gather_with_grad(text_emb, ranks).T)
-                optimizer.zero_grad()
-                loss.backward()
-                for module in (matcher, *modules.values()):
-                    average_gradients(module, ranks)
-                optimizer.step()
-                if scheduler.last_epoch < scheduler.total_steps - 1:
-                    scheduler.step()
-                losses.append(loss.item())
-        metrics = {
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "temperature": 1.0 / matcher.logit_scale.exp().item(),
-        }
-        if unlocked:
-            val = FeatureSplit(
-                image=unlocked["image"].all_features(unlocked["image"].val_items) if "image" in unlocked else val.image,
-                text=unlocked["text"].all_features(unlocked["text"].val_items) if "text" in unlocked else val.text,
-                caption_image=val.caption_image,
-            )
-        metrics.update({f"val_{k}": v for k, v in evaluate_features(matcher, val).items()})
-        metrics = share_decision(metrics, ranks)  # every rank follows rank 0's validation
-        result.history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None and ranks.main:
-            on_epoch(epoch, metrics)
-        value = metrics[f"val_{config.monitor}"]
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{config.monitor: f"{value:.3f}"})
-        if value > result.best_value:
-            result.best_value, result.best_epoch, stale = value, epoch, 0
-            best_state = snapshot()
-        else:
-            stale += 1
-        done = stale >= config.patience or bool(
-            config.time_limit_s and time.perf_counter() - start > config.time_limit_s
-        )
-        done = bool(share_decision({"done": float(done)}, ranks)["done"])  # rank 0's clock
-        if checkpoint is not None and ranks.main:
-            checkpoint(
-                {
-                    "epoch": epoch,
-                    "done": done,
-                    "matcher": matcher.state_dict(),
-                    "towers": {m: mod.state_dict() for m, mod in modules.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": list(_flatten_rng(rng.getstate())),
-                    "torch_rng": torch.get_rng_state(),
-                    "best_state": best_state,
-                    "best_value": result.best_value,
-                    "best_epoch": result.best_epoch,
-                    "stale": stale,
-                    "history": result.history,
-                    "elapsed": time.perf_counter() - start,
-                }
-            )
-        if done:
-            break
-    bar.close()
-    matcher.load_state_dict(best_state["matcher"])
-    for m, mod in modules.items():
-        mod.load_state_dict(best_state[m])
-        mod.eval()
-    matcher.eval()
-    result.seconds = time.perf_counter() - start
-    return result
