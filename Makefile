@@ -1,5 +1,6 @@
-# The two commands: `make demo` runs the workbench end to end offline; `make test` runs the tests.
-# Both create (or reuse) the virtual environment in .venv.
+# The two commands: `make demo` runs the workbench end to end offline; `make test` checks the code
+# (`make lint`) and runs every test. Both create (or reuse) the virtual environment in .venv.
+# `make test-fast` runs the fast tier (tests marked unit) for the edit-and-test loop.
 
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: demo test bench bench-quick install browser clean up down
+.PHONY: demo test test-fast lint bench bench-quick install browser clean up down
 
 install: $(STAMP)
 
@@ -35,8 +36,18 @@ browser:
 	    $$SUDO apt-get update -q </dev/null && \
 	    $$SUDO apt-get install -y -q --no-install-recommends chromium </dev/null; }
 
-test: $(STAMP) browser
+# ruff (lint and format), mypy and import-linter (the layers), as configured in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint browser
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m unit
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -42,7 +42,8 @@ def sample_captions(n: int) -> list[str]:
 
 
 def feature_bytes(images: int, captions: int) -> int:
-    """The size of the float32 feature tensors of a retrain: efficientnet-lite0 (6400) per image, MiniLM (384) per caption."""
+    """The size of the float32 feature tensors of a retrain: efficientnet-lite0 (6400) per image,
+    MiniLM (384) per caption."""
     return (images * 6400 + captions * 384) * 4
 
 

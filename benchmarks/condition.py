@@ -49,7 +49,7 @@ def bench_condition(n: int, epochs: int) -> list[Row]:
 
     def probe(condition: torch.nn.Module, x: torch.Tensor, m: torch.Tensor | None) -> tuple[float, list[float]]:
         torch.manual_seed(0)
-        condition.set_statistics(x[train], None if m is None else m[train])
+        condition.set_text_statistics(x[train], None if m is None else m[train])
         heads = torch.nn.ModuleList(torch.nn.Linear(128, c) for c in classes)
         optimiser = torch.optim.AdamW([*condition.parameters(), *heads.parameters()], lr=1e-3)
 
@@ -81,13 +81,15 @@ def bench_condition(n: int, epochs: int) -> list[Row]:
 
     return [
         {
-            "what": "shapes scenes read whole from one condition vector per held-out caption, text_condition tokens (share)",
+            "what": "shapes scenes read whole from one condition vector per held-out caption, text_condition tokens "
+            "(share)",
             "value": tokens_all,
             "reference": "text_condition pooled (MiniLM's mean-pooled embedding)",
             "ref_value": pooled_all,
             "ratio": tokens_all / max(pooled_all, 1e-9),
             "target": "measured",
-            "note": f"{len(train)} training and {len(test)} held-out captions, {epochs} epochs each; per attribute, tokens: {each(tokens_each)}; "
+            "note": f"{len(train)} training and {len(test)} held-out captions, {epochs} epochs each; per attribute, "
+            f"tokens: {each(tokens_each)}; "
             f"pooled: {each(pooled_each)}; encoding the captions took {seconds:.0f} s",
         }
     ]

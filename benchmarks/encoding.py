@@ -77,7 +77,8 @@ def bench_encoding(n: int, home: Path, repeats: int = 2) -> list[Row]:
             "ref_value": n / best["plain"],
             "ratio": best["plain"] / best[runtime],
             "target": ">= 2.0x",
-            "note": f"{n} images, best of {repeats} interleaved runs; largest difference from the plain loop's embeddings {float((out[runtime] - out['plain']).abs().max()):.1e}",
+            "note": f"{n} images, best of {repeats} interleaved runs; largest difference from the plain loop's "
+            f"embeddings {float((out[runtime] - out['plain']).abs().max()):.1e}",
         }
         if runtime != "off":
             row["note"] += f"; building it and checking it against eager on 128 images took {built[runtime]:.1f} s once"

@@ -51,7 +51,8 @@ def _runtime_rows(
                     "ref_value": count / t_eager,
                     "ratio": (n_fast / t_fast) / (count / t_eager),
                     "target": "measured",
-                    "note": f"{n_fast} {unit} in batches of {len(batches[0][0])}; building took {t_build[runtime]:.1f} s; "
+                    "note": f"{n_fast} {unit} in batches of {len(batches[0][0])}; building took {t_build[runtime]:.1f} "
+                    "s; "
                     f"largest difference {float((fast - eager[: len(fast)]).abs().max()):.1e}; {note}",
                 }
             )

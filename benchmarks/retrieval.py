@@ -45,6 +45,7 @@ def bench_retrieval(n_img: int) -> list[Row]:
             "ref_value": t_ref,
             "ratio": t_ch / t_ref,
             "target": "identical ranks; time <= 1.0x",
-            "note": f"{off} of {len(ri) + len(rt)} ranks differ; scores held at once: 1024 x 1024 ({1024 * 1024 * 4 / 2**20:.0f} MiB) against {n_img * 5 * n_img * 4 / 2**20:.0f} MiB for the full matrix",
+            "note": f"{off} of {len(ri) + len(rt)} ranks differ; scores held at once: 1024 x 1024 "
+            f"({1024 * 1024 * 4 / 2**20:.0f} MiB) against {n_img * 5 * n_img * 4 / 2**20:.0f} MiB for the full matrix",
         }
     ]

@@ -52,7 +52,8 @@ def render(results: dict[str, Any]) -> str:
             fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
             note = r.get("note", "").replace("|", "\\|")
             lines.append(
-                f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | {fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {note} |"
+                f"| {r['what']} | {fmt(r['value'])} | {r['reference']} | {fmt(r.get('ref_value'))} | "
+                f"{fmt(r.get('ratio'))}{'x' if r.get('ratio') else ''} | {r['target']} | {note} |"
             )
         lines.append("")
     return "\n".join(lines + coco_projection(results))
@@ -83,7 +84,8 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
     slope, projected = line(n1, m1, n2, m2)
     text = [
         f"Peak RSS measured with the default settings at {n1:,} images: {m1:.2f} GiB; at {n2:,}: {m2:.2f} GiB; growth "
-        f"{slope * 2**20:.1f} KiB per image (its features: {feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a COCO-size "
+        f"{slope * 2**20:.1f} KiB per image (its features: {feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a "
+        "COCO-size "
         f"retrain ({COCO_IMAGES:,} images, {COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about "
         f"**{projected:.1f} GiB** ({projected / features:.2f}x its features), against the 12 GB budget."
     ]
@@ -91,8 +93,10 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
     if n3 > n2 and settings != "default":
         slope3, upper = line(n2, m2, n3, m3)
         text.append(
-            f"The largest run ({n3:,} images, {m3:.2f} GiB) used other settings ({settings}), whose fixed memory may differ; "
-            f"the line from the {n2:,}-image default run through it ({slope3 * 2**20:.1f} KiB per image) counts any difference as growth "
+            f"The largest run ({n3:,} images, {m3:.2f} GiB) used other settings ({settings}), whose fixed memory may "
+            "differ; "
+            f"the line from the {n2:,}-image default run through it ({slope3 * 2**20:.1f} KiB per image) counts any "
+            "difference as growth "
             f"and gives an upper bound of **{upper:.1f} GiB**."
         )
     return ["## COCO-size projection", "", " ".join(text), ""]

@@ -89,13 +89,15 @@ def bench_scaling(sizes: list[int], home: Path, n_eval: int = 500) -> list[Row]:
         features = feature_bytes(images, captions)
         rows.append(
             {
-                "what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s per image",
+                "what": f"retrain on shapes, {n} training images ({images} images, {captions} captions), cold cache: s "
+                "per image",
                 "reference": "seconds per image across sizes",
                 "value": got["wall"] / images,
                 "ref_value": None,
                 "ratio": None,
                 "target": "within 1.25x; RSS <= 2x features",
-                "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x the feature tensors ({features / 2**30:.2f} GiB); "
+                "note": f"{got['wall']:.0f} s, peak RSS {got['rss'] / 2**30:.2f} GiB = {got['rss'] / features:.2f}x "
+                f"the feature tensors ({features / 2**30:.2f} GiB); "
                 f"best epoch {got['result']['best_epoch']}, test rsum {got['result']['test']['rsum']:.1f}",
                 "images": images,
                 "rss_gib": got["rss"] / 2**30,
@@ -143,7 +145,8 @@ def bench_dask(n: int, home: Path) -> list[Row]:
             "ref_value": spans[1],
             "ratio": spans[1] / spans[2],
             "target": ">= 1.7x",
-            "note": "the encoding itself (each worker builds its encoders in its first shard); the flow's process, Prefect's API server and the workers share the 2 cores",
+            "note": "the encoding itself (each worker builds its encoders in its first shard); the flow's process, "
+            "Prefect's API server and the workers share the 2 cores",
         },
     ]
 
@@ -171,9 +174,11 @@ def bench_flickr(home: Path, quick: bool) -> list[Row]:
             "ref_value": 720.0,
             "ratio": got["wall"] / 720.0,
             "target": "< 12 min, RSS < 4 GiB",
-            "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, {features / 2**30:.2f} GiB); "
+            "note": f"peak RSS {got['rss'] / 2**30:.2f} GiB ({got['rss'] / features:.2f}x the features, "
+            f"{features / 2**30:.2f} GiB); "
             f"building the dataset took {t_build:.0f} s before; {settings}: "
-            f"{got['result']['epochs']} epochs, best {got['result']['best_epoch']}; test rsum {got['result']['test']['rsum']:.1f}",
+            f"{got['result']['epochs']} epochs, best {got['result']['best_epoch']}; test rsum "
+            f"{got['result']['test']['rsum']:.1f}",
             "images": images,
             "rss_gib": got["rss"] / 2**30,
             "settings": settings,

@@ -111,7 +111,8 @@ def bench_search(n: int, n_queries: int) -> list[Row]:
             "ref_value": 0.0,
             "ratio": None,
             "target": "0 differences",
-            "note": f"index kind {small.kind}; {int(differ.sum())} of {differ.size} positions swap items whose scores tie within 1e-5 (summation order)",
+            "note": f"index kind {small.kind}; {int(differ.sum())} of {differ.size} positions swap items whose scores "
+            "tie within 1e-5 (summation order)",
         }
     )
     return rows

@@ -174,15 +174,18 @@ def bench_serving(requests: int, clients: int, home: Path, matcher_requests: int
             "ref_value": None,
             "ratio": None,
             "target": "0 errors; p50/p99 reported",
-            "note": f"{search['errors']} errors; p50 {search['p50']:.0f} ms, p99 {search['p99']:.0f} ms; {len(index)} images, `mlflow models serve --workers 2` on loopback",
+            "note": f"{search['errors']} errors; p50 {search['p50']:.0f} ms, p99 {search['p99']:.0f} ms; {len(index)} "
+            "images, `mlflow models serve --workers 2` on loopback",
         },
         {
-            "what": f"matcher served: {matcher_requests} image+text pairs (base64 PNG) from {matcher_clients} concurrent clients, requests/s",
+            "what": f"matcher served: {matcher_requests} image+text pairs (base64 PNG) from {matcher_clients} "
+            "concurrent clients, requests/s",
             "reference": "0 errors",
             "value": scored["rps"],
             "ref_value": None,
             "ratio": None,
             "target": "0 errors; p50/p99 reported",
-            "note": f"{scored['errors']} errors; p50 {scored['p50']:.0f} ms, p99 {scored['p99']:.0f} ms; `mlflow models serve --workers 2` on loopback",
+            "note": f"{scored['errors']} errors; p50 {scored['p50']:.0f} ms, p99 {scored['p99']:.0f} ms; `mlflow "
+            "models serve --workers 2` on loopback",
         },
     ]

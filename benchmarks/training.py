@@ -16,7 +16,7 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
     import torch
 
     from itm_core.data.pairs import captions_per_image
-    from itm_core.encode.embed import FeatureSplit
+    from itm_core.encode.features import FeatureSplit
     from itm_core.models.distributed import train_in_processes
     from itm_core.models.matcher import Matcher
     from itm_core.models.training import ContrastiveTraining, clip_loss, train_contrastive
@@ -64,7 +64,8 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             "ref_value": samples / t_plain,
             "ratio": t_plain / t_ours,
             "target": ">= 0.95x",
-            "note": f"{n_img} images, {epochs} epochs, best of {repeats} interleaved runs each; ours also validates every epoch (200 images) and keeps the best weights",
+            "note": f"{n_img} images, {epochs} epochs, best of {repeats} interleaved runs each; ours also validates "
+            "every epoch (200 images) and keeps the best weights",
         },
         {
             "what": "the same training with `training.precision: bf16`, samples/s",
@@ -73,7 +74,8 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             "ref_value": samples / t_ours,
             "ratio": t_ours / t_bf16,
             "target": "reported",
-            "note": f"bfloat16 autocast on the training steps (validation in float32); CPU bf16 support: {cpu_bf16_note()}",
+            "note": f"bfloat16 autocast on the training steps (validation in float32); CPU bf16 support: "
+            f"{cpu_bf16_note()}",
         },
         {
             "what": "the same training data-parallel in 2 processes x 1 thread (`training.processes: 2`), samples/s",
@@ -82,7 +84,8 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             "ref_value": samples / t_ours,
             "ratio": t_ours / t_two,
             "target": "reported",
-            "note": "includes starting the processes and handing them the features; on 2 cores one process already uses both",
+            "note": "includes starting the processes and handing them the features; on 2 cores one process already "
+            "uses both",
         },
     ]
 
@@ -125,8 +128,10 @@ def bench_generator_training(n_img: int, epochs: int, repeats: int = 2) -> list[
             "ref_value": n_img * epochs / times["fp32"],
             "ratio": times["fp32"] / times["bf16"],
             "target": "reported",
-            "note": f"{n_img} random 32-pixel images with 16 random 384-d tokens each, {epochs} epochs, best of {repeats} interleaved runs; "
-            f"validation loss {losses['fp32']:.4f} (float32) and {losses['bf16']:.4f} (bf16); CPU bf16 support: {cpu_bf16_note()}; "
+            "note": f"{n_img} random 32-pixel images with 16 random 384-d tokens each, {epochs} epochs, best of "
+            f"{repeats} interleaved runs; "
+            f"validation loss {losses['fp32']:.4f} (float32) and {losses['bf16']:.4f} (bf16); CPU bf16 support: "
+            f"{cpu_bf16_note()}; "
             "`precision: auto` (the cvae's default) picks bf16 only where the CPU has such instructions",
         }
     ]

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from itm_core.errors import DataError, ParamsError, PluginError, UserError
+
 # Prefect's ephemeral server needs longer than its default to start on small machines.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 # Nothing leaves the machine unless the user configured it: no usage telemetry.
@@ -52,23 +54,6 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from itm_core.config import ParamsFileError
-    from itm_core.contract.components import ContractError
-    from itm_core.contract.registry import RegistryError
-    from itm_core.data import DataError
-
-    return (
-        ContractError,
-        ParamsFileError,
-        DataError,
-        RegistryError,
-        LookupError,
-        ValueError,
-        FileNotFoundError,
-    )  # SearchIndexError is a LookupError
-
-
 def _debug() -> bool:
     return os.environ.get("ITM_DEBUG", "0") not in ("", "0")
 
@@ -92,7 +77,9 @@ def _unreachable_server(exc: BaseException) -> str | None:
     if not uri.startswith(("http://", "https://")):
         return None
     seen, current = 0, exc
-    while current is not None and seen < 10:
+    found: BaseException | None = exc
+    while found is not None and seen < 10:
+        current = found
         text = f"{type(current).__name__}: {current}"
         if any(
             m in text
@@ -104,10 +91,11 @@ def _unreachable_server(exc: BaseException) -> str | None:
             )
         ):
             return (
-                f"the MLflow tracking server {uri} did not answer (after MLflow's retries; MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
+                f"the MLflow tracking server {uri} did not answer (after MLflow's retries; "
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
                 "Start it (`itm up`) or point MLFLOW_TRACKING_URI elsewhere; nothing was promoted"
             )
-        current, seen = current.__cause__ or current.__context__, seen + 1
+        found, seen = current.__cause__ or current.__context__, seen + 1
     return None
 
 
@@ -117,7 +105,7 @@ def _flows_console() -> None:
         from itm_core.ops.console import hide_input_tracebacks
 
         hide_input_tracebacks(
-            _user_errors(),
+            (UserError,),
             also=lambda e: (
                 _unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e
             ),
@@ -158,7 +146,7 @@ def plugins(
         return
     try:
         listing = plugin_listing()
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(listing, indent=2, default=str))
@@ -202,18 +190,18 @@ def check(
 
     try:
         registered = collect()
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(exc)
     kinds = [k for k in KINDS if name in registered[k] and (kind is None or k == kind)]
     if not kinds:
-        _fail(LookupError(f"no component named {name!r}{f' of kind {kind!r}' if kind else ''}; see `itm plugins`"))
+        _fail(PluginError(f"no component named {name!r}{f' of kind {kind!r}' if kind else ''}; see `itm plugins`"))
     if len(kinds) > 1:
-        _fail(LookupError(f"{name!r} is registered as {' and '.join(kinds)}; choose one with --kind"))
+        _fail(ParamsError(f"{name!r} is registered as {' and '.join(kinds)}; choose one with --kind"))
     options = {}
     for item in option:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            _fail(ValueError(f"--option expects KEY=VALUE, got {item!r}"))
+            _fail(ParamsError(f"--option expects KEY=VALUE, got {item!r}"))
         options[key] = _option_value(value)
     report = check_component(kinds[0], name, **options)
     table = Table(title=f"{report.kind} {report.name!r} (plugin {report.plugin!r})")
@@ -248,11 +236,12 @@ def data_pack(
     try:
         data = load_manifest(manifest, root=root)
         shards = pack(data, out, shard_size)
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(exc)
     last = len(shards) - 1
     console.print(
-        f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: {out}/shard-{{00000..{last:05d}}}.tar",
+        f"{len(data)} images, {len(data.captions)} captions in {len(shards)} shards: "
+        f"{out}/shard-{{00000..{last:05d}}}.tar",
         highlight=False,
     )
 
@@ -277,12 +266,12 @@ def run_flow(
     try:
         fn, model = get_flow(flow)
         values = load_params(params, model) if params else model()
-    except (KeyError, *_user_errors()) as exc:
-        _fail(exc.args[0] if isinstance(exc, KeyError) else exc)
+    except UserError as exc:
+        _fail(exc)
     _flows_console()
     try:
         result = fn(values)
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(_unreachable_server(exc) or exc)
     except Exception as exc:
         reason = _unreachable_server(exc)
@@ -306,7 +295,7 @@ def demo(
     from itm_core.config import DatasetParams
 
     if dataset not in ("shapes", "scenes"):
-        _fail(ValueError(f"demo: --dataset must be shapes or scenes, got {dataset!r}"))
+        _fail(ParamsError(f"demo: --dataset must be shapes or scenes, got {dataset!r}"))
     options = (
         {}
         if (train_images, eval_images) == (2000, 500)
@@ -315,7 +304,7 @@ def demo(
     _flows_console()
     try:
         run_demo(DatasetParams(name=dataset, options=options), console=console)
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(exc)
 
 
@@ -335,18 +324,29 @@ def explain_pair_command(
         None, "--explainer", "-e", help="An explainer plugin (repeat for several; default: occlusion and word-deletion)"
     ),
 ) -> None:
-    """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions, or other explainers."""
+    """Why a matcher scores an image-text pair as it does: occlusion heat map and per-word contributions,
+    or other explainers."""
+    from pydantic import ValidationError
+
     from flows.explain import explain
     from itm_core.config import ExplainParams, MatcherRef
+    from itm_core.contract.params import problems
 
     _flows_console()
     try:
         chosen = {"explainers": list(explainer)} if explainer else {}
-        params = ExplainParams(
-            matcher=MatcherRef(model_uri=matcher), image=str(image) if image else None, text=text, grid=grid, **chosen
-        )
+        try:
+            params = ExplainParams(
+                matcher=MatcherRef(model_uri=matcher),
+                image=str(image) if image else None,
+                text=text,
+                grid=grid,
+                **chosen,
+            )
+        except ValidationError as exc:
+            raise ParamsError(f"explain: {problems(exc)}") from None
         result = explain(params)
-    except _user_errors() as exc:
+    except UserError as exc:
         _fail(exc)
     bars = {name: r["word_scores"] for name, r in result["explainers"].items() if r["word_scores"] is not None}
     table = Table("word", *(f"{name}" for name in bars))
@@ -380,14 +380,14 @@ def search_command(
 
     try:
         if (text is None) == (image is None):
-            raise ValueError("give a text or --image (one of the two)")
+            raise ParamsError("give a text or --image (one of the two)")
         if text is not None and not text.strip():
-            raise ValueError("the text to search with is empty")
+            raise ParamsError("the text to search with is empty")
         if image is not None and not image.is_file():
-            raise FileNotFoundError(f"image file not found: {image}")
+            raise DataError(f"image file not found: {image}")
         searcher = Searcher.open(index, matcher, "captions" if captions else "images")
-        (results,) = searcher.search_images([open_image(image)], k) if image else searcher.search_texts([text], k)
-    except _user_errors() as exc:
+        (results,) = searcher.search_images([open_image(image)], k) if image else searcher.search_texts([text or ""], k)
+    except UserError as exc:
         _fail(exc)
     table = Table()
     for name in ("rank", "score", *(("caption", "image") if captions else ("image", "caption"))):
@@ -397,7 +397,8 @@ def search_command(
         table.add_row(str(row.rank), f"{row.score:.4f}", first, second)
     console.print(table)
     console.print(
-        f"index: {len(searcher.index)} items ({searcher.index.kind}), built with {searcher.index.meta.get('matcher_id')}",
+        f"index: {len(searcher.index)} items ({searcher.index.kind}), built with "
+        f"{searcher.index.meta.get('matcher_id')}",
         highlight=False,
     )
 
@@ -413,12 +414,11 @@ def up(
 ) -> None:
     """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1
     (or --host, with authentication)."""
-    from itm_core.ops.stack import StackError
     from itm_core.ops.stack import up as start
 
     try:
         stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print, host=host)
-    except StackError as exc:
+    except UserError as exc:
         _fail(exc)
     table = Table("process", "where", "log")
     for row in stack.describe():
@@ -426,7 +426,8 @@ def up(
     console.print(table)
     auth = (
         (
-            '  export PREFECT_API_AUTH_STRING="$ITM_AUTH_USER:$ITM_AUTH_PASSWORD"\n  export MLFLOW_TRACKING_USERNAME="$ITM_AUTH_USER" '
+            '  export PREFECT_API_AUTH_STRING="$ITM_AUTH_USER:$ITM_AUTH_PASSWORD"\n  export '
+            'MLFLOW_TRACKING_USERNAME="$ITM_AUTH_USER" '
             'MLFLOW_TRACKING_PASSWORD="$ITM_AUTH_PASSWORD"\n'
         )
         if stack.auth

@@ -24,6 +24,7 @@ from itm_core.config import (
     RetrainParams,
     SearchParams,
 )
+from itm_core.errors import ParamsError
 
 FLOWS: dict[str, tuple[str, type[Params]]] = {
     "retrain": ("flows.retrain:retrain", RetrainParams),
@@ -41,7 +42,7 @@ FLOWS: dict[str, tuple[str, type[Params]]] = {
 def get_flow(name: str) -> tuple[Callable[..., Any], type[Params]]:
     """The flow function and its parameter model; an unknown name fails with the known ones."""
     if name not in FLOWS:
-        raise KeyError(f"unknown flow {name!r}; the flows are: {', '.join(FLOWS)}")
+        raise ParamsError(f"unknown flow {name!r}; the flows are: {', '.join(FLOWS)}")
     target, model = FLOWS[name]
     module, attr = target.split(":")
     return getattr(import_module(module), attr), model

@@ -18,13 +18,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retry import transient_only
 from itm_core.config import EncodingParams, ExecutorParams
+from itm_core.contract.components import Encoder
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode_into_cache, encoder_key
+from itm_core.errors import PluginError
 
 _WORKER_ENCODERS: dict[str, Any] = {}
 
 
-def encoder_spec(encoder: Any) -> dict[str, Any]:
+def encoder_spec(encoder: Encoder) -> dict[str, Any]:
     """What a worker needs to build the same encoder: its name, options and fitted state."""
     return {
         "name": encoder.name,
@@ -41,7 +43,7 @@ def worker_encoder(spec: dict[str, Any]) -> Any:
 
         enc = create_encoder(spec, spec["state"])
         if encoder_key(enc) != spec["key"]:
-            raise RuntimeError(
+            raise PluginError(
                 f"encoder {spec['name']!r} built on a worker differs from the flow's (another plugin version?)"
             )
         _WORKER_ENCODERS[spec["key"]] = enc
@@ -103,7 +105,7 @@ def task_runner(executor: ExecutorParams) -> Any:
 
 
 def encode_on_dask(
-    image_encoder: Any, text_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams
+    image_encoder: Encoder, text_encoder: Encoder, data: ImageTextSet, cache: EmbeddingCache, encoding: EncodingParams
 ) -> list[dict[str, float]]:
     """Fill ``cache`` with both towers' features of ``data``, shard by shard, on the cluster."""
     size = encoding.executor.shard_images

@@ -98,7 +98,8 @@ def run_demo(
         f"open {uri}"
         if uri.startswith("http")
         else (
-            f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: it lands in the stack's UIs)"
+            f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: "
+            "it lands in the stack's UIs)"
         )
     )
     console.print(f"MLflow store: {uri}\nBrowse it: {ui}")

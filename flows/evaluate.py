@@ -6,19 +6,20 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from prefect import flow, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import transient_only
-from flows.tasks import checked_by_encoding, load_data, log_dataset
+from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset
 from itm_core.config import EvaluateParams, MatcherRef
 from itm_core.data import ImageTextSet, SkippedImage, load_images
+from itm_core.data.images import OnError
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.judge.evaluation import RetrievalReport, image_tower, retrieval_report
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.ops.scorers import build_scorer
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 LEADERBOARD_COLUMNS = [
     "matcher",
@@ -58,7 +59,7 @@ def evaluate_matcher(
     train: ImageTextSet | None,
     experiment: str,
     cache: EmbeddingCache,
-    on_bad_image: str | None = None,
+    on_bad_image: OnError | None = None,
 ) -> dict[str, Any]:
     """Score one matcher in a nested MLflow run, with its recall@K curve and retrieval examples.
     With ``on_bad_image``, the images are checked in this matcher's encoding pass (each read once) and
@@ -78,7 +79,7 @@ def evaluate_matcher(
     return {"matcher": name, **metrics, "_ranks": report.ranks, "_data": data, "_skipped": skipped}
 
 
-@flow(name="evaluate", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("evaluate")
 def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     """Retrieval metrics for each matcher on ``split``, logged as nested runs and a leaderboard table."""
     import matplotlib.pyplot as plt
@@ -92,7 +93,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     ):
         mlflow.log_param("matchers", ", ".join(m.display_name() for m in params.matchers))
         rows = []
-        progress = create_progress_artifact(0.0, key="evaluate-progress", description="matchers evaluated")
+        progress = Progress("evaluate-progress", "matchers evaluated")
         for n, ref in enumerate(params.matchers, 1):
             row = evaluate_matcher(
                 ref, split, train, params.experiment, cache, params.dataset.on_bad_image if n == 1 else None
@@ -101,7 +102,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
                 split = row["_data"]
                 log_dataset(split, row["_skipped"])
             rows.append({k: v for k, v in row.items() if k not in ("_data", "_skipped")})
-            update_progress_artifact(progress, 100.0 * n / len(params.matchers))
+            progress.update(n, len(params.matchers))
         fig = recall_at_k_figure({r["matcher"]: r.pop("_ranks") for r in rows})
         mlflow.log_figure(fig, "recall_at_k.png")
         plt.close(fig)

@@ -8,7 +8,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -17,9 +17,10 @@ from itm_core.config import ComponentParams, ExplainParams
 from itm_core.contract.explaining import Attribution, PairScorer
 from itm_core.contract.registry import create, spec
 from itm_core.data import DataError, open_image
+from itm_core.errors import ParamsError
 from itm_core.judge.explain import attributions_figure, explain_with
 from itm_core.ops.scorers import build_scorer
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 
 def build_explainer(p: ComponentParams, grid: int | None = None) -> Any:
@@ -33,7 +34,8 @@ def build_explainer(p: ComponentParams, grid: int | None = None) -> Any:
 def cannot_serve(name: str, scorer: PairScorer) -> str | None:
     """Why explainer ``name`` cannot explain this matcher (it needs gradients its image encoder lacks), or None."""
     if spec("explainer", name).metadata.get("needs") == "encode_differentiable" and not scorer.differentiable():
-        return f"needs gradients through the image encoder; {type(scorer.image_encoder()).__name__} has no encode_differentiable"
+        encoder = type(scorer.image_encoder()).__name__
+        return f"needs gradients through the image encoder; {encoder} has no encode_differentiable"
     return None
 
 
@@ -57,7 +59,7 @@ def heat_markdown(found: list[Attribution]) -> str:
             + "\n"
         )
         for n, w in enumerate(bars[0].words):
-            out += f"| {w} | " + " | ".join(f"{a.word_scores[n]:+.4f}" for a in bars) + " |\n"
+            out += f"| {w} | " + " | ".join(f"{(a.word_scores or [])[n]:+.4f}" for a in bars) + " |\n"
     for a in found:
         if a.heat is None:
             continue
@@ -73,7 +75,7 @@ def heat_markdown(found: list[Attribution]) -> str:
     return out
 
 
-@flow(name="explain", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("explain")
 def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
     """Each explainer's heat map over the image and/or per-word values for the text, side by side in
     one figure (``explanation.png``), with ``heat_<explainer>.csv`` and ``words_<explainer>.csv``
@@ -96,11 +98,11 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         image_path, image = str(first.image_path(0)), decoded[0]
         text = params.text or first.captions_of(0)[0]
     if not text or not text.split():
-        raise ValueError("explain: give the text to explain with the image")
+        raise ParamsError("explain: give the text to explain with the image")
     scorer = PairScorer(build_scorer(params.matcher, train))
     skipped = {name: reason for name, _ in explainers if (reason := cannot_serve(name, scorer))}
     if len(skipped) == len(explainers):
-        raise ValueError(
+        raise ParamsError(
             "explain: no chosen explainer can explain this matcher: "
             + "; ".join(f"{n}: {r}" for n, r in skipped.items())
         )
@@ -150,7 +152,7 @@ def explain(params: ExplainParams = ExplainParams()) -> dict[str, Any]:
         "score": found[0].score,
         "image": image_path,
         "text": text,
-        "words": dict(zip(words.words, words.word_scores)) if words else {},
+        "words": dict(zip(words.words, words.word_scores or [])) if words else {},
         "heat": np.asarray(heat.heat).tolist() if heat else [],
         "explainers": {
             a.explainer: {

@@ -7,7 +7,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -16,10 +16,11 @@ from flows.tasks import load_data, read_checked
 from itm_core.config import ComponentParams, ExplainBenchmarkParams
 from itm_core.contract.explaining import PairScorer
 from itm_core.contract.registry import names, spec
+from itm_core.errors import DataError
 from itm_core.judge.explain import attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
 from itm_core.ops.scorers import build_scorer
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 COLUMNS = [
     "explainer",
@@ -69,8 +70,9 @@ def summarise(name: str, results: list[Faithfulness], seconds: list[float]) -> d
         "seconds_per_explanation": float(np.mean(seconds)) if seconds else None,
         "pairs": len(results),
     }
-    if row["deletion_auc"] is not None:
-        row["insertion_minus_deletion"] = row["insertion_auc"] - row["deletion_auc"]
+    deletion, insertion = mean("deletion"), mean("insertion")
+    if deletion is not None and insertion is not None:
+        row["insertion_minus_deletion"] = insertion - deletion
     return row
 
 
@@ -94,7 +96,7 @@ def run_explainer(
     return row, found
 
 
-@flow(name="explain-benchmark", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("explain-benchmark")
 def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams()) -> list[dict[str, Any]]:
     """Every explainer (or ``explainers``) on the same test pairs and matcher: deletion and insertion
     areas over image cells and words, pointing at the named object, seconds per explanation; a
@@ -110,7 +112,7 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     train = data.split("train") if "train" in data.splits else None
     candidates = [i for i, _, _ in choose_pairs(split, len(split), params.single_object)]
     if not candidates:
-        raise ValueError(
+        raise DataError(
             f"explain-benchmark: the {params.split} split has no "
             + (
                 "single-object images with object positions (the data needs an 'objects' column with cx, cy, r)"
@@ -127,7 +129,8 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     with tracked_run(
         params.experiment, params.run_name or f"explain benchmark {params.matcher.display_name()}", params.model_dump()
     ):
-        rows, first = [], []
+        rows: list[dict[str, Any]] = []
+        first: list[Any] = []
         for p in chosen:
             reason = cannot_serve(p.name, scorer)
             if reason:
@@ -163,7 +166,8 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
         create_table_artifact(
             key="explainer-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description=f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher is better.",
+            description=f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher "
+            "is better.",
         )
         for r in rows:
             shown = ", ".join(

@@ -7,7 +7,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 import torch
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -15,7 +15,8 @@ from flows.tasks import checked_by_encoding, load_data, log_dataset, without_ski
 from itm_core.config import FusionBenchmarkParams
 from itm_core.contract.registry import names, spec
 from itm_core.data import SkippedImage
-from itm_core.encode.embed import EmbeddingCache, FeatureSplit
+from itm_core.encode.embed import EmbeddingCache
+from itm_core.encode.features import FeatureSplit
 from itm_core.judge.benchmark import (
     BenchmarkData,
     SplitFeatures,
@@ -32,7 +33,7 @@ from itm_core.judge.benchmark import (
 from itm_core.judge.evaluation import build_encoders
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import train_contrastive
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
 COLUMNS = [
@@ -160,7 +161,7 @@ def attention_figure(examples: list[tuple[str, str, Any]]) -> Any:
     fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 3.6), squeeze=False)
     for ax, (path, caption, heat) in zip(axes[0], examples):
         image = Image.open(path).convert("RGB")
-        big = Image.fromarray(heat.float().numpy()).resize(image.size, Image.BILINEAR)
+        big = Image.fromarray(heat.float().numpy()).resize(image.size, Image.Resampling.BILINEAR)
         ax.imshow(image)
         ax.imshow(big, cmap="magma", alpha=0.55)
         ax.set_title("\n".join(textwrap.wrap(caption, 30)), fontsize=7)
@@ -201,7 +202,7 @@ def bar_chart(board: pd.DataFrame) -> Any:
     return fig
 
 
-@flow(name="fusion-benchmark", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("fusion-benchmark")
 def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) -> list[dict[str, Any]]:
     """Every fusion plugin (or ``fusions``) trained for ITM (with reranking and the probe) and VQA on
     the same data, seed and budget; a leaderboard against plain contrastive similarity."""
@@ -246,7 +247,8 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         create_table_artifact(
             key="fusion-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description="Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit + weight x similarity, "
+            description="Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit "
+            "+ weight x similarity, "
             "k and weight chosen on validation; k 0 means validation chose no reranking).",
         )
     return board.to_dict("records")

@@ -8,7 +8,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -16,9 +16,10 @@ from flows.retry import transient_only
 from flows.tasks import load_data, log_dataset, read_checked
 from itm_core.config import ComponentParams, GenerateParams
 from itm_core.contract.registry import create
-from itm_core.data import DataError, load_images
+from itm_core.data import DataError, ImageTextSet, SkippedImage, load_images
+from itm_core.errors import ParamsError
 from itm_core.ops.plots import log_grid
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 
 @task(name="generate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=transient_only)
@@ -36,8 +37,9 @@ def score_outputs(metrics: list[ComponentParams], task_kind: str, inputs: dict[s
     for params in metrics:
         metric = create("metric", params.name, **params.options)
         if metric.task != wanted:
-            raise ValueError(
-                f"metric {params.name!r} has task {metric.task!r}; outputs of a {task_kind} generator are scored by {wanted!r} metrics"
+            raise ParamsError(
+                f"metric {params.name!r} has task {metric.task!r}; outputs of a {task_kind} generator are scored by "
+                f"{wanted!r} metrics"
             )
         values.update(metric.compute(**inputs))
     return values
@@ -73,7 +75,7 @@ def uses_distractors(metrics: list[ComponentParams]) -> bool:
     return any(m.name == "r_precision" for m in metrics)
 
 
-@flow(name="generate", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("generate")
 def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
     """Captions for images, or images for prompts, by a generator; saved as a table, a grid and files
     in MLflow and scored with the chosen metrics. Returns the run id, the generations, the scores and
@@ -86,14 +88,19 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
         raise DataError(f"generate: {params.generator!r} captions images; prompts are for text-to-image generators")
     if task_kind == "text-to-image" and params.images:
         raise DataError(
-            f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, not image files"
+            f"generate: {params.generator!r} draws images from prompts; give prompts, prompts_file or a dataset split, "
+            "not image files"
         )
     notes: list[str] = []
     if prompts:
         from itm_core.models.text_to_image import check_prompts
 
         notes += check_prompts(prompts)
-    data = skipped = split = decoded = None
+    data: ImageTextSet | None = None
+    split: ImageTextSet | None = None
+    skipped: list[SkippedImage] = []
+    decoded: list[Any] | None = None
+    references: list[list[str]] = []
     if params.images:
         missing = [p for p in params.images if not Path(p).is_file()]
         if missing:
@@ -106,7 +113,8 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
         )
         if len(split) < params.num_images:
             notes.append(
-                f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {len(split)} images: generated for all {len(split)}"
+                f"num_images is {params.num_images} but split {params.split!r} of {data.name} has {len(split)} images: "
+                f"generated for all {len(split)}"
             )
         paths = [str(p) for p in split.image_paths()]
         references = split.captions_by_image()
@@ -152,7 +160,8 @@ def generate(params: GenerateParams = GenerateParams()) -> dict[str, Any]:
                     refless = [m.name for m in params.metrics if m.name != "clipscore"]
                     if refless:
                         raise DataError(
-                            f"generate: metrics {refless} need references; take the images from a dataset split instead of image files"
+                            f"generate: metrics {refless} need references; take the images from a dataset split "
+                            "instead of image files"
                         )
                 scores = score_outputs(
                     params.metrics,

@@ -8,18 +8,20 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retrain_generation import require_diffusers, require_matcher, text_features
 from flows.tasks import load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
+from itm_core.contract.components import Encoder
 from itm_core.contract.registry import create
 from itm_core.encode.embed import EmbeddingCache
+from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
-from itm_core.ops.tracking import FLOW_HOOKS, log_table, tracked_run
+from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
 
 COLUMNS = [
     "model",
@@ -85,7 +87,7 @@ def score(
 
 @task(name="train-and-score", cache_policy=NO_CACHE)
 def run_model(
-    name: str, params: GenerationBenchmarkParams, data: dict[str, Any], encoder: Any, cache: EmbeddingCache
+    name: str, params: GenerationBenchmarkParams, data: dict[str, Any], encoder: Encoder, cache: EmbeddingCache
 ) -> dict[str, Any]:
     """One model in a nested MLflow run: trained with the shared budget, its test images scored, a grid logged."""
     from itm_core.models.text_to_image import images_to_tensor, train_text_to_image, uses_tokens
@@ -142,11 +144,13 @@ CAPTION_COLUMNS = ["captioner", "bleu1", "bleu4", "rouge_l", "cider", "clipscore
 def run_captioner(
     p: ComponentParams, params: GenerationBenchmarkParams, images: list[Any], references: list[list[str]]
 ) -> dict[str, Any]:
-    """One captioner on the test images in a nested run: BLEU, ROUGE-L, CIDEr against the references, CLIPScore under the matcher."""
+    """One captioner on the test images in a nested run: BLEU, ROUGE-L, CIDEr against the references,
+    CLIPScore under the matcher."""
     generator = create("generator", p.name, **p.options)
     if getattr(generator, "task", None) != "image-to-text":
-        raise ValueError(
-            f"generation-benchmark: captioners lists {p.name!r}, which is a {getattr(generator, 'task', '?')} generator, not image-to-text"
+        raise ParamsError(
+            f"generation-benchmark: captioners lists {p.name!r}, which is a {getattr(generator, 'task', '?')} "
+            "generator, not image-to-text"
         )
     with tracked_run(params.experiment, p.name, {"captioner": p.name, **p.options}, nested=True):
         start = time.perf_counter()
@@ -184,7 +188,7 @@ def grid_figure(grids: dict[str, list[Any]], prompts: list[str]) -> Any:
     for r, (label, images) in enumerate(grids.items()):
         for c in range(columns):
             ax = axes[r][c]
-            ax.imshow(images[c].convert("RGB").resize((96, 96), Image.NEAREST))
+            ax.imshow(images[c].convert("RGB").resize((96, 96), Image.Resampling.NEAREST))
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
@@ -195,7 +199,7 @@ def grid_figure(grids: dict[str, list[Any]], prompts: list[str]) -> Any:
     return fig
 
 
-@flow(name="generation-benchmark", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("generation-benchmark")
 def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmarkParams()) -> list[dict[str, Any]]:
     """Every text-to-image model (or ``models``) trained on the same data, seed and time budget, each in a
     nested MLflow run; the leaderboard (r_precision against ``candidates`` prompts, alignment, fd, kid,
@@ -221,7 +225,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
         log_dataset(without_skipped(data, skipped), skipped)
         rows, grids = [], {}
         real_resolution = params.real_resolution
-        real = images_to_tensor_images(shared["reference"], real_resolution)
+        real = images_to_tensor_images(reference, real_resolution)
         rows.append(
             {
                 "model": f"real test images ({real_resolution} px)",
@@ -237,13 +241,14 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
         if params.captioners:
             references = test.captions_by_image()
             captions = pd.DataFrame(
-                [run_captioner(p, params, shared["reference"], references) for p in params.captioners]
+                [run_captioner(p, params, reference, references) for p in params.captioners]
             ).reindex(columns=CAPTION_COLUMNS)
             log_table(captions, "caption_leaderboard.csv")
             create_table_artifact(
                 key="caption-leaderboard",
                 table=captions.round(4).astype(object).where(captions.notna(), None).to_dict("records"),
-                description=f"Captioners on the same {len(references)} test images: n-gram scores against their captions, clipscore under the matcher.",
+                description=f"Captioners on the same {len(references)} test images: n-gram scores against their "
+                "captions, clipscore under the matcher.",
             )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_table(board, "generation_leaderboard.csv")
@@ -253,8 +258,10 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
         create_table_artifact(
             key="generation-leaderboard",
             table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description=f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked first among {params.candidates} "
-            "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all is the reader "
+            description=f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked "
+            f"first among {params.candidates} "
+            "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all "
+            "is the reader "
             "on real test images. The first row scores the real test images the same way.",
         )
     return board.to_dict("records")

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -19,26 +19,30 @@ from flows.retry import transient_only
 from flows.tasks import checked_by_encoding, load_data, log_dataset
 from itm_core.config import IndexParams
 from itm_core.data import ImageTextSet
-from itm_core.data.images import SkippedImage
+from itm_core.data.images import OnError, SkippedImage
 from itm_core.encode.embed import EmbeddingCache
+from itm_core.errors import ModelError, ParamsError
+from itm_core.models.matcher import Matcher
 from itm_core.models.search_index import SearchIndex
+from itm_core.ops.promotion import champion_version
 from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
-from itm_core.ops.tracking import CHAMPION, FLOW_HOOKS, champion_version, load_matcher, tracked_run
+from itm_core.ops.tracking import CHAMPION, load_matcher, tracked_flow, tracked_run
 
 
 @task(name="load-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
-def load_matcher_task(uri: str) -> Any:
+def load_matcher_task(uri: str) -> Matcher:
     try:
         return load_matcher(uri)
-    except LookupError as exc:
-        raise LookupError(
-            f"index: {exc}. Train a matcher first (`itm run retrain`), or set matcher to a model URI or a saved matcher folder"
+    except ModelError as exc:
+        raise ModelError(
+            f"index: {exc}. Train a matcher first (`itm run retrain`), or set matcher to a model URI or a saved "
+            "matcher folder"
         ) from None
 
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed(
-    matcher: Any, data: ImageTextSet, captions: bool, on_bad_image: str
+    matcher: Matcher, data: ImageTextSet, captions: bool, on_bad_image: OnError
 ) -> tuple[ImageTextSet, np.ndarray, np.ndarray | None, list[SkippedImage]]:
     """Joint-space embeddings through the cached, resumable encoding path (tower features come from
     the embedding cache when present, and are written there in shards as they are computed). Each
@@ -66,11 +70,11 @@ def select_splits(data: ImageTextSet, splits: list[str]) -> ImageTextSet:
         return data
     unknown = sorted(set(splits) - set(data.splits))
     if unknown:
-        raise ValueError(f"index: splits {unknown} are not in {data.name} (its splits: {', '.join(data.splits)})")
+        raise ParamsError(f"index: splits {unknown} are not in {data.name} (its splits: {', '.join(data.splits)})")
     return data.subset([i for i, s in enumerate(data.image_split) if s in splits])
 
 
-@flow(name="index", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("index")
 def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
     """Embed the collection with the matcher, build the index, log it (with the item table and the
     matcher it needs) to MLflow, and register matcher and index as the search model."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import mlflow
 import torch
-from prefect import flow, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -15,14 +15,17 @@ from flows.retrain_generation import retrain_captioner, retrain_text_to_image
 from flows.tasks import Progress, encode_features, load_data, log_dataset, without_skipped
 from itm_core.config import RetrainParams
 from itm_core.data import ImageTextSet, SkippedImage
-from itm_core.encode.embed import EmbeddingCache, FeatureSplit
+from itm_core.encode.embed import EmbeddingCache
+from itm_core.encode.features import FeatureSplit
+from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
 from itm_core.models.distributed import train_in_processes
 from itm_core.models.loop import FitResult
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import LiveTower, train_contrastive
 from itm_core.ops.checkpoints import Checkpointer, find_resumable, resume_key
-from itm_core.ops.tracking import FLOW_HOOKS, load_matcher, log_matcher, register_and_promote_version, tracked_run
+from itm_core.ops.promotion import register_and_promote_version
+from itm_core.ops.tracking import load_matcher, log_matcher, tracked_flow, tracked_run
 
 
 def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
@@ -30,8 +33,9 @@ def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
     for modality in params.training.unlock:
         enc = encoders[modality]
         if not getattr(enc, "trainable", False) or not hasattr(enc, "train_module"):
-            raise ValueError(
-                f"training.unlock: the {modality} encoder {enc.name!r} is not trainable; keep it locked or use a trainable encoder such as clip"
+            raise ParamsError(
+                f"training.unlock: the {modality} encoder {enc.name!r} is not trainable; keep it locked or use a "
+                "trainable encoder such as clip"
             )
 
 
@@ -136,7 +140,7 @@ def register_and_promote(
     }
 
 
-@flow(name="retrain", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("retrain")
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     """Train projection heads over two locked encoder towers with a contrastive loss, test on the
     test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better.

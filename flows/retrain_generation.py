@@ -13,18 +13,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset, read_checked, without_skipped
 from itm_core.config import RetrainParams
+from itm_core.contract.components import Encoder
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet, load_images
 from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
+from itm_core.errors import ModelError, PluginError
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
-from itm_core.ops.tracking import (
-    load_generator_model,
-    load_matcher,
-    log_generator,
-    register_and_promote_version,
-    tracked_run,
-)
+from itm_core.ops.promotion import register_and_promote_version
+from itm_core.ops.tracking import load_generator_model, load_matcher, log_generator, tracked_run
 
 SAMPLES = 8
 
@@ -156,7 +153,7 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
 # --- text to image ----------------------------------------------------------------------------------
 
 
-def text_features(encoder: Any, data: ImageTextSet, cache: EmbeddingCache, tokens: bool) -> Any:
+def text_features(encoder: Encoder, data: ImageTextSet, cache: EmbeddingCache, tokens: bool) -> Any:
     from itm_core.models.text_to_image import TextFeatures
 
     owners = torch.tensor(data.caption_image, dtype=torch.long)
@@ -225,15 +222,15 @@ def require_diffusers(model: str, option: str) -> None:
         try:
             import diffusers  # noqa: F401
         except ImportError:
-            raise ImportError(f"{option} 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
+            raise PluginError(f"{option} 'diffusion' needs diffusers: pip install 'itm-workbench[diffusion]'") from None
 
 
 def require_matcher(uri: str, who: str, option: str) -> None:
     """Fail before training when the matcher that scores the test images cannot be loaded."""
     try:
         load_matcher(uri)
-    except LookupError as exc:
-        raise LookupError(
+    except ModelError as exc:
+        raise ModelError(
             f"{who}: the test images are scored by {option} {uri!r}, which cannot be loaded "
             f"({exc}). Train a matcher first (`itm run retrain`), or set {option} to another model URI "
             "or a saved matcher folder."

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from itm_core.errors import UserError
+
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry failures that may pass (a server, a file system, a download),
-    never bad input (unknown model, invalid value, missing file), which would fail the same way again."""
-    from itm_core.components import ContractError
-    from itm_core.contract.registry import RegistryError
-
+    never a user error (an unknown model, an invalid value, a missing file) or a missing library,
+    which would fail the same way again."""
     try:
         state.result()
-    except (LookupError, ValueError, TypeError, FileNotFoundError, ContractError, RegistryError, ImportError):
+    except (UserError, ImportError):
         return False
     except Exception:
         return True

@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from itm_core.config import SearchParams
 from itm_core.data import DataError, load_images, open_image
+from itm_core.errors import ParamsError
 from itm_core.ops.plots import log_grid
 from itm_core.ops.search import Searcher
-from itm_core.ops.tracking import FLOW_HOOKS, tracked_run
+from itm_core.ops.tracking import tracked_flow, tracked_run
 
 
-@flow(name="search", log_prints=True, **FLOW_HOOKS)
+@tracked_flow("search")
 def search(params: SearchParams = SearchParams()) -> dict[str, Any]:
     """Results as a Prefect table (with links to the result images when MLflow is a tracking server)
     and an MLflow image grid."""
@@ -24,14 +24,14 @@ def search(params: SearchParams = SearchParams()) -> dict[str, Any]:
         if not Path(params.image).is_file():
             raise DataError(f"search: image file not found: {params.image}")
     elif not (params.text or "").strip():
-        raise ValueError("search: give a text (or an image) to search with")
+        raise ParamsError("search: give a text (or an image) to search with")
     searcher = Searcher.open(params.index, params.matcher, params.target)
     query = params.image or params.text
     with tracked_run(params.experiment, params.run_name or f"search: {str(query)[:60]}", params.model_dump()) as run:
         if params.image:
             (results,) = searcher.search_images([open_image(Path(params.image))], params.k)
         else:
-            (results,) = searcher.search_texts([params.text], params.k)
+            (results,) = searcher.search_texts([params.text or ""], params.k)
         mlflow.log_table(results, "results.json")
         mlflow.set_tag("index.matcher", searcher.index.meta.get("matcher_id", ""))
         shown = results.head(32)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import mlflow
 import pandas as pd
@@ -13,9 +14,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.retry import transient_only
 from itm_core.config import DatasetParams, EncodingParams
+from itm_core.contract.components import Encoder
 from itm_core.contract.datasets import load_dataset
 from itm_core.data import ImageTextSet, SkippedImage, read_images
-from itm_core.encode.embed import EmbeddingCache, FeatureSplit, encode_images, encode_split, encoder_key
+from itm_core.data.images import OnError
+from itm_core.encode.embed import EmbeddingCache, encode_images, encode_split, encoder_key
+from itm_core.encode.features import FeatureSplit
 from itm_core.ops.tracking import log_table
 
 
@@ -40,7 +44,7 @@ def without_skipped(data: ImageTextSet, skipped: list[SkippedImage]) -> ImageTex
 
 
 def checked_by_encoding(
-    image_encoder: Any, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: str, options: Any = None
+    image_encoder: Encoder, data: ImageTextSet, cache: EmbeddingCache, on_bad_image: OnError, options: Any = None
 ) -> tuple[ImageTextSet, Any, list[SkippedImage]]:
     """Encode every image of ``data`` with ``image_encoder`` into ``cache``, each file read, checked and
     decoded once: the usable subset, its feature rows and the skipped images (reported). The bad-image
@@ -52,7 +56,7 @@ def checked_by_encoding(
 
 
 def read_checked(
-    data: ImageTextSet, on_bad_image: str, limit: int | None = None
+    data: ImageTextSet, on_bad_image: OnError, limit: int | None = None
 ) -> tuple[ImageTextSet, list[Any], list[SkippedImage]]:
     """Decode the images of ``data`` once, keeping them in memory (see :func:`itm_core.data.read_images`),
     with the skipped ones reported: the bad-image check of a flow that needs the images themselves."""
@@ -67,7 +71,8 @@ class Progress:
     def __init__(self, key: str, description: str) -> None:
         from prefect.artifacts import create_progress_artifact
 
-        self.id = create_progress_artifact(0.0, key=key, description=description)
+        # called from a flow's (synchronous) code, it returns the artifact's id, not a coroutine
+        self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
 
     def update(self, done: int, total: int) -> None:
         from prefect.artifacts import update_progress_artifact
@@ -100,17 +105,17 @@ def encode_cache_key(context: Any, parameters: dict[str, Any]) -> str:
         encoder_key(parameters["image_encoder"]),
         encoder_key(parameters["text_encoder"]),
     ]
-    return "encode-" + "-".join(parts + [parameters.get("on_bad_image", "fail")])
+    return "encode-" + "-".join([*parts, parameters.get("on_bad_image", "fail")])
 
 
 @task(name="encode", cache_key_fn=encode_cache_key, cache_expiration=timedelta(days=7), persist_result=True)
 def encode_features(
-    image_encoder: Any,
-    text_encoder: Any,
+    image_encoder: Encoder,
+    text_encoder: Encoder,
     data: ImageTextSet,
     cache: EmbeddingCache,
     encoding: EncodingParams | None = None,
-    on_bad_image: str = "fail",
+    on_bad_image: OnError = "fail",
 ) -> tuple[ImageTextSet, FeatureSplit, list[SkippedImage]]:
     """Tower features of one split's usable images and their captions, each image read and checked
     once. Prefect caches the result by data and encoders, so a rerun of a flow skips the step (shown

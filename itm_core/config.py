@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -13,10 +13,11 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from itm_core.contract.datasets import DatasetParams
 from itm_core.contract.params import ComponentParams, Params, problems
 from itm_core.encode.embed import EncodeOptions
+from itm_core.errors import ParamsError
 from itm_core.models.captioning import CaptioningOptions
 from itm_core.models.head_training import HeadTraining, ITMOptions
 from itm_core.models.search_index import IndexSettings
-from itm_core.models.text_to_image import FAMILIES, CVAEOptions, ModelName, TextToImageOptions
+from itm_core.models.text_to_image import CVAEOptions, ModelName, TextToImageOptions
 from itm_core.models.training import ContrastiveTraining, RecallKey
 from itm_core.ops.scorers import MatcherRef
 
@@ -26,11 +27,13 @@ class ExecutorParams(Params):
 
     kind: Literal["local", "dask"] = Field(
         "local",
-        description="`local`: in the flow's process; `dask`: encoding shards as Prefect tasks on a Dask cluster (prefect-dask)",
+        description="`local`: in the flow's process; `dask`: encoding shards as Prefect tasks on a Dask cluster "
+        "(prefect-dask)",
     )
     address: str | None = Field(
         None,
-        description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (default: a temporary LocalCluster)",
+        description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (default: a temporary "
+        "LocalCluster)",
     )
     n_workers: int = Field(2, ge=1, description="dask without address: worker processes of the temporary LocalCluster")
     threads_per_worker: int = Field(
@@ -56,7 +59,9 @@ class GenerationBenchmarkParams(Params):
     dataset: DatasetParams = Field(default_factory=DatasetParams)
     text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
     models: list[ModelName] = Field(
-        default_factory=lambda: list(FAMILIES), min_length=1, description="Text-to-image models to train and compare"
+        default_factory=lambda: list(get_args(ModelName)),
+        min_length=1,
+        description="Text-to-image models to train and compare",
     )
     model_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -86,7 +91,8 @@ class GenerationBenchmarkParams(Params):
     )
     captioners: list[ComponentParams] = Field(
         default_factory=list,
-        description="Image-to-text generators compared on the same test images (bleu, rouge_l, cider, clipscore), e.g. trained-captioner, retrieval-captioner",
+        description="Image-to-text generators compared on the same test images (bleu, rouge_l, cider, clipscore), e.g. "
+        "trained-captioner, retrieval-captioner",
     )
     seed: int = Field(0)
     experiment: str = Field("itm-generation-benchmark", description="MLflow experiment")
@@ -136,11 +142,13 @@ class RetrainParams(Params):
     )
     registered_model: str | None = Field(
         None,
-        description="Registered model name in MLflow (default: itm-matcher, itm-captioner or itm-text-to-image by task)",
+        description="Registered model name in MLflow (default: itm-matcher, itm-captioner or itm-text-to-image by "
+        "task)",
     )
     promote_metric: RecallKey = Field(
         "rsum",
-        description="matching: test metric that decides whether the new model becomes `champion` (captioning uses bleu4, text-to-image r_precision)",
+        description="matching: test metric that decides whether the new model becomes `champion` (captioning uses "
+        "bleu4, text-to-image r_precision)",
     )
     experiment: str = Field("itm-retrain", description="MLflow experiment")
     run_name: str | None = Field(None, description="MLflow run name (default: the encoder pair)")
@@ -210,11 +218,13 @@ class ExplainParams(Params):
         8,
         ge=1,
         le=32,
-        description="The image is occluded cell by cell on a grid x grid raster (occlusion without its own grid option)",
+        description="The image is occluded cell by cell on a grid x grid raster (occlusion without its own grid "
+        "option)",
     )
     explainers: list[ComponentParams] = Field(
         default_factory=lambda: [ComponentParams(name="occlusion"), ComponentParams(name="word-deletion")],
-        description="Explainer plugins, by name or {name, options}: occlusion, word-deletion, lime, shap, integrated-gradients, grad-cam",
+        description="Explainer plugins, by name or {name, options}: occlusion, word-deletion, lime, shap, "
+        "integrated-gradients, grad-cam",
     )
     experiment: str = Field("itm-explain", description="MLflow experiment")
     run_name: str | None = None
@@ -244,7 +254,8 @@ class ExplainBenchmarkParams(Params):
     )
     single_object: bool = Field(
         False,
-        description="Only images with a single object (where the data says where objects are): every pair counts for pointing",
+        description="Only images with a single object (where the data says where objects are): every pair counts for "
+        "pointing",
     )
     grid: int = Field(8, ge=2, le=32, description="Cells per side for the deletion and insertion curves")
     steps: int = Field(8, ge=2, le=64, description="Points on each curve")
@@ -272,7 +283,8 @@ class IndexParams(Params):
     )
     promote: bool = Field(
         True,
-        description="Move the search model's `champion` alias to this version when it was built with the current matcher champion",
+        description="Move the search model's `champion` alias to this version when it was built with the current "
+        "matcher champion",
     )
     experiment: str = Field("itm-index", description="MLflow experiment")
     run_name: str | None = None
@@ -301,7 +313,7 @@ class SearchParams(Params):
     run_name: str | None = None
 
 
-class ParamsFileError(ValueError):
+class ParamsFileError(ParamsError):
     """A parameters file that cannot be read or does not validate; the message names the file and fields."""
 
 
@@ -350,7 +362,8 @@ class FusionBenchmarkParams(ITMOptions):
     )
     dataset_negatives: bool = Field(
         True,
-        description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) of the training images",
+        description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) "
+        "of the training images",
     )
     seed: int = Field(0)
     experiment: str = Field("itm-fusion-benchmark", description="MLflow experiment")

@@ -32,3 +32,7 @@ class ModelError(UserError, LookupError):
 
 class StackError(UserError, RuntimeError):
     """A process of the local stack that did not start or stop; the message names it and its log."""
+
+
+class OptionsError(PluginError, ValueError):
+    """A component's factory refused the options it was given; the message names the component and plugin."""

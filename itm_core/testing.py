@@ -2,7 +2,11 @@
 :mod:`itm_core.contract.testing`, and this name is that same module object."""
 
 import sys
+from typing import TYPE_CHECKING
 
 from itm_core.contract import testing
+
+if TYPE_CHECKING:  # what a type checker reads under this name
+    from itm_core.contract.testing import *  # noqa: F403
 
 sys.modules[__name__] = testing

@@ -20,8 +20,10 @@ parser cannot read (another vocabulary, another script) are left out and counted
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ import numpy as np
 
 from itm_core import hookimpl
 from itm_core.components import Metric
+from itm_core.errors import DataError
 from plugins import shapes as S
 
 COLOR_NAMES = list(S.COLORS)
@@ -53,7 +56,7 @@ FORMAT = 1  # bump when the reader's architecture or training changes
 def scene_labels(scene: S.Scene) -> dict[str, int]:
     """Class indices per head; ``-1`` where a head does not apply (the second slot of one object)."""
     objs = scene.objects
-    labels = {"count": len(objs) - 1, "place": PLACES.index(scene.position) if len(objs) == 1 else -1}
+    labels = {"count": len(objs) - 1, "place": PLACES.index(scene.place) if len(objs) == 1 else -1}
     for slot, o in zip("ab", (objs[0], objs[1] if len(objs) > 1 else None)):
         labels[f"{slot}_color"] = COLOR_NAMES.index(o.color) if o else -1
         labels[f"{slot}_shape"] = S.SHAPES.index(o.shape) if o else -1
@@ -149,7 +152,7 @@ class AttributeReader:
             for s in range(0, len(x), batch_size):
                 logits = {k: v.argmax(1).tolist() for k, v in self.net(x[s : s + batch_size]).items()}
                 for i in range(len(logits["count"])):
-                    objs = tuple(
+                    a, b = (
                         S.Obj(
                             S.SHAPES[logits[f"{slot}_shape"][i]],
                             COLOR_NAMES[logits[f"{slot}_color"][i]],
@@ -157,7 +160,7 @@ class AttributeReader:
                         )
                         for slot in "ab"
                     )
-                    out.append(Reading(logits["count"][i] + 1, PLACES[logits["place"][i]], objs))
+                    out.append(Reading(logits["count"][i] + 1, PLACES[logits["place"][i]], (a, b)))
         return out
 
     def read(self, images: Sequence[Any]) -> list[Reading]:
@@ -179,8 +182,9 @@ def _labels(scenes: Sequence[S.Scene]) -> dict[str, Any]:
 def _scenes(data: Any) -> list[S.Scene]:
     objects, position = data.image_extras.get("objects"), data.image_extras.get("position")
     if objects is None or position is None:
-        raise ValueError(
-            f"attribute_accuracy: dataset {data.name!r} has no 'objects' and 'position' columns; the reader trains on shapes"
+        raise DataError(
+            f"attribute_accuracy: dataset {data.name!r} has no 'objects' and 'position' columns; the reader trains on "
+            "shapes"
         )
     return [manifest_scene(o, p) for o, p in zip(objects, position)]
 
@@ -221,7 +225,8 @@ def train_reader(dataset: Any, resolution: int, epochs: int = 30, seed: int = 0)
             )
             xb = xb + 0.05 * torch.rand(len(xb), 1, 1, 1) * torch.randn_like(xb)
             logits = net(xb)
-            loss = sum(F.cross_entropy(logits[k], y["train"][k][idx], ignore_index=-1) for k in HEADS)
+            losses = [F.cross_entropy(logits[k], y["train"][k][idx], ignore_index=-1) for k in HEADS]
+            loss = functools.reduce(operator.add, losses)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -312,17 +317,18 @@ class AttributeAccuracy(Metric):
 
     def compute(self, images: Sequence[Any], prompts: Sequence[str], **_: Any) -> dict[str, float]:
         if len(images) != len(prompts):
-            raise ValueError(f"attribute_accuracy: {len(images)} images for {len(prompts)} prompts")
+            raise DataError(f"attribute_accuracy: {len(images)} images for {len(prompts)} prompts")
         parsed = [S.parse(p) for p in prompts]
         kept = [i for i, scene in enumerate(parsed) if scene is not None]
+        scenes = [scene for scene in parsed if scene is not None]
         if prompts and not kept:
-            raise ValueError(
+            raise DataError(
                 f"attribute_accuracy: none of the {len(prompts)} prompts describes a shapes scene "
                 f"(for example {prompts[0]!r}); prompts name one or two objects as 'a small red circle on the left' "
                 f"or 'a blue square to the left of a green star', in the words of the shapes captions"
             )
         readings = self.reader.read([images[i] for i in kept])
-        scores = self.reader.score(readings, [parsed[i] for i in kept])
+        scores = self.reader.score(readings, scenes)
         return {**scores, "attr_unread": (len(prompts) - len(kept)) / max(1, len(prompts)), **self.reader.real_scores}
 
 
@@ -332,7 +338,8 @@ def register_metrics(register):
         "attribute_accuracy",
         AttributeAccuracy,
         task="text-to-image",
-        description="Colour, shape, size, count and position of generated shapes images read by a trained attribute reader (GenEval style)",
+        description="Colour, shape, size, count and position of generated shapes images read by a trained attribute "
+        "reader (GenEval style)",
         check_options=lambda folder: {
             "dataset": {"n_train": 64, "n_val": 16, "n_test": 16, "root": str(folder / "shapes")},
             "epochs": 1,

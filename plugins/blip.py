@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder, Generator
+from itm_core.errors import DataError
 from plugins import check_setups
 from plugins.hub import HUB_METADATA, load_pretrained, load_processor, rgb
 
@@ -75,7 +76,7 @@ class BlipITM(Encoder):
         import torch
 
         if len(images) != len(texts):
-            raise ValueError(
+            raise DataError(
                 f"blip-itm: itm_scores needs aligned pairs, got {len(images)} images and {len(texts)} texts"
             )
         with torch.inference_mode():

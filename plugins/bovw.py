@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
+from itm_core.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,11 +44,13 @@ class BagOfVisualWords(Encoder):
         self.state: dict[str, Any] | None = None
 
     def _extractor(self) -> Any:
-        import cv2
+        import cv2  # its stubs leave out the feature detectors
 
         if self.descriptor == "orb":
-            return cv2.ORB_create(nfeatures=self.max_keypoints, edgeThreshold=8, patchSize=15, fastThreshold=5)
-        return cv2.SIFT_create(nfeatures=self.max_keypoints)
+            return cv2.ORB_create(  # type: ignore[attr-defined]
+                nfeatures=self.max_keypoints, edgeThreshold=8, patchSize=15, fastThreshold=5
+            )
+        return cv2.SIFT_create(nfeatures=self.max_keypoints)  # type: ignore[attr-defined]
 
     def descriptors(self, image: Any) -> np.ndarray:
         """Float descriptors of one image, ``(K, D)``; ORB's binary strings are unpacked to bits."""
@@ -68,8 +71,9 @@ class BagOfVisualWords(Encoder):
         per_image = [self.descriptors(img) for img in picked]
         stacked = np.concatenate(per_image) if per_image else np.zeros((0, 1), dtype=np.float32)
         if len(stacked) < self.dim:
-            raise ValueError(
-                f"bovw: the {len(picked)} fitting images gave {len(stacked)} descriptors, fewer than vocabulary={self.dim}"
+            raise DataError(
+                f"bovw: the {len(picked)} fitting images gave {len(stacked)} descriptors, fewer than "
+                f"vocabulary={self.dim}"
             )
         kmeans = MiniBatchKMeans(n_clusters=self.dim, random_state=self.seed, n_init=3, batch_size=2048).fit(stacked)
         counts = np.stack([self._histogram(kmeans, d) for d in per_image])

@@ -13,6 +13,7 @@ from typing import Any
 
 from itm_core import hookimpl
 from itm_core.components import Metric
+from itm_core.errors import DataError
 
 # the punctuation tokens pycocoevalcap's PTBTokenizer removes
 _PUNCTUATION = re.compile(r"""[''`"\-\.\?!,:;/\\()\[\]{}@#$%^&*+=|<>~_]+""")
@@ -28,9 +29,9 @@ def _inputs(
     name: str, predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     if len(predictions) != len(references):
-        raise ValueError(f"{name}: {len(predictions)} predictions for {len(references)} reference lists")
+        raise DataError(f"{name}: {len(predictions)} predictions for {len(references)} reference lists")
     if any(len(refs) == 0 for refs in references):
-        raise ValueError(f"{name}: every prediction needs at least one reference caption")
+        raise DataError(f"{name}: every prediction needs at least one reference caption")
     gts = {i: [tokenize(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [tokenize(p) or "<empty>"] for i, p in enumerate(predictions)}
     return gts, res
@@ -95,5 +96,5 @@ def register_metrics(register):
             task="captioning",
             keys=list(metric.keys),
             requires=REQUIRES,
-            description=metric.__doc__.splitlines()[0],
+            description=(metric.__doc__ or metric.__name__).splitlines()[0],
         )

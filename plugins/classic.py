@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -17,6 +17,7 @@ class _VectorizerEncoder(Encoder):
 
     modality = "text"
     requires_fit = True
+    label: ClassVar[str]  # the encoder's name in messages
 
     def __init__(self, vectorizer: Any, max_features: int) -> None:
         if max_features < 1:

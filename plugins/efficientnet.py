@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
@@ -44,8 +44,8 @@ class EfficientNetLite0(Encoder):
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         # channels-last runs the depthwise convolutions about 1.5x faster on CPUs
         self.model.eval().to(device, memory_format=torch.channels_last)
-        self._compiled = None
-        self._onnx = None
+        self._compiled: Callable[..., Any] | None = None
+        self._onnx: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._use_compiled: str | bool = False  # False, "torch" or "onnxruntime"
         self.device = device
         self.image_size = image_size
@@ -86,11 +86,15 @@ class EfficientNetLite0(Encoder):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        if self._use_compiled == "onnxruntime":
+        if self._use_compiled == "onnxruntime" and self._onnx is not None:
             return self._onnx(x.float())
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            fn = self._compiled if self._use_compiled == "torch" else self.model.extract_features
+            fn = (
+                self._compiled
+                if self._use_compiled == "torch" and self._compiled is not None
+                else self.model.extract_features
+            )
             return fn(x).float()
 
     def _feature_map(self, items: Sequence) -> torch.Tensor:
@@ -147,7 +151,7 @@ class EfficientNetLite0(Encoder):
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
 
 
-def _feature_extractor(model: torch.nn.Module) -> torch.nn.Module:
+def _feature_extractor(model: Any) -> torch.nn.Module:
     """``model.extract_features`` as a module's forward (what the ONNX export traces)."""
     import torch
 

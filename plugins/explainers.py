@@ -26,6 +26,7 @@ import numpy as np
 from itm_core import hookimpl
 from itm_core.components import Explainer
 from itm_core.contract.explaining import Attribution, PairScorer
+from itm_core.errors import ParamsError
 from itm_core.judge.explain import fill_colour, hide, occlusion_heat, word_deletion, words_of
 
 
@@ -197,7 +198,9 @@ class GradCam(Explainer):
 
         enc = scorer.require_differentiable("grad-cam")
         if getattr(enc, "cam_layer", None) is None:
-            raise ValueError(f"explainer 'grad-cam' needs the image encoder's cam_layer; {type(enc).__name__} has none")
+            raise ParamsError(
+                f"explainer 'grad-cam' needs the image encoder's cam_layer; {type(enc).__name__} has none"
+            )
         cam = LayerGradCam(scorer.forward(text), enc.cam_layer).attribute(scorer.pixels(image), relu_attributions=True)
         return Attribution(
             "grad-cam",

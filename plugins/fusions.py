@@ -28,7 +28,8 @@ class _Projected(nn.Module, Fusion):
         super().__init__()
         if min(image_dim, text_dim, dim) < 1:
             raise ValueError(
-                f"{type(self).__name__}: image_dim, text_dim and dim must be positive, got {image_dim}, {text_dim}, {dim}"
+                f"{type(self).__name__}: image_dim, text_dim and dim must be positive, got {image_dim}, {text_dim}, "
+                f"{dim}"
             )
         self.image_dim, self.text_dim, self.dim = image_dim, text_dim, dim
         self.image_proj = nn.Linear(image_dim, dim)
@@ -190,7 +191,8 @@ class CrossAttentionFusion(nn.Module, Fusion):
     ) -> torch.Tensor:
         if image.ndim != 3 or text.ndim != 3:
             raise ValueError(
-                f"cross-attention fuses token-level features (N, L, D); got image {tuple(image.shape)}, text {tuple(text.shape)}"
+                f"cross-attention fuses token-level features (N, L, D); got image {tuple(image.shape)}, text "
+                f"{tuple(text.shape)}"
             )
         if len(text) == 0:  # attention kernels reject empty batches
             return text.new_zeros(0, self.dim)

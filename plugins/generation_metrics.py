@@ -15,24 +15,30 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from itm_core import hookimpl
 from itm_core.components import Metric
+from itm_core.errors import DataError
 from plugins import check_setups
 
+if TYPE_CHECKING:
+    from itm_core.models.matcher import Matcher
+
+T = TypeVar("T")
 DEFAULT_MATCHER = "models:/itm-matcher@champion"
 
 
-def _need(name: str, **inputs: Any) -> None:
-    for key, value in inputs.items():
-        if value is None:
-            raise ValueError(f"{name}: needs the input {key!r}")
+def _need(name: str, key: str, value: T | None) -> T:
+    """``value``, or an error naming the metric and the input it lacks."""
+    if value is None:
+        raise DataError(f"{name}: needs the input {key!r}")
+    return value
 
 
 def _same_length(name: str, a: Sequence[Any], b: Sequence[Any], what: str) -> None:
     if len(a) != len(b):
-        raise ValueError(f"{name}: {len(a)} images for {len(b)} {what}")
+        raise DataError(f"{name}: {len(a)} images for {len(b)} {what}")
 
 
 class _MatcherMetric(Metric):
@@ -40,7 +46,7 @@ class _MatcherMetric(Metric):
 
     def __init__(self, matcher: str = DEFAULT_MATCHER) -> None:
         self.matcher_uri = matcher
-        self._matcher = None
+        self._matcher: Matcher | None = None
 
     @property
     def matcher(self) -> Any:
@@ -66,7 +72,7 @@ class ClipScore(_MatcherMetric):
         self.weight = weight
 
     def compute(self, predictions: Sequence[str], images: Sequence[Any] | None = None, **_: Any) -> dict[str, float]:
-        _need("clipscore", images=images)
+        images = _need("clipscore", "images", images)
         _same_length("clipscore", images, predictions, "captions")
         if not predictions:
             return {"clipscore": 0.0}
@@ -127,7 +133,7 @@ class RPrecision(_MatcherMetric):
             banned = {prompt, *(equivalents[i] if equivalents is not None else ())}
             others = [t for t in pool if t not in banned]
             if not others:
-                raise ValueError(
+                raise DataError(
                     "r_precision: no distractor prompts differ from the prompt; give more prompts or distractors"
                 )
             chosen = rng.sample(others, min(self.candidates - 1, len(others)))
@@ -165,10 +171,11 @@ class _FeatureDistance(Metric):
             )
 
     def pair(self, name: str, images: Sequence[Any] | None, reference_images: Sequence[Any] | None) -> tuple[Any, Any]:
-        _need(name, images=images, reference_images=reference_images)
+        images, reference_images = _need(name, "images", images), _need(name, "reference_images", reference_images)
         if len(images) < 2 or len(reference_images) < 2:
-            raise ValueError(
-                f"{name}: needs at least 2 generated and 2 reference images, got {len(images)} and {len(reference_images)}"
+            raise DataError(
+                f"{name}: needs at least 2 generated and 2 reference images, got {len(images)} and "
+                f"{len(reference_images)}"
             )
         return self.features(images), self.features(reference_images)
 
@@ -220,7 +227,7 @@ class KernelDistance(_FeatureDistance):
         d = a.shape[1]
         g = torch.Generator().manual_seed(self.seed)
         values = []
-        for _ in range(self.subsets):
+        for _subset in range(self.subsets):
             x = a[torch.randperm(len(a), generator=g)[:m]]
             y = b[torch.randperm(len(b), generator=g)[:m]]
             kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3

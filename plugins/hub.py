@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from itm_core.errors import ModelError
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -30,7 +32,7 @@ def check_model_reference(model: str, option: str = "model") -> None:
     path = Path(text).expanduser()
     if looks_like_path and not path.is_dir():
         what = "is a file, not a folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(
+        raise ModelError(
             f"{option}={text!r}: the folder {what}. Give a folder made by save_pretrained "
             "(config.json and the weights inside) or a hub id such as 'openai/clip-vit-base-patch32'"
         )
@@ -58,7 +60,8 @@ def load_processor(cls: Any, model: str, revision: str | None) -> Any:
 
 
 def features(output: Any) -> Any:
-    """Projected features from ``get_*_features``: a tensor in older transformers, an output with ``pooler_output`` in newer."""
+    """Projected features from ``get_*_features``: a tensor in older transformers, an output with
+    ``pooler_output`` in newer."""
     return output if hasattr(output, "shape") else output.pooler_output
 
 

@@ -47,7 +47,8 @@ def register_datasets(register):
     register(
         "webdataset",
         WebDatasetShards,
-        description="WebDataset .tar shards ({key}.jpg|png|webp, {key}.txt, optional {key}.json), brace patterns allowed",
+        description="WebDataset .tar shards ({key}.jpg|png|webp, {key}.txt, optional {key}.json), brace patterns "
+        "allowed",
         options=["urls", "split_ratios", "seed", "name", "root"],
         check_options=check_setups.webdataset_options,
     )

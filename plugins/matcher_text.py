@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from itm_core import hookimpl
 from itm_core.components import Encoder
+from itm_core.errors import ModelError
 from plugins import check_setups
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ class MatcherText(Encoder):
 
             try:
                 self._matcher = load_matcher(self.matcher_uri)
-            except (LookupError, FileNotFoundError) as exc:
-                raise LookupError(
+            except ModelError as exc:
+                raise ModelError(
                     f"matcher-text: cannot load the matcher {self.matcher_uri!r} ({exc}); train one first "
                     "(`itm run retrain`) or set the option matcher to a model URI or a saved matcher folder"
                 ) from None
@@ -91,6 +92,7 @@ def register_encoders(register):
         modality="text",
         dim="the matcher's embed_dim",
         trainable=False,
-        description="The text tower of a trained matcher (its text encoder and projection head): prompts in its joint space",
+        description="The text tower of a trained matcher (its text encoder and projection head): prompts in its joint "
+        "space",
         check_options=check_setups.with_matcher(),
     )

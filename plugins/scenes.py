@@ -19,13 +19,23 @@ explanation benchmark. Everything is deterministic in ``seed`` and written once.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
+from plugins.scene_specs import (
+    COUNT_WORDS,
+    INVERSE,
+    MIRROR,
+    RELATION_PHRASES,
+    SINGLE_CELLS,
+    TEXTURES,
+    SceneSpec,
+    random_spec,
+)
 from plugins.shapes import (
     COLORS,
     HARD_NEGATIVE_COLUMNS,
@@ -45,77 +55,6 @@ from plugins.shapes import (
 )
 
 FORMAT = 1  # bump when the files written for the same options change
-RELATION_PHRASES = {
-    "left": ("to the left of", "left of"),
-    "right": ("to the right of", "right of"),
-    "above": ("above", "over"),
-    "below": ("below", "under"),
-    "bigger": ("bigger than", "larger than"),
-    "smaller": ("smaller than", "tinier than"),
-}
-INVERSE = {
-    "left": "right",
-    "right": "left",
-    "above": "below",
-    "below": "above",
-    "bigger": "smaller",
-    "smaller": "bigger",
-}
-MIRROR = {"left": "right", "right": "left"}
-SINGLE_CELLS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "center": (1, 1)}
-COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-TEXTURES = ("plain", "stripes", "checker", "gradient", "blotches")
-
-
-@dataclass(frozen=True)
-class Placed:
-    obj: Obj
-    col: int
-    row: int
-
-
-@dataclass(frozen=True)
-class SceneSpec:
-    """Objects in the order captions mention them; ``relations[i]`` links object ``i`` to ``i + 1``.
-    One object has a ``position`` in the image instead."""
-
-    objects: tuple[Placed, ...]
-    relations: tuple[str, ...] = ()
-    position: str | None = None
-
-
-def true_relations(a: Placed, b: Placed) -> list[str]:
-    out = []
-    if a.col != b.col:
-        out.append("left" if a.col < b.col else "right")
-    if a.row != b.row:
-        out.append("above" if a.row < b.row else "below")
-    if SIZES[a.obj.size] != SIZES[b.obj.size]:
-        out.append("bigger" if SIZES[a.obj.size] > SIZES[b.obj.size] else "smaller")
-    return out
-
-
-def random_spec(rng: random.Random, max_objects: int) -> SceneSpec:
-    n = rng.choice(range(1, max_objects + 1))
-    if n == 1:
-        position = rng.choice(list(SINGLE_CELLS))
-        col, row = SINGLE_CELLS[position]
-        return SceneSpec(
-            (Placed(Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES))), col, row),),
-            position=position,
-        )
-    cells = rng.sample([(c, r) for c in range(3) for r in range(3)], n)
-    objects: list[Placed] = []
-    while len(objects) < n:
-        o = Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(SIZES)))
-        if all((o.shape, o.color) != (p.obj.shape, p.obj.color) for p in objects):  # "the blue square" names one object
-            objects.append(Placed(o, *cells[len(objects)]))
-    relations = []
-    for a, b in zip(objects, objects[1:]):
-        options = true_relations(a, b)
-        spatial = [r for r in options if r not in ("bigger", "smaller")]
-        relations.append(rng.choice(options) if not spatial or rng.random() < 0.25 else rng.choice(spatial))
-    return SceneSpec(tuple(objects), tuple(relations))
 
 
 def _words(o: Obj, rng: random.Random | None) -> str:
@@ -128,7 +67,7 @@ def describe(spec: SceneSpec, rng: random.Random | None) -> str:
     pick = (lambda options: options[0]) if rng is None else rng.choice
     if len(spec.objects) == 1:
         o = spec.objects[0].obj
-        where = pick(POSITION_PHRASES[spec.position])
+        where = pick(POSITION_PHRASES[spec.place])
         return pick(
             [
                 f"{_article(_words(o, rng))} {where}",
@@ -218,10 +157,11 @@ def hard_negatives(spec: SceneSpec, rng: random.Random) -> dict[str, str]:
                         break
                 if swapped is not None:
                     break
+        assert swapped is not None  # some object can always take another colour or shape
         out[column] = describe(swapped, None)
     if len(spec.objects) == 1:
         flip = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
-        position = flip.get(spec.position) or rng.choice(list(flip))
+        position = flip.get(spec.place) or rng.choice(list(flip))
         out["neg_position"] = describe(replace(spec, position=position), None)
     else:
         k = rng.randrange(len(spec.relations))
@@ -247,7 +187,7 @@ def questions(spec: SceneSpec, rng: random.Random) -> list[dict[str, str]]:
         qa.append({"question": f"what shape is the {o.color} object?", "answer": o.shape, "type": "shape"})
     qa.append({"question": f"what size is the {o.color} {o.shape}?", "answer": o.size, "type": "size"})
     if len(objs) == 1:
-        qa.append({"question": f"where is the {o.color} {o.shape}?", "answer": spec.position, "type": "position"})
+        qa.append({"question": f"where is the {o.color} {o.shape}?", "answer": spec.place, "type": "position"})
     else:
         k = rng.randrange(len(spec.relations))
         a, b = spec.objects[k], spec.objects[k + 1]
@@ -326,7 +266,7 @@ def render(
     img = Image.fromarray(_background(size, rng, textured).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     _clutter(draw, size, rng, clutter)
-    placed = []
+    placed: list[dict[str, Any]] = []
     for p in spec.objects:
         r = SIZES[p.obj.size] * 0.8
         cx = (0.2 + 0.3 * p.col) + rng.uniform(-0.05, 0.05)
@@ -463,7 +403,7 @@ class ScenesDataset(Dataset):
             raise ValueError(f"scenes: clutter must be between 0 (none) and 64 strokes, got {clutter}")
         if not 0 <= cast < 1:
             raise ValueError(f"scenes: cast must be at least 0 (none) and below 1, got {cast}")
-        self.params = dict(
+        self.params: dict[str, Any] = dict(
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
@@ -475,14 +415,16 @@ class ScenesDataset(Dataset):
             textured=bool(textured),
             jitter=bool(jitter),
         )
-        for name, value in (("clutter", int(clutter)), ("cast", float(cast))):
-            if value:  # only when set, so that the folders of existing options keep their names
-                self.params[name] = value
+        # only when set, so that the folders of existing options keep their names
+        if clutter:
+            self.params["clutter"] = int(clutter)
+        if cast:
+            self.params["cast"] = float(cast)
         self.folder = data_folder("scenes", self.params, FORMAT, root)
 
     def load(self) -> ImageTextSet:
         manifest = build(self.folder, **self.params)
-        extras = HARD_NEGATIVE_COLUMNS + (PROBE_TRUE_COLUMN, QA_COLUMN, "objects", "position")
+        extras = (*HARD_NEGATIVE_COLUMNS, PROBE_TRUE_COLUMN, QA_COLUMN, "objects", "position")
         return load_manifest(manifest, extra_columns=extras, name="scenes")
 
 
@@ -499,7 +441,8 @@ def register_datasets(register):
     register(
         "scenes",
         scenes,
-        description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, a colour cast, families that share their words; built offline, cached",
+        description="Harder procedural scenes: 1-4 objects with relations, textured backgrounds, a colour cast, "
+        "families that share their words; built offline, cached",
         splits=["train", "val", "test"],
         check_options=lambda folder: {
             "n_train": 6,

@@ -25,6 +25,7 @@ from typing import Any
 from itm_core import hookimpl
 from itm_core.components import Dataset
 from itm_core.data import ImageTextSet, load_manifest
+from itm_core.errors import ParamsError
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -74,6 +75,13 @@ class Scene:
     objects: tuple[Obj, ...]
     position: str | None = None
 
+    @property
+    def place(self) -> str:
+        """Where the one object of a single-object scene is."""
+        if self.position is None:
+            raise ValueError("a scene of two objects has no single position")
+        return self.position
+
 
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
@@ -82,8 +90,8 @@ def _article(phrase: str) -> str:
 def describe(scene: Scene, rng: random.Random) -> str:
     """One caption for ``scene``, its wording picked by ``rng``."""
     if len(scene.objects) == 1:
-        o, pos = scene.objects[0], rng.choice(POSITION_PHRASES[scene.position])
-        templates = (
+        o, pos = scene.objects[0], rng.choice(POSITION_PHRASES[scene.place])
+        templates: tuple[str, ...] = (
             f"{_article(o.words(rng))} {pos}",
             f"{pos}, there is {_article(o.words(rng))}",
             f"{_article(o.color + ' ' + o.shape)} of {o.size} size {pos}",
@@ -126,7 +134,7 @@ def canonical(scene: Scene) -> str:
     """The plain caption used for hard negatives: one fixed wording per scene."""
     if len(scene.objects) == 1:
         o = scene.objects[0]
-        return f"{_article(o.words())} {POSITION_PHRASES[scene.position][0]}"
+        return f"{_article(o.words())} {POSITION_PHRASES[scene.place][0]}"
     a, b = (_article(x.words()) for x in scene.objects)
     return f"{a} to the left of {b}"
 
@@ -150,7 +158,7 @@ def hard_negatives(scene: Scene, rng: random.Random) -> dict[str, str]:
     o = scene.objects[0]
     other_color = Obj(o.shape, rng.choice([c for c in COLORS if c != o.color]), o.size)
     other_shape = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.color, o.size)
-    position = FLIP[scene.position] if scene.position != "center" else rng.choice(["left", "right", "top", "bottom"])
+    position = FLIP[scene.place] if scene.place != "center" else rng.choice(["left", "right", "top", "bottom"])
     return {
         "neg_color": canonical(Scene((other_color,), scene.position)),
         "neg_shape": canonical(Scene((other_shape,), scene.position)),
@@ -213,7 +221,7 @@ def questions(scene: Scene, rng: random.Random) -> list[dict[str, str]]:
             {"question": f"what colour is the {o.shape}?", "answer": o.color, "type": "colour"},
             {"question": f"what shape is the {o.color} object?", "answer": o.shape, "type": "shape"},
             {"question": f"what size is the {o.shape}?", "answer": o.size, "type": "size"},
-            {"question": f"where is the {o.color} {o.shape}?", "answer": scene.position, "type": "position"},
+            {"question": f"where is the {o.color} {o.shape}?", "answer": scene.place, "type": "position"},
         ]
         return qa
     side = rng.randrange(2)
@@ -290,10 +298,7 @@ def render(scene: Scene, size: int, rng: random.Random, placed: list[dict[str, A
     shade = rng.randint(110, 150)
     img = Image.new("RGB", (size, size), (shade, shade, shade))
     draw = ImageDraw.Draw(img)
-    if len(scene.objects) == 1:
-        centres = [POSITIONS[scene.position]]
-    else:
-        centres = [(0.27, 0.5), (0.73, 0.5)]
+    centres = [POSITIONS[scene.place]] if len(scene.objects) == 1 else [(0.27, 0.5), (0.73, 0.5)]
     for o, (fx, fy) in zip(scene.objects, centres):
         r = SIZES[o.size] * size
         cx = fx * size + rng.uniform(-0.04, 0.04) * size
@@ -387,7 +392,7 @@ class ShapesDataset(Dataset):
             raise ValueError(f"shapes: image_size must be between 32 and 1024, got {image_size}")
         if captions_per_image < 1:
             raise ValueError(f"shapes: captions_per_image must be at least 1, got {captions_per_image}")
-        self.params = dict(
+        self.params: dict[str, Any] = dict(
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
@@ -400,7 +405,7 @@ class ShapesDataset(Dataset):
 
     def load(self) -> ImageTextSet:
         manifest = build(self.folder, **self.params)
-        extras = HARD_NEGATIVE_COLUMNS + (PROBE_TRUE_COLUMN, QA_COLUMN, "objects", "position")
+        extras = (*HARD_NEGATIVE_COLUMNS, PROBE_TRUE_COLUMN, QA_COLUMN, "objects", "position")
         return load_manifest(manifest, extra_columns=extras, name="shapes")
 
 
@@ -420,13 +425,14 @@ def environment_defaults(variable: str = DEFAULTS_VARIABLE, dataset: type[Datase
     try:
         values = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(
-            f'{variable} is not valid JSON ({exc}); give an object such as \'{{"n_train": 200, "n_val": 50, "n_test": 50}}\''
+        raise ParamsError(
+            f"{variable} is not valid JSON ({exc}); give an object such as "
+            f'\'{{"n_train": 200, "n_val": 50, "n_test": 50}}\''
         ) from None
     known = [p for p in inspect.signature(dataset).parameters]
     if not isinstance(values, dict) or set(values) - set(known):
         extra = sorted(set(values) - set(known)) if isinstance(values, dict) else values
-        raise ValueError(f"{variable}: expected a JSON object of {name} options ({', '.join(known)}), got {extra!r}")
+        raise ParamsError(f"{variable}: expected a JSON object of {name} options ({', '.join(known)}), got {extra!r}")
     return values
 
 

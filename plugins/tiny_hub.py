@@ -308,5 +308,5 @@ def stable_diffusion(folder: Path) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder)
+    pipe.save_pretrained(folder)  # type: ignore[attr-defined]  # diffusers declares it on a mixin the stubs miss
     return folder

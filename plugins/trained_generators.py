@@ -67,7 +67,7 @@ class TrainedTextToImage(Generator):
         from PIL import Image
 
         images = self.model.generate(list(inputs), seed=int(options.get("seed", self.seed)))
-        return [img.resize((self.size, self.size), Image.NEAREST) for img in images] if self.size else images
+        return [img.resize((self.size, self.size), Image.Resampling.NEAREST) for img in images] if self.size else images
 
 
 @hookimpl

@@ -79,3 +79,13 @@ def _no_leaked_mlflow_experiment():
     this process must not hand its store's experiment id to another test's subprocesses."""
     yield
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier (``make test-fast``, ``-m unit``): every test that is neither ``e2e`` nor ``slow``
+    and starts no Prefect server. A test that starts a subprocess, runs a flow or trains for more than a
+    few seconds is marked ``slow`` (or ``e2e``) where it is written."""
+    for item in items:
+        heavy = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
+        if not heavy and "prefect_server" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.unit)

@@ -3,7 +3,8 @@
 A marker is an HTML comment on its own line just above a block's opening fence (several may be
 stacked, one directive each), invisible on the rendered page:
 
-    <!-- readme-test: skip REASON -->                 not run: it needs a network, a GPU, real data or a server that runs until stopped
+    <!-- readme-test: skip REASON -->                 not run: it needs a network, a GPU, real data or a
+                                                      server that runs until stopped
     <!-- readme-test: skip-line PREFIX :: REASON -->  lines starting with PREFIX are not run, for REASON
     <!-- readme-test: file NAME -->                   the block's text is written to NAME for the blocks after it
     <!-- readme-test: validate MODEL :: WHY -->       YAML checked against itm_core.config.MODEL instead of being run

@@ -47,6 +47,7 @@ def reader_home(tmp_path_factory):
     return tmp_path_factory.mktemp("itm-home")
 
 
+@pytest.mark.slow
 def test_reader_reads_real_images_and_scores_prompts(reader_home, monkeypatch):
     monkeypatch.setenv("ITM_HOME", str(reader_home))
     options = {"n_train": 400, "n_val": 40, "n_test": 60, "seed": 5, "image_size": 64}

@@ -29,7 +29,7 @@ def _free_port() -> int:
 def tracking_server(tmp_path):
     """A real MLflow tracking server on loopback (SQLite store, local artifact root)."""
     port = _free_port()
-    log = open(tmp_path / "mlflow-server.log", "wb")
+    log = open(tmp_path / "mlflow-server.log", "wb")  # noqa: SIM115 - the server writes to it until the fixture ends
     server = subprocess.Popen(
         [
             str(BIN / "mlflow"),

@@ -163,6 +163,7 @@ def _builtin_components() -> list[tuple[str, str]]:
     return sorted((s.kind, s.name) for specs in collect().values() for s in specs.values() if s.plugin in builtin)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "name"), _builtin_components(), ids=[f"{k}-{n}" for k, n in _builtin_components()])
 def test_itm_plugins_check_passes_for_every_builtin_with_no_options(kind, name, tmp_path, monkeypatch):
     """What a user types first: `itm plugins check NAME`. Built-ins whose defaults need a hub

@@ -311,7 +311,8 @@ def test_scenes_defaults_from_the_environment(monkeypatch):
     monkeypatch.setenv("ITM_SCENES_DEFAULTS", '{"two_object_fraction": 0.5}')  # a shapes option
     with pytest.raises(
         ValueError,
-        match=r"ITM_SCENES_DEFAULTS: expected a JSON object of scenes options \(n_train, .*max_objects.*\['two_object_fraction'\]",
+        match=r"ITM_SCENES_DEFAULTS: expected a JSON object of scenes options \(n_train, "
+        r".*max_objects.*\['two_object_fraction'\]",
     ):
         create("dataset", "scenes")
     monkeypatch.setenv("ITM_SCENES_DEFAULTS", "{")

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # subprocesses, flows or pip
+
+
 SCRIPT = """
 import sys, torch
 from itm_core.models.distributed import train_steps

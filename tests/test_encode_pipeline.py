@@ -195,6 +195,7 @@ def test_a_compiled_forward_that_disagrees_with_eager_is_not_used(tiny_shapes, c
     assert torch.equal(far, eager) and "differs from eager" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, runtime", [("torch", "torch"), ("onnxruntime", "onnxruntime"), ("on", "onnxruntime")])
 def test_compiled_efficientnet_matches_eager(tiny_shapes, mode, runtime):
     paths = [str(p) for p in tiny_shapes.split("val").image_paths()]
@@ -233,6 +234,7 @@ def test_auto_picks_the_best_runtime_for_large_passes(monkeypatch):
         rt.choose_runtime(image, "pooled", 10, "fast")
 
 
+@pytest.mark.slow
 def test_dask_workers_fill_the_cache_with_the_local_embeddings(prefect_server, tiny_shapes, tmp_path):
     from flows.dask_encoding import encode_on_dask
     from itm_core.config import EncodingParams, ExecutorParams
@@ -262,6 +264,7 @@ for batch in iter_images(sys.argv[1:], batch_size=2, workers=2):
 """
 
 
+@pytest.mark.slow
 def test_loader_workers_die_with_a_killed_run(tmp_path):
     """kill -9 of a run mid-encoding leaves no loader process behind (they would hold memory, and CPU,
     until the machine restarts)."""

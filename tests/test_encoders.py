@@ -31,6 +31,7 @@ def test_minilm_batch_independent(minilm):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_minilm_int8_is_close_faster_variant_cached_apart(minilm):
     texts = [
         "a red circle on the left",

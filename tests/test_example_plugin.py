@@ -24,7 +24,7 @@ from itm_core.config import (
 from itm_core.contract.plugins import reset_plugin_manager
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "itm-plugin-example"
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # pip installs the example
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,8 @@ def test_itm_run_validates_params_file(prefect_server, mlflow_store, tmp_path, t
     good = tmp_path / "eval.yaml"
     good.write_text(
         "dataset:\n  options: " + json.dumps(tiny_shapes_options) + "\n"
-        "matchers:\n  - image_encoder: {name: color-histogram}\n    text_encoder: {name: tfidf}\n    untrained_heads: true\n"
+        "matchers:\n  - image_encoder: {name: color-histogram}\n    text_encoder: {name: tfidf}\n    untrained_heads: "
+        "true\n"
     )
     result = CliRunner().invoke(app, ["run", "evaluate", "--params", str(good)])
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from itm_core import create
-from itm_core.encode.embed import ModalityFeatures
+from itm_core.encode.features import ModalityFeatures
 from itm_core.models.head_training import HeadTraining, ITMOptions, train_itm, train_vqa
 from itm_core.models.heads import (
     FusionHead,
@@ -192,6 +192,7 @@ def _ordered_pairs(copies: int, seed: int) -> PairSet:
     )
 
 
+@pytest.mark.slow
 def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
     from itm_core.models.token_reader import TokenReader
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from itm_core import create
+from itm_core import ModelError, create
 from itm_core.testing import assert_conforms
 from plugins import tiny_hub as tiny_models
 
@@ -204,7 +204,7 @@ def test_missing_local_model_fails_clearly(tmp_path):
         ("hf-image", {"model": str(tmp_path / "a" / "b")}),
         ("minilm", {"path": str(tmp_path / "none")}),
     ]:
-        with pytest.raises(FileNotFoundError, match="the folder does not exist. Give a folder made by save_pretrained"):
+        with pytest.raises(ModelError, match="the folder does not exist. Give a folder made by save_pretrained"):
             create("encoder", name, **options)
     (tmp_path / "empty").mkdir()  # a folder without a model: the library's reason, with the model named
     with pytest.raises(OSError, match="cannot load CLIPModel from"):
@@ -236,6 +236,7 @@ def test_bag_of_words():
     assert torch.allclose(out[0][out[0] > 0], torch.full((2,), 2**-0.5))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflow_store, tiny_shapes_options):
     """Unlocked towers change, are saved with the matcher, and the registered model reproduces its test score."""
@@ -282,12 +283,13 @@ def test_retrain_fine_tunes_unlocked_clip_towers(clip_dir, prefect_server, mlflo
         retrain(RetrainParams(dataset=dataset, training=training, **locked_text))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_unlocked_clip_towers_train_the_same_in_two_processes(clip_dir, tiny_shapes):
     """Fine-tuning unlocked towers data-parallel (two gloo processes under torchrun) gives the
     weights one process gives on the same global batches."""
     from itm_core import create
-    from itm_core.encode.embed import FeatureSplit
+    from itm_core.encode.features import FeatureSplit
     from itm_core.models.distributed import train_in_processes
     from itm_core.models.matcher import Matcher
     from itm_core.models.training import ContrastiveTraining, LiveTower, train_contrastive

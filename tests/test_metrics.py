@@ -112,6 +112,7 @@ def test_similarities():
     assert torch.allclose(dot.pairwise(a, b[:2]), torch.tensor([4.0, 4.0]))
 
 
+@pytest.mark.slow
 def test_chunked_ranks_equal_the_full_matrix_ranks():
     """Positives are scored by the same chunk computations as negatives: no near-tie flips (a separate
     pairwise pass used to put 8 of 30,000 ranks off by one here)."""

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import itm_core
-from itm_core import ContractError, RegistryError, create, hookimpl
+from itm_core import ContractError, OptionsError, RegistryError, create, hookimpl
 from itm_core.components import Encoder
 from itm_core.contract.plugins import get_plugin_manager, temporary_plugin
 
@@ -135,7 +135,7 @@ def test_contract_rejects_integer_output_and_bad_modality():
 
 
 def test_factory_option_errors_name_the_component():
-    with pytest.raises(TypeError, match=r"similarity 'cosine' \(plugin 'similarity'\) rejected options \['bogus'\]"):
+    with pytest.raises(OptionsError, match=r"similarity 'cosine' \(plugin 'similarity'\) rejected options \['bogus'\]"):
         create("similarity", "cosine", bogus=1)
 
 

@@ -108,7 +108,8 @@ def test_readme_block(block: Block, workspaces):
             (ws.dir / block.file).write_text(block.text)
             return
         assert block.validate, (
-            f"{block.id}: a {block.language} block needs a readme-test marker (file NAME, validate MODEL or skip REASON)"
+            f"{block.id}: a {block.language} block needs a readme-test marker (file NAME, validate MODEL or skip "
+            "REASON)"
         )
         import itm_core.config as config
 
@@ -129,7 +130,8 @@ def test_readme_block(block: Block, workspaces):
     result = ws.run(script)
     output = result.stdout + result.stderr
     assert result.returncode == 0, (
-        f"{block.id} failed (exit {result.returncode}):\n{block.text}\n--- output (last 6000 characters) ---\n{output[-6000:]}"
+        f"{block.id} failed (exit {result.returncode}):\n{block.text}\n--- output (last 6000 characters) "
+        f"---\n{output[-6000:]}"
     )
     for text in block.expect:
         assert text in output, f"{block.id}: output does not contain {text!r}:\n{output[-4000:]}"

@@ -1,4 +1,5 @@
-"""Reranking the contrastive top-k with ITM logit + weight x similarity, chosen on validation; in-batch hard negatives."""
+"""Reranking the contrastive top-k with ITM logit + weight x similarity, chosen on validation; in-batch
+hard negatives."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from itm_core import create
-from itm_core.encode.embed import ModalityFeatures
+from itm_core.encode.features import ModalityFeatures
 from itm_core.models.head_training import HeadTraining, ITMOptions, in_batch_negatives, listwise_loss, train_itm
 from itm_core.models.heads import ITMHead, PairSet, hard_negatives
 from itm_core.models.rerank import NO_RERANK, Candidates, Choice, candidates, choose, choose_both, report, reranked
@@ -121,7 +122,7 @@ def test_in_batch_negatives_draw_similar_non_matches_only():
     pairs = list(zip(images, texts))
     assert len(pairs) == 8
     for i, t in pairs:
-        assert owner[t] != i and not ({i, int(owner[t])} == {2, 3})  # never a match, never a duplicate
+        assert owner[t] != i and {i, int(owner[t])} != {2, 3}  # never a match, never a duplicate
     # at a low temperature the most similar non-match is drawn: images 0 and 1 are each other's
     assert (0, 1) in pairs and (1, 0) in pairs
 
@@ -155,7 +156,8 @@ def test_listwise_loss_is_a_softmax_over_each_querys_match_and_its_mined_negativ
 
     with pytest.raises(
         ValidationError,
-        match=r"listwise \(17\) draws from each query's hard_pool mined negatives, so it can be at most hard_pool \(16\)",
+        match=r"listwise \(17\) draws from each query's hard_pool mined negatives, so it can be at most hard_pool "
+        r"\(16\)",
     ):
         FusionBenchmarkParams(listwise=17)
     assert FusionBenchmarkParams(listwise=16, hard_pool=16).listwise == 16

@@ -95,8 +95,10 @@ def test_kill_then_resume_matches_an_uninterrupted_run(prefect_server, mlflow_st
     whole = json.loads(out)
     assert resumed["epochs"] == whole["epochs"] and resumed["best_epoch"] == whole["best_epoch"]
     assert resumed["test"] == pytest.approx(whole["test"], abs=1e-6)
+
     # an epoch logged just before the kill and again after the resume has one value per step
-    curve = lambda run_id: [
-        v for _, v in sorted({m.step: m.value for m in client.get_metric_history(run_id, "val_rsum")}.items())
-    ]
+    def curve(run_id: str) -> list[float]:
+        steps = {m.step: m.value for m in client.get_metric_history(run_id, "val_rsum")}
+        return [v for _, v in sorted(steps.items())]
+
     assert curve(resumed["run_id"]) == pytest.approx(curve(whole["run_id"]), abs=1e-6)

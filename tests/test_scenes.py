@@ -12,17 +12,8 @@ import pytest
 from PIL import Image
 
 from itm_core import create
-from plugins.scenes import (
-    COLORS,
-    FORMAT,
-    SceneSpec,
-    describe,
-    family,
-    hard_negatives,
-    random_spec,
-    render,
-    true_relations,
-)
+from plugins.scene_specs import SceneSpec, random_spec, true_relations
+from plugins.scenes import COLORS, FORMAT, describe, family, hard_negatives, render
 from plugins.shapes import data_folder
 
 

@@ -63,6 +63,7 @@ def test_flat_index_equals_brute_force_top_k(tmp_path):
         SearchIndex.load(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
 def test_approximate_indexes_recall(kind):
     """Small-scale check of the approximate kinds (make bench measures 1,000,000 vectors)."""
@@ -141,7 +142,8 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     MlflowClient().set_registered_model_alias("itm-matcher", "champion", second["model_version"])
     with pytest.raises(
         SearchIndexError,
-        match=r"built with itm-matcher v1, but the matcher asked for, models:/itm-matcher@champion, is itm-matcher v2.*--matcher models:/itm-matcher/1",
+        match=r"built with itm-matcher v1, but the matcher asked for, models:/itm-matcher@champion, is itm-matcher "
+        r"v2.*--matcher models:/itm-matcher/1",
     ):
         Searcher.open()
     out = CliRunner().invoke(app, ["search", "a red circle"])

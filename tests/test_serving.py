@@ -89,7 +89,7 @@ def served(model_uri: str, tracking_uri: str, tmp_path: Path):
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the server writes to it until it is stopped
     server = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
@@ -142,7 +142,8 @@ def post(port: int, payload: dict) -> tuple[int, dict]:
 
 
 def test_served_search_model_answers_and_rejects_bad_requests(registered_matcher, mlflow_store, tiny_shapes, tmp_path):
-    """`mlflow models serve` of itm-search: text and base64 queries answered; every bad request a 4xx with its reason."""
+    """`mlflow models serve` of itm-search: text and base64 queries answered; every bad request a 4xx
+    with its reason."""
     from itm_core.models.search_index import SearchIndex
     from itm_core.ops.search import SearchBundle, log_search_model
     from itm_core.ops.tracking import load_matcher

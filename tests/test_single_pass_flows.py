@@ -24,6 +24,9 @@ from itm_core.config import (
 from itm_core.data import DataError, load_manifest, read_images
 from itm_core.encode import loader
 
+pytestmark = pytest.mark.slow  # subprocesses, flows or pip
+
+
 MEMORY = "<bytes in memory>"
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple", "pink", "gray", "brown", "cyan"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itm_core.encode.embed import FeatureSplit
+from itm_core import ModelError
+from itm_core.encode.features import FeatureSplit
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import ContrastiveTraining, clip_loss, evaluate_features, train_contrastive
 
@@ -58,7 +59,7 @@ def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
     for precision in ("fp32", "bf16"):
         matcher, seen = new_matcher(), set()
         linear = next(m for m in matcher.image_head.modules() if isinstance(m, torch.nn.Linear))
-        hook = linear.register_forward_hook(lambda module, args, out: seen.add((module.training, out.dtype)))
+        hook = linear.register_forward_hook(lambda module, args, out, seen=seen: seen.add((module.training, out.dtype)))
         config = ContrastiveTraining(epochs=30, batch_size=32, lr=3e-3, patience=30, precision=precision)
         result = train_contrastive(matcher, train, val, config)
         hook.remove()
@@ -133,7 +134,7 @@ def test_matcher_save_and_load(tmp_path):
     texts = ["a red circle", "blue"]
     assert torch.equal(loaded.embed_texts(texts), matcher.embed_texts(texts))
     assert torch.equal(loaded.logit_scale, matcher.logit_scale)
-    with pytest.raises(FileNotFoundError, match="not a saved matcher"):
+    with pytest.raises(ModelError, match="not a saved matcher"):
         Matcher.load(tmp_path)
 
 
@@ -142,11 +143,12 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     checkpoint, written and read back as a file, ends with the weights and history of a run never stopped."""
     train, val = synthetic(120, 1), synthetic(40, 2)
     config = ContrastiveTraining(epochs=8, batch_size=16, lr=3e-3, patience=8)
+
     # dropout on, so that the random state matters
-    make = lambda: (
-        torch.manual_seed(0),
-        Matcher({"name": "img"}, {"name": "txt"}, 12, 10, embed_dim=16, hidden_dim=32, dropout=0.2),
-    )[1]
+    def make() -> Matcher:
+        torch.manual_seed(0)
+        return Matcher({"name": "img"}, {"name": "txt"}, 12, 10, embed_dim=16, hidden_dim=32, dropout=0.2)
+
     whole = make()
     reference = train_contrastive(whole, train, val, config)
 

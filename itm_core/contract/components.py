@@ -13,7 +13,9 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from itm_core.errors import PluginError
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +27,7 @@ MODALITIES = ("image", "text")
 GENERATOR_TASKS = ("image-to-text", "text-to-image")
 
 
-class ContractError(RuntimeError):
+class ContractError(PluginError, RuntimeError):
     """A component broke its output contract; the message names the plugin and the rule."""
 
 
@@ -46,16 +48,25 @@ class Encoder(ABC):
     ``get_state`` once ``train_module`` has been called.
     """
 
-    modality: ClassVar[str]
+    modality: str
     dim: int
     trainable: bool = False
     requires_fit: bool = False
+    # set on what ``create`` returns: the registered name and the options it was built with
+    name: str
+    options: dict[str, Any]
+    # declared, not defined: an encoder with token features has both, and ``hasattr`` tells which do
+    token_dim: int
+    encode_tokens: Callable[[Sequence[Any]], tuple[torch.Tensor, torch.Tensor]]
+    # declared likewise: an encoder that can run compiled (see itm_core.encode.runtime)
+    set_compiled: Callable[..., None]
 
     @abstractmethod
     def encode(self, items: Sequence[Any]) -> torch.Tensor: ...
 
     def fit(self, items: Sequence[Any]) -> None:
         """Learn data-dependent state (vocabulary, codebook) from training items."""
+        return None
 
     def get_state(self) -> Any:
         """Picklable fitted state, or ``None`` when the encoder has none."""
@@ -63,6 +74,23 @@ class Encoder(ABC):
 
     def set_state(self, state: Any) -> None:
         """Restore what :meth:`get_state` returned."""
+        return None
+
+
+class TrainableEncoder(Protocol):
+    """What a ``trainable`` encoder adds to :class:`Encoder` so that it can be fine-tuned (an unlocked tower)."""
+
+    name: str
+    modality: str
+    dim: int
+
+    def train_module(self) -> torch.nn.Module:
+        """The module whose parameters are updated."""
+        ...
+
+    def forward_features(self, items: Sequence[Any]) -> torch.Tensor:
+        """``encode`` with gradients."""
+        ...
 
 
 class Similarity(ABC):
@@ -117,7 +145,8 @@ class Metric(ABC):
     task: ClassVar[str]
 
     @abstractmethod
-    def compute(self, **inputs: Any) -> dict[str, float]: ...
+    def compute(self, *args: Any, **inputs: Any) -> dict[str, float]:
+        """The metric's named values from the keyword inputs its ``task`` names."""
 
 
 class Dataset(ABC):

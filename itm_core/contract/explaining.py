@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from itm_core.errors import ParamsError
+
 
 @dataclass
 class Attribution:
@@ -29,7 +31,7 @@ class Attribution:
             return None
         from PIL import Image
 
-        return np.asarray(Image.fromarray(self.heat.astype(np.float32)).resize(size, Image.NEAREST))
+        return np.asarray(Image.fromarray(self.heat.astype(np.float32)).resize(size, Image.Resampling.NEAREST))
 
     def top_words(self, n: int = 5) -> list[tuple[str, float]]:
         if self.word_scores is None:
@@ -93,7 +95,7 @@ class PairScorer:
     def require_differentiable(self, explainer: str) -> Any:
         if not self.differentiable():
             enc = self.image_encoder()
-            raise ValueError(
+            raise ParamsError(
                 f"explainer {explainer!r} needs gradients through the image encoder, and "
                 f"{type(enc).__name__} has no encode_differentiable; use occlusion, lime or shap with it"
             )

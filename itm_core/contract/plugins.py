@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from itm_core.contract import hookspecs
+from itm_core.errors import PluginError
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def temporary_plugin(plugin: object, name: str) -> Iterator[PluginInfo]:
     pm = get_plugin_manager()
     info = PluginInfo(name=name, version=None, distribution=None)
     if not pm.register_plugin(plugin, info):
-        raise ValueError(f"plugin {name!r} does not follow the itm contract: {info.error}")
+        raise PluginError(f"plugin {name!r} does not follow the itm contract: {info.error}")
     try:
         yield info
     finally:

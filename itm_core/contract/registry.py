@@ -10,6 +10,7 @@ from typing import Any
 
 from itm_core.contract.components import KINDS, Checked
 from itm_core.contract.plugins import get_plugin_manager
+from itm_core.errors import OptionsError, PluginError, UserError
 
 HOOK_OF_KIND = {
     "encoder": "register_encoders",
@@ -22,7 +23,7 @@ HOOK_OF_KIND = {
 }
 
 
-class RegistryError(LookupError):
+class RegistryError(PluginError, LookupError):
     """An unknown kind or name, or two plugins claiming the same component name."""
 
 
@@ -98,7 +99,8 @@ def collect() -> dict[str, dict[str, ComponentSpec]]:
                 previous = found[_kind].get(name)
                 if previous is not None:
                     raise RegistryError(
-                        f"{_kind} {name!r} is registered twice: by plugin {previous.plugin!r} and by plugin {_plugin!r}; "
+                        f"{_kind} {name!r} is registered twice: by plugin {previous.plugin!r} and by plugin "
+                        f"{_plugin!r}; "
                         f"disable one with ITM_DISABLE_PLUGINS"
                     )
                 found[_kind][name] = ComponentSpec(_kind, name, factory, _plugin, metadata)
@@ -133,12 +135,15 @@ def create(kind: str, name: str, **options: Any) -> Any:
     missing = s.missing()
     if missing:
         raise RegistryError(
-            f"{kind} {name!r} (plugin {s.plugin!r}) needs {', '.join(missing)}, which is not installed: pip install {' '.join(missing)}"
+            f"{kind} {name!r} (plugin {s.plugin!r}) needs {', '.join(missing)}, which is not installed: "
+            f"pip install {' '.join(missing)}"
         )
     try:
         component = s.factory(**options)
-    except TypeError as exc:
-        raise TypeError(f"{kind} {name!r} (plugin {s.plugin!r}) rejected options {sorted(options)}: {exc}") from exc
+    except UserError:
+        raise
+    except (TypeError, ValueError) as exc:  # what a factory raises for options it refuses
+        raise OptionsError(f"{kind} {name!r} (plugin {s.plugin!r}) rejected options {sorted(options)}: {exc}") from exc
     return Checked(component, kind, name, s.plugin, options)
 
 

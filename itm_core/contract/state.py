@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from itm_core.errors import ModelError
+
 FORMAT = 2  # 1: pickled encoder states and torch.save weights (itm-workbench 0.1)
 _ARRAY = "__array__"
 
 
-class StateFormatError(ValueError):
+class StateFormatError(ModelError, ValueError):
     """A state that is not plain data, or a file in a format this version does not read."""
 
 
@@ -34,10 +36,10 @@ def _split(value: Any, arrays: dict[str, torch.Tensor], path: str) -> Any:
         return [_split(v, arrays, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, (np.ndarray, torch.Tensor)):
         key = f"a{len(arrays)}"
-        kind = "numpy" if isinstance(value, np.ndarray) else "torch"
-        arrays[key] = (
-            torch.from_numpy(np.ascontiguousarray(value)) if kind == "numpy" else value.detach().cpu().contiguous()
-        )
+        if isinstance(value, np.ndarray):
+            kind, arrays[key] = "numpy", torch.from_numpy(np.ascontiguousarray(value))
+        else:
+            kind, arrays[key] = "torch", value.detach().cpu().contiguous()
         return {_ARRAY: key, "kind": kind}
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
@@ -79,7 +81,8 @@ def load_state(folder: str | Path, stem: str) -> Any:
     if (folder / f"{stem}.pkl").is_file() and not (folder / f"{stem}.json").is_file():
         raise StateFormatError(
             f"{folder / (stem + '.pkl')} was written by itm-workbench 0.1 (format 1, a pickle), which this version "
-            f"does not load: pickles can run code. Retrain the model, or re-save it with itm-workbench 0.1 and this version's format"
+            "does not load: pickles can run code. Retrain the model, or re-save it with itm-workbench 0.1 and this "
+            "version's format"
         )
     if not (folder / f"{stem}.json").is_file():
         return None
@@ -131,6 +134,6 @@ def load_weights_into(module: torch.nn.Module, path: str | Path) -> torch.nn.Mod
                 f"{legacy} holds weights of itm-workbench 0.1 (format 1, torch.save); this version reads "
                 f"{path.name} (safetensors). Retrain the model with this version"
             )
-        raise FileNotFoundError(f"no weights file {path}")
+        raise ModelError(f"no weights file {path}")
     load_model(module, str(path), device="cpu")
     return module

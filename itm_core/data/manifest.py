@@ -27,7 +27,8 @@ def detect_format(path: Path) -> str:
     fmt = _SUFFIX_FORMAT.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
-            f"{path}: cannot tell the manifest format from {path.suffix!r}; use one of {sorted(_SUFFIX_FORMAT)} or pass format="
+            f"{path}: cannot tell the manifest format from {path.suffix!r}; use one of {sorted(_SUFFIX_FORMAT)} or "
+            "pass format="
         )
     return fmt
 
@@ -130,9 +131,10 @@ def _from_rows(
         texts = [t for t in texts if not (isinstance(t, str) and not t.strip())]
         if not texts or not all(isinstance(t, str) for t in texts):
             raise DataError(
-                f"{path}, row {line}: column {caption_column!r} must hold a caption or a list of captions, got {value!r}"
+                f"{path}, row {line}: column {caption_column!r} must hold a caption or a list of captions, got "
+                f"{value!r}"
             )
-        split = str(row[split_column]).strip() if has_split else None
+        split = str(row[split_column]).strip() if has_split and split_column is not None else None
         if image not in index:
             index[image] = len(images)
             images.append(image)
@@ -183,7 +185,8 @@ def _load_karpathy(path: Path, root: Path, name: str) -> ImageTextSet:
             texts = [s["raw"] for s in entry["sentences"]]
         except (KeyError, TypeError) as exc:
             raise DataError(
-                f"{path}: images[{n}] lacks {exc} (expected 'filename', 'split' in {sorted(KARPATHY_SPLITS)}, 'sentences' with 'raw')"
+                f"{path}: images[{n}] lacks {exc} (expected 'filename', 'split' in {sorted(KARPATHY_SPLITS)}, "
+                "'sentences' with 'raw')"
             ) from None
         try:
             resolve_inside(root, rel)

@@ -102,7 +102,8 @@ def load_webdataset(
     index = folder / "samples.jsonl"
     if not index.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        rows, left_out = [], []
+        rows: list[dict[str, Any]] = []
+        left_out: list[tuple[str, str]] = []
         seen: set[str] = set()
         for sample in tqdm(
             _samples(shards), desc=f"reading {len(shards)} shards", unit="sample", leave=False, disable=None

@@ -29,7 +29,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL) WITHOUT ROWID;
 """
 FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, key TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, key TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -153,8 +155,8 @@ class FileKeys:
         stats: list[tuple[int, int] | None] = []
         for p in paths:
             try:
-                st = os.stat(p)
-                stats.append((st.st_size, st.st_mtime_ns))
+                found = os.stat(p)
+                stats.append((found.st_size, found.st_mtime_ns))
             except OSError:
                 stats.append(None)
         seen: dict[str, tuple[int, int, str]] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,13 +20,16 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from itm_core.contract.components import Encoder
 from itm_core.contract.params import Params
 from itm_core.contract.state import state_digest
 from itm_core.data.images import DEFAULT_MAX_PIXELS, SKIP_HINT, SkippedImage
 from itm_core.data.pairs import DataError, ImageTextSet
 from itm_core.encode.cache import EmbeddingCache, FileKeys, default_cache_dir
-from itm_core.encode.loader import default_workers, iter_images
+from itm_core.encode.features import CachedRows, FeatureSplit, ModalityFeatures
+from itm_core.encode.loader import LoadedImage, default_workers, iter_images
 from itm_core.encode.runtime import Accelerator
+from itm_core.errors import ParamsError
 
 __all__ = [
     "EmbeddingCache",
@@ -51,8 +54,7 @@ class EncodeOptions(Params):
     workers: int | None = Field(
         None,
         ge=0,
-        description="Loader processes that read and decode images beside the model "
-        "(empty: one per two cores; 0: none)",
+        description="Loader processes that read and decode images beside the model (empty: one per two cores; 0: none)",
     )
     compile: Literal["auto", "on", "off", "onnxruntime", "torch"] = Field(
         "auto",
@@ -70,7 +72,7 @@ class EncodeOptions(Params):
         return default_workers() if self.workers is None else self.workers
 
 
-def encoder_key(encoder: Any) -> str:
+def encoder_key(encoder: Encoder) -> str:
     """A hash of the encoder's name, options and fitted state."""
     state = encoder.get_state() if hasattr(encoder, "get_state") else None
     ident = {
@@ -140,6 +142,7 @@ class _Rows:
     def fill_from_cache(self, positions: list[int], keys: list[str]) -> set[int]:
         """Copy in the rows the cache holds for ``keys`` (those of items ``positions``); the indices into
         ``keys`` that were found."""
+        assert self.cache is not None  # rows are found only in a cache
         found = self.cache.lookup(self.enc_key, keys)
         self.cache.read_into(
             self.enc_key,
@@ -165,7 +168,7 @@ class _Rows:
 
 
 def _encode_pass(
-    encoder: Any,
+    encoder: Encoder,
     items: Sequence[Any],
     cache: EmbeddingCache | None,
     what: str,
@@ -208,6 +211,7 @@ def _encode_pass(
         accel = Accelerator(encoder, what, len(todo), options.compile, options.batch_size)
         try:
             with torch.inference_mode():
+                batches: Iterable[Sequence[LoadedImage | _Text]]
                 if modality == "image":
                     batches = iter_images(
                         [items[i] for i in todo],
@@ -223,18 +227,24 @@ def _encode_pass(
                         for s in range(0, len(order), options.text_batch_size)
                     )
                 for batch in batches:
-                    fresh_keys, values, file_rows = [], [], []
+                    fresh_keys: list[str] = []
+                    values: list[Any] = []
+                    file_rows: list[tuple[str, int, int, str]] = []
                     for got in batch:
-                        i = todo[got.index] if modality == "image" else got.index
-                        if modality == "image":
+                        if isinstance(got, LoadedImage):
+                            i = todo[got.index]
                             if got.error is not None:
                                 if on_error == "fail":
                                     raise DataError(got.error)
                                 failures.append((i, got.error))
                                 continue
+                            assert got.key is not None  # a file read without an error has its content key
                             file_rows.append((got.path, got.size, got.mtime_ns, got.key))
                             keys[i] = got.key
+                        else:
+                            i = got.index
                         k = keys[i]
+                        assert k is not None
                         if k in first and first[k][0] != i:  # the same content at another position, already queued
                             first[k].append(i)
                             continue
@@ -259,7 +269,7 @@ def _encode_pass(
             rows.flush()
             bar.close()
         # positions that joined a key after its row was written
-        for k, pos in first.items():
+        for pos in first.values():
             if len(pos) > 1 and rows.done[pos[0]]:
                 for f in rows.out:
                     rows.out[f][pos[1:]] = rows.out[f][pos[0]]
@@ -273,7 +283,9 @@ class _Text:
     value: str
 
 
-def _pooled_compute(encoder: Any) -> tuple[Callable[[list[Any]], dict[str, torch.Tensor]], Callable[[Any], Any] | None]:
+def _pooled_compute(
+    encoder: Encoder,
+) -> tuple[Callable[[list[Any]], dict[str, torch.Tensor]], Callable[[Any], Any] | None]:
     """The batch computation of pooled features and the per-image step loader workers run: the
     encoder's own ``preprocess`` / ``encode_preprocessed`` split when it has one, else ``encode`` on
     decoded images."""
@@ -285,7 +297,7 @@ def _pooled_compute(encoder: Any) -> tuple[Callable[[list[Any]], dict[str, torch
 
 
 def _pooled_pass(
-    encoder: Any,
+    encoder: Encoder,
     items: Sequence[Any],
     cache: EmbeddingCache | None,
     options: EncodeOptions,
@@ -300,7 +312,7 @@ def _pooled_pass(
 
 
 def encode(
-    encoder: Any,
+    encoder: Encoder,
     items: Sequence[Any],
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
@@ -320,7 +332,7 @@ def encode(
 
 
 def encode_into_cache(
-    encoder: Any, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None
+    encoder: Encoder, items: Sequence[Any], cache: EmbeddingCache, options: EncodeOptions | None = None
 ) -> Encoded:
     """Encode ``items`` into ``cache`` (pooled features), leaving bad images out: what a worker that
     fills a shared cache runs."""
@@ -328,7 +340,7 @@ def encode_into_cache(
 
 
 def encode_tokens(
-    encoder: Any,
+    encoder: Encoder,
     items: Sequence[Any],
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
@@ -337,7 +349,7 @@ def encode_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token- or patch-level features ``(N, L, token_dim)`` (stored as float16) and their mask ``(N, L)``."""
     if not hasattr(encoder, "encode_tokens"):
-        raise ValueError(
+        raise ParamsError(
             f"encoder {getattr(encoder, 'name', encoder)!r} gives no token-level features (no encode_tokens)"
         )
 
@@ -354,50 +366,8 @@ def encode_tokens(
     return torch.from_numpy(out.arrays["tokens"]), torch.from_numpy(out.arrays["mask"])
 
 
-@dataclass(frozen=True)
-class CachedRows:
-    """Where a tensor's rows live in an embedding cache: enough to read them back."""
-
-    folder: str
-    enc_key: str
-    keys: list[str]
-    float16: bool = False
-
-    def load(self) -> torch.Tensor:
-        cache = EmbeddingCache(self.folder, float16=self.float16)
-        out = cache.read_into(
-            self.enc_key, cache.lookup(self.enc_key, self.keys), {}, len(self.keys), {"emb": np.float32}
-        )
-        if len(self.keys) and "emb" not in out:
-            raise FileNotFoundError(f"the embedding cache {self.folder} no longer holds these rows; encode again")
-        return torch.from_numpy(out["emb"]) if self.keys else torch.zeros(0, 0)
-
-
-@dataclass
-class FeatureSplit:
-    """Tower features of one split: images ``(N, Di)``, captions ``(M, Dt)``, caption -> image index.
-
-    Features that came from an embedding cache remember where (``sources``) and pickle as that
-    reference (a few MB for Flickr30k, not the GB of features), so Prefect can persist and cache the
-    encoding step cheaply; unpickling reads the rows back from the cache."""
-
-    image: torch.Tensor
-    text: torch.Tensor
-    caption_image: torch.Tensor
-    sources: tuple[CachedRows, CachedRows] | None = None
-
-    def __reduce__(self) -> Any:
-        if self.sources is None:
-            return (FeatureSplit, (self.image, self.text, self.caption_image))
-        return (_from_sources, (self.sources, self.caption_image))
-
-
-def _from_sources(sources: tuple[CachedRows, CachedRows], caption_image: torch.Tensor) -> FeatureSplit:
-    return FeatureSplit(sources[0].load(), sources[1].load(), caption_image, sources)
-
-
 def _image_pass(
-    encoder: Any,
+    encoder: Encoder,
     data: ImageTextSet,
     cache: EmbeddingCache | None,
     options: EncodeOptions,
@@ -418,7 +388,7 @@ def _image_pass(
 
 
 def encode_images(
-    encoder: Any,
+    encoder: Encoder,
     data: ImageTextSet,
     cache: EmbeddingCache | None = None,
     options: EncodeOptions | None = None,
@@ -432,8 +402,8 @@ def encode_images(
 
 
 def encode_split(
-    image_encoder: Any,
-    text_encoder: Any,
+    image_encoder: Encoder,
+    text_encoder: Encoder,
     data: ImageTextSet,
     cache: EmbeddingCache | None = None,
     options: EncodeOptions | None = None,
@@ -450,10 +420,10 @@ def encode_split(
     )
     sources = None
     if cache is not None:
-        image_keys = [k for k, ok in zip(images.keys, images.ok) if ok]
+        image_keys = [k for k, ok in zip(images.keys, images.ok) if ok and k is not None]
         sources = (
             CachedRows(str(cache.folder), images.enc_key, image_keys, cache.float16),
-            CachedRows(str(cache.folder), text.enc_key, text.keys, cache.float16),
+            CachedRows(str(cache.folder), text.enc_key, [k for k in text.keys if k is not None], cache.float16),
         )
     text_rows = torch.from_numpy(text.arrays["emb"]) if len(kept.captions) else torch.zeros(0, int(text_encoder.dim))
     return (
@@ -465,38 +435,8 @@ def encode_split(
     )
 
 
-@dataclass
-class ModalityFeatures:
-    """Pooled features ``(N, D)`` and, when asked for, token features ``(N, L, token_dim)`` with their mask."""
-
-    pooled: torch.Tensor
-    tokens: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.pooled)
-
-    @staticmethod
-    def concat(parts: Sequence[ModalityFeatures]) -> ModalityFeatures:
-        """The rows of ``parts`` one after another (token features only if every part has them)."""
-        has_tokens = all(p.tokens is not None for p in parts)
-        return ModalityFeatures(
-            torch.cat([p.pooled for p in parts]),
-            torch.cat([p.tokens for p in parts]) if has_tokens else None,
-            torch.cat([p.mask for p in parts]) if has_tokens else None,
-        )
-
-    def rows(self, index: Any, tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The features of rows ``index``: tokens (as float32) with their mask, or pooled features and ``None``."""
-        if tokens:
-            if self.tokens is None:
-                raise ValueError("token-level features were not encoded for this input")
-            return self.tokens[index].float(), self.mask[index]
-        return self.pooled[index], None
-
-
 def encode_features(
-    encoder: Any,
+    encoder: Encoder,
     items: Sequence[Any],
     cache: EmbeddingCache | None = None,
     tokens: bool = False,

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch.utils.data
+
 from itm_core.data.images import DEFAULT_MAX_PIXELS, open_image
 from itm_core.data.pairs import DataError
 
@@ -58,7 +60,7 @@ def read_image(
     return out
 
 
-class ImageFiles:
+class ImageFiles(torch.utils.data.Dataset[LoadedImage]):
     """A map-style dataset over image paths for ``DataLoader``: item ``i`` is :func:`read_image` of path ``i``."""
 
     def __init__(self, paths: Sequence[str], max_pixels: int, preprocess: Callable[[Any], Any] | None) -> None:
@@ -105,14 +107,12 @@ def iter_images(
 ) -> Iterator[list[LoadedImage]]:
     """Batches of :class:`LoadedImage`, in the order of ``paths``; ``workers`` processes read ahead
     (0 reads in this process)."""
-    import torch.utils.data
-
     files = ImageFiles(paths, max_pixels, preprocess)
     if workers <= 0 or len(paths) <= batch_size:
         for start in range(0, len(files), batch_size):
             yield [files[i] for i in range(start, min(start + batch_size, len(files)))]
         return
-    loader = torch.utils.data.DataLoader(
+    loader: torch.utils.data.DataLoader[LoadedImage] = torch.utils.data.DataLoader(
         files,
         batch_size=batch_size,
         num_workers=workers,

@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from itm_core.contract.components import Encoder
+from itm_core.errors import ParamsError
+
 MODES = ("auto", "on", "off", "onnxruntime", "torch")
 _AUTO_OVERRIDE = os.environ.get("ITM_AUTO_COMPILE_ITEMS")
 AUTO_ITEMS = (
@@ -44,19 +47,19 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def runtimes(encoder: Any) -> list[str]:
+def runtimes(encoder: Encoder) -> list[str]:
     """The compiled runtimes ``encoder`` supports and this installation has, best first."""
     if not hasattr(encoder, "set_compiled"):
         return []
     return [r for r in getattr(encoder, "runtimes", ("torch",)) if r != "onnxruntime" or onnxruntime_installed()]
 
 
-def choose_runtime(encoder: Any, what: str, n_items: int, mode: str) -> str | None:
+def choose_runtime(encoder: Encoder, what: str, n_items: int, mode: str) -> str | None:
     """The runtime a pass of ``n_items`` runs ``encoder`` in under ``mode``; ``None``: eagerly."""
     if mode not in MODES:
-        raise ValueError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
+        raise ParamsError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "onnxruntime" and not onnxruntime_installed():
-        raise ValueError(
+        raise ParamsError(
             "compile: onnxruntime needs the onnxruntime package: pip install onnxruntime (or choose auto, torch or off)"
         )
     if mode == "off" or what != "pooled":
@@ -73,7 +76,7 @@ def choose_runtime(encoder: Any, what: str, n_items: int, mode: str) -> str | No
     return best if mode == "on" or n_items >= AUTO_ITEMS[best] else None
 
 
-def _switch_on(encoder: Any, runtime: str) -> None:
+def _switch_on(encoder: Encoder, runtime: str) -> None:
     if hasattr(encoder, "runtimes"):
         encoder.set_compiled(True, runtime=runtime)
     else:
@@ -105,7 +108,7 @@ class OnnxModule:
             torch.onnx.export(
                 module.eval(),
                 example,
-                buffer,
+                buffer,  # type: ignore[arg-type]  # it writes to a file object as well as to a path
                 input_names=names,
                 output_names=["out"],
                 dynamic_axes=dynamic,
@@ -144,7 +147,7 @@ def _quantized(model: bytes) -> bytes:
 class Accelerator:
     """Runs ``compute`` on batches eagerly, or compiled once the first batch agrees with eager."""
 
-    def __init__(self, encoder: Any, what: str, n_items: int, mode: str, batch_size: int) -> None:
+    def __init__(self, encoder: Encoder, what: str, n_items: int, mode: str, batch_size: int) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
         self.runtime = choose_runtime(encoder, what, n_items, mode)
@@ -166,7 +169,7 @@ class Accelerator:
     def run(
         self, compute: Callable[[list[Any]], dict[str, torch.Tensor]], values: list[Any]
     ) -> dict[str, torch.Tensor]:
-        if not self.enabled:
+        if self.runtime is None:
             return compute(values)
         if self.verified:
             return self._padded(compute, values)

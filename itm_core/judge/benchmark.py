@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
+from itm_core.contract.components import Encoder
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
-from itm_core.encode.embed import EmbeddingCache, ModalityFeatures, encode_features
+from itm_core.encode.embed import EmbeddingCache, encode_features
+from itm_core.encode.features import ModalityFeatures
+from itm_core.errors import ParamsError
 from itm_core.models.head_training import HeadTraining, ITMOptions, train_itm, train_vqa
 from itm_core.models.heads import (
     FusionHead,
@@ -60,8 +63,8 @@ class SplitFeatures:
 
 
 def encode_split_features(
-    image_encoder: Any,
-    text_encoder: Any,
+    image_encoder: Encoder,
+    text_encoder: Encoder,
     data: ImageTextSet,
     cache: EmbeddingCache,
     tokens: bool,
@@ -131,6 +134,7 @@ def image_groups(data: ImageTextSet) -> torch.Tensor | None:
 
 def probe_set(f: SplitFeatures, matcher: Matcher) -> PairSet:
     """Each image with its true canonical caption (rows ``0..N-1``), then one block of ``N`` per negative kind."""
+    assert f.probe is not None  # called for splits with probe captions
     text = ModalityFeatures.concat([f.probe[k] for k in (PROBE_TRUE, *PROBE_NEGATIVES)])
     with torch.no_grad():
         matcher.eval()
@@ -145,6 +149,7 @@ def probe_set(f: SplitFeatures, matcher: Matcher) -> PairSet:
 
 
 def qa_set(f: SplitFeatures, vocabulary: dict[str, int]) -> QASet:
+    assert f.questions is not None and f.question_image is not None and f.answers is not None and f.kinds is not None
     answers = torch.tensor([vocabulary.get(a, -1) for a in f.answers], dtype=torch.long)
     return QASet(f.image, f.questions, f.question_image, answers, f.kinds)
 
@@ -215,18 +220,18 @@ def benchmark_fusion(
     )
 
     def fusion() -> Any:
-        image_dim = int(train.image.tokens.shape[-1] if tokens else train.image.pooled.shape[-1])
-        text_dim = int(train.text.tokens.shape[-1] if tokens else train.text.pooled.shape[-1]) + (
-            READER_WIDTH if read else 0
-        )
+        image, text = train.image.tokens if tokens else None, train.text.tokens if tokens else None
+        image_dim = int((image if image is not None else train.image.pooled).shape[-1])
+        text_dim = int((text if text is not None else train.text.pooled).shape[-1]) + (READER_WIDTH if read else 0)
         return create("fusion", name, image_dim=image_dim, text_dim=text_dim, **fusion_options)
 
     def reader() -> TokenReader | None:
         if not read:
             return None
         if train.text.tokens is None:
-            raise ValueError(
-                "text_reader tokens needs the texts' token features; encode them (encode_split_features with text_tokens)"
+            raise ParamsError(
+                "text_reader tokens needs the texts' token features; encode them (encode_split_features with "
+                "text_tokens)"
             )
         return TokenReader(int(train.text.tokens.shape[-1]), READER_WIDTH, READER_WIDTH)
 
@@ -256,7 +261,7 @@ def benchmark_fusion(
     probe = data.test_probe
     if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))
-    if vqa_training is not None and train.questions is not None and test.questions is not None:
+    if vqa_training is not None and train.answers is not None and test.questions is not None:
         vocabulary = {a: n for n, a in enumerate(sorted(set(train.answers)))}
         vqa = FusionHead(
             fusion(), outputs=len(vocabulary), input_dropout=vqa_training.input_dropout, text_reader=reader()
@@ -276,13 +281,13 @@ def benchmark_fusion(
     return metrics
 
 
-def reads_text_tokens(text_reader: str, text_encoder: Any) -> bool:
+def reads_text_tokens(text_reader: str, text_encoder: Encoder) -> bool:
     """Whether the texts' token features are needed for ``text_reader``: ``tokens``, or ``auto`` with a
     text encoder that gives them; ``tokens`` with one that does not is an error naming it."""
     has_tokens = hasattr(text_encoder, "encode_tokens")
     if text_reader == "tokens" and not has_tokens:
         name = getattr(text_encoder, "name", type(text_encoder).__name__)
-        raise ValueError(
+        raise ParamsError(
             f"text_reader tokens needs token features, and the text encoder {name!r} gives none (no encode_tokens); "
             "use text_reader: pooled or auto, or a text encoder with tokens such as minilm"
         )
@@ -301,13 +306,13 @@ def attention_examples(itm: ITMHead, f: SplitFeatures, n: int = 4) -> list[tuple
     their first caption, from an ITM head whose fusion attends to patches; None for other fusions."""
     data = f.data
     rows = [i for i in range(min(n, len(data))) if data.captions_of(i)]
-    first = {}
+    first: dict[int, int] = {}
     for c, owner in enumerate(data.caption_image):
         first.setdefault(int(owner), c)
     maps = itm.attention_maps(f.image, rows, f.text, [first[i] for i in rows])
     if maps is None:
         return None
-    side = int(round(maps.shape[1] ** 0.5))
+    side = round(maps.shape[1] ** 0.5)
     if side * side != maps.shape[1]:
         return None
     return [(str(data.image_path(i)), data.captions[first[i]], maps[k].view(side, side)) for k, i in enumerate(rows)]

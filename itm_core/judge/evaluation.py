@@ -1,4 +1,5 @@
-"""Score a dataset split with any matcher: a trained one, or a pair of encoders (directly or through untrained heads)."""
+"""Score a dataset split with any matcher: a trained one, or a pair of encoders (directly or through
+untrained heads)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 
 import torch
 
+from itm_core.contract.components import Encoder
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode
+from itm_core.errors import DataError, ParamsError
 from itm_core.models.matcher import Matcher
 
 
@@ -18,8 +21,8 @@ from itm_core.models.matcher import Matcher
 class EncoderPair:
     """Two encoders whose outputs already share a space (e.g. CLIP towers), compared by a similarity."""
 
-    image_encoder: Any
-    text_encoder: Any
+    image_encoder: Encoder
+    text_encoder: Encoder
     similarity: Any
 
     def embed_images(self, paths: Sequence[str], cache: EmbeddingCache | None = None) -> torch.Tensor:
@@ -42,10 +45,10 @@ def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any
     fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its usable images spread evenly."""
     enc = create("encoder", params.name, **params.options)
     if enc.modality != modality:
-        raise ValueError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
+        raise ParamsError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
     if getattr(enc, "requires_fit", False):
         if train is None:
-            raise ValueError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
+            raise DataError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
         if modality == "text":
             enc.fit(list(train.captions))
         else:

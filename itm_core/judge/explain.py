@@ -20,19 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from itm_core.contract.components import ContractError
 from itm_core.contract.explaining import Attribution, PairScorer
+from itm_core.errors import DataError, ParamsError
 
 
 def words_of(text: str) -> list[str]:
     words = text.split()
     if not words:
-        raise ValueError("explain: the text is empty")
+        raise DataError("explain: the text is empty")
     return words
 
 
 def fill_colour(image: Any) -> tuple[int, int, int]:
     """The colour hidden regions are painted with: the image's median colour."""
-    return tuple(int(v) for v in np.median(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0))
+    r, g, b = (int(v) for v in np.median(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0))
+    return r, g, b
 
 
 def hide(image: Any, mask: np.ndarray, fill: tuple[int, int, int] | None = None) -> Any:
@@ -41,13 +44,13 @@ def hide(image: Any, mask: np.ndarray, fill: tuple[int, int, int] | None = None)
 
     rgb = image.convert("RGB")
     if mask.shape != (rgb.height, rgb.width):
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(rgb.size, Image.NEAREST)) > 0
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(rgb.size, Image.Resampling.NEAREST)) > 0
     array = np.asarray(rgb).copy()
     array[mask] = fill if fill is not None else fill_colour(rgb)
     return Image.fromarray(array)
 
 
-def cell_mask(cells: Sequence[int], grid: int, size: tuple[int, int]) -> np.ndarray:
+def cell_mask(cells: Sequence[int] | np.ndarray, grid: int, size: tuple[int, int]) -> np.ndarray:
     """``(h, w)`` bool mask of the listed cells (row-major) of a ``grid x grid`` raster over ``size`` = (w, h)."""
     w, h = size
     mask = np.zeros((h, w), dtype=bool)
@@ -64,11 +67,11 @@ def explain_with(explainer: Any, name: str, scorer: PairScorer, image: Any, text
     out.seconds = time.perf_counter() - start
     out.explainer = name
     if out.heat is not None and (out.heat.ndim != 2 or not np.isfinite(out.heat).all()):
-        raise ValueError(
+        raise ContractError(
             f"explainer {name!r} returned a heat map of shape {out.heat.shape} with non-finite values or not 2-D"
         )
     if out.word_scores is not None and len(out.word_scores) != len(text.split()):
-        raise ValueError(
+        raise ContractError(
             f"explainer {name!r} returned {len(out.word_scores)} word scores for {len(text.split())} words"
         )
     return out
@@ -92,7 +95,7 @@ class Explanation:
 def occlusion_heat(scorer: PairScorer, image: Any, text: str, grid: int) -> tuple[float, np.ndarray]:
     """The score, and the score drop when each cell of a ``grid x grid`` raster is hidden."""
     if grid < 1:
-        raise ValueError(f"explain: grid must be at least 1, got {grid}")
+        raise ParamsError(f"explain: grid must be at least 1, got {grid}")
     image = image.convert("RGB")
     fill = fill_colour(image)
     occluded = [hide(image, cell_mask([c], grid, image.size), fill) for c in range(grid * grid)]
@@ -139,6 +142,7 @@ def attributions_figure(image: Any, text: str, found: Sequence[Attribution]) -> 
     for n, a in enumerate(maps, start=1):
         ax = fig.add_subplot(grid[0, n])
         heat = a.heat_at(image.size)
+        assert heat is not None  # maps are the attributions with a heat map
         limit = float(np.abs(heat).max()) or 1.0
         ax.imshow(image)
         ax.imshow(heat, cmap="RdBu_r", alpha=0.6, vmin=-limit, vmax=limit)
@@ -149,6 +153,7 @@ def attributions_figure(image: Any, text: str, found: Sequence[Attribution]) -> 
         for n, a in enumerate(bars):
             ax = fig.add_subplot(grid[1, n * span : (n + 1) * span])
             values = a.word_scores
+            assert values is not None  # bars are the attributions with word scores
             ax.bar(range(len(values)), values, color=["tab:red" if v > 0 else "tab:blue" for v in values])
             ax.set_xticks(range(len(values)), a.words, rotation=60, ha="right", fontsize=7)
             ax.axhline(0, color="black", linewidth=0.8)

@@ -33,18 +33,19 @@ def cell_heat(heat: np.ndarray, grid: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(
-        Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize((grid, grid), Image.BOX), dtype=np.float64
+        Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize((grid, grid), Image.Resampling.BOX),
+        dtype=np.float64,
     )
 
 
-def area(curve: Sequence[float]) -> float:
+def area(curve: Sequence[float] | np.ndarray) -> float:
     """Area under a curve sampled evenly on [0, 1]."""
     y = np.asarray(curve, dtype=np.float64)
     return float(((y[1:] + y[:-1]) / 2).sum() / (len(y) - 1)) if len(y) > 1 else float(y[0])
 
 
 def image_curves(
-    scorer: PairScorer, image: Any, text: str, order: Sequence[int], grid: int, steps: int
+    scorer: PairScorer, image: Any, text: str, order: Sequence[int] | np.ndarray, grid: int, steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves (``steps + 1`` scores each) for cells in ``order``, most important first."""
     image = image.convert("RGB")
@@ -57,7 +58,9 @@ def image_curves(
     return scores[: steps + 1], scores[steps + 1 :]
 
 
-def word_curves(scorer: PairScorer, image: Any, text: str, order: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def word_curves(
+    scorer: PairScorer, image: Any, text: str, order: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion curves over the words, in ``order`` (most important first)."""
     words = text.split()
     texts = []

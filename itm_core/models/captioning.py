@@ -19,7 +19,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from itm_core.contract.components import Encoder
 from itm_core.contract.params import Params
+from itm_core.errors import DataError
 from itm_core.models.loop import (
     FitResult,
     Trainer,
@@ -31,6 +33,7 @@ from itm_core.models.loop import (
     step_autocast,
 )
 from itm_core.models.saving import load_weights, read_meta, restore_encoder, save_model_folder
+from itm_core.models.standardize import Standardizer
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 CONFIG_FILE, TOKENIZER_FILE = "captioner.json", "tokenizer.json"
@@ -41,7 +44,7 @@ def train_tokenizer(captions: Sequence[str], min_frequency: int = 1) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     if not captions:
-        raise ValueError("cannot train a caption tokenizer on no captions")
+        raise DataError("cannot train a caption tokenizer on no captions")
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # words keep their hyphens and punctuation
@@ -90,17 +93,15 @@ def saved_options(config: dict[str, Any]) -> CaptioningOptions:
     return CaptioningOptions.model_validate({k: v for k, v in config.items() if k in CaptioningOptions.model_fields})
 
 
-class CaptionModel(nn.Module):
+class CaptionModel(Standardizer):
     """Feature prefix + GPT-2. ``vocab_size`` and the special token ids come from the tokenizer."""
 
     def __init__(self, feature_dim: int, vocab_size: int, config: CaptioningOptions) -> None:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        super().__init__()
+        super().__init__(feature_dim, min_std=1e-4)
         self.config = config
         self.feature_dim = feature_dim
-        self.register_buffer("mean", torch.zeros(feature_dim))
-        self.register_buffer("std", torch.ones(feature_dim))
         self.prefix = nn.Sequential(
             nn.Dropout(config.dropout), nn.Linear(feature_dim, config.prefix_tokens * config.n_embd)
         )
@@ -119,13 +120,9 @@ class CaptionModel(nn.Module):
         )
         self.gpt = GPT2LMHeadModel(gpt_config)
 
-    def set_statistics(self, features: torch.Tensor) -> None:
-        self.mean.copy_(features.float().mean(0))
-        self.std.copy_(features.float().std(0).clamp_min(1e-4))
-
     def prefix_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, prefix_tokens + 1, n_embd)``: the projected features followed by the BOS embedding."""
-        x = (features.float() - self.mean) / self.std
+        x = self.standardize(features.float())
         prefix = self.prefix(x).view(len(x), self.config.prefix_tokens, self.config.n_embd)
         bos = self.gpt.transformer.wte(torch.full((len(x), 1), 1, dtype=torch.long, device=x.device))
         return torch.cat([prefix, bos], dim=1)
@@ -161,7 +158,7 @@ class Captioner:
     """A trained caption model with its tokenizer and image encoder: PIL images or features in, captions out."""
 
     def __init__(
-        self, model: CaptionModel, tokenizer: Any, image_encoder: dict[str, Any], encoder: Any | None = None
+        self, model: CaptionModel, tokenizer: Any, image_encoder: dict[str, Any], encoder: Encoder | None = None
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -305,7 +302,7 @@ def train_captioner(
     seed_everything(options.seed)
     tokenizer = train_tokenizer(train_captions)
     model = CaptionModel(train_features.shape[1], tokenizer.get_vocab_size(), options)
-    model.set_statistics(train_features)
+    model.set_statistics(train_features.float())
     captioner = Captioner(model, tokenizer, image_encoder)
     trainer = CaptionerTrainer(
         captioner,

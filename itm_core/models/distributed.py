@@ -2,7 +2,8 @@
 
 Launched by ``torchrun`` (or ``accelerate launch``), which sets ``RANK``, ``WORLD_SIZE`` and the
 rendezvous address; ``train_in_processes`` starts such a job on this machine for the ``retrain``
-flow (``training.processes``) and runs the flow's own training loop in every process. Each process takes its slice of the global batch; the embeddings of every slice
+flow (``training.processes``) and runs the flow's own training loop in every process. Each process
+takes its slice of the global batch; the embeddings of every slice
 are gathered *with their gradients* (as open_clip's ``gather_with_grad``), so the contrastive loss
 sees the whole global batch as its negatives, exactly as one process would. Every rank computes the
 same global loss and the gradients are averaged over the ranks (as ``DistributedDataParallel``
@@ -27,7 +28,6 @@ import torch.distributed as dist
 
 from itm_core.models.loop import FitResult
 from itm_core.models.matcher import Matcher
-from itm_core.models.training import ContrastiveTraining, LiveTower, clip_loss, train_contrastive
 from itm_core.models.process_group import (
     Ranks,
     average_gradients,
@@ -35,6 +35,7 @@ from itm_core.models.process_group import (
     gather_with_grad,
     init_from_env,
 )
+from itm_core.models.training import ContrastiveTraining, LiveTower, clip_loss, train_contrastive
 
 
 def global_contrastive_loss(

@@ -18,30 +18,21 @@ import torch
 from torch import nn
 
 from itm_core.data.pairs import captions_per_image
-from itm_core.encode.embed import ModalityFeatures
+from itm_core.encode.features import ModalityFeatures
+from itm_core.errors import ParamsError, PluginError
 from itm_core.models.rerank import DIRECTIONS, Choice, candidates, itm_only, report
 from itm_core.models.retrieval import Ranks
+from itm_core.models.standardize import Standardizer
 from itm_core.models.token_reader import TokenReader
 
 
-class Standardizer(nn.Module):
-    """Per-channel standardisation with statistics of the training features (pooled or tokens)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, features: ModalityFeatures, tokens: bool) -> None:
-        if tokens:
-            flat = features.tokens[features.mask].float()
-        else:
-            flat = features.pooled.float()
-        self.mean.copy_(flat.mean(0))
-        self.std.copy_(flat.std(0).clamp(min=1e-6))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+def feature_rows(features: ModalityFeatures, tokens: bool) -> torch.Tensor:
+    """Every pooled feature, or every unmasked token feature, as float32 rows."""
+    if not tokens:
+        return features.pooled.float()
+    if features.tokens is None or features.mask is None:
+        raise ValueError("token-level features were not encoded for this input")
+    return features.tokens[features.mask].float()
 
 
 class FusionHead(nn.Module):
@@ -65,36 +56,36 @@ class FusionHead(nn.Module):
         self.input_dropout = nn.Dropout(input_dropout)
         self.fusion = fusion.unwrapped if hasattr(fusion, "unwrapped") else fusion
         if not isinstance(self.fusion, nn.Module):
-            raise TypeError(
+            raise PluginError(
                 f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained"
             )
         self._fuse = fusion.fuse  # through the contract checks
         self.tokens = getattr(fusion, "inputs", "pooled") == "tokens"
         if text_reader is not None and self.tokens:
-            raise ValueError(
-                f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text reader is for fusions of pooled features"
+            raise ParamsError(
+                f"fusion {getattr(fusion, 'name', type(self.fusion).__name__)!r} reads token features itself; a text "
+                "reader is for fusions of pooled features"
             )
         self.text_reader = text_reader
         self.image_norm = Standardizer(int(fusion.image_dim))
-        self.text_norm = Standardizer(
-            int(fusion.text_dim) - (text_reader.out[-1].out_features if text_reader is not None else 0)
-        )
-        self.token_norm = Standardizer(text_reader.proj.in_features) if text_reader is not None else None
+        self.text_norm = Standardizer(int(fusion.text_dim) - (text_reader.out_dim if text_reader is not None else 0))
+        self.token_norm = Standardizer(text_reader.in_dim) if text_reader is not None else None
+        self.outputs = outputs
         self.classifier = nn.Sequential(
             nn.Linear(int(fusion.dim), hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, outputs)
         )
 
     def fit_statistics(self, image: ModalityFeatures, text: ModalityFeatures) -> None:
-        self.image_norm.fit(image, self.tokens)
-        self.text_norm.fit(text, self.tokens)
+        self.image_norm.set_statistics(feature_rows(image, self.tokens))
+        self.text_norm.set_statistics(feature_rows(text, self.tokens))
         if self.token_norm is not None:
-            self.token_norm.fit(text, True)
+            self.token_norm.set_statistics(feature_rows(text, True))
 
     def forward(self, image: ModalityFeatures, image_rows: Any, text: ModalityFeatures, text_rows: Any) -> torch.Tensor:
         img, img_mask = image.rows(image_rows, self.tokens)
         txt, txt_mask = text.rows(text_rows, self.tokens)
         txt = self.input_dropout(self.text_norm(txt))
-        if self.text_reader is not None:  # each distinct text is read once, however many pairs it is in
+        if self.text_reader is not None and self.token_norm is not None:  # each distinct text is read once
             distinct, where = torch.as_tensor(text_rows, dtype=torch.long).unique(return_inverse=True)
             tokens, mask = text.rows(distinct, True)
             txt = torch.cat([txt, self.text_reader(self.token_norm(tokens), mask)[where]], dim=-1)
@@ -118,16 +109,16 @@ class FusionHead(nn.Module):
     def predict(
         self,
         image: ModalityFeatures,
-        image_rows: Sequence[int],
+        image_rows: Sequence[int] | torch.Tensor,
         text: ModalityFeatures,
-        text_rows: Sequence[int],
+        text_rows: Sequence[int] | torch.Tensor,
         batch: int = 1024,
     ) -> torch.Tensor:
         """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
         outs = [self(image, i[s : s + batch], text, t[s : s + batch]) for s in range(0, len(i), batch)]
-        return torch.cat(outs) if outs else torch.zeros(0, self.classifier[-1].out_features)
+        return torch.cat(outs) if outs else torch.zeros(0, self.outputs)
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -145,7 +136,8 @@ def hard_negatives(
     image_group: torch.Tensor | None = None,
     chunk: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` most similar non-matching captions of each image ``(N_img, k)`` and images of each caption ``(N_txt, k)``.
+    """The ``k`` most similar non-matching captions of each image ``(N_img, k)`` and images of each
+    caption ``(N_txt, k)``.
 
     Images in the same ``image_group`` (duplicates: the same scene drawn twice) never count as
     negatives of each other, since no model could tell them apart.

@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from itm_core.contract.components import Encoder
 from itm_core.contract.state import FORMAT, check_format, load_state, load_weights_into, save_state, save_weights
 from itm_core.encode.embed import EmbeddingCache, encode
+from itm_core.errors import ModelError
+from itm_core.models.standardize import Standardizer
 
 CONFIG_FILE = "matcher.json"
 WEIGHTS_FILE = "heads.safetensors"
@@ -38,26 +41,20 @@ class JointSimilarity:
         return (a * b).sum(-1)
 
 
-class ProjectionHead(nn.Module):
+class ProjectionHead(Standardizer):
     """Standardise features with training statistics, then an MLP (or a linear map when ``hidden`` is 0)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("std", torch.ones(in_dim))
+        super().__init__(in_dim, min_std=1e-6)
         if hidden > 0:
-            self.net = nn.Sequential(
+            self.net: nn.Module = nn.Sequential(
                 nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
             )
         else:
             self.net = nn.Linear(in_dim, out_dim)
 
-    def set_statistics(self, features: torch.Tensor) -> None:
-        self.mean.copy_(features.mean(0))
-        self.std.copy_(features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones_like(self.std))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.standardize(x))
 
 
 class Matcher(nn.Module):
@@ -107,7 +104,7 @@ class Matcher(nn.Module):
         return scale * self.embed_image_features(image_features) @ self.embed_text_features(text_features).T
 
     # --- raw inputs -> joint space ------------------------------------------------------------
-    def attach_encoders(self, image_encoder: Any, text_encoder: Any) -> Matcher:
+    def attach_encoders(self, image_encoder: Encoder, text_encoder: Encoder) -> Matcher:
         self.encoders = {"image": image_encoder, "text": text_encoder}
         return self
 
@@ -153,7 +150,7 @@ class Matcher(nn.Module):
         folder = Path(folder)
         config_path = folder / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a saved matcher (no {CONFIG_FILE})")
+            raise ModelError(f"{folder} is not a saved matcher (no {CONFIG_FILE})")
         config = json.loads(config_path.read_text())
         check_format(config, folder, "matcher")
         config.pop("itm_format", None)

@@ -25,14 +25,14 @@ import pandas as pd
 from pydantic import Field
 
 from itm_core.contract.params import Params
+from itm_core.errors import DataError, ModelError, ParamsError
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"
 META_FILE = "index.json"
-KINDS = ("auto", "flat", "hnsw", "ivfpq")
 
 
-class SearchIndexError(LookupError):
+class SearchIndexError(ModelError):
     """An index that cannot be used as asked (missing, built by another matcher, bad k)."""
 
 
@@ -88,13 +88,12 @@ class SearchIndex:
         settings = settings or IndexSettings()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) == 0:
-            raise ValueError(f"an index needs a non-empty (n, dim) array of vectors, got shape {vectors.shape}")
+            raise DataError(f"an index needs a non-empty (n, dim) array of vectors, got shape {vectors.shape}")
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items for {len(vectors)} vectors")
-        if settings.kind not in KINDS:
-            raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {settings.kind!r}")
         n, dim = vectors.shape
         kind = settings.choose(n)
+        index: Any  # faiss' index classes share no typed base that has what each one is configured with
         if kind == "flat":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
@@ -105,7 +104,7 @@ class SearchIndex:
             nlist = settings.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
             pq_m = settings.pq_m or _pq_subquantisers(dim)
             if dim % pq_m:
-                raise ValueError(f"pq_m ({pq_m}) must divide the embedding dimension ({dim})")
+                raise ParamsError(f"index.pq_m ({pq_m}) must divide the embedding dimension ({dim})")
             quantiser = faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFPQ(quantiser, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
@@ -134,7 +133,13 @@ class SearchIndex:
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(folder / INDEX_FILE))
         self.items.to_parquet(folder / ITEMS_FILE, index=False)
-        meta = {**self.meta, "kind": self.kind, "dim": self.dim, "size": len(self), "settings": self.settings.model_dump()}
+        meta = {
+            **self.meta,
+            "kind": self.kind,
+            "dim": self.dim,
+            "size": len(self),
+            "settings": self.settings.model_dump(),
+        }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return folder
 
@@ -149,7 +154,7 @@ class SearchIndex:
                 f"{folder} is not a saved search index (missing {', '.join(missing)}); build one with `itm run index`"
             )
         meta = json.loads((folder / META_FILE).read_text())
-        index = faiss.read_index(str(folder / INDEX_FILE))
+        index: Any = faiss.read_index(str(folder / INDEX_FILE))
         settings = IndexSettings(**meta.pop("settings", {}))
         kind, dim = meta.pop("kind"), int(meta.pop("dim"))
         meta.pop("size", None)

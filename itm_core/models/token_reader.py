@@ -19,6 +19,7 @@ class TokenReader(nn.Module):
 
     def __init__(self, in_dim: int, width: int, out_dim: int, layers: int = 2, queries: int = 4) -> None:
         super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
         if layers < 0 or queries < 1:
             raise ValueError(
                 f"token reader: layers must be at least 0 and queries at least 1, got {layers} and {queries}"

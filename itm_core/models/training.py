@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from itm_core.contract.components import Encoder
+from itm_core.contract.components import TrainableEncoder
 from itm_core.contract.params import Params
 from itm_core.data.pairs import captions_per_image
-from itm_core.encode.embed import FeatureSplit
+from itm_core.encode.features import FeatureSplit
 from itm_core.models.loop import FitResult, Trainer, fit, one_cycle, scheduler_step, seed_everything, step_autocast
 from itm_core.models.matcher import Matcher
 from itm_core.models.process_group import (
@@ -103,7 +103,7 @@ class LiveTower:
     ``train_items`` / ``val_items`` are image paths or caption strings, aligned with the feature rows.
     """
 
-    encoder: Encoder
+    encoder: TrainableEncoder
     train_items: Sequence[Any]
     val_items: Sequence[Any]
     batch_size: int = 64
@@ -168,14 +168,15 @@ class ContrastiveTrainer(Trainer):
             ranks,
         )
         self.main = ranks.main
-        # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in bfloat16.
+        # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in
+        # bfloat16.
         self.autocast = step_autocast(options.precision, next(matcher.parameters()).device.type)
         matcher.image_head.set_statistics(train.image)
         matcher.text_head.set_statistics(train.text)
         self.towers = {m: t.encoder.train_module() for m, t in unlocked.items()}
         for module in (matcher, *self.towers.values()):
             broadcast_parameters(module, ranks)
-        groups = [{"params": list(matcher.parameters()), "lr": options.lr}]
+        groups: list[dict[str, Any]] = [{"params": list(matcher.parameters()), "lr": options.lr}]
         groups += [
             {"params": [p for p in mod.parameters() if p.requires_grad], "lr": options.tower_lr}
             for mod in self.towers.values()

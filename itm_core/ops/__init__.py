@@ -1,1 +1,2 @@
-"""Operations: MLflow tracking and registry, model saving and pyfunc wrappers, plots, the local stack, Prefect forms, serving."""
+"""Operations: MLflow tracking and registry, pyfunc wrappers, the scorers a flow names, plots, the local
+stack, Prefect forms, search and serving."""

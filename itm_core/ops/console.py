@@ -1,9 +1,10 @@
 """What reaches the user's terminal: progress, results and where to look; not the libraries' chatter.
 
 ``quiet_libraries`` turns off what a user cannot act on (weight-loading progress bars, transformers'
-and diffusers' advisories, MLflow's INFO lines). ``hide_input_tracebacks`` keeps Prefect's console from printing a traceback for a mistake
-in the user's input: the command prints the one-line reason instead, and the traceback stays in
-the Prefect API's log of the run. ``itm --debug`` leaves everything as the libraries set it.
+and diffusers' advisories, MLflow's INFO lines). ``hide_input_tracebacks`` keeps Prefect's console
+from printing a traceback for a mistake in the user's input: the command prints the one-line reason
+instead, and the traceback stays in the Prefect API's log of the run. ``itm --debug`` leaves everything
+as the libraries set it.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class _InputErrorFilter(logging.Filter):
 
 
 def _subclasses(cls: type) -> set[type]:
-    out = {cls}
-    for sub in cls.__subclasses__():
-        out |= _subclasses(sub)
+    out: set[type] = {cls}
+    subclass: type
+    for subclass in cls.__subclasses__():
+        out |= _subclasses(subclass)
     return out
 
 

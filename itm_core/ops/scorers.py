@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from itm_core.contract.params import ComponentParams, Params
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
+from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import EncoderPair, build_encoders
 from itm_core.models.matcher import Matcher
 from itm_core.ops.tracking import load_matcher
@@ -40,22 +41,30 @@ class MatcherRef(Params):
             return self.label
         if self.model_uri:
             return self.model_uri
+        image, text = self.encoders()
         suffix = " (untrained heads)" if self.untrained_heads else ""
-        return f"{self.image_encoder.name} + {self.text_encoder.name}{suffix}"
+        return f"{image.name} + {text.name}{suffix}"
+
+    def encoders(self) -> tuple[ComponentParams, ComponentParams]:
+        """The image and the text encoder of a reference to an encoder pair."""
+        if self.image_encoder is None or self.text_encoder is None:
+            raise ParamsError(f"{self.model_uri!r} is a model URI, not an encoder pair")
+        return self.image_encoder, self.text_encoder
 
 
 def build_scorer(ref: MatcherRef, train: ImageTextSet | None = None) -> Matcher | EncoderPair:
     """The scorer that ``ref`` names; encoders that need fitting are fitted on ``train``."""
     if ref.model_uri:
         return load_matcher(ref.model_uri)
-    image, text = build_encoders(ref.image_encoder, ref.text_encoder, train)
+    image_params, text_params = ref.encoders()
+    image, text = build_encoders(image_params, text_params, train)
     if ref.untrained_heads:
         torch.manual_seed(0)
-        matcher = Matcher(ref.image_encoder.model_dump(), ref.text_encoder.model_dump(), int(image.dim), int(text.dim))
+        matcher = Matcher(image_params.model_dump(), text_params.model_dump(), int(image.dim), int(text.dim))
         return matcher.attach_encoders(image, text).eval()
     if int(image.dim) != int(text.dim):
-        raise ValueError(
-            f"encoders {ref.image_encoder.name!r} (dim {image.dim}) and {ref.text_encoder.name!r} (dim {text.dim}) "
+        raise ParamsError(
+            f"encoders {image_params.name!r} (dim {image.dim}) and {text_params.name!r} (dim {text.dim}) "
             "do not share an embedding space; evaluate a trained matcher or set untrained_heads"
         )
     return EncoderPair(image, text, create("similarity", ref.similarity))

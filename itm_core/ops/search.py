@@ -19,8 +19,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
+from itm_core.errors import DataError, ModelError, ParamsError
 from itm_core.models.matcher import Matcher
 from itm_core.models.search_index import SearchIndex, SearchIndexError
 from itm_core.ops.tracking import bad_request_errors, check_rows, example_image_base64, load_matcher
@@ -58,7 +60,7 @@ def matcher_identity(uri: str) -> MatcherIdentity:
             run = re.fullmatch(r"runs:/([0-9a-f]+)/.*", uri)
             return MatcherIdentity(f"run {run.group(1)}" if run else uri, uri)
     except MlflowException as exc:
-        raise LookupError(
+        raise ModelError(
             f"cannot resolve matcher {uri!r} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
         ) from None
     return MatcherIdentity(f"{v.name} v{v.version}", uri, f"models:/{v.name}/{v.version}")
@@ -86,10 +88,7 @@ def locate_index(ref: str | None, target: str = "images") -> tuple[Path, str]:
     if ref and Path(ref).is_dir():
         folder = Path(ref)
         return (folder / subfolder if (folder / subfolder).is_dir() else folder), f"folder {folder}"
-    if ref:
-        run_id = ref.removeprefix("runs:/").split("/")[0]
-    else:
-        run_id = latest_index_run().info.run_id
+    run_id = ref.removeprefix("runs:/").split("/")[0] if ref else latest_index_run().info.run_id
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=subfolder, dst_path=tempfile.mkdtemp(prefix="itm-index-")
@@ -118,15 +117,17 @@ class Searcher:
         if built_with != wanted.id:
             needed = index.meta.get("matcher_version_uri") or index.meta.get("matcher_uri")
             raise SearchIndexError(
-                f"the index ({source}) was built with {built_with}, but the matcher asked for, {wanted.uri}, is {wanted.id}: "
-                f"their embeddings do not share a space. Rebuild the index with `itm run index` (it uses the champion), "
+                f"the index ({source}) was built with {built_with}, but the matcher asked for, {wanted.uri}, is "
+                f"{wanted.id}: "
+                "their embeddings do not share a space. Rebuild the index with `itm run index` (it uses the "
+                "champion), "
                 f"or search with --matcher {needed}"
             )
         return cls(load_matcher(wanted.version_uri or wanted.uri), index)
 
     def search_texts(self, texts: Sequence[str], k: int) -> list[pd.DataFrame]:
         if any(not str(t).strip() for t in texts):
-            raise ValueError("a text query must not be empty")
+            raise DataError("a text query must not be empty")
         return self._results(self.matcher.embed_texts([str(t) for t in texts]).numpy(), k)
 
     def search_images(self, images: Sequence[Any], k: int) -> list[pd.DataFrame]:
@@ -134,7 +135,7 @@ class Searcher:
 
     def _results(self, queries: np.ndarray, k: int) -> list[pd.DataFrame]:
         if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+            raise ParamsError(f"k must be between 1 and {MAX_K}, got {k}")
         scores, rows = self.index.search(queries, min(k, len(self.index)))
         out = []
         for s, r in zip(scores, rows):
@@ -167,7 +168,7 @@ class SearchBundle:
         return cls(Matcher.load(folder / "matcher"), SearchIndex.load(folder / "index"), captions)
 
 
-class SearchModel(mlflow.pyfunc.PythonModel):
+class SearchModel(PythonModel):
     """The served search: each input row has a ``text`` or an ``image`` (base64 image data or a
     ``data:`` URI; never a path on the server); ``k`` (param) results per row, over images, or over
     captions with the param ``target: captions``. Output per row: ``items`` (image paths or
@@ -186,10 +187,10 @@ class SearchModel(mlflow.pyfunc.PythonModel):
         k = int(params.get("k", 10))
         target = str(params.get("target", "images"))
         if target not in ("images", "captions"):
-            raise ValueError(f"target must be 'images' or 'captions', got {target!r}")
+            raise ParamsError(f"target must be 'images' or 'captions', got {target!r}")
         index = self.bundle.images if target == "images" else self.bundle.captions
         if index is None:
-            raise ValueError("this search model has no caption index (built without captions: true)")
+            raise ParamsError("this search model has no caption index (built without captions: true)")
         searcher = Searcher(self.bundle.matcher, index)
         texts = frame["text"] if "text" in frame.columns else pd.Series([None] * len(frame))
         images = frame["image"] if "image" in frame.columns else pd.Series([None] * len(frame))
@@ -199,7 +200,7 @@ class SearchModel(mlflow.pyfunc.PythonModel):
             has_text = isinstance(text, str) and text != ""
             has_image = isinstance(image, str) and image != ""
             if has_text == has_image:
-                raise ValueError(
+                raise DataError(
                     "each row needs exactly one of 'text' (a non-empty string) or 'image' (base64 image data)"
                 )
             if has_text:

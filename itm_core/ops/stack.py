@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from itm_core.errors import StackError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 LOOPBACK_DEFAULTS = ("127.0.0.1", "localhost", "::1")
@@ -108,10 +110,6 @@ class Stack:
                 self.logs.get("serve", ""),
             ),
         ]
-
-
-class StackError(RuntimeError):
-    """A stack process that did not start or stop; the message names it and its log."""
 
 
 def _alive(pid: int) -> bool:
@@ -232,12 +230,14 @@ def up(
         }
     )
     prefect_env, mlflow_env, mlflow_auth = {**base, "PREFECT_UI_API_URL": stack.prefect_api}, dict(base), []
-    if auth:
-        user, password = credentials()
+    found = credentials()
+    if auth and found is not None:
+        user, password = found
         prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = f"{user}:{password}"
         ini = home / "stack" / "mlflow-auth.ini"  # no password in it: MLflow reads that from the environment
         ini.write_text(
-            f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = "
+            f"sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
             f"admin_username = {user}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         import secrets
@@ -360,8 +360,8 @@ def build_deployments(path: Path | None = None) -> list[Any]:
 
     deployments = []
     for spec in deployment_specs(path):
-        flow = load_flow_from_entrypoint(str(PROJECT_ROOT / spec["entrypoint"]))
-        deployment = flow.to_deployment(
+        flow: Any = load_flow_from_entrypoint(str(PROJECT_ROOT / spec["entrypoint"]))
+        deployment: Any = flow.to_deployment(
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags"),

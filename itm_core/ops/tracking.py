@@ -9,21 +9,27 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
+from prefect import flow
+from prefect.flows import Flow
 
+from itm_core.errors import DataError, ModelError, UserError
 from itm_core.models.matcher import Matcher
 
 CHAMPION = "champion"
 DEFAULT_UI = "http://127.0.0.1:5000"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,7 +136,10 @@ def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
         client.set_terminated(r.info.run_id, status)
 
 
-FLOW_HOOKS = {"on_crashed": [close_flow_run_runs], "on_cancellation": [close_flow_run_runs]}
+def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
+    """Prefect's ``flow`` decorator as every workbench flow uses it: what the flow prints goes to its
+    run's log, and a crashed or cancelled run closes the MLflow runs it left open."""
+    return flow(name=name, log_prints=True, on_crashed=[close_flow_run_runs], on_cancellation=[close_flow_run_runs])
 
 
 @contextlib.contextmanager
@@ -185,12 +194,9 @@ def bad_request_errors() -> Iterator[None]:
     undecodable or oversized image, an empty batch) becomes an ``MlflowException`` with
     ``INVALID_PARAMETER_VALUE``, which the scoring server answers with 400 and the reason, instead of
     its generic message and a stack trace."""
-    from itm_core.contract.components import ContractError
-    from itm_core.data import DataError
-
     try:
         yield
-    except (DataError, ContractError, ValueError, LookupError) as exc:
+    except UserError as exc:
         raise MlflowException(f"bad request: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
 
 
@@ -200,10 +206,10 @@ MAX_ROWS = 256  # rows of one request to a served model
 def check_rows(frame: pd.DataFrame) -> None:
     """A request to a served model holds 1 to ``MAX_ROWS`` rows."""
     if not 1 <= len(frame) <= MAX_ROWS:
-        raise ValueError(f"a request holds 1 to {MAX_ROWS} rows, got {len(frame)}; split larger batches")
+        raise DataError(f"a request holds 1 to {MAX_ROWS} rows, got {len(frame)}; split larger batches")
 
 
-class MatcherModel(mlflow.pyfunc.PythonModel):
+class MatcherModel(PythonModel):
     """The pyfunc face of a matcher: a DataFrame with ``image`` (a ``data:`` URI or bare base64 image
     bytes; never a path: a request does not make the server read its files) and ``text`` columns in;
     ``score`` (cosine in the joint space) and both joint-space embeddings out. In-process callers
@@ -221,7 +227,7 @@ class MatcherModel(mlflow.pyfunc.PythonModel):
 
         missing = {"image", "text"} - set(model_input.columns)
         if missing:
-            raise ValueError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
+            raise DataError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
         check_rows(model_input)
         img = self.matcher.embed_image_objects(
             [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
@@ -311,12 +317,12 @@ def _load_pyfunc(uri: str, model_class: type, what: str) -> Any:
     except MlflowException as exc:
         if not _missing(exc):
             raise
-        raise LookupError(
+        raise ModelError(
             f"cannot load {what} {uri!r} from MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
         ) from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, model_class):
-        raise LookupError(f"{uri!r} is an MLflow model but not an itm {what}")
+        raise ModelError(f"{uri!r} is an MLflow model but not an itm {what}")
     return python_model
 
 
@@ -332,9 +338,7 @@ def load_trained_generator(folder: str | Path) -> Any:
         return Captioner.load(folder)
     if (folder / T2I).is_file():
         return TextToImage.load(folder)
-    raise FileNotFoundError(
-        f"{folder} is neither a saved captioner ({CAPTIONER}) nor a saved text-to-image model ({T2I})"
-    )
+    raise ModelError(f"{folder} is neither a saved captioner ({CAPTIONER}) nor a saved text-to-image model ({T2I})")
 
 
 def _png_base64(image: Any) -> str:
@@ -346,7 +350,7 @@ def _png_base64(image: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
+class GeneratorModel(PythonModel):
     """The pyfunc face of a trained generator. A captioner takes an ``image`` column (base64 image
     data or ``data:`` URIs, never paths) and returns ``caption``; a text-to-image model takes
     ``prompt`` and returns ``image`` (base64 PNG)."""
@@ -364,14 +368,14 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
         if isinstance(self.generator, Captioner):
             if "image" not in model_input.columns:
-                raise ValueError("a captioner's input needs an 'image' column (base64 image data or data: URIs)")
+                raise DataError("a captioner's input needs an 'image' column (base64 image data or data: URIs)")
             check_rows(model_input)
             images = [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
             return pd.DataFrame(
                 {"caption": self.generator.caption_images(images, num_beams=int(params.get("num_beams", 1)))}
             )
         if "prompt" not in model_input.columns:
-            raise ValueError("a text-to-image model's input needs a 'prompt' column")
+            raise DataError("a text-to-image model's input needs a 'prompt' column")
         check_rows(model_input)
         images = self.generator.generate(list(model_input["prompt"]), seed=int(params.get("seed", 0)))
         return pd.DataFrame({"image": [_png_base64(img) for img in images]})
@@ -408,137 +412,3 @@ def load_generator_model(uri: str) -> Any:
     if Path(uri).is_dir():
         return load_trained_generator(uri)
     return _load_pyfunc(uri, GeneratorModel, "generator model").generator
-
-
-def champion_version(registered_model: str) -> Any | None:
-    """The model version holding the ``champion`` alias, or ``None``."""
-    try:
-        return MlflowClient().get_model_version_by_alias(registered_model, CHAMPION)
-    except MlflowException:
-        return None
-
-
-@dataclass
-class Promotion:
-    promoted: bool
-    metric: str
-    new_value: float
-    champion_value: float | None
-    previous_version: str | None
-    new_version: str
-
-    def reason(self) -> str:
-        if self.previous_version is None:
-            return f"promoted v{self.new_version}: first model, {self.metric}={self.new_value:.4f}"
-        verb = "promoted" if self.promoted else "kept champion"
-        cmp = ">" if self.promoted else "<="
-        return (
-            f"{verb} v{self.new_version if self.promoted else self.previous_version}: "
-            f"new {self.metric}={self.new_value:.4f} {cmp} champion v{self.previous_version} {self.metric}={self.champion_value:.4f} on the same test data"
-        )
-
-
-@contextlib.contextmanager
-def promotion_lock(registered_model: str, timeout_s: float = 1800) -> Iterator[None]:
-    """Held while a run reads the champion, scores it and maybe moves the alias, so that concurrent
-    runs decide one after the other. Always a file lock under ``$ITM_LOCK_DIR`` (default
-    ``$ITM_HOME/locks``; on a shared file system it spans machines); with a Prefect server
-    configured (``PREFECT_API_URL``), also a Prefect global concurrency limit of one slot
-    (``itm-promote-<model>``, leased, so a crashed holder frees it), which spans every machine that
-    uses that server."""
-    import fcntl
-    import time
-
-    folder = Path(os.environ.get("ITM_LOCK_DIR") or Path(os.environ.get("ITM_HOME", ".itm")) / "locks")
-    folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in registered_model)
-    with open(folder / f"promote-{safe}.lock", "w") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"waited {timeout_s:.0f} s for the promotion lock of {registered_model!r} ({handle.name})"
-                    ) from None
-                time.sleep(0.2)
-        try:
-            with _prefect_slot(f"itm-promote-{safe}", timeout_s):
-                yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _prefect_slot(name: str, timeout_s: float) -> Iterator[None]:
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value() or not os.environ.get("PREFECT_API_URL"):
-        yield  # an ephemeral server is private to this process: the file lock is what serialises
-        return
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
-    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
-        yield
-
-
-def register_and_promote_version(
-    registered_model: str, log_model: Any, metric: str, new_value: float, score_version: Any
-) -> tuple[Any, Promotion]:
-    """Register a new version (``log_model()``), then, under :func:`promotion_lock`, re-read the
-    champion, score it on the same test data (``score_version(version)``) and move ``champion``
-    only when the new version is strictly better. Concurrent runs therefore leave the best version
-    as champion, whatever order they finish in."""
-    info = log_model()
-    version = str(info.registered_model_version)
-    with promotion_lock(registered_model):
-        previous = champion_version(registered_model)
-        champion_value = None
-        if previous is not None:
-            champion_value = float(score_version(str(previous.version)))
-            mlflow.log_metric(f"champion_test_{metric}", champion_value)
-        decision = promote_if_better(registered_model, version, metric, new_value, champion_value, previous)
-    mlflow.set_tags(
-        {
-            "promotion.decision": decision.reason(),
-            "promotion.metric": metric,
-            "promotion.promoted": str(decision.promoted),
-            "model_version": version,
-        }
-    )
-    print(decision.reason())
-    return info, decision
-
-
-def promote_if_better(
-    registered_model: str,
-    new_version: str,
-    metric: str,
-    new_value: float,
-    champion_value: float | None,
-    previous: Any | None,
-) -> Promotion:
-    """Move ``champion`` to ``new_version`` when there is none or the new model scores strictly higher."""
-    decision = Promotion(
-        promoted=previous is None or new_value > (champion_value if champion_value is not None else float("-inf")),
-        metric=metric,
-        new_value=new_value,
-        champion_value=champion_value,
-        previous_version=None if previous is None else str(previous.version),
-        new_version=str(new_version),
-    )
-    client = MlflowClient()
-    if decision.promoted:
-        client.set_registered_model_alias(registered_model, CHAMPION, str(new_version))
-    client.set_model_version_tag(registered_model, str(new_version), "promotion", decision.reason())
-    return decision

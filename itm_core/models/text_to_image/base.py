@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from itm_core.contract.params import Params
 from itm_core.data.pairs import captions_per_image
+from itm_core.models.standardize import Standardizer
 from itm_core.models.token_reader import TokenReader
 
 CONFIG_FILE = "text_to_image.json"
@@ -115,7 +116,7 @@ def images_to_tensor(images: Sequence[Any], resolution: int) -> torch.Tensor:
     from PIL import Image
 
     arrays = [
-        np.asarray(img.convert("RGB").resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
+        np.asarray(img.convert("RGB").resize((resolution, resolution), Image.Resampling.BILINEAR), dtype=np.float32)
         for img in images
     ]
     if not arrays:
@@ -130,21 +131,15 @@ def tensor_to_images(x: torch.Tensor) -> list[Any]:
     return [Image.fromarray(a) for a in arr]
 
 
-class Standardised(nn.Module):
-    """Text features standardised with the training set's per-dimension mean and deviation."""
+class Standardised(Standardizer):
+    """Text features standardised with the training set's per-dimension mean and deviation: the
+    pooled features, or every unmasked token."""
 
     def __init__(self, feature_dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(feature_dim))
-        self.register_buffer("std", torch.ones(feature_dim))
+        super().__init__(feature_dim, min_std=1e-4)
 
-    def set_statistics(self, features: torch.Tensor, mask: torch.Tensor | None) -> None:
-        flat = (features if features.dim() == 2 else features[mask]).float()
-        self.mean.copy_(flat.mean(0))
-        self.std.copy_(flat.std(0).clamp_min(1e-4))
-
-    def standardise(self, features: torch.Tensor) -> torch.Tensor:
-        return (features.float() - self.mean) / self.std
+    def set_text_statistics(self, features: torch.Tensor, mask: torch.Tensor | None) -> None:
+        self.set_statistics((features if features.dim() == 2 else features[mask]).float())
 
 
 class TextCondition(Standardised):
@@ -156,7 +151,7 @@ class TextCondition(Standardised):
         self.proj = nn.Sequential(nn.Linear(feature_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.proj(self.standardise(features))
+        return self.proj(self.standardize(features))
 
 
 class TokenCondition(Standardised):
@@ -170,16 +165,30 @@ class TokenCondition(Standardised):
         self.reader = TokenReader(feature_dim, cond_dim, cond_dim, layers, queries)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.reader(self.standardise(features), mask)
+        return self.reader(self.standardize(features), mask)
 
 
-def vector_condition(text_dim: int, options: VectorConditionOptions) -> nn.Module:
+def vector_condition(text_dim: int, options: VectorConditionOptions) -> Standardised:
     """The condition of the models that take one vector per text (cvae, gan), as ``text_condition`` says
     (``auto`` is settled by :func:`~itm_core.models.text_to_image.training.train_text_to_image` from the
     features; built directly, it reads pooled ones)."""
     if options.text_condition == "tokens":
         return TokenCondition(text_dim, options.cond_dim, options.condition_layers, options.condition_queries)
     return TextCondition(text_dim, options.cond_dim)
+
+
+class TextToImageModel(nn.Module):
+    """What each model family's module is: a condition read from the text (its statistics set from the
+    training features), a training loss on a batch, and samples for a batch of texts."""
+
+    config: TextToImageBase
+    condition: Standardised
+
+    def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, text: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def projection_discriminator(widths: list[int], cond_dim: int) -> tuple[nn.Module, nn.Module, nn.Module]:

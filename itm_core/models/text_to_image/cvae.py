@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from itm_core.models.loop import clipped_step, one_cycle
 from itm_core.models.text_to_image.base import (
     Precision,
+    TextToImageModel,
     VectorConditionOptions,
     batch_size_field,
     channels_field,
@@ -115,7 +116,7 @@ def gaussian_kl(
     ).mean()
 
 
-class ConditionalVAE(nn.Module):
+class ConditionalVAE(TextToImageModel):
     """Conv encoder q(z | x, c), decoder p(x | z, c) and a prior p(z | c); ``c`` is the text condition
     (pooled or read from tokens, see ``text_condition``). The decoder is three :class:`FiLMUpBlock`
     (``cvae_decoder: film``: the text scales and shifts every resolution) or three transposed
@@ -130,6 +131,8 @@ class ConditionalVAE(nn.Module):
     the prior towards the posterior at that weight instead (KL balancing): a small ``kl_weight`` then
     leaves z free to keep the image's detail without starving the prior that samples come from.
     Samples draw z at ``temperature`` times the prior's deviation."""
+
+    config: CVAEOptions
 
     def __init__(self, text_dim: int, config: CVAEOptions) -> None:
         super().__init__()
@@ -221,7 +224,8 @@ class ConditionalVAE(nn.Module):
 
     def discriminate(self, images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         assert self.critic is not None
-        return project_score(*self.critic, images, cond)
+        features, critic, project = self.critic
+        return project_score(features, critic, project, images, cond)
 
     def losses(
         self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None, adversarial: bool = False
@@ -276,7 +280,7 @@ class AdversarialVAETrainer(T2ITrainer):
 
     def __init__(self, model: ConditionalVAE, options: CVAEOptions, *data: Any) -> None:
         super().__init__(model, options, *data)
-        self.weight = options.adv_weight
+        self.vae, self.weight = model, options.adv_weight
         self.d_params, self.g_params = model.discriminator_parameters(), model.generator_parameters()
         self.d_opt = torch.optim.Adam(self.d_params, lr=options.lr, betas=(0.0, 0.9))
         self.optimizer = torch.optim.AdamW(self.g_params, lr=options.lr, weight_decay=options.weight_decay)
@@ -284,7 +288,7 @@ class AdversarialVAETrainer(T2ITrainer):
 
     def learn(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         with self.autocast:
-            vae_loss, d_loss, g_loss = self.model.losses(images, text, mask, adversarial=True)
+            vae_loss, d_loss, g_loss = self.vae.losses(images, text, mask, adversarial=True)
         assert d_loss is not None and g_loss is not None
         self.d_opt.zero_grad()
         d_loss.backward(inputs=self.d_params, retain_graph=True)

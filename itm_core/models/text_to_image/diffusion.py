@@ -6,17 +6,17 @@ than noise prediction) and sampled with ``DDIMScheduler`` and classifier-free gu
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 from torch.nn import functional as F
 
 from itm_core.models.text_to_image.base import (
     Precision,
     TextCondition,
     TextToImageBase,
+    TextToImageModel,
     batch_size_field,
     epochs_field,
     guidance_field,
@@ -48,8 +48,10 @@ class DiffusionOptions(TextToImageBase):
     ema_decay: float = Field(0.995, ge=0, lt=1, description="Decay of the moving average of the weights, which samples")
 
 
-class ConditionalDiffusion(nn.Module):
+class ConditionalDiffusion(TextToImageModel):
     """A small ``UNet2DConditionModel`` over pixels, cross-attending to the projected text tokens."""
+
+    config: DiffusionOptions
 
     def __init__(self, text_dim: int, config: DiffusionOptions) -> None:
         from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -60,7 +62,8 @@ class ConditionalDiffusion(nn.Module):
         down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (blocks - 1)
         up = ("CrossAttnUpBlock2D",) * (blocks - 1) + ("UpBlock2D",)
         self.condition = TextCondition(text_dim, config.cond_dim)
-        self.unet = UNet2DConditionModel(
+        # diffusers' own annotations describe neither the UNet's call nor the schedulers' methods
+        self.unet: Any = UNet2DConditionModel(
             sample_size=config.resolution,
             in_channels=3,
             out_channels=3,
@@ -72,7 +75,7 @@ class ConditionalDiffusion(nn.Module):
             attention_head_dim=8,
             norm_num_groups=min(32, min(config.block_channels) // 2),
         )
-        self.train_scheduler = DDPMScheduler(
+        self.train_scheduler: Any = DDPMScheduler(
             num_train_timesteps=config.train_timesteps,
             beta_schedule="squaredcos_cap_v2",
             prediction_type=config.prediction_type,
@@ -80,7 +83,9 @@ class ConditionalDiffusion(nn.Module):
 
     def _cond(self, text: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if text.dim() == 2:
-            text, mask = text[:, None], torch.ones(len(text), 1, dtype=torch.bool)
+            text, mask = text[:, None], None
+        if mask is None:  # a pooled feature: one token, always present
+            mask = torch.ones(text.shape[:2], dtype=torch.bool)
         return self.condition(text), mask
 
     def training_loss(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
-from torch import nn
 
-from itm_core.models.text_to_image.base import TextToImageBase
+from itm_core.models.text_to_image.base import TextToImageBase, TextToImageModel
 from itm_core.models.text_to_image.cvae import ConditionalVAE, CVAEOptions, cvae_trainer
 from itm_core.models.text_to_image.diffusion import ConditionalDiffusion, DiffusionOptions
 from itm_core.models.text_to_image.gan import GANOptions, GanTrainer, TextGAN
@@ -23,7 +22,7 @@ ModelName = Literal["cvae", "gan", "vqvae", "diffusion"]
 @dataclass(frozen=True)
 class Family:
     options: type[TextToImageBase]
-    module: type[nn.Module]
+    module: type[TextToImageModel]
     trainer: Callable[..., T2ITrainer]
 
 
@@ -33,7 +32,7 @@ FAMILIES: dict[str, Family] = {
     "vqvae": Family(VQVAEOptions, VQVAE, VQTrainer),
     "diffusion": Family(DiffusionOptions, ConditionalDiffusion, LossTrainer),
 }
-MODELS: dict[str, type[nn.Module]] = {name: family.module for name, family in FAMILIES.items()}
+MODELS: dict[str, type[TextToImageModel]] = {name: family.module for name, family in FAMILIES.items()}
 
 # Keys that the flat text_to_image of earlier versions set to null for "this model's default".
 PER_MODEL_DEFAULTS = ("epochs", "batch_size", "lr", "precision", "channels", "temperature", "guidance_scale")

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from itm_core.models.text_to_image.base import (
     Precision,
+    TextToImageModel,
     VectorConditionOptions,
     batch_size_field,
     channels_field,
@@ -78,9 +79,11 @@ class _UpBlock(nn.Module):
         return F.relu(self.norm(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")), cond))
 
 
-class TextGAN(nn.Module):
+class TextGAN(TextToImageModel):
     """Generator ``G(z, c)`` (4x4 seed, nearest upsampling, text-conditional batch norm) and projection
     discriminator ``D(x, c) = psi(phi(x)) + <embed(c), phi(x)>`` with spectral norm on every layer."""
+
+    config: GANOptions
 
     def __init__(self, text_dim: int, config: GANOptions) -> None:
         super().__init__()
@@ -148,16 +151,17 @@ class GanTrainer(T2ITrainer):
 
     def __init__(self, model: TextGAN, options: GANOptions, *data: Any) -> None:
         super().__init__(model, options, *data)
+        self.gan = model
         self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=options.lr, betas=(0.0, 0.9))
         self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=options.lr, betas=(0.0, 0.9))
 
     def learn(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         with self.autocast:
-            d_loss, g_loss, _ = self.model.losses(images, text, mask)
+            d_loss, g_loss, _ = self.gan.losses(images, text, mask)
         self.d_opt.zero_grad()
-        d_loss.backward(inputs=self.model.discriminator_parameters())
+        d_loss.backward(inputs=self.gan.discriminator_parameters())
         self.d_opt.step()
         self.g_opt.zero_grad()
-        g_loss.backward(inputs=self.model.generator_parameters())
+        g_loss.backward(inputs=self.gan.generator_parameters())
         self.g_opt.step()
         return float(d_loss.detach())

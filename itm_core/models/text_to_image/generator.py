@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from itm_core.contract.components import Encoder
 from itm_core.data import DataError
 from itm_core.errors import ParamsError
 from itm_core.models.saving import load_weights, read_meta, restore_encoder, save_model_folder
-from itm_core.models.text_to_image.base import CONFIG_FILE, TextToImageBase, tensor_to_images
+from itm_core.models.text_to_image.base import CONFIG_FILE, TextToImageBase, TextToImageModel, tensor_to_images
 from itm_core.models.text_to_image.cvae import CVAEOptions
 from itm_core.models.text_to_image.families import MODELS, saved_options
 from itm_core.models.text_to_image.gan import GANOptions
@@ -54,11 +54,11 @@ class TextToImage:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: TextToImageModel,
         text_encoder_spec: dict[str, Any],
         text_dim: int,
         tokens: bool,
-        encoder: Any | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self.model = model.eval()
         self.text_encoder_spec = text_encoder_spec

@@ -14,14 +14,14 @@ from torch import nn
 
 from itm_core.data.pairs import captions_per_image
 from itm_core.models.loop import Trainer, clipped_step, one_cycle, step_autocast
-from itm_core.models.text_to_image.base import TextFeatures, TextToImageBase
+from itm_core.models.text_to_image.base import TextFeatures, TextToImageBase, TextToImageModel
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 @torch.no_grad()
 def validation_loss(
-    model: nn.Module, images: torch.Tensor, features: TextFeatures, seed: int, batch_size: int = 256
+    model: TextToImageModel, images: torch.Tensor, features: TextFeatures, seed: int, batch_size: int = 256
 ) -> float:
     """The training loss on validation pairs with fixed noise (one caption per image)."""
     model.eval()
@@ -58,7 +58,7 @@ class T2ITrainer(Trainer):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: TextToImageModel,
         options: TextToImageBase,
         train_images: torch.Tensor,
         train: TextFeatures,
@@ -77,7 +77,7 @@ class T2ITrainer(Trainer):
         self.rng = random.Random(options.seed)
 
     @property
-    def sampler(self) -> nn.Module:
+    def sampler(self) -> TextToImageModel:
         """What samples and is validated: the moving average where the model keeps one."""
         return self.ema if self.ema is not None else self.model
 
@@ -111,7 +111,7 @@ class T2ITrainer(Trainer):
 class LossTrainer(T2ITrainer):
     """One optimiser on one loss (cvae, diffusion) under a one-cycle schedule."""
 
-    def __init__(self, model: nn.Module, options: TextToImageBase, *data: Any) -> None:
+    def __init__(self, model: TextToImageModel, options: TextToImageBase, *data: Any) -> None:
         super().__init__(model, options, *data)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = one_cycle(self.optimizer, options.lr, options.epochs * self.steps_per_epoch, 0.05)

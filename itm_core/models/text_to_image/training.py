@@ -61,7 +61,7 @@ def train_text_to_image(
     options = options.model_copy(update=settled)
     family = FAMILIES[options.model]
     model = family.module(train.text.shape[-1], options)
-    model.condition.set_statistics(train.text, train.mask)
+    model.condition.set_text_statistics(train.text, train.mask)
     trainer = family.trainer(model, options, train_images, train, val_images, val)
     trained = TextToImage(trainer.sampler, text_encoder_spec, train.text.shape[-1], tokens)
     result = fit(

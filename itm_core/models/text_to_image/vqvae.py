@@ -19,6 +19,7 @@ from itm_core.models.text_to_image.base import (
     Precision,
     TextCondition,
     TextToImageBase,
+    TextToImageModel,
     batch_size_field,
     channels_field,
     epochs_field,
@@ -75,6 +76,11 @@ class Codebook(nn.Module):
     """Vector quantisation with an exponential moving average codebook (VQ-VAE-2), started on encoder
     outputs of the first training batch; a code chosen on average less than once a step lately is
     restarted on a random encoder output of the batch (as Jukebox does)."""
+
+    embed: torch.Tensor
+    cluster_size: torch.Tensor
+    embed_sum: torch.Tensor
+    initialised: torch.Tensor
 
     def __init__(self, size: int, dim: int, decay: float = 0.99) -> None:
         super().__init__()
@@ -149,9 +155,11 @@ class VQPrior(nn.Module):
         return self.head(self.norm(h))
 
 
-class VQVAE(nn.Module):
+class VQVAE(TextToImageModel):
     """Stage one (``phase = "vq"``): the auto-encoder; stage two (``phase = "prior"``): the text-conditional
     prior. ``code_stride`` (2, 4 or 8) divides the resolution, a multiple of 8."""
+
+    config: VQVAEOptions
 
     def __init__(self, text_dim: int, config: VQVAEOptions) -> None:
         super().__init__()
