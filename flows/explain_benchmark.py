@@ -8,11 +8,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.explain import build_explainer, cannot_serve
-from flows.tasks import load_data, read_checked
+from flows.tasks import load_data, log_leaderboard, read_checked, records
 from itm_core.config import ComponentParams, ExplainBenchmarkParams
 from itm_core.contract.explaining import PairScorer
 from itm_core.contract.registry import names, spec
@@ -20,7 +19,7 @@ from itm_core.errors import DataError
 from itm_core.judge.explain import attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
 from itm_core.ops.scorers import build_scorer
-from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
+from itm_core.ops.tracking import tracked_flow, tracked_run
 
 COLUMNS = [
     "explainer",
@@ -150,7 +149,11 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
         ]
         rows.append({**summarise("random (reference)", reference, []), "note": "cells and words in a random order"})
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
-        log_table(board, "explainer_leaderboard.csv")
+        log_leaderboard(
+            board,
+            "explainer-leaderboard",
+            f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher is better.",
+        )
         mlflow.log_metrics(
             {
                 f"{r['explainer'].split(' ')[0]}_{k}": v
@@ -163,12 +166,6 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
             fig = attributions_figure(pairs[0][0], pairs[0][1], first)
             mlflow.log_figure(fig, "explainers_first_pair.png")
             plt.close(fig)
-        create_table_artifact(
-            key="explainer-leaderboard",
-            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description=f"{len(pairs)} {params.split} pairs. Deletion: lower is better; insertion and pointing: higher "
-            "is better.",
-        )
         for r in rows:
             shown = ", ".join(
                 f"{k} {r[k]:.3f}"
@@ -176,4 +173,4 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
                 if r.get(k) is not None
             )
             print(f"{r['explainer']}: {shown or r.get('note', '')}")
-    return board.astype(object).where(board.notna(), None).to_dict("records")
+    return records(board)

@@ -8,10 +8,9 @@ import mlflow
 import pandas as pd
 import torch
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import checked_by_encoding, load_data, log_dataset, without_skipped
+from flows.tasks import checked_by_encoding, load_data, log_dataset, log_leaderboard, without_skipped
 from itm_core.config import FusionBenchmarkParams
 from itm_core.contract.registry import names, spec
 from itm_core.data import SkippedImage
@@ -33,7 +32,7 @@ from itm_core.judge.benchmark import (
 from itm_core.judge.evaluation import build_encoders
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import train_contrastive
-from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
+from itm_core.ops.tracking import tracked_flow, tracked_run
 
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
 COLUMNS = [
@@ -240,15 +239,13 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
                 }
             )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
-        log_table(board, "fusion_leaderboard.csv")
+        log_leaderboard(
+            board,
+            "fusion-leaderboard",
+            "Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit + "
+            "weight x similarity, k and weight chosen on validation; k 0 means validation chose no reranking).",
+        )
         fig = bar_chart(board)
         mlflow.log_figure(fig, "fusion_leaderboard.png")
         plt.close(fig)
-        create_table_artifact(
-            key="fusion-leaderboard",
-            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description="Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit "
-            "+ weight x similarity, "
-            "k and weight chosen on validation; k 0 means validation chose no reranking).",
-        )
     return board.to_dict("records")

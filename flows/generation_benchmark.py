@@ -9,11 +9,10 @@ from typing import Any
 import mlflow
 import pandas as pd
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retrain_generation import require_diffusers, require_matcher, text_features
-from flows.tasks import load_data, log_dataset, read_checked, without_skipped
+from flows.tasks import load_data, log_dataset, log_leaderboard, read_checked, without_skipped
 from itm_core.config import ComponentParams, GenerationBenchmarkParams, RetrainParams
 from itm_core.contract.components import Encoder
 from itm_core.contract.registry import create
@@ -21,7 +20,7 @@ from itm_core.encode.embed import EmbeddingCache
 from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import build_encoder
 from itm_core.ops.plots import log_grid
-from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
+from itm_core.ops.tracking import tracked_flow, tracked_run
 
 COLUMNS = [
     "model",
@@ -243,25 +242,22 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             captions = pd.DataFrame(
                 [run_captioner(p, params, reference, references) for p in params.captioners]
             ).reindex(columns=CAPTION_COLUMNS)
-            log_table(captions, "caption_leaderboard.csv")
-            create_table_artifact(
-                key="caption-leaderboard",
-                table=captions.round(4).astype(object).where(captions.notna(), None).to_dict("records"),
-                description=f"Captioners on the same {len(references)} test images: n-gram scores against their "
-                "captions, clipscore under the matcher.",
+            log_leaderboard(
+                captions,
+                "caption-leaderboard",
+                f"Captioners on the same {len(references)} test images: n-gram scores against their captions, "
+                "clipscore under the matcher.",
             )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
-        log_table(board, "generation_leaderboard.csv")
+        log_leaderboard(
+            board,
+            "generation-leaderboard",
+            f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked first among "
+            f"{params.candidates} candidates by the matcher (chance r_precision_chance). attr_*: read by the "
+            "attribute reader; reader_all is the reader on real test images. The first row scores the real test "
+            "images the same way.",
+        )
         fig = grid_figure(grids, prompts[:GRID])
         mlflow.log_figure(fig, "samples_by_model.png")
         plt.close(fig)
-        create_table_artifact(
-            key="generation-leaderboard",
-            table=board.round(4).astype(object).where(board.notna(), None).to_dict("records"),
-            description=f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked "
-            f"first among {params.candidates} "
-            "candidates by the matcher (chance r_precision_chance). attr_*: read by the attribute reader; reader_all "
-            "is the reader "
-            "on real test images. The first row scores the real test images the same way.",
-        )
     return board.to_dict("records")

@@ -130,3 +130,17 @@ def encode_features(
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
     return kept, features, skipped
+
+
+def records(board: pd.DataFrame, digits: int | None = None) -> list[dict[str, Any]]:
+    """The rows of ``board`` (rounded to ``digits``) with missing values as ``None``, as JSON wants them."""
+    shown = board.round(digits) if digits is not None else board
+    return shown.astype(object).where(board.notna(), None).to_dict("records")
+
+
+def log_leaderboard(board: pd.DataFrame, name: str, description: str) -> None:
+    """``board`` as ``<name>.csv`` in the MLflow run and as the Prefect table artifact ``name``."""
+    from prefect.artifacts import create_table_artifact
+
+    log_table(board, f"{name.replace('-', '_')}.csv")
+    create_table_artifact(key=name, table=records(board, 4), description=description)

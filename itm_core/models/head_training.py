@@ -165,6 +165,12 @@ class HeadTrainer(Trainer):
         self.optimizer.step()
         return batch.item()
 
+    def fit(self, training: HeadTraining, monitor: str, on_epoch: OnEpoch | None, desc: str) -> FitResult:
+        """Train until ``training.epochs`` or ``training.patience`` epochs without a better ``monitor``."""
+        return fit(
+            self, epochs=training.epochs, patience=training.patience, monitor=monitor, on_epoch=on_epoch, desc=desc
+        )
+
 
 class ITMTrainer(HeadTrainer):
     """For each image: its caption (match), a hard negative caption, a hard negative image for the
@@ -269,14 +275,7 @@ def train_itm(
     ITM AUC, ``rerank+probe`` the sum of the first two. What is missing is left out of the sum; with
     nothing left, ``auc``."""
     trainer = ITMTrainer(head, train, val, training, options, seed, val_probe, val_base)
-    return fit(
-        trainer,
-        epochs=training.epochs,
-        patience=training.patience,
-        monitor="val_select",
-        on_epoch=on_epoch,
-        desc="ITM head",
-    )
+    return trainer.fit(training, "val_select", on_epoch, "ITM head")
 
 
 class VQATrainer(HeadTrainer):
@@ -310,12 +309,4 @@ def train_vqa(
     on_epoch: OnEpoch | None = None,
 ) -> FitResult:
     """Train the answer classifier; the epoch with the best validation accuracy is kept."""
-    trainer = VQATrainer(head, train, val, training, seed)
-    return fit(
-        trainer,
-        epochs=training.epochs,
-        patience=training.patience,
-        monitor="val_vqa_accuracy",
-        on_epoch=on_epoch,
-        desc="VQA head",
-    )
+    return VQATrainer(head, train, val, training, seed).fit(training, "val_vqa_accuracy", on_epoch, "VQA head")
