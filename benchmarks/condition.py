@@ -19,7 +19,7 @@ def bench_condition(n: int, epochs: int) -> list[Row]:
     import torch.nn.functional as F
 
     from itm_core import create
-    from itm_core.models.text_to_image import TextCondition, TokenCondition
+    from itm_core.models.text_to_image.base import TextCondition, TokenCondition
     from plugins.shapes import COLORS, SHAPES, SIZES, describe, random_scene
 
     rng = random.Random(0)

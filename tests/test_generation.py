@@ -194,6 +194,25 @@ def test_cvae_learned_prior_is_a_gaussian_of_the_text_and_samples_are_drawn_from
     meta = json.loads(meta_file.read_text())
     for key in ("cvae_prior", "cvae_decoder", "text_condition", "align_weight", "adv_weight"):
         del meta["config"][key]
+    # and the one flat configuration of earlier versions saved every model's keys with each model
+    meta["config"].update(
+        noise_dim=64,
+        block_channels=[32, 64, 64],
+        train_timesteps=1000,
+        prediction_type="sample",
+        sample_steps=30,
+        guidance_scale=3.0,
+        uncond_prob=0.1,
+        ema_decay=0.995,
+        codebook_size=128,
+        code_dim=64,
+        code_stride=4,
+        vq_epochs=20,
+        prior_width=256,
+        prior_layers=4,
+        prior_dropout=0.2,
+        top_k=32,
+    )
     meta_file.write_text(json.dumps(meta))
     loaded = TextToImage.load(folder)
     assert (
