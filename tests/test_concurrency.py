@@ -153,7 +153,8 @@ def test_embedding_cache_concurrent_writers(tmp_path):
         "from itm_core.encode.embed import encode, EncodeOptions\n"
         "texts = [f'caption number {i} of a red circle' for i in range(400)]\n"
         "enc = create('encoder', 'tfidf', max_features=64); enc.fit(texts)\n"
-        "out = encode(enc, texts, EmbeddingCache(sys.argv[1]), options=EncodeOptions(shard_size=16, text_batch_size=8))\n"
+        "options = EncodeOptions(shard_size=16, text_batch_size=8)\n"
+        "out = encode(enc, texts, EmbeddingCache(sys.argv[1]), options=options)\n"
         "torch.save(out, sys.argv[2])\n"
     )
     cache = tmp_path / "cache"
