@@ -25,6 +25,7 @@ from itm_core.config import (
     MatcherRef,
     RetrainParams,
 )
+from itm_core.judge.intervals import SHOWN, shown
 from itm_core.models.training import ContrastiveTraining
 
 PRETRAINED = (ComponentParams(name="efficientnet-lite0"), ComponentParams(name="minilm"))
@@ -79,13 +80,14 @@ def run_demo(
     captions = generated["generations"]
     seconds = time.perf_counter() - start
 
-    table = Table(title=f"ITM demo: test-split retrieval ({seconds / 60:.1f} min)")
+    table = Table(
+        title=f"ITM demo: test-split retrieval ({seconds / 60:.1f} min)",
+        caption="[low, high]: 95% interval, bootstrap over the test images",
+    )
     for col in ("matcher", "i2t R@1", "i2t R@5", "t2i R@1", "t2i R@5", "rsum"):
         table.add_column(col, justify="left" if col == "matcher" else "right")
     for row in board:
-        table.add_row(
-            row["matcher"], *(f"{row[k]:.3f}" for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")), f"{row['rsum']:.1f}"
-        )
+        table.add_row(row["matcher"], *(shown(row, k).replace(" [", "\n[") for k in SHOWN))
     console.print(table)
     for label, r in runs.items():
         console.print(f"retrain {label}: model v{r['model_version']} - {r['decision']}")

@@ -17,6 +17,7 @@ from itm_core.data import ImageTextSet, SkippedImage, load_images
 from itm_core.data.images import OnError
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.judge.evaluation import RetrievalReport, image_tower, retrieval_report
+from itm_core.judge.intervals import SHOWN, bounds, recall_intervals, shown
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
@@ -32,6 +33,7 @@ LEADERBOARD_COLUMNS = [
     "i2t_medr",
     "t2i_medr",
     "rsum",
+    *(f"{m}_{side}" for m in SHOWN for side in ("low", "high")),
 ]
 
 
@@ -72,10 +74,12 @@ def evaluate_matcher(
         if on_bad_image is not None:
             data, _, skipped = checked_by_encoding(image_tower(scorer), data, cache, on_bad_image)
         report = retrieval_report(scorer, data, cache)
-        metrics = report.metrics
+        metrics = {**report.metrics, **bounds(recall_intervals(report.ranks, data.caption_image))}
         mlflow.log_metrics(metrics)
         log_retrieval_figures(report, data, name)
-    print(f"{name}: i2t R@1 {metrics['i2t_r1']:.3f}, t2i R@1 {metrics['t2i_r1']:.3f}, rsum {metrics['rsum']:.1f}")
+    print(
+        f"{name}: i2t R@1 {shown(metrics, 'i2t_r1')}, t2i R@1 {shown(metrics, 't2i_r1')}, rsum {shown(metrics, 'rsum')}"
+    )
     return {"matcher": name, **metrics, "_ranks": report.ranks, "_data": data, "_skipped": skipped}
 
 
@@ -113,7 +117,12 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
         mlflow.log_metrics({k: float(best[k]) for k in LEADERBOARD_COLUMNS[1:]})
         create_table_artifact(
             key="leaderboard",
-            table=board.round(4).to_dict("records"),
-            description=f"Retrieval on {split.name} ({len(split)} images, {len(split.captions)} captions)",
+            table=[
+                {"matcher": row["matcher"], **{m: shown(row, m) for m in SHOWN}} for row in board.to_dict("records")
+            ],
+            description=(
+                f"Retrieval on {split.name} ({len(split)} images, {len(split.captions)} captions); "
+                "95% intervals by bootstrap over the test images"
+            ),
         )
     return board.to_dict("records")

@@ -45,6 +45,7 @@ COLUMNS = [
     "probe_accuracy_shape",
     "probe_accuracy_position",
     *RETRIEVAL,
+    *(f"{c}_{side}" for c in RETRIEVAL for side in ("low", "high")),
     "rerank_i2t_k",
     "rerank_i2t_weight",
     "rerank_t2i_k",
@@ -219,7 +220,11 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         shared = train_similarity(params, features)
         similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
-        contrastive = {f"{d}_r1_contrastive": similarity[f"test_{d}_r1"] for d in ("i2t", "t2i")}
+        contrastive = {
+            f"{d}_r1_contrastive{end}": similarity[f"test_{d}_r1{end}"]
+            for d in ("i2t", "t2i")
+            for end in ("", "_low", "_high")
+        }
         rows = [
             {
                 "method": "similarity (contrastive)",
@@ -234,8 +239,12 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
                     "method": f"{name} + ITM",
                     **m,
                     **contrastive,
-                    **{f"{d}_r1_itm": m[f"itm_only_{d}_r1"] for d in ("i2t", "t2i")},
-                    **{f"{d}_r1_combined": m[f"reranked_{d}_r1"] for d in ("i2t", "t2i")},
+                    **{
+                        f"{d}_r1_{column}{end}": m[f"{source}_{d}_r1{end}"]
+                        for d in ("i2t", "t2i")
+                        for column, source in (("itm", "itm_only"), ("combined", "reranked"))
+                        for end in ("", "_low", "_high")
+                    },
                 }
             )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
@@ -243,7 +252,8 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
             board,
             "fusion-leaderboard",
             "Test split. R@1: contrastive; the ITM logit alone over the top rerank_k; combined (ITM logit + "
-            "weight x similarity, k and weight chosen on validation; k 0 means validation chose no reranking).",
+            "weight x similarity, k and weight chosen on validation; k 0 means validation chose no reranking). "
+            "_low, _high: the 95% interval, bootstrap over the test images.",
         )
         fig = bar_chart(board)
         mlflow.log_figure(fig, "fusion_leaderboard.png")

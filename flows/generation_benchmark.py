@@ -19,14 +19,20 @@ from itm_core.contract.registry import create
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import build_encoder
+from itm_core.judge.intervals import with_bounds
 from itm_core.ops.plots import log_grid
 from itm_core.ops.tracking import tracked_flow, tracked_run
 
+INTERVALS = ("r_precision", "alignment")  # per prompt, so they get bootstrap intervals over the prompts
 COLUMNS = [
     "model",
     "r_precision",
+    "r_precision_low",
+    "r_precision_high",
     "r_precision_chance",
     "alignment",
+    "alignment_low",
+    "alignment_high",
     "fd",
     "kid",
     "attr_color",
@@ -69,10 +75,11 @@ def score(
     """Every metric of the leaderboard for ``images`` drawn for ``prompts`` (fd and kid against
     ``reference`` when given)."""
     equivalents = test.captions_by_image()
-    values = create(
+    ranked = create(
         "metric", "r_precision", matcher=params.matcher, candidates=params.candidates, seed=params.seed
-    ).compute(images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
-    values.update(create("metric", "alignment", matcher=params.matcher).compute(images=images, prompts=prompts))
+    ).units(images=images, prompts=prompts, distractors=test.captions, equivalents=equivalents[: len(prompts)])
+    aligned = create("metric", "alignment", matcher=params.matcher).units(images=images, prompts=prompts)
+    values = with_bounds(ranked.join(aligned), INTERVALS)
     for name in ("fd", "kid") if reference is not None else ():
         values.update(
             create("metric", name, **params.distance_options).compute(images=images, reference_images=reference)
@@ -136,7 +143,22 @@ def run_model(
     return {"row": row, "grid": generated[:GRID]}
 
 
-CAPTION_COLUMNS = ["captioner", "bleu1", "bleu4", "rouge_l", "cider", "clipscore", "seconds_per_image"]
+CAPTION_INTERVALS = ("bleu4", "cider", "clipscore")
+CAPTION_COLUMNS = [
+    "captioner",
+    "bleu1",
+    "bleu4",
+    "bleu4_low",
+    "bleu4_high",
+    "rouge_l",
+    "cider",
+    "cider_low",
+    "cider_high",
+    "clipscore",
+    "clipscore_low",
+    "clipscore_high",
+    "seconds_per_image",
+]
 
 
 @task(name="caption-and-score", cache_policy=NO_CACHE)
@@ -156,9 +178,10 @@ def run_captioner(
         captions = [str(c) for c in generator.generate(images)]
         seconds = (time.perf_counter() - start) / max(1, len(images))
         row: dict[str, Any] = {"captioner": p.name}
+        scores = create("metric", "clipscore", matcher=params.matcher).units(predictions=captions, images=images)
         for name in ("bleu", "rouge_l", "cider"):
-            row.update(create("metric", name).compute(predictions=captions, references=references))
-        row.update(create("metric", "clipscore", matcher=params.matcher).compute(predictions=captions, images=images))
+            scores = scores.join(create("metric", name).units(predictions=captions, references=references))
+        row.update(with_bounds(scores, CAPTION_INTERVALS))
         row["seconds_per_image"] = seconds
         mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
         log_grid(images[:GRID], captions[:GRID], "captions.png")
@@ -246,7 +269,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
                 captions,
                 "caption-leaderboard",
                 f"Captioners on the same {len(references)} test images: n-gram scores against their captions, "
-                "clipscore under the matcher.",
+                "clipscore under the matcher. _low, _high: the 95% interval, bootstrap over the test images.",
             )
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_leaderboard(
@@ -255,7 +278,7 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             f"{len(prompts)} test prompts (each image's first caption). r_precision: the prompt ranked first among "
             f"{params.candidates} candidates by the matcher (chance r_precision_chance). attr_*: read by the "
             "attribute reader; reader_all is the reader on real test images. The first row scores the real test "
-            "images the same way.",
+            "images the same way. _low, _high: the 95% interval, bootstrap over the test prompts.",
         )
         fig = grid_figure(grids, prompts[:GRID])
         mlflow.log_figure(fig, "samples_by_model.png")

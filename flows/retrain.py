@@ -12,13 +12,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.evaluate import log_retrieval_figures
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
-from flows.tasks import Progress, encode_features, load_data, log_dataset, without_skipped
+from flows.tasks import Progress, encode_features, load_data, log_dataset, warn_small_splits, without_skipped
 from itm_core.config import RetrainParams
+from itm_core.contract.evidence import UnitScores
 from itm_core.data import ImageTextSet, SkippedImage
 from itm_core.encode.embed import EmbeddingCache
 from itm_core.encode.features import FeatureSplit
 from itm_core.errors import ParamsError
-from itm_core.judge.evaluation import RetrievalReport, build_encoders, evaluate_retrieval, report_from_embeddings
+from itm_core.judge.evaluation import RetrievalReport, build_encoders, report_from_embeddings, retrieval_report
+from itm_core.judge.intervals import retrieval_scores
 from itm_core.models.distributed import train_in_processes
 from itm_core.models.loop import FitResult
 from itm_core.models.matcher import Matcher
@@ -30,6 +32,8 @@ from itm_core.ops.tracking import load_matcher, log_matcher, tracked_flow, track
 
 def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
     """Fail, before any run opens, when ``training.unlock`` names a tower that cannot be trained."""
+    if params.training.unlock and params.training.heads == "none":
+        raise ParamsError("training.unlock fine-tunes towers with the heads; with training.heads: none leave it empty")
     for modality in params.training.unlock:
         enc = encoders[modality]
         if not getattr(enc, "trainable", False) or not hasattr(enc, "train_module"):
@@ -37,6 +41,19 @@ def check_unlockable(params: RetrainParams, encoders: dict[str, Any]) -> None:
                 f"training.unlock: the {modality} encoder {enc.name!r} is not trainable; keep it locked or use a "
                 "trainable encoder such as clip"
             )
+
+
+def check_shared_space(image: Any, text: Any) -> None:
+    """Fail, before any run opens, when ``training.heads: none`` is asked of towers that do not declare
+    one joint space."""
+    spaces = {m: getattr(e, "space", None) for m, e in (("image", image), ("text", text))}
+    if spaces["image"] is None or spaces["image"] != spaces["text"]:
+        raise ParamsError(
+            f"training.heads: none registers the encoder pair as it is, which needs towers that share a joint space; "
+            f"image encoder {image.name!r} has space {spaces['image']!r}, text encoder {text.name!r} has "
+            f"{spaces['text']!r}. Use both towers of one checkpoint (clip with modality image and text and the same "
+            "model), or train heads (heads: train)"
+        )
 
 
 def unlocked_towers(
@@ -120,17 +137,22 @@ def test_report(matcher: Matcher, features: FeatureSplit, test: ImageTextSet) ->
 
 @task(name="register-and-promote", cache_policy=NO_CACHE)
 def register_and_promote(
-    matcher: Matcher, params: RetrainParams, test_metrics: dict[str, float], test: ImageTextSet, cache: EmbeddingCache
+    matcher: Matcher, params: RetrainParams, report: RetrievalReport, test: ImageTextSet, cache: EmbeddingCache
 ) -> dict[str, Any]:
-    """Log and register the matcher; move ``champion`` only if it beats the champion on the same test
-    data (decided under the promotion lock, so concurrent retrains cannot overwrite a better one)."""
-    metric = params.promote_metric
+    """Log and register the matcher; move ``champion`` as ``params.promotion`` says, the champion scored
+    on the same test images (decided under the promotion lock, so concurrent retrains decide in turn)."""
 
-    def score(version: str) -> float:
-        return evaluate_retrieval(load_matcher(f"models:/{params.model_name}/{version}"), test, cache)[metric]
+    def score(version: str) -> UnitScores:
+        champion = load_matcher(f"models:/{params.model_name}/{version}")
+        return retrieval_scores(retrieval_report(champion, test, cache).ranks, test.caption_image)
 
     info, decision = register_and_promote_version(
-        params.model_name, lambda: log_matcher(matcher, params.model_name), metric, test_metrics[metric], score
+        params.model_name,
+        lambda: log_matcher(matcher, params.model_name),
+        params.promote_metric,
+        retrieval_scores(report.ranks, test.caption_image),
+        score,
+        params.promotion,
     )
     return {
         "model_version": str(info.registered_model_version),
@@ -142,18 +164,22 @@ def register_and_promote(
 
 @tracked_flow("retrain")
 def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
-    """Train projection heads over two locked encoder towers with a contrastive loss, test on the
-    test split, register the model as ``itm-matcher`` and promote it to ``champion`` if it is better.
+    """Train projection heads over two locked encoder towers with a contrastive loss (or, with
+    ``training.heads: none``, take a pretrained pair as it is), test on the test split, register the
+    model as ``itm-matcher`` and promote it to ``champion`` as ``promotion`` says.
     With ``task`` ``captioning`` or ``text-to-image`` it trains, registers and promotes a generator instead."""
     if params.task == "captioning":
         return retrain_captioner(params)
     if params.task == "text-to-image":
         return retrain_text_to_image(params)
     data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
-    splits = {s: data.split(s) for s in ("train", "val", "test")}
-    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
+    pretrained = params.training.heads == "none"  # nothing to train: only the test split is read
+    splits = {s: data.split(s) for s in (("test",) if pretrained else ("train", "val", "test"))}
+    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits.get("train"))
     encoders = {"image": image_encoder, "text": text_encoder}
     check_unlockable(params, encoders)
+    if pretrained:
+        check_shared_space(image_encoder, text_encoder)
     cache = EmbeddingCache(float16=params.encoding.float16)
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"
     key = resume_key(params.model_dump(), data.fingerprint())
@@ -175,17 +201,22 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
             )
             skipped += bad
         log_dataset(without_skipped(data, skipped), skipped)
-        unlocked = unlocked_towers(params, encoders, splits)
+        warnings = warn_small_splits(splits, params.promotion.min_test_images)
         dims = (int(image_encoder.dim), int(text_encoder.dim))
-        matcher, result = train_matcher(
-            params,
-            dims,
-            features["train"],
-            features["val"],
-            unlocked,
-            checkpointer,
-            resumable[1] if resumable else None,
-        )
+        unlocked = {} if pretrained else unlocked_towers(params, encoders, splits)
+        if pretrained:
+            matcher = Matcher(params.image_encoder.model_dump(), params.text_encoder.model_dump(), *dims, heads=False)
+            result = FitResult(stopped="no heads to train")
+        else:
+            matcher, result = train_matcher(
+                params,
+                dims,
+                features["train"],
+                features["val"],
+                unlocked,
+                checkpointer,
+                resumable[1] if resumable else None,
+            )
         if unlocked:  # fine-tuned towers have a new identity: their test features are encoded afresh
             _, features["test"], _ = encode_features(
                 image_encoder, text_encoder, splits["test"], cache, params.encoding
@@ -195,7 +226,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         matcher.attach_encoders(image_encoder, text_encoder)
         log_retrieval_figures(report, splits["test"], run_name)
-        outcome = register_and_promote(matcher, params, test_metrics, splits["test"], cache)
+        outcome = register_and_promote(matcher, params, report, splits["test"], cache)
         create_markdown_artifact(
             key="retrain-summary",
             markdown=(
@@ -210,5 +241,6 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
         "test": test_metrics,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
+        "warnings": warnings,
         **outcome,
     }

@@ -11,9 +11,18 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset, read_checked, without_skipped
+from flows.tasks import (
+    Progress,
+    checked_by_encoding,
+    load_data,
+    log_dataset,
+    read_checked,
+    warn_small_splits,
+    without_skipped,
+)
 from itm_core.config import RetrainParams
 from itm_core.contract.components import Encoder
+from itm_core.contract.evidence import UnitScores
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet, load_images
 from itm_core.encode.embed import EmbeddingCache, encode, encode_tokens
@@ -26,16 +35,19 @@ from itm_core.ops.tracking import load_generator_model, load_matcher, log_genera
 SAMPLES = 8
 
 
-def _register(generator: Any, params: RetrainParams, metric: str, value: float, champion_score: Any) -> dict[str, Any]:
-    """Log and register ``generator``; ``champion_score(model)`` scores the current champion on the same
-    test data, under the promotion lock."""
+def _register(
+    generator: Any, params: RetrainParams, metric: str, scores: UnitScores, champion_scores: Any
+) -> dict[str, Any]:
+    """Log and register ``generator``; ``champion_scores(model)`` scores the current champion on the
+    same test data, under the promotion lock, for the decision ``params.promotion`` asks for."""
     name = params.model_name
     info, decision = register_and_promote_version(
         name,
         lambda: log_generator(generator, name),
         metric,
-        value,
-        lambda version: champion_score(load_generator_model(f"models:/{name}/{version}")),
+        scores,
+        lambda version: champion_scores(load_generator_model(f"models:/{name}/{version}")),
+        params.promotion,
     )
     return {
         "model_version": str(info.registered_model_version),
@@ -120,21 +132,23 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
             splits[s], features[s], bad = checked_by_encoding(encoder, d, cache, params.dataset.on_bad_image)
             skipped += bad
         log_dataset(without_skipped(data, skipped), skipped)
+        warnings = warn_small_splits(splits, params.promotion.min_test_images)
         captioner, result = train_captioner_task(params, features, splits)
         captioner.encoder = encoder
         test = splits["test"]
         refs = test.captions_by_image()
         beams = params.captioning.num_beams
         predictions = captioner.caption_features(features["test"], num_beams=beams)
-        test_metrics = bleu.compute(predictions=predictions, references=refs)
+        scores = bleu.units(predictions=predictions, references=refs)
+        test_metrics = {k: scores.value(k) for k in scores.names()}
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         print(f"test: {test_metrics}")
 
-        def champion_bleu(champion: Any) -> float:
+        def champion_bleu(champion: Any) -> UnitScores:
             images = load_images(test.image_paths())
-            return bleu.compute(predictions=champion.caption_images(images, num_beams=beams), references=refs)["bleu4"]
+            return bleu.units(predictions=champion.caption_images(images, num_beams=beams), references=refs)
 
-        outcome = _register(captioner, params, "bleu4", test_metrics["bleu4"], champion_bleu)
+        outcome = _register(captioner, params, "bleu4", scores, champion_bleu)
         _summary(
             "retrain-summary",
             f"retrain (captioning): {run_name}",
@@ -146,6 +160,7 @@ def retrain_captioner(params: RetrainParams) -> dict[str, Any]:
         "test": test_metrics,
         "best_epoch": result.best_epoch,
         "train_seconds": result.seconds,
+        "warnings": warnings,
         **outcome,
     }
 
@@ -171,12 +186,13 @@ def score_images(
     distractors: list[str],
     equivalents: list[list[str]],
     seed: int,
-) -> dict[str, float]:
-    scores = create("metric", "r_precision", matcher=matcher, candidates=candidates, seed=seed).compute(
+) -> UnitScores:
+    """Per test prompt: whether the matcher ranks it first among ``candidates`` (``r_precision``), its
+    chance, and the ``alignment`` of the image drawn for it."""
+    ranked = create("metric", "r_precision", matcher=matcher, candidates=candidates, seed=seed).units(
         images=images, prompts=prompts, distractors=distractors, equivalents=equivalents
     )
-    scores.update(create("metric", "alignment", matcher=matcher).compute(images=images, prompts=prompts))
-    return scores
+    return ranked.join(create("metric", "alignment", matcher=matcher).units(images=images, prompts=prompts))
 
 
 @task(name="train-text-to-image", cache_policy=NO_CACHE)
@@ -256,16 +272,17 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
             images[s] = images_to_tensor(decoded, t.resolution)
             skipped += bad
         log_dataset(without_skipped(data, skipped), skipped)
+        test = splits["test"].head(t.test_prompts)  # the prompts drawn and scored
+        warnings = warn_small_splits({**splits, "test": test}, params.promotion.min_test_images)
         features = {s: text_features(encoder, d, cache, tokens) for s, d in splits.items()}
         val = splits["val"]
         model, result = train_t2i_task(params, images, features, [refs[0] for refs in val.captions_by_image()])
         model.encoder = encoder
-        test = splits["test"].head(t.test_prompts)
         equivalents = test.captions_by_image()
         prompts = [refs[0] for refs in equivalents]
         distractors = splits["test"].captions
 
-        def score(generator: Any) -> dict[str, float]:
+        def score(generator: Any) -> UnitScores:
             return score_images(
                 generator.generate(prompts, seed=t.seed),
                 prompts,
@@ -276,18 +293,23 @@ def retrain_text_to_image(params: RetrainParams) -> dict[str, Any]:
                 t.seed,
             )
 
-        test_metrics = score(model)
+        scores = score(model)
+        test_metrics = {k: scores.value(k) for k in scores.names()}
         mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
         generated = model.generate(prompts[:16], seed=t.seed)
         log_grid(generated, prompts[:16], "test_samples.png")
         print(f"test: {test_metrics}")
-        outcome = _register(
-            model, params, "r_precision", test_metrics["r_precision"], lambda champion: score(champion)["r_precision"]
-        )
+        outcome = _register(model, params, "r_precision", scores, score)
         _summary(
             "retrain-summary",
             f"retrain (text-to-image): {run_name}",
             test_metrics,
             f"{result.steps} steps in {result.seconds:.0f} s ({result.stopped}); {outcome['decision']}",
         )
-    return {"run_id": run.info.run_id, "test": test_metrics, "train_seconds": result.seconds, **outcome}
+    return {
+        "run_id": run.info.run_id,
+        "test": test_metrics,
+        "train_seconds": result.seconds,
+        "warnings": warnings,
+        **outcome,
+    }

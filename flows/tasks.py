@@ -32,6 +32,31 @@ def load_data(params: DatasetParams, check: bool = True) -> tuple[ImageTextSet, 
     return data, skipped
 
 
+MIN_VAL_IMAGES = 50  # fewer validation images make early stopping and the best epoch noise
+
+
+def warn_small_splits(splits: dict[str, ImageTextSet], min_test_images: int) -> list[str]:
+    """Say what a small validation or test split costs (printed, and tagged ``data.warnings`` on the
+    active MLflow run); the warnings, for the flow's result."""
+    warnings = []
+    val, test = len(splits["val"]) if "val" in splits else None, len(splits["test"])
+    if val is not None and val < MIN_VAL_IMAGES:
+        warnings.append(
+            f"split 'val' has {val} images (under {MIN_VAL_IMAGES}): early stopping and the best epoch rest on them, "
+            "so expect them to be noise"
+        )
+    if test < min_test_images:
+        warnings.append(
+            f"split 'test' has {test} images (under promotion.min_test_images, {min_test_images}): the test figures "
+            "have wide intervals, and this version cannot replace a champion by evidence"
+        )
+    for w in warnings:
+        print(f"warning: {w}")
+    if warnings and mlflow.active_run() is not None:
+        mlflow.set_tag("data.warnings", " | ".join(warnings))
+    return warnings
+
+
 def report_skipped(skipped: list[SkippedImage]) -> None:
     for s in skipped:
         print(f"skipped image {s.path}: {s.reason}")
@@ -83,7 +108,14 @@ class Progress:
 def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> None:
     """Dataset identity and size as params; the skipped-image report as an artifact."""
     sizes = {f"{prefix}.{s}.images": sum(1 for x in data.image_split if x == s) for s in data.splits}
-    mlflow.log_params({f"{prefix}.fingerprint": data.fingerprint(), f"{prefix}.skipped_images": len(skipped), **sizes})
+    mlflow.log_params(
+        {
+            f"{prefix}.fingerprint": data.fingerprint(),
+            f"{prefix}.splits_fingerprint": data.splits_fingerprint(),
+            f"{prefix}.skipped_images": len(skipped),
+            **sizes,
+        }
+    )
     if skipped:
         log_table(pd.DataFrame([vars(s) for s in skipped]), "skipped_images.csv")
 

@@ -11,14 +11,15 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from itm_core.contract.datasets import DatasetParams
-from itm_core.contract.params import ComponentParams, Params, problems
+from itm_core.contract.params import ComponentParams, Params, check_components, component, problems
 from itm_core.encode.embed import EncodeOptions
-from itm_core.errors import ParamsError
+from itm_core.errors import OptionsError, ParamsError
 from itm_core.models.captioning import CaptioningOptions
 from itm_core.models.head_training import HeadTraining, ITMOptions
 from itm_core.models.search_index import IndexSettings
 from itm_core.models.text_to_image import CVAEOptions, ModelName, TextToImageOptions
 from itm_core.models.training import ContrastiveTraining, RecallKey
+from itm_core.ops.promotion import PromotionOptions
 from itm_core.ops.scorers import MatcherRef
 
 
@@ -57,7 +58,9 @@ class GenerationBenchmarkParams(Params):
     each on the same test prompts: r_precision, alignment, fd, kid and the attribute accuracies."""
 
     dataset: DatasetParams = Field(default_factory=DatasetParams)
-    text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
+    text_encoder: ComponentParams = Field(
+        default_factory=lambda: ComponentParams(name="minilm"), json_schema_extra=component("encoder")
+    )
     models: list[ModelName] = Field(
         default_factory=lambda: list(get_args(ModelName)),
         min_length=1,
@@ -82,15 +85,19 @@ class GenerationBenchmarkParams(Params):
     attribute_reader: dict[str, Any] | None = Field(
         default_factory=dict,
         description="Options of the attribute_accuracy metric (shapes prompts; null: leave it out, for other datasets)",
+        json_schema_extra=component("metric", names=["attribute_accuracy"]),
     )
     distance_options: dict[str, Any] = Field(
-        default_factory=dict, description="Options of the fd and kid metrics (encoder, encoder_options)"
+        default_factory=dict,
+        description="Options of the fd and kid metrics (encoder, encoder_options)",
+        json_schema_extra=component("metric", names=["fd", "kid"]),
     )
     real_resolution: int = Field(
         32, ge=8, le=1024, description="The real test images are scored at this side as the reference row"
     )
     captioners: list[ComponentParams] = Field(
         default_factory=list,
+        json_schema_extra=component("generator"),
         description="Image-to-text generators compared on the same test images (bleu, rouge_l, cider, clipscore), e.g. "
         "trained-captioner, retrieval-captioner",
     )
@@ -125,8 +132,12 @@ class RetrainParams(Params):
         "matching", description="What to train: a matcher, a captioner or a text-to-image model"
     )
     dataset: DatasetParams = Field(default_factory=DatasetParams)
-    image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
-    text_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="minilm"))
+    image_encoder: ComponentParams = Field(
+        default_factory=lambda: ComponentParams(name="efficientnet-lite0"), json_schema_extra=component("encoder")
+    )
+    text_encoder: ComponentParams = Field(
+        default_factory=lambda: ComponentParams(name="minilm"), json_schema_extra=component("encoder")
+    )
     training: ContrastiveTraining = Field(
         default_factory=ContrastiveTraining, description="matching: the contrastive training"
     )
@@ -149,6 +160,9 @@ class RetrainParams(Params):
         "rsum",
         description="matching: test metric that decides whether the new model becomes `champion` (captioning uses "
         "bleu4, text-to-image r_precision)",
+    )
+    promotion: PromotionOptions = Field(
+        default_factory=PromotionOptions, description="When the new version replaces the `champion`"
     )
     experiment: str = Field("itm-retrain", description="MLflow experiment")
     run_name: str | None = Field(None, description="MLflow run name (default: the encoder pair)")
@@ -175,7 +189,9 @@ class GenerateParams(Params):
 
     generator: str = Field("retrieval-captioner", description="A registered generator")
     generator_options: dict[str, Any] = Field(
-        default_factory=dict, description="Options for the generator, e.g. {'matcher': 'models:/itm-matcher@champion'}"
+        default_factory=dict,
+        description="Options for the generator, e.g. {'matcher': 'models:/itm-matcher@champion'}",
+        json_schema_extra=component("generator", name_field="generator"),
     )
     dataset: DatasetParams = Field(default_factory=DatasetParams)
     split: str = Field("test")
@@ -186,7 +202,9 @@ class GenerateParams(Params):
     prompts_file: str | None = Field(None, description="A text file with one prompt per line (text-to-image)")
     num_images: int = Field(16, ge=1, description="How many images (or prompts) of the split")
     metrics: list[ComponentParams] = Field(
-        default_factory=list, description="Metric plugins: task 'captioning' for captions, 'text-to-image' for images"
+        default_factory=list,
+        description="Metric plugins: task 'captioning' for captions, 'text-to-image' for images",
+        json_schema_extra=component("metric"),
     )
     experiment: str = Field("itm-generate", description="MLflow experiment")
     run_name: str | None = None
@@ -225,6 +243,7 @@ class ExplainParams(Params):
         default_factory=lambda: [ComponentParams(name="occlusion"), ComponentParams(name="word-deletion")],
         description="Explainer plugins, by name or {name, options}: occlusion, word-deletion, lime, shap, "
         "integrated-gradients, grad-cam",
+        json_schema_extra=component("explainer"),
     )
     experiment: str = Field("itm-explain", description="MLflow experiment")
     run_name: str | None = None
@@ -245,6 +264,7 @@ class ExplainBenchmarkParams(Params):
     explainers: list[ComponentParams] = Field(
         default_factory=list,
         description="Explainers to compare, by name or {name, options} (empty: every registered one)",
+        json_schema_extra=component("explainer"),
     )
     pairs: int = Field(
         20,
@@ -331,9 +351,14 @@ def load_params(path: str | Path, model: type[Params]) -> Params:
             f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"
         ) from None
     try:
-        return model.model_validate(data or {})
+        params = model.model_validate(data or {})
     except ValidationError as exc:
-        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems(exc)}") from None
+        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems(exc, model)}") from None
+    try:
+        check_components(params)
+    except OptionsError as exc:
+        raise ParamsFileError(f"{path}: {exc}") from None
+    return params
 
 
 class FusionBenchmarkParams(ITMOptions):
@@ -341,15 +366,22 @@ class FusionBenchmarkParams(ITMOptions):
     on ITM, reranked retrieval, the compositional probe and VQA against plain contrastive similarity."""
 
     dataset: DatasetParams = Field(default_factory=DatasetParams)
-    image_encoder: ComponentParams = Field(default_factory=lambda: ComponentParams(name="efficientnet-lite0"))
+    image_encoder: ComponentParams = Field(
+        default_factory=lambda: ComponentParams(name="efficientnet-lite0"), json_schema_extra=component("encoder")
+    )
     text_encoder: ComponentParams = Field(
-        default_factory=lambda: ComponentParams(name="minilm", options={"max_length": 24})
+        default_factory=lambda: ComponentParams(name="minilm", options={"max_length": 24}),
+        json_schema_extra=component("encoder"),
     )
     fusions: list[str] = Field(
-        default_factory=list, description="Fusion plugins to compare (empty: every registered fusion)"
+        default_factory=list,
+        description="Fusion plugins to compare (empty: every registered fusion)",
+        json_schema_extra=component("fusion"),
     )
     fusion_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Extra options per fusion, e.g. {'bilinear': {'rank': 8}}"
+        json_schema_extra=component("fusion", by_name=True),
+        default_factory=dict,
+        description="Extra options per fusion, e.g. {'bilinear': {'rank': 8}}",
     )
     dim: int = Field(256, ge=2, description="Output dimension of every fusion")
     contrastive: ContrastiveTraining = Field(

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from itm_core import hookimpl
 from itm_core.components import Metric
+from itm_core.contract.evidence import UnitScores, mean_scores
 from itm_core.errors import DataError
 
 # the punctuation tokens pycocoevalcap's PTBTokenizer removes
@@ -38,19 +42,45 @@ def _inputs(
 
 
 class _CocoMetric(Metric):
-    """Checks the inputs, tokenises them and hands them to one pycocoevalcap scorer (``score``)."""
+    """Checks the inputs, tokenises them and hands them to one pycocoevalcap scorer (``per_image``):
+    the metric's value is computed from the per-image columns it returns, so ``compute`` and ``units``
+    agree by construction."""
 
     task = "captioning"
     label: str
     keys: tuple[str, ...]
 
-    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+    def per_image(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> UnitScores:
         raise NotImplementedError
+
+    def units(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> UnitScores:
+        if not predictions:
+            return mean_scores({k: [] for k in self.keys})
+        return self.per_image(*_inputs(self.label, predictions, references))
 
     def compute(self, predictions: Sequence[str], references: Sequence[Sequence[str]], **_: Any) -> dict[str, float]:
         if not predictions:
             return {k: 0.0 for k in self.keys}
-        return self.score(*_inputs(self.label, predictions, references))
+        scores = self.units(predictions, references)
+        return {k: scores.value(k) for k in self.keys}
+
+
+@dataclass(frozen=True)
+class BleuFigures:
+    """Corpus BLEU-1..4 from summed per-image columns: reference length, hypothesis length, then the
+    clipped n-gram matches and the n-gram counts for n = 1..4; the COCO scorer's own formula (its
+    smoothing constants and brevity penalty against the closest reference length)."""
+
+    def __call__(self, sums: np.ndarray) -> dict[str, np.ndarray]:
+        tiny, small = 1e-15, 1e-9
+        reflen, testlen = sums[..., 0], sums[..., 1]
+        ratio = (testlen + tiny) / (reflen + small)
+        brevity = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
+        out, product = {}, np.ones_like(reflen)
+        for k in range(4):
+            product = product * (sums[..., 2 + k] + tiny) / (sums[..., 6 + k] + small)
+            out[f"bleu{k + 1}"] = product ** (1.0 / (k + 1)) * brevity
+        return out
 
 
 class Bleu(_CocoMetric):
@@ -58,11 +88,14 @@ class Bleu(_CocoMetric):
 
     label, keys = "bleu", ("bleu1", "bleu2", "bleu3", "bleu4")
 
-    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
-        from pycocoevalcap.bleu.bleu import Bleu as CocoBleu
+    def per_image(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> UnitScores:
+        from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
 
-        scores, _ = CocoBleu(4).compute_score(gts, res, verbose=0)
-        return {k: float(v) for k, v in zip(self.keys, scores)}
+        rows = []
+        for i, refs in gts.items():
+            cooked = cook_test(res[i][0], cook_refs(refs), eff="closest")
+            rows.append([cooked["reflen"], cooked["testlen"], *cooked["correct"], *cooked["guess"]])
+        return UnitScores(np.asarray(rows, dtype=np.float64), BleuFigures())
 
 
 class RougeL(_CocoMetric):
@@ -70,10 +103,10 @@ class RougeL(_CocoMetric):
 
     label, keys = "rouge_l", ("rouge_l",)
 
-    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+    def per_image(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> UnitScores:
         from pycocoevalcap.rouge.rouge import Rouge
 
-        return {"rouge_l": float(Rouge().compute_score(gts, res)[0])}
+        return mean_scores({"rouge_l": Rouge().compute_score(gts, res)[1]})
 
 
 class Cider(_CocoMetric):
@@ -81,10 +114,10 @@ class Cider(_CocoMetric):
 
     label, keys = "cider", ("cider",)
 
-    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+    def per_image(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> UnitScores:
         from pycocoevalcap.cider.cider import Cider as CocoCider
 
-        return {"cider": float(CocoCider().compute_score(gts, res)[0])}
+        return mean_scores({"cider": CocoCider().compute_score(gts, res)[1]})
 
 
 @hookimpl

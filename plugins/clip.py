@@ -50,6 +50,7 @@ class ClipEncoder(Encoder):
         self.device = device
         self.tuned = False
         self.dim = int(self.model.config.projection_dim)
+        self.space = f"clip:{model}@{revision or 'main'}"  # both towers of one checkpoint share it
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
 
     def inputs(self, items: Sequence[Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from itm_core import hookimpl
 from itm_core.components import Metric
+from itm_core.contract.evidence import UnitScores, mean_scores
 from itm_core.errors import DataError
 from plugins import check_setups
 
@@ -71,12 +72,14 @@ class ClipScore(_MatcherMetric):
         super().__init__(matcher)
         self.weight = weight
 
-    def compute(self, predictions: Sequence[str], images: Sequence[Any] | None = None, **_: Any) -> dict[str, float]:
+    def units(self, predictions: Sequence[str], images: Sequence[Any] | None = None, **_: Any) -> UnitScores:
         images = _need("clipscore", "images", images)
         _same_length("clipscore", images, predictions, "captions")
-        if not predictions:
-            return {"clipscore": 0.0}
-        return {"clipscore": float(self.weight * self.cosines(images, predictions).clamp_min(0).mean())}
+        per_image = self.weight * self.cosines(images, predictions).clamp_min(0) if predictions else []
+        return mean_scores({"clipscore": per_image})
+
+    def compute(self, predictions: Sequence[str], images: Sequence[Any] | None = None, **_: Any) -> dict[str, float]:
+        return {"clipscore": self.units(predictions, images).value("clipscore")}
 
 
 class Alignment(_MatcherMetric):
@@ -88,11 +91,13 @@ class Alignment(_MatcherMetric):
         super().__init__(matcher)
         self.weight = weight
 
-    def compute(self, images: Sequence[Any], prompts: Sequence[str], **_: Any) -> dict[str, float]:
+    def units(self, images: Sequence[Any], prompts: Sequence[str], **_: Any) -> UnitScores:
         _same_length("alignment", images, prompts, "prompts")
-        if not images:
-            return {"alignment": 0.0}
-        return {"alignment": float(self.weight * self.cosines(images, prompts).clamp_min(0).mean())}
+        per_prompt = self.weight * self.cosines(images, prompts).clamp_min(0) if images else []
+        return mean_scores({"alignment": per_prompt}, "test prompts")
+
+    def compute(self, images: Sequence[Any], prompts: Sequence[str], **_: Any) -> dict[str, float]:
+        return {"alignment": self.units(images, prompts).value("alignment")}
 
 
 class RPrecision(_MatcherMetric):
@@ -118,17 +123,29 @@ class RPrecision(_MatcherMetric):
         equivalents: Sequence[Sequence[str]] | None = None,
         **_: Any,
     ) -> dict[str, float]:
+        scores = self.units(images, prompts, distractors, equivalents)
+        return {k: scores.value(k) for k in ("r_precision", "r_precision_chance")}
+
+    def units(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        distractors: Sequence[str] | None = None,
+        equivalents: Sequence[Sequence[str]] | None = None,
+        **_: Any,
+    ) -> UnitScores:
+        """Per prompt: whether the matcher ranked it first (1 or 0), and ``1 / candidates``."""
         import torch
 
         _same_length("r_precision", images, prompts, "prompts")
         if not images:
-            return {"r_precision": 0.0, "r_precision_chance": 0.0}
+            return mean_scores({"r_precision": [], "r_precision_chance": []}, "test prompts")
         pool = sorted(set(distractors if distractors is not None else prompts))
         rng = random.Random(self.seed)
         img = self.matcher.embed_image_objects(list(images))
         text_index = {t: n for n, t in enumerate(sorted(set(pool) | set(prompts)))}
         txt = self.matcher.embed_texts(list(text_index))
-        hits, chance = 0, 0.0
+        hits, chance = [], []
         for i, prompt in enumerate(prompts):
             banned = {prompt, *(equivalents[i] if equivalents is not None else ())}
             others = [t for t in pool if t not in banned]
@@ -139,9 +156,9 @@ class RPrecision(_MatcherMetric):
             chosen = rng.sample(others, min(self.candidates - 1, len(others)))
             rows = torch.tensor([text_index[prompt]] + [text_index[t] for t in chosen])
             scores = self.matcher.similarity.score(img[i : i + 1], txt[rows])[0]
-            hits += int(bool((scores[1:] < scores[0]).all()))  # ties count against the model
-            chance += 1.0 / len(rows)
-        return {"r_precision": hits / len(prompts), "r_precision_chance": chance / len(prompts)}
+            hits.append(float((scores[1:] < scores[0]).all()))  # ties count against the model
+            chance.append(1.0 / len(rows))
+        return mean_scores({"r_precision": hits, "r_precision_chance": chance}, "test prompts")
 
 
 class _FeatureDistance(Metric):

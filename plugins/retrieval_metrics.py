@@ -11,6 +11,8 @@ from itm_core.components import Metric
 if TYPE_CHECKING:
     import torch
 
+    from itm_core.contract.evidence import UnitScores
+
 KS = (1, 5, 10)
 
 
@@ -24,6 +26,16 @@ class RetrievalMetric(Metric):
         self.ks = tuple(ks)
         self.chunk = chunk
 
+    def ranks(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, caption_image: Sequence[int], similarity: Any
+    ) -> Any:
+        from itm_core import create
+        from itm_core.models.retrieval import ranks
+
+        if similarity is None:
+            similarity = create("similarity", "cosine")
+        return ranks(image_emb, text_emb, caption_image, similarity, self.chunk)
+
     def compute(
         self,
         image_emb: torch.Tensor,
@@ -32,12 +44,24 @@ class RetrievalMetric(Metric):
         similarity: Any = None,
         **_: Any,
     ) -> dict[str, float]:
-        from itm_core import create
-        from itm_core.models.retrieval import ranks, recall_metrics
+        from itm_core.models.retrieval import recall_metrics
 
-        if similarity is None:
-            similarity = create("similarity", "cosine")
-        return recall_metrics(ranks(image_emb, text_emb, caption_image, similarity, self.chunk), self.ks)
+        return recall_metrics(self.ranks(image_emb, text_emb, caption_image, similarity), self.ks)
+
+    def units(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        caption_image: Sequence[int],
+        similarity: Any = None,
+        **_: Any,
+    ) -> UnitScores:
+        """Per test image, its query's hits and its captions' (recalls at 1, 5, 10 and ``rsum``)."""
+        from itm_core.judge.intervals import retrieval_scores
+
+        if self.ks != KS:
+            raise NotImplementedError(f"per-image scores are given for ks {KS}, not {self.ks}")
+        return retrieval_scores(self.ranks(image_emb, text_emb, caption_image, similarity), caption_image)
 
 
 @hookimpl

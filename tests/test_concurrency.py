@@ -108,6 +108,7 @@ def test_concurrent_retrains_leave_the_best_version_champion(
                         "image_encoder": {"name": "color-histogram"},
                         "text_encoder": {"name": "tfidf", "options": {"max_features": 256}},
                         "training": {**training, "batch_size": 16, "seed": round_ * 10 + n},
+                        "promotion": {"policy": "better"},  # the highest wins, whoever finishes first
                     }
                 )
             )

@@ -44,14 +44,20 @@ def test_retrain_evaluate_generate(prefect_server, mlflow_store, tiny_shapes_opt
     second = retrain(RetrainParams(dataset=dataset, training=training, **CLASSIC))
     client = MlflowClient()
 
-    # registry: two versions, the champion is whichever scored higher on the same test data
+    # registry: two versions; the first is champion, and 16 test images are too few to replace it
     versions = {str(v.version): v for v in client.search_model_versions("name='itm-matcher'")}
     assert set(versions) == {"1", "2"}
     champion = client.get_model_version_by_alias("itm-matcher", "champion")
     assert first["promoted"] and first["model_version"] == "1"
-    expected = "2" if second["test"]["rsum"] > first["test"]["rsum"] else "1"
-    assert str(champion.version) == expected and second["promoted"] == (expected == "2")
-    assert "on the same test data" in client.get_model_version("itm-matcher", "2").tags["promotion"]
+    assert str(champion.version) == "1" and not second["promoted"]
+    v2 = client.get_model_version("itm-matcher", "2").tags
+    assert v2["promotion.policy"] == "evidence" and v2["promotion.n"] == "16" and v2["promotion.promoted"] == "False"
+    difference = second["test"]["rsum"] - client.get_run(second["run_id"]).data.metrics["champion_test_rsum"]
+    assert v2["promotion"] == (
+        f"kept champion v1 over v2: rsum {v2['promotion.interval']} on 16 test images: too few to replace a "
+        "champion (promotion.min_test_images is 50)"
+    )
+    assert v2["promotion.interval"].startswith(f"{difference:+.1f} [")
 
     # the retrain run: params, per-epoch curves, test metrics, Prefect link tags, the decision
     run = client.get_run(second["run_id"])

@@ -62,11 +62,15 @@ def test_captioner_and_text_to_image_through_retrain_and_generate(
     )
     assert first["promoted"] and first["model_version"] == "1" and second["model_version"] == "2"
     assert {"bleu1", "bleu4"} <= set(first["test"])
+    # 16 test images are too few to replace a champion by evidence: v1 stays, and the decision says why
     champion = client.get_model_version_by_alias("itm-captioner", "champion")
-    assert str(champion.version) == ("2" if second["test"]["bleu4"] > first["test"]["bleu4"] else "1")
+    assert str(champion.version) == "1" and not second["promoted"]
     run = client.get_run(second["run_id"])
+    assert run.data.tags["promotion.metric"] == "bleu4" and run.data.tags["promotion.n"] == "16"
+    assert second["decision"].startswith("kept champion v1 over v2: bleu4 ")
+    assert "on 16 test images: too few to replace a champion" in run.data.tags["promotion.decision"]
     assert (
-        run.data.tags["promotion.metric"] == "bleu4" and "on the same test data" in run.data.tags["promotion.decision"]
+        client.get_model_version("itm-captioner", "2").tags["promotion.interval"] == run.data.tags["promotion.interval"]
     )
     assert run.data.tags["prefect.flow_name"] == "retrain" and "champion_test_bleu4" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4][

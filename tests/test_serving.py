@@ -210,7 +210,7 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
         error = json.loads(answer.value.read())
         assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
         assert "bad request: base64 image" in error["message"] and "unexpected error" not in error["message"]
-        # a path on the server, too many rows, a missing column: 400s naming the reason
+        # a path on the server, too many rows, a missing column, an empty text: 400s naming the reason
         for frame, reason in (
             (pd.DataFrame({"image": [str(tiny_shapes.image_path(0))], "text": ["x"]}), "not base64-encoded image data"),
             (
@@ -218,6 +218,8 @@ def test_mlflow_models_serve_answers_a_scoring_request(registered_matcher, mlflo
                 "a request holds 1 to 256 rows",
             ),
             (pd.DataFrame({"text": ["x"]}), "['image']"),
+            (pd.DataFrame({"image": [example_image_base64()], "text": [""]}), "row 0: 'text' is empty"),
+            (pd.DataFrame({"image": [example_image_base64()] * 2, "text": ["x", "  \t"]}), "row 1: 'text' is empty"),
         ):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/invocations",

@@ -20,6 +20,7 @@ from itm_core.errors import PluginError
 if TYPE_CHECKING:
     import torch
 
+    from itm_core.contract.evidence import UnitScores
     from itm_core.data.pairs import ImageTextSet
 
 KINDS = ("encoder", "similarity", "fusion", "generator", "metric", "dataset", "explainer")
@@ -46,12 +47,17 @@ class Encoder(ABC):
     ``train_module()`` (the ``torch.nn.Module`` whose parameters to update) and
     ``forward_features(items)`` (``encode`` with gradients), and returns its tuned weights from
     ``get_state`` once ``train_module`` has been called.
+
+    An encoder whose unit-vector outputs live in a joint space shared with an encoder of the other
+    modality (the two towers of one CLIP checkpoint) names that space in ``space``; two encoders with
+    equal ``space`` are a matcher as they are (``retrain`` with ``training.heads: none``).
     """
 
     modality: str
     dim: int
     trainable: bool = False
     requires_fit: bool = False
+    space: str | None = None
     # set on what ``create`` returns: the registered name and the options it was built with
     name: str
     options: dict[str, Any]
@@ -147,6 +153,13 @@ class Metric(ABC):
     @abstractmethod
     def compute(self, *args: Any, **inputs: Any) -> dict[str, float]:
         """The metric's named values from the keyword inputs its ``task`` names."""
+
+    def units(self, *args: Any, **inputs: Any) -> UnitScores:
+        """Optional: the same values as :class:`~itm_core.contract.evidence.UnitScores`, per test unit (an
+        image, a prompt), for a metric that is a function of sums over units. With it the metric gets
+        bootstrap intervals, and it can decide a promotion by evidence. Metrics that are not (FD,
+        KID) leave it out."""
+        raise NotImplementedError(f"{type(self).__name__} gives no per-unit scores")
 
 
 class Dataset(ABC):
@@ -244,6 +257,17 @@ def _check_compute(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
             raise ContractError(f"compute() returned {key}={value!r}; values must be real numbers")
 
 
+def _check_units(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    import numpy as np
+
+    from itm_core.contract.evidence import UnitScores
+
+    if not isinstance(out, UnitScores):
+        raise ContractError(f"units() must return a UnitScores, got {type(out).__name__}")
+    if out.columns.ndim != 2 or not np.isfinite(out.columns).all():
+        raise ContractError(f"units() must give finite columns of shape (units, k), got shape {out.columns.shape}")
+
+
 def _check_load(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     from itm_core.data.pairs import ImageTextSet
 
@@ -282,7 +306,7 @@ _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = 
     "similarity": {"score": _check_score, "pairwise": _check_pairwise},
     "fusion": {"fuse": _check_fuse},
     "generator": {"generate": _check_generate},
-    "metric": {"compute": _check_compute},
+    "metric": {"compute": _check_compute, "units": _check_units},
     "dataset": {"load": _check_load},
     "explainer": {"explain": _check_explain},
 }

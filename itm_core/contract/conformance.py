@@ -7,6 +7,7 @@ images, very long or empty text), and the same results on an accelerator when th
 from __future__ import annotations
 
 import inspect
+import math
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -352,7 +353,27 @@ def _metric_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
         if c.compute(**inputs) != c.compute(**inputs):
             raise RuleFailed("the same inputs gave different values")
 
-    return {"declares task": declares, "output contract": output, "deterministic": deterministic}
+    def units() -> str | None:
+        inputs = _metric_inputs(task)
+        try:
+            scores = c.units(**inputs)
+        except NotImplementedError:
+            raise RuleSkipped(
+                "no per-unit scores (units() not implemented): no intervals or paired promotion"
+            ) from None
+        values, n = c.compute(**inputs), len(next(iter(inputs.values())))
+        if len(scores) != n:
+            raise RuleFailed(f"units() gave {len(scores)} units for {n} inputs")
+        wrong = {
+            k: (scores.value(k), values.get(k))
+            for k in scores.names()
+            if k not in values or not math.isclose(scores.value(k), values[k], rel_tol=1e-5, abs_tol=1e-6)
+        }
+        if wrong:
+            raise RuleFailed(f"units() and compute() disagree (units, compute): {wrong}")
+        return f"{len(scores)} units give {', '.join(scores.names())}"
+
+    return {"declares task": declares, "output contract": output, "deterministic": deterministic, "units": units}
 
 
 def _dataset_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], str | None]]:

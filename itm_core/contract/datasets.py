@@ -3,7 +3,7 @@ its images checked."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,8 @@ from itm_core.data.pairs import ImageTextSet
 
 
 class DatasetParams(Params):
+    component_kind: ClassVar[str] = "dataset"
+
     name: str = Field("shapes", description="A registered dataset: `shapes`, `manifest`, or one from a plugin")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Options for the dataset, e.g. {'path': 'pairs.csv'} for `manifest`"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata as md
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,37 @@ class ComponentSpec:
         ``check_options`` metadata, a dict or a function of a scratch folder returning one."""
         declared = self.metadata.get("check_options") or {}
         return dict(declared(folder) if callable(declared) else declared)
+
+    def accepted(self) -> list[str] | None:
+        """The keyword options the factory takes: its named parameters, and, when it takes ``**options``,
+        those its registration lists (``options=[...]``); ``None`` when that cannot be known."""
+        try:
+            params = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            declared = self.metadata.get("options")
+            if not declared:
+                return None
+            named += [o for o in declared if o not in named]
+        return named
+
+    def refuse_unknown(self, options: Iterable[str], where: str) -> None:
+        """Raise :class:`OptionsError` for the first of ``options`` the factory does not take: the
+        message names ``where`` (the parameter's path), the component, the accepted options and the
+        closest one."""
+        accepted = self.accepted()
+        if accepted is None:
+            return
+        for option in options:
+            if option not in accepted:
+                close = difflib.get_close_matches(option, accepted, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                takes = ", ".join(accepted) or "none"
+                raise OptionsError(
+                    f"{where}: {self.kind} {self.name!r} has no option {option!r} (it takes: {takes}){hint}"
+                )
 
     def describe(self) -> dict[str, Any]:
         """Metadata for listings, with availability: a missing dependency comes with its install command."""

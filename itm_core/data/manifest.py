@@ -21,6 +21,7 @@ _SUFFIX_FORMAT = {
     ".json": "karpathy",
 }
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train, val, test of data that comes without splits
 
 
 def detect_format(path: Path) -> str:
@@ -41,14 +42,16 @@ def load_manifest(
     caption_column: str = "caption",
     split_column: str | None = "split",
     extra_columns: tuple[str, ...] = (),
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_ratios: tuple[float, float, float] | None = None,
     seed: int = 0,
     name: str | None = None,
 ) -> ImageTextSet:
     """Load a manifest into an :class:`ImageTextSet`.
 
     Image paths are relative to ``root`` (default: the manifest's folder) and must stay inside it.
-    Without a split column, images are split by ``split_ratios`` (train, val, test) with ``seed``.
+    Images keep the splits the file gives them (a split column, or the Karpathy ``split``); with
+    ``split_ratios`` (train, val, test) they are split afresh in those proportions with ``seed``,
+    whatever the file says, and a file without splits is split 0.8 / 0.1 / 0.1.
     ``extra_columns`` are kept per image in ``image_extras`` (first value seen for each image).
     """
     path = Path(path)
@@ -58,11 +61,13 @@ def load_manifest(
     fmt = detect_format(path) if format == "auto" else format
     name = name or path.stem
     if fmt == "karpathy":
-        return _load_karpathy(path, root, name)
-    rows = _read_table(path, fmt)
-    return _from_rows(
-        rows, path, root, name, image_column, caption_column, split_column, tuple(extra_columns), split_ratios, seed
-    )
+        data = _load_karpathy(path, root, name)
+    else:
+        rows = _read_table(path, fmt)
+        data = _from_rows(rows, path, root, name, image_column, caption_column, split_column, tuple(extra_columns))
+    if split_ratios is not None or "" in data.image_split:
+        data.image_split = assign_splits(len(data.images), split_ratios or DEFAULT_SPLIT_RATIOS, seed)
+    return data
 
 
 def _read_table(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -99,9 +104,9 @@ def _from_rows(
     caption_column: str,
     split_column: str | None,
     extra_columns: tuple[str, ...],
-    split_ratios: tuple[float, float, float],
-    seed: int,
 ) -> ImageTextSet:
+    """The images of ``rows`` with their splits (``""`` without a split column: :func:`load_manifest`
+    assigns them)."""
     if not rows:
         raise DataError(f"{path}: the manifest has no rows")
     columns = list(rows[0])
@@ -148,14 +153,12 @@ def _from_rows(
             )
         captions.extend(texts)
         caption_image.extend([k] * len(texts))
-    if not has_split:
-        image_split = assign_splits(len(images), split_ratios, seed)
     return ImageTextSet(root, images, captions, caption_image, image_split, name=name, image_extras=extras)
 
 
 def assign_splits(n: int, ratios: tuple[float, float, float], seed: int) -> list[str]:
     """Deterministic train/val/test labels for ``n`` images in the given proportions."""
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+    if len(ratios) != 3 or any(not isinstance(r, (int, float)) or r < 0 for r in ratios) or sum(ratios) <= 0:
         raise DataError(f"split_ratios must be three non-negative numbers (train, val, test), got {ratios}")
     order = list(range(n))
     random.Random(seed).shuffle(order)

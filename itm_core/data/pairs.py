@@ -84,7 +84,11 @@ class ImageTextSet:
         """The images of one split; an unknown split fails with the splits this dataset has."""
         indices = [i for i, s in enumerate(self.image_split) if s == name]
         if not indices:
-            raise DataError(f"{self.name} has no images in split {name!r}; its splits are: {', '.join(self.splits)}")
+            raise DataError(
+                f"{self.name} has no images in split {name!r}; its splits are: {', '.join(self.splits)}. To split its "
+                "images afresh, give the dataset the option split_ratios: [train, val, test] (e.g. [0.8, 0.1, 0.1]) "
+                "and a seed"
+            )
         return self.subset(indices, name=f"{self.name}:{name}")
 
     def head(self, n: int) -> ImageTextSet:
@@ -96,6 +100,11 @@ class ImageTextSet:
         h = hashlib.sha256()
         h.update(json.dumps([str(self.root.resolve()), self.images, self.captions, self.caption_image]).encode())
         return h.hexdigest()[:16]
+
+    def splits_fingerprint(self) -> str:
+        """A short hash of which split each image is in: with equal :meth:`fingerprint`, equal split
+        fingerprints mean the same train, val and test images."""
+        return hashlib.sha256(json.dumps(self.image_split).encode()).hexdigest()[:16]
 
 
 def captions_per_image(caption_image: Sequence[int] | Any, n_images: int) -> list[list[int]]:

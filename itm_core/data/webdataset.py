@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from itm_core.data.images import resolve_inside
-from itm_core.data.manifest import assign_splits
+from itm_core.data.manifest import DEFAULT_SPLIT_RATIOS, assign_splits
 from itm_core.data.pairs import SPLITS, DataError, ImageTextSet
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -82,7 +82,7 @@ def _captions(sample: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 def load_webdataset(
     urls: str | Sequence[str],
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_ratios: tuple[float, float, float] | None = None,
     seed: int = 0,
     name: str = "webdataset",
     root: str | Path | None = None,
@@ -91,8 +91,8 @@ def load_webdataset(
     samples left out because they have no image member or no caption.
 
     Images are written once per shard set (keyed by the shards' paths, sizes and times) under
-    ``root`` (default ``$ITM_HOME/data``). Splits come from each sample's ``json`` ``split``, else
-    from ``split_ratios`` with ``seed``.
+    ``root`` (default ``$ITM_HOME/data``). Splits come from each sample's ``json`` ``split``; with
+    ``split_ratios`` (or when samples have none) they are assigned in those proportions with ``seed``.
     """
     from tqdm.auto import tqdm
 
@@ -149,8 +149,8 @@ def load_webdataset(
     if not rows:
         raise DataError(f"webdataset: the shards {urls!r} hold no sample with an image and a caption")
     splits = [r["split"] for r in rows]
-    if any(s is None for s in splits):
-        splits = assign_splits(len(rows), split_ratios, seed)
+    if split_ratios is not None or any(s is None for s in splits):
+        splits = assign_splits(len(rows), split_ratios or DEFAULT_SPLIT_RATIOS, seed)
     captions = [c for r in rows for c in r["captions"]]
     caption_image = [i for i, r in enumerate(rows) for _ in r["captions"]]
     return ImageTextSet(folder, [r["image"] for r in rows], captions, caption_image, splits, name=name), left_out

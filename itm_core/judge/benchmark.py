@@ -16,6 +16,7 @@ from itm_core.data import ImageTextSet
 from itm_core.encode.embed import EmbeddingCache, encode_features
 from itm_core.encode.features import ModalityFeatures
 from itm_core.errors import ParamsError
+from itm_core.judge.intervals import bounds, recall_intervals
 from itm_core.models.head_training import HeadTraining, ITMOptions, train_itm, train_vqa
 from itm_core.models.heads import (
     FusionHead,
@@ -26,10 +27,9 @@ from itm_core.models.heads import (
     evaluate_vqa,
     parameter_count,
     probe_pair_scores,
-    reranked_metrics,
 )
 from itm_core.models.matcher import Matcher
-from itm_core.models.rerank import candidates, choose_both
+from itm_core.models.rerank import DIRECTIONS, Choice, candidates, choose_both, itm_only, report, reranked
 from itm_core.models.retrieval import Ranks, ranks, recall_metrics
 from itm_core.models.token_reader import TokenReader
 
@@ -38,6 +38,9 @@ READER_WIDTH = 128
 PROBE_TRUE = "probe_true"
 PROBE_NEGATIVES = ("neg_color", "neg_shape", "neg_position")
 QA = "qa"
+
+
+R1 = ("i2t_r1", "t2i_r1")  # the recalls the fusion leaderboard shows, with their intervals
 
 
 def has_probe(data: ImageTextSet) -> bool:
@@ -187,6 +190,8 @@ def prepare(features: dict[str, SplitFeatures], matcher: Matcher, dataset_negati
 def similarity_results(data: BenchmarkData) -> dict[str, float]:
     """Plain contrastive similarity: test retrieval and, when the data has it, the probe."""
     metrics = {f"test_{k}": v for k, v in recall_metrics(data.base).items()}
+    found = recall_intervals(data.base, data.features["test"].data.caption_image, R1)
+    metrics.update({f"test_{k}": v for k, v in bounds(found).items()})
     probe = data.test_probe
     if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: (probe.image_emb[i] * probe.text_emb[t]).sum(-1), probe))
@@ -257,7 +262,12 @@ def benchmark_fusion(
     }
     metrics.update(evaluate_itm(itm, data.test))
     choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
-    metrics.update(reranked_metrics(itm, data.test, rerank_k, data.base, choice))
+    found = candidates(itm, data.test, rerank_k, data.base)
+    chosen = choice or {d: Choice(rerank_k, 0.0) for d in DIRECTIONS}
+    metrics.update(report(found, chosen))
+    owners = test.data.caption_image
+    for prefix, r in (("reranked", reranked(found, chosen)), ("itm_only", itm_only(found))):
+        metrics.update({f"{prefix}_{k}": v for k, v in bounds(recall_intervals(r, owners, R1)).items()})
     probe = data.test_probe
     if probe is not None:
         metrics.update(probe_pair_scores(lambda i, t: itm.predict_pairs(probe, i, t), probe))

@@ -20,7 +20,7 @@ from torch import nn
 from itm_core.data.pairs import captions_per_image
 from itm_core.encode.features import ModalityFeatures
 from itm_core.errors import ParamsError, PluginError
-from itm_core.models.rerank import DIRECTIONS, Choice, candidates, itm_only, report
+from itm_core.models.rerank import candidates, itm_only
 from itm_core.models.retrieval import Ranks
 from itm_core.models.standardize import Standardizer
 from itm_core.models.token_reader import TokenReader
@@ -249,16 +249,6 @@ def evaluate_itm(head: ITMHead, data: PairSet) -> dict[str, float]:
 def rerank(head: ITMHead, data: PairSet, k: int, base: Ranks) -> Ranks:
     """Ranks after the ITM logit alone reorders each query's contrastive top ``k``; deeper ranks are unchanged."""
     return itm_only(candidates(head, data, k, base))
-
-
-def reranked_metrics(
-    head: ITMHead, data: PairSet, k: int, base: Ranks, choice: dict[str, Choice] | None = None
-) -> dict[str, float]:
-    """Recall metrics of the reranker (``reranked_*``: ITM logit plus ``choice``'s weight times the
-    contrastive similarity over its top k; without ``choice``, the ITM logit alone over the top ``k``)
-    and of the ITM logit alone (``itm_only_*``)."""
-    found = candidates(head, data, k, base)
-    return report(found, choice or {d: Choice(k, 0.0) for d in DIRECTIONS})
 
 
 # --- the compositional probe ------------------------------------------------------------------------

@@ -58,7 +58,8 @@ class ProjectionHead(Standardizer):
 
 
 class Matcher(nn.Module):
-    """Scores images against texts as the cosine of their projected embeddings.
+    """Scores images against texts as the cosine of their projected embeddings. Without ``heads``, the
+    towers' own outputs are the embeddings: a pretrained pair whose encoders share a joint space.
 
     ``image_encoder`` / ``text_encoder`` describe the towers as ``{"name": ..., "options": {...}}``;
     the built components are attached with :meth:`attach_encoders` (``load`` does it for you).
@@ -74,6 +75,7 @@ class Matcher(nn.Module):
         hidden_dim: int = 1024,
         dropout: float = 0.1,
         init_temperature: float = 0.07,
+        heads: bool = True,
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -85,9 +87,20 @@ class Matcher(nn.Module):
             hidden_dim=hidden_dim,
             dropout=dropout,
             init_temperature=init_temperature,
+            heads=heads,
         )
-        self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
-        self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
+        self.image_head: nn.Module
+        self.text_head: nn.Module
+        if heads:
+            self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
+            self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
+        else:  # a pretrained pair: the towers' own joint space
+            if image_dim != text_dim:
+                raise ModelError(
+                    f"a matcher without heads compares the towers' outputs directly, so their dimensions must be "
+                    f"equal; got image {image_dim}, text {text_dim}"
+                )
+            self.image_head, self.text_head = nn.Identity(), nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.encoders: dict[str, Any] = {}
         self.similarity = JointSimilarity()

@@ -24,8 +24,9 @@ from itm_core.contract.components import TrainableEncoder
 from itm_core.contract.params import Params
 from itm_core.data.pairs import captions_per_image
 from itm_core.encode.features import FeatureSplit
+from itm_core.errors import ModelError
 from itm_core.models.loop import FitResult, Trainer, fit, one_cycle, scheduler_step, seed_everything, step_autocast
-from itm_core.models.matcher import Matcher
+from itm_core.models.matcher import Matcher, ProjectionHead
 from itm_core.models.process_group import (
     Ranks,
     average_gradients,
@@ -41,6 +42,12 @@ RecallKey = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "
 class ContrastiveTraining(Params):
     """The matcher's heads and their contrastive training."""
 
+    heads: Literal["train", "none"] = Field(
+        "train",
+        description="train: projection heads over the towers, trained contrastively; none: register the pretrained "
+        "pair itself (its encoders must share a joint space, as clip's two towers of one checkpoint do), its scores "
+        "the towers' cosine similarities",
+    )
     epochs: int = Field(40, ge=1, description="Maximum epochs")
     batch_size: int = Field(256, ge=2, description="Images per contrastive batch")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
@@ -171,8 +178,10 @@ class ContrastiveTrainer(Trainer):
         # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in
         # bfloat16.
         self.autocast = step_autocast(options.precision, next(matcher.parameters()).device.type)
-        matcher.image_head.set_statistics(train.image)
-        matcher.text_head.set_statistics(train.text)
+        for head, rows in ((matcher.image_head, train.image), (matcher.text_head, train.text)):
+            if not isinstance(head, ProjectionHead):
+                raise ModelError("this matcher has no projection heads to train (it was built with heads=False)")
+            head.set_statistics(rows)
         self.towers = {m: t.encoder.train_module() for m, t in unlocked.items()}
         for module in (matcher, *self.towers.values()):
             broadcast_parameters(module, ranks)

@@ -1,19 +1,23 @@
-"""Promotion of a registered model version to ``champion``: decided under a lock, so that concurrent
-retrains cannot overwrite a better champion, and only on the same evaluation data."""
+"""Promotion of a registered model version to ``champion``: decided on the same test data as the
+champion, by a paired bootstrap on the promotion metric (or the rule ``promotion.policy`` names), and
+under a lock, so that concurrent retrains decide one after the other."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict, Field
 
+from itm_core.contract.evidence import UnitScores
+from itm_core.judge.intervals import Interval, paired_difference
 from itm_core.ops.tracking import CHAMPION
 
 
@@ -25,25 +29,144 @@ def champion_version(registered_model: str) -> Any | None:
         return None
 
 
+class PromotionOptions(BaseModel):
+    """When a newly trained version replaces the ``champion``. Challenger and champion are scored on the
+    same test data; ``evidence`` promotes only when the paired bootstrap interval of the difference on
+    the promotion metric lies wholly above zero, on at least ``min_test_images`` test units."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["evidence", "better", "never", "always"] = Field(
+        "evidence",
+        description=(
+            "evidence: promote when the new version is better at the given confidence (paired bootstrap over the "
+            "test images); better: when it scores higher at all; never: register only; always: promote every version"
+        ),
+    )
+    min_test_images: int = Field(
+        50, ge=1, description="with policy evidence, fewer test images (or prompts) than this never replace a champion"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="confidence of the paired interval (evidence policy)")
+    across_datasets: bool = Field(
+        False,
+        description=(
+            "compare with a champion trained on other data (another dataset, or the same pairs split otherwise); "
+            "off by default: give your own data its own registered_model"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """What a version was trained on: the dataset's name, its pairs' fingerprint and its split's."""
+
+    name: str | None
+    fingerprint: str | None
+    splits: str | None = None
+
+    @classmethod
+    def of_run(cls, run_id: str) -> DataIdentity:
+        params = MlflowClient().get_run(run_id).data.params
+        return cls(params.get("dataset.name"), params.get("data.fingerprint"), params.get("data.splits_fingerprint"))
+
+    def differs(self, other: DataIdentity) -> str | None:
+        """How ``other`` (this version's data) differs from this (the champion's), or ``None`` when it is,
+        as far as both record, the same."""
+        if self.fingerprint and other.fingerprint and self.fingerprint != other.fingerprint:
+            return (
+                f"the champion's dataset {self.name!r} (pairs {self.fingerprint}), "
+                f"this version's {other.name!r} (pairs {other.fingerprint})"
+            )
+        if self.splits and other.splits and self.splits != other.splits:
+            return "the same pairs split otherwise (the champion may have trained on these test images)"
+        return None
+
+
 @dataclass
 class Promotion:
+    """The decision on one new version, and why."""
+
     promoted: bool
     metric: str
     new_value: float
-    champion_value: float | None
-    previous_version: str | None
     new_version: str
+    policy: str = "evidence"
+    champion_value: float | None = None
+    previous_version: str | None = None
+    difference: Interval | None = None
+    why: str = ""
 
     def reason(self) -> str:
         if self.previous_version is None:
             return f"promoted v{self.new_version}: first model, {self.metric}={self.new_value:.4f}"
-        verb = "promoted" if self.promoted else "kept champion"
-        cmp = ">" if self.promoted else "<="
-        return (
-            f"{verb} v{self.new_version if self.promoted else self.previous_version}: "
-            f"new {self.metric}={self.new_value:.4f} {cmp} champion v{self.previous_version} "
-            f"{self.metric}={self.champion_value:.4f} on the same test data"
+        head = (
+            f"promoted v{self.new_version} over champion v{self.previous_version}"
+            if self.promoted
+            else f"kept champion v{self.previous_version} over v{self.new_version}"
         )
+        return f"{head}: {self.why}"
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "promotion.decision": self.reason(),
+            "promotion.metric": self.metric,
+            "promotion.promoted": str(self.promoted),
+            "promotion.policy": self.policy,
+        }
+        if self.difference is not None:
+            tags["promotion.interval"] = self.difference.signed(_digits(self.metric))
+            tags["promotion.n"] = str(self.difference.n)
+            tags["promotion.confidence"] = str(self.difference.confidence)
+        return tags
+
+
+def _digits(metric: str) -> int:
+    return 1 if metric == "rsum" else 3
+
+
+def decide(
+    options: PromotionOptions,
+    metric: str,
+    new: UnitScores,
+    new_version: str,
+    champion: UnitScores | None = None,
+    previous_version: str | None = None,
+    other_data: str | None = None,
+) -> Promotion:
+    """The decision on ``new_version`` against the champion's scores on the same test units.
+    ``other_data`` says how the champion's training data differs, when it does."""
+    value = new.value(metric)
+    if champion is None or previous_version is None:
+        return Promotion(True, metric, value, new_version, options.policy, why="first model")
+    diff = paired_difference(new, champion, metric, options.confidence)
+    d = _digits(metric)
+    evidence = f"{metric} {diff.signed(d)} on {diff.n} {new.unit}"
+    decision = Promotion(False, metric, value, new_version, options.policy, champion.value(metric), previous_version)
+    decision.difference = diff
+    if options.policy == "always":
+        decision.promoted, decision.why = True, f"{evidence} (policy always)"
+    elif options.policy == "never":
+        decision.why = f"{evidence} (policy never)"
+    elif other_data and not options.across_datasets:
+        decision.why = (
+            f"trained on other data than the champion: {other_data}; not promoted across datasets "
+            f"({evidence}). Give this data its own registered_model, or set promotion.across_datasets: true"
+        )
+    elif options.policy == "better":
+        decision.promoted = diff.value > 0
+        decision.why = f"{evidence} (policy better: {'higher' if decision.promoted else 'not higher'})"
+    elif diff.n < options.min_test_images:
+        decision.why = (
+            f"{evidence}: too few to replace a champion (promotion.min_test_images is {options.min_test_images})"
+        )
+    elif diff.low > 0:
+        decision.promoted = True
+        decision.why = f"{evidence}: better at {options.confidence:.0%} confidence"
+    else:
+        decision.why = f"{evidence}: not enough evidence at {options.confidence:.0%} confidence"
+    if other_data and decision.promoted:
+        decision.why += f"; trained on other data: {other_data}"
+    return decision
 
 
 @contextlib.contextmanager
@@ -98,52 +221,38 @@ def _prefect_slot(name: str, timeout_s: float) -> Iterator[None]:
 
 
 def register_and_promote_version(
-    registered_model: str, log_model: Any, metric: str, new_value: float, score_version: Any
+    registered_model: str,
+    log_model: Callable[[], Any],
+    metric: str,
+    new_scores: UnitScores,
+    score_version: Callable[[str], UnitScores],
+    options: PromotionOptions,
 ) -> tuple[Any, Promotion]:
     """Register a new version (``log_model()``), then, under :func:`promotion_lock`, re-read the
-    champion, score it on the same test data (``score_version(version)``) and move ``champion``
-    only when the new version is strictly better. Concurrent runs therefore leave the best version
-    as champion, whatever order they finish in."""
+    champion, score it on the same test units (``score_version(version)``) and move ``champion`` as
+    :func:`decide` says. Concurrent runs therefore decide one after the other, each against the
+    champion of the moment. The decision, its interval and ``n`` are tagged on the active run and on
+    the new version; the version is tagged with its training data's identity."""
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    mine = DataIdentity.of_run(run_id)
     info = log_model()
     version = str(info.registered_model_version)
+    client = MlflowClient()
     with promotion_lock(registered_model):
         previous = champion_version(registered_model)
-        champion_value = None
+        champion, other = None, None
         if previous is not None:
-            champion_value = float(score_version(str(previous.version)))
-            mlflow.log_metric(f"champion_test_{metric}", champion_value)
-        decision = promote_if_better(registered_model, version, metric, new_value, champion_value, previous)
-    mlflow.set_tags(
-        {
-            "promotion.decision": decision.reason(),
-            "promotion.metric": metric,
-            "promotion.promoted": str(decision.promoted),
-            "model_version": version,
-        }
-    )
+            champion = score_version(str(previous.version))
+            mlflow.log_metric(f"champion_test_{metric}", champion.value(metric))
+            other = DataIdentity.of_run(previous.run_id).differs(mine) if previous.run_id else None
+        decision = decide(
+            options, metric, new_scores, version, champion, None if previous is None else str(previous.version), other
+        )
+        if decision.promoted:
+            client.set_registered_model_alias(registered_model, CHAMPION, version)
+    tags = decision.tags()
+    mlflow.set_tags({**tags, "model_version": version})
+    for key, value in {**tags, "promotion": decision.reason()}.items():
+        client.set_model_version_tag(registered_model, version, key, value)
     print(decision.reason())
     return info, decision
-
-
-def promote_if_better(
-    registered_model: str,
-    new_version: str,
-    metric: str,
-    new_value: float,
-    champion_value: float | None,
-    previous: Any | None,
-) -> Promotion:
-    """Move ``champion`` to ``new_version`` when there is none or the new model scores strictly higher."""
-    decision = Promotion(
-        promoted=previous is None or new_value > (champion_value if champion_value is not None else float("-inf")),
-        metric=metric,
-        new_value=new_value,
-        champion_value=champion_value,
-        previous_version=None if previous is None else str(previous.version),
-        new_version=str(new_version),
-    )
-    client = MlflowClient()
-    if decision.promoted:
-        client.set_registered_model_alias(registered_model, CHAMPION, str(new_version))
-    client.set_model_version_tag(registered_model, str(new_version), "promotion", decision.reason())
-    return decision

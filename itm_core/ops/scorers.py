@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, model_validator
 
-from itm_core.contract.params import ComponentParams, Params
+from itm_core.contract.params import ComponentParams, Params, component
 from itm_core.contract.registry import create
 from itm_core.data import ImageTextSet
 from itm_core.errors import ParamsError
@@ -21,12 +21,16 @@ class MatcherRef(Params):
     model_uri: str | None = Field(
         None, description="e.g. models:/itm-matcher@champion, runs:/<id>/matcher, or a saved matcher folder"
     )
-    image_encoder: ComponentParams | None = None
-    text_encoder: ComponentParams | None = None
+    image_encoder: ComponentParams | None = Field(None, json_schema_extra=component("encoder"))
+    text_encoder: ComponentParams | None = Field(None, json_schema_extra=component("encoder"))
     untrained_heads: bool = Field(
         False, description="With an encoder pair: score through randomly initialised heads (a chance reference)"
     )
-    similarity: str = Field("cosine", description="Similarity for an encoder pair compared directly")
+    similarity: str = Field(
+        "cosine",
+        description="Similarity for an encoder pair compared directly",
+        json_schema_extra=component("similarity"),
+    )
     label: str | None = Field(None, description="Name in the leaderboard")
 
     @model_validator(mode="after")

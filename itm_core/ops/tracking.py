@@ -7,6 +7,7 @@ MLflow's default (a SQLite database in the working directory).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,9 @@ from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.flows import Flow
+from pydantic import BaseModel
 
+from itm_core.contract.params import check_components
 from itm_core.errors import DataError, ModelError, UserError
 from itm_core.models.matcher import Matcher
 
@@ -137,9 +140,24 @@ def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
-    """Prefect's ``flow`` decorator as every workbench flow uses it: what the flow prints goes to its
-    run's log, and a crashed or cancelled run closes the MLflow runs it left open."""
-    return flow(name=name, log_prints=True, on_crashed=[close_flow_run_runs], on_cancellation=[close_flow_run_runs])
+    """Prefect's ``flow`` decorator as every workbench flow uses it: the components its parameters
+    name are checked before anything runs (a run from the Prefect UI fails at once, in one line, with
+    no MLflow run opened); what the flow prints goes to its run's log; and a crashed or cancelled run
+    closes the MLflow runs it left open."""
+
+    def decorate(fn: Callable[P, R]) -> Flow[P, R]:
+        @functools.wraps(fn)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, BaseModel):
+                    check_components(value)
+            return fn(*args, **kwargs)
+
+        return flow(
+            name=name, log_prints=True, on_crashed=[close_flow_run_runs], on_cancellation=[close_flow_run_runs]
+        )(checked)
+
+    return decorate
 
 
 @contextlib.contextmanager
@@ -229,6 +247,9 @@ class MatcherModel(PythonModel):
         if missing:
             raise DataError(f"input needs columns 'image' and 'text'; missing {sorted(missing)}")
         check_rows(model_input)
+        empty = [n for n, t in enumerate(model_input["text"]) if t is None or not str(t).strip()]
+        if empty:
+            raise DataError(f"row {empty[0]}: 'text' is empty; each row needs an image and a non-empty text to score")
         img = self.matcher.embed_image_objects(
             [image_from_reference(v, allow_paths=False) for v in model_input["image"]]
         )
