@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.evaluate import evaluate
@@ -82,7 +83,7 @@ def run_demo(
 
     table = Table(
         title=f"ITM demo: test-split retrieval ({seconds / 60:.1f} min)",
-        caption="[low, high]: 95% interval, bootstrap over the test images",
+        caption=escape("[low, high]: 95% interval, bootstrap over the test images"),
     )
     for col in ("matcher", "i2t R@1", "i2t R@5", "t2i R@1", "t2i R@5", "rsum"):
         table.add_column(col, justify="left" if col == "matcher" else "right")

@@ -154,12 +154,7 @@ def register_and_promote(
         score,
         params.promotion,
     )
-    return {
-        "model_version": str(info.registered_model_version),
-        "promoted": decision.promoted,
-        "decision": decision.reason(),
-        "model_uri": info.model_uri,
-    }
+    return decision.outcome(info)
 
 
 @tracked_flow("retrain")

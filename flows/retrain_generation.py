@@ -49,12 +49,7 @@ def _register(
         lambda version: champion_scores(load_generator_model(f"models:/{name}/{version}")),
         params.promotion,
     )
-    return {
-        "model_version": str(info.registered_model_version),
-        "promoted": decision.promoted,
-        "decision": decision.reason(),
-        "model_uri": info.model_uri,
-    }
+    return decision.outcome(info)
 
 
 def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> None:

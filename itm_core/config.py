@@ -357,7 +357,7 @@ def load_params(path: str | Path, model: type[Params]) -> Params:
     try:
         check_components(params)
     except OptionsError as exc:
-        raise ParamsFileError(f"{path}: {exc}") from None
+        raise ParamsFileError(f"{path}: invalid {model.__name__}: {exc}") from None
     return params
 
 

@@ -164,6 +164,69 @@ def test_bad_manifests(case, prefect_server, mlflow_store, tmp_path):
         _one_line_error(_evaluate(tmp_path, manifest), "pairs.csv")
 
 
+@pytest.mark.parametrize(
+    ("flow", "values", "names"),
+    [
+        (
+            "retrain",
+            {"dataset": {"name": "manifest", "options": {"pth": "pairs.csv"}}},
+            ["dataset.options", "'manifest'", "no option 'pth'", "split_ratios", "did you mean 'path'?"],
+        ),
+        (
+            "retrain",
+            {"image_encoder": {"name": "efficientnet-lite0", "options": {"image_sise": 64}}},
+            ["image_encoder.options", "no option 'image_sise'", "(it takes: image_size", "did you mean 'image_size'?"],
+        ),
+        (
+            "evaluate",
+            {"matchers": [{"image_encoder": {"name": "color-histogam"}, "text_encoder": {"name": "bow"}}]},
+            ["matchers[0].image_encoder.name", "unknown encoder 'color-histogam'", "Did you mean 'color-histogram'?"],
+        ),
+        (
+            "generate",
+            {"generator": "retrieval-captioner", "generator_options": {"matchr": "models:/m/1"}},
+            ["generator_options", "'retrieval-captioner'", "did you mean 'matcher'?"],
+        ),
+        ("retrain", {"trainig": {"epochs": 3}}, ["trainig: unknown setting; did you mean 'training'?"]),
+        ("retrain", {"training": {"epocs": 3}}, ["training.epocs", "did you mean 'epochs'?", "(accepted here: "]),
+        (
+            "retrain",
+            {"task": "text-to-image", "text_to_image": {"model": "gan", "channls": 8}},
+            ["text_to_image.gan.channls", "did you mean 'channels'?"],
+        ),
+    ],
+)
+def test_a_typo_fails_in_one_line_before_any_run(flow, values, names, prefect_server, mlflow_store, tmp_path):
+    """A misspelt key, component or option, at the top or inside a component's options: one line that
+    names it, what is accepted there and the closest match; no flow run, no MLflow run."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        before = len(client.read_flow_runs())
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps(values))
+    _one_line_error(_run(["run", flow, "--params", str(path)]), "params.yaml", *names)
+    with get_client(sync_client=True) as client:
+        assert len(client.read_flow_runs()) == before
+    import mlflow
+
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_flow_started_with_unknown_options_fails_before_its_mlflow_run(prefect_server, mlflow_store):
+    """From the Prefect UI the parameters reach the flow unchecked by the CLI: the flow checks them first."""
+    import mlflow
+
+    from flows.retrain import retrain
+    from itm_core.config import ComponentParams, RetrainParams
+    from itm_core.errors import OptionsError
+
+    params = RetrainParams(image_encoder=ComponentParams(name="color-histogram", options={"binz": 4}))
+    with pytest.raises(OptionsError, match=r"image_encoder.options: encoder 'color-histogram' has no option 'binz'"):
+        retrain(params)
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.dictionaries(

@@ -138,6 +138,34 @@ def test_open_image_converts_grayscale_and_rgba(tmp_path):
     assert open_image(tmp_path / "g.png").mode == "RGB" and open_image(tmp_path / "t.png").mode == "RGB"
 
 
+@pytest.mark.parametrize("fmt", ["karpathy", "csv", "jsonl"])
+def test_split_ratios_split_any_manifest_afresh_and_the_missing_split_error_names_them(tmp_path, fmt):
+    """A file whose images are all in 'test' (as a Karpathy file of one's own photos often is): flows that
+    need train and val are told which option re-splits it, and split_ratios with a seed does, in every format."""
+    names = [f"p{i}.png" for i in range(20)]
+    for name in names:
+        Image.new("RGB", (8, 8), "red").save(tmp_path / name)
+    if fmt == "karpathy":
+        doc = {"images": [{"filename": n, "split": "test", "sentences": [{"raw": f"photo {n}"}]} for n in names]}
+        path = tmp_path / "mine.json"
+        path.write_text(json.dumps(doc))
+    else:
+        frame = pd.DataFrame({"image": names, "caption": [f"photo {n}" for n in names], "split": ["test"] * 20})
+        path = tmp_path / f"mine.{fmt}"
+        frame.to_csv(path, index=False) if fmt == "csv" else frame.to_json(path, orient="records", lines=True)
+    as_given = load_manifest(path)
+    assert as_given.splits == ["test"]
+    with pytest.raises(DataError, match=r"no images in split 'train'; its splits are: test\. .*split_ratios"):
+        as_given.split("train")
+    resplit = load_manifest(path, split_ratios=(0.6, 0.2, 0.2), seed=3)
+    assert [len(resplit.split(s)) for s in ("train", "val", "test")] == [12, 4, 4]
+    assert resplit.image_split == load_manifest(path, split_ratios=[0.6, 0.2, 0.2], seed=3).image_split
+    assert resplit.image_split != load_manifest(path, split_ratios=(0.6, 0.2, 0.2), seed=4).image_split
+    assert resplit.fingerprint() == as_given.fingerprint() != "" and resplit.splits_fingerprint() != (
+        as_given.splits_fingerprint()
+    )
+
+
 def test_assign_splits_is_deterministic_and_proportional():
     a = assign_splits(100, (0.8, 0.1, 0.1), seed=1)
     assert a == assign_splits(100, (0.8, 0.1, 0.1), seed=1) and a != assign_splits(100, (0.8, 0.1, 0.1), seed=2)

@@ -89,6 +89,7 @@ def scores_of(values: list[float]) -> UnitScores:
         ("better", 200, 0.0, False, "policy better: not higher"),
         ("never", 200, 0.3, False, "policy never"),
         ("always", 2, -0.5, True, "policy always"),
+        ("evidence", 200, -0.5, False, "worse at 95% confidence"),
     ],
 )
 def test_decide_follows_the_policy_and_says_why_with_the_interval_and_n(policy, n, gain, promoted, says):

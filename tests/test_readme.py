@@ -41,7 +41,7 @@ class Workspace:
     def __init__(self, base: Path) -> None:
         self.dir = base / "checkout"
         self.dir.mkdir()
-        for name in (".venv", "Makefile", "pyproject.toml", "prefect.yaml", "examples"):
+        for name in (".venv", "Makefile", "pyproject.toml", "prefect.yaml", "examples", "tests"):
             (self.dir / name).symlink_to(ROOT / name)
 
     def env(self) -> dict[str, str]:

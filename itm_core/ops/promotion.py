@@ -106,6 +106,15 @@ class Promotion:
         )
         return f"{head}: {self.why}"
 
+    def outcome(self, info: Any) -> dict[str, Any]:
+        """What a retrain flow returns about the version it registered (``info``: MLflow's model info)."""
+        return {
+            "model_version": str(info.registered_model_version),
+            "promoted": self.promoted,
+            "decision": self.reason(),
+            "model_uri": info.model_uri,
+        }
+
     def tags(self) -> dict[str, str]:
         tags = {
             "promotion.decision": self.reason(),
@@ -162,6 +171,8 @@ def decide(
     elif diff.low > 0:
         decision.promoted = True
         decision.why = f"{evidence}: better at {options.confidence:.0%} confidence"
+    elif diff.high < 0:
+        decision.why = f"{evidence}: worse at {options.confidence:.0%} confidence"
     else:
         decision.why = f"{evidence}: not enough evidence at {options.confidence:.0%} confidence"
     if other_data and decision.promoted:

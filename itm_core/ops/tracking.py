@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import tempfile
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -153,6 +155,9 @@ def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
                     check_components(value)
             return fn(*args, **kwargs)
 
+        # the flow's parameter types, resolved where it was written: Prefect validates its runs against them
+        checked.__annotations__ = typing.get_type_hints(fn)
+        checked.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
         return flow(
             name=name, log_prints=True, on_crashed=[close_flow_run_runs], on_cancellation=[close_flow_run_runs]
         )(checked)
