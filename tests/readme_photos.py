@@ -19,7 +19,11 @@ PHOTOS = {
     "chelsea.png": ["a ginger cat looking to the side", "a close up of a tabby cat", "an orange cat"],
     "rocket.jpg": ["a rocket on the launch pad", "a space shuttle ready for launch", "a rocket under a blue sky"],
     "motorcycle_left.png": ["a red motorcycle in a room", "a motorbike seen from the side", "a shiny motorcycle"],
-    "hubble_deep_field.jpg": ["galaxies in deep space", "a telescope image of distant galaxies", "stars on a black sky"],
+    "hubble_deep_field.jpg": [
+        "galaxies in deep space",
+        "a telescope image of distant galaxies",
+        "stars on a black sky",
+    ],
     "retina.jpg": ["the back of a human eye", "a retina with blood vessels", "an orange image of an eye"],
     "camera.png": ["a man with a camera on a tripod", "a black and white photo of a cameraman", "a photographer"],
     "coins.png": ["old coins on a dark background", "a grey picture of many coins", "rows of coins"],
