@@ -170,10 +170,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict[str, Any]:
     data, _ = load_data(params.dataset, check=False)  # each image is checked in the encoding pass that reads it
     pretrained = params.training.heads == "none"  # nothing to train: only the test split is read
     splits = {s: data.split(s) for s in (("test",) if pretrained else ("train", "val", "test"))}
-    image_encoder, text_encoder = build_encoders(params.image_encoder, params.text_encoder, splits.get("train"))
+    image_encoder, text_encoder = build_encoders(
+        params.image_encoder, params.text_encoder, splits.get("train"), fit=not pretrained
+    )
     encoders = {"image": image_encoder, "text": text_encoder}
     check_unlockable(params, encoders)
-    if pretrained:
+    if pretrained:  # an encoder that needs fitting has no pretrained joint space: refused here
         check_shared_space(image_encoder, text_encoder)
     cache = EmbeddingCache(float16=params.encoding.float16)
     run_name = params.run_name or f"{params.image_encoder.name} + {params.text_encoder.name}"

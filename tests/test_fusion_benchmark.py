@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from itm_core.config import ContrastiveTraining, DatasetParams, FusionBenchmarkParams, HeadTraining
+from itm_core.errors import OptionsError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 FAST = dict(
@@ -129,5 +130,5 @@ def test_benchmark_on_a_dataset_without_questions_or_probe(prefect_server, mlflo
 
     with pytest.raises(ValueError, match="no token-level features"):
         fusion_benchmark(params.model_copy(update={"fusions": ["cross-attention"]}))
-    with pytest.raises(LookupError, match="unknown fusion 'gatd'.*Did you mean 'gated'"):
+    with pytest.raises(OptionsError, match="fusions\\[0\\]: unknown fusion 'gatd'.*Did you mean 'gated'"):
         fusion_benchmark(params.model_copy(update={"fusions": ["gatd"]}))

@@ -40,13 +40,14 @@ class EncoderPair:
 MAX_FIT_IMAGES = 1000
 
 
-def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any:
+def build_encoder(params: Any, modality: str, train: ImageTextSet | None, fit: bool = True) -> Any:
     """Create an encoder from its params, check its modality, and fit it on ``train`` when it needs
-    fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its usable images spread evenly."""
+    fitting: on its captions, or on up to ``MAX_FIT_IMAGES`` of its usable images spread evenly.
+    ``fit=False`` leaves it unfitted (to be refused by a check that comes next)."""
     enc = create("encoder", params.name, **params.options)
     if enc.modality != modality:
         raise ParamsError(f"encoder {params.name!r} has modality {enc.modality!r}; it cannot be the {modality} encoder")
-    if getattr(enc, "requires_fit", False):
+    if fit and getattr(enc, "requires_fit", False):
         if train is None:
             raise DataError(f"encoder {params.name!r} must be fitted, and the dataset has no train split")
         if modality == "text":
@@ -60,9 +61,9 @@ def build_encoder(params: Any, modality: str, train: ImageTextSet | None) -> Any
     return enc
 
 
-def build_encoders(image: Any, text: Any, train: ImageTextSet | None) -> tuple[Any, Any]:
+def build_encoders(image: Any, text: Any, train: ImageTextSet | None, fit: bool = True) -> tuple[Any, Any]:
     """The image and the text encoder of a pair, each built by :func:`build_encoder`."""
-    return build_encoder(image, "image", train), build_encoder(text, "text", train)
+    return build_encoder(image, "image", train, fit), build_encoder(text, "text", train, fit)
 
 
 def image_tower(scorer: Matcher | EncoderPair) -> Any:
