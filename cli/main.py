@@ -32,11 +32,12 @@ def main(
         False, "--debug", help="Show the libraries' own output and full tracebacks (also ITM_DEBUG=1)"
     ),
 ) -> None:
-    """ITM workbench: image-text matching and fusion as plugins and flows. While `itm up` runs here,
-    commands use its Prefect server and MLflow tracking server (unless PREFECT_API_URL or
-    MLFLOW_TRACKING_URI say otherwise)."""
+    """ITM workbench: image-text matching and fusion as plugins and flows. Every command uses one
+    MLflow store and one Prefect database, in ./.itm (ITM_HOME): through the servers of `itm up`
+    while it runs here, directly otherwise (unless MLFLOW_TRACKING_URI or PREFECT_API_URL say otherwise)."""
     from itm_core.ops.console import quiet_libraries
     from itm_core.ops.stack import use_running_stack
+    from itm_core.ops.store import use_home_store
 
     if debug:
         os.environ["ITM_DEBUG"] = "1"
@@ -46,6 +47,8 @@ def main(
     stack = use_running_stack()
     if stack is not None:
         err.print(f"using the running stack: Prefect {stack.prefect_ui}, MLflow {stack.mlflow_uri}", highlight=False)
+    else:  # the files the stack serves, opened directly: one store either way
+        use_home_store()
 
 
 plugins_app = typer.Typer(help="List the installed plugins and their components.")

@@ -28,6 +28,7 @@ from itm_core.config import (
 )
 from itm_core.judge.intervals import SHOWN, shown
 from itm_core.models.training import ContrastiveTraining
+from itm_core.ops.store import tracking_uri
 
 PRETRAINED = (ComponentParams(name="efficientnet-lite0"), ComponentParams(name="minilm"))
 CLASSIC = (ComponentParams(name="color-histogram"), ComponentParams(name="tfidf"))
@@ -100,10 +101,9 @@ def run_demo(
     ui = (
         f"open {uri}"
         if uri.startswith("http")
-        else (
-            f"mlflow ui --backend-store-uri {uri}  # then open http://127.0.0.1:5000 (or run `itm up` before the demo: "
-            "it lands in the stack's UIs)"
-        )
+        else "`make up` (or `itm up`), then open http://127.0.0.1:5000"
+        if uri == tracking_uri()
+        else f"mlflow ui --backend-store-uri {uri}"
     )
     console.print(f"MLflow store: {uri}\nBrowse it: {ui}")
     return {"runs": runs, "leaderboard": board, "captions": captions, "seconds": seconds}

@@ -24,9 +24,10 @@ from itm_core.encode.embed import EmbeddingCache
 from itm_core.errors import ModelError, ParamsError
 from itm_core.models.matcher import Matcher
 from itm_core.models.search_index import SearchIndex
+from itm_core.ops import events
 from itm_core.ops.promotion import champion_version
 from itm_core.ops.search import SearchBundle, log_search_model, matcher_identity
-from itm_core.ops.tracking import CHAMPION, load_matcher, tracked_flow, tracked_run
+from itm_core.ops.tracking import CHAMPION, load_matcher, prefect_context, tracked_flow, tracked_run
 
 
 @task(name="load-matcher", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=transient_only)
@@ -129,7 +130,8 @@ def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
                 if outcome["promoted"]
                 else "not promoted (built with a matcher that is not the current champion)"
             )
-            mlflow.MlflowClient().set_model_version_tag(params.registered_model, version, "matcher", identity.id)
+            for key, value in {"matcher": identity.id, **prefect_context()}.items():
+                mlflow.MlflowClient().set_model_version_tag(params.registered_model, version, key, value)
             print(f"registered {params.registered_model} v{version}: {decision}")
         summary = (
             f"# Index of {data.name}\n\n{len(images)} images ({images.kind})"
@@ -137,6 +139,9 @@ def index(params: IndexParams = IndexParams()) -> dict[str, Any]:
             + f', built with **{identity.id}**; search it with `itm search "..." --index {run.info.run_id}`'
         )
         create_markdown_artifact(key="index", markdown=summary, description="the search index")
+        events.index_built(
+            run.info.run_id, identity.id, data.name, len(images), outcome["model_version"], outcome["promoted"]
+        )
     return {
         "run_id": run.info.run_id,
         "kind": images.kind,

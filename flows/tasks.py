@@ -20,6 +20,7 @@ from itm_core.data import ImageTextSet, SkippedImage, read_images
 from itm_core.data.images import OnError
 from itm_core.encode.embed import EmbeddingCache, encode_images, encode_split, encoder_key
 from itm_core.encode.features import FeatureSplit
+from itm_core.ops.lineage import log_inputs, note_dataset
 from itm_core.ops.tracking import log_table
 
 
@@ -106,11 +107,16 @@ class Progress:
 
 
 def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> None:
-    """Dataset identity and size as params; the skipped-image report as an artifact."""
+    """Dataset identity and size as params, each split as an input in MLflow's Datasets panel
+    (``itm.dataset.changed`` when the data differs from the previous run's); the skipped-image
+    report as an artifact."""
     sizes = {f"{prefix}.{s}.images": sum(1 for x in data.image_split if x == s) for s in data.splits}
+    fingerprint = data.fingerprint()
+    note_dataset(data, fingerprint)
+    log_inputs(data)
     mlflow.log_params(
         {
-            f"{prefix}.fingerprint": data.fingerprint(),
+            f"{prefix}.fingerprint": fingerprint,
             f"{prefix}.splits_fingerprint": data.splits_fingerprint(),
             f"{prefix}.skipped_images": len(skipped),
             **sizes,

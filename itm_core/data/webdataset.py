@@ -22,6 +22,7 @@ from typing import Any
 from itm_core.data.images import resolve_inside
 from itm_core.data.manifest import DEFAULT_SPLIT_RATIOS, assign_splits
 from itm_core.data.pairs import SPLITS, DataError, ImageTextSet
+from itm_core.home import itm_home
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 FORMAT = 1  # bump when the extracted layout changes
@@ -97,7 +98,7 @@ def load_webdataset(
     from tqdm.auto import tqdm
 
     shards = expand_urls(urls)
-    base = Path(root) if root else Path(os.environ.get("ITM_HOME", ".itm")) / "data"
+    base = Path(root) if root else itm_home() / "data"
     folder = base / f"wds-{_shard_identity(shards)}"
     index = folder / "samples.jsonl"
     if not index.is_file():

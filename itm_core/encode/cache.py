@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from itm_core.home import itm_home
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (key TEXT PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL) WITHOUT ROWID;
 """
@@ -39,7 +41,7 @@ def default_cache_dir() -> Path:
     """``$ITM_CACHE_DIR``, else ``$ITM_HOME/cache`` (``ITM_HOME`` defaults to ``./.itm``)."""
     if os.environ.get("ITM_CACHE_DIR"):
         return Path(os.environ["ITM_CACHE_DIR"])
-    return Path(os.environ.get("ITM_HOME", ".itm")) / "cache"
+    return itm_home() / "cache"
 
 
 def _connect(path: Path, schema: str, timeout: float = 60.0) -> sqlite3.Connection:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+
+from itm_core.home import itm_home
 
 ARTIFACT_DIR = "checkpoint"
 FILE = "last.pt"
@@ -32,7 +33,7 @@ def resume_key(params: dict[str, Any], data_fingerprint: str) -> str:
 
 
 def local_path(key: str) -> Path:
-    return Path(os.environ.get("ITM_HOME", ".itm")) / "checkpoints" / f"{key}.pt"
+    return itm_home() / "checkpoints" / f"{key}.pt"
 
 
 class Checkpointer:

@@ -17,8 +17,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from itm_core.contract.evidence import UnitScores
+from itm_core.home import itm_home
 from itm_core.judge.intervals import Interval, paired_difference
-from itm_core.ops.tracking import CHAMPION
+from itm_core.ops import events
+from itm_core.ops.tracking import CHAMPION, prefect_context
 
 
 def champion_version(registered_model: str) -> Any | None:
@@ -191,7 +193,7 @@ def promotion_lock(registered_model: str, timeout_s: float = 1800) -> Iterator[N
     import fcntl
     import time
 
-    folder = Path(os.environ.get("ITM_LOCK_DIR") or Path(os.environ.get("ITM_HOME", ".itm")) / "locks")
+    folder = Path(os.environ.get("ITM_LOCK_DIR") or itm_home() / "locks")
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in registered_model)
     with open(folder / f"promote-{safe}.lock", "w") as handle:
@@ -263,7 +265,9 @@ def register_and_promote_version(
             client.set_registered_model_alias(registered_model, CHAMPION, version)
     tags = decision.tags()
     mlflow.set_tags({**tags, "model_version": version})
-    for key, value in {**tags, "promotion": decision.reason()}.items():
+    for key, value in {**tags, **prefect_context(), "promotion": decision.reason()}.items():
         client.set_model_version_tag(registered_model, version, key, value)
     print(decision.reason())
+    previous_version = None if previous is None else str(previous.version)
+    events.model_registered(registered_model, version, run_id, metric, decision, previous_version)
     return info, decision

@@ -5,9 +5,10 @@ environment): the Prefect server then requires its API auth string and MLflow ru
 app, so neither answers a request without them. Credentials are never written to the stack's
 state, its logs or MLflow.
 
-State (process ids, ports, log files) lives in ``$ITM_HOME/stack`` (``./.itm/stack``); the MLflow
-store is ``$ITM_HOME/mlflow`` (a SQLite database and an artifact folder) and Prefect's database is
-in ``$ITM_HOME/prefect``.
+State (process ids, ports, log files) lives in ``$ITM_HOME/stack`` (``./.itm/stack``). The servers
+serve the home's store (:mod:`itm_core.ops.store`): the MLflow store ``$ITM_HOME/mlflow`` (a SQLite
+database and an artifact folder) and Prefect's database in ``$ITM_HOME/prefect``, the very files
+that commands open directly while the stack is down.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from itm_core.errors import StackError
+from itm_core.home import itm_home
+from itm_core.ops.store import artifact_root, prefect_home, tracking_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -43,10 +46,6 @@ def _auth_header() -> dict[str, str]:
 
     creds = credentials()
     return {"Authorization": "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()} if creds else {}
-
-
-def itm_home() -> Path:
-    return Path(os.environ.get("ITM_HOME", ".itm")).resolve()
 
 
 @dataclass
@@ -218,18 +217,21 @@ def up(
     if current is not None:
         down(home, echo=lambda _: None)
     (home / "stack").mkdir(parents=True, exist_ok=True)
-    (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    artifact_root(home).mkdir(parents=True, exist_ok=True)
     stack = Stack(str(home), prefect_port, mlflow_port, host=host, auth=auth)
     base = {k: v for k, v in os.environ.items() if k not in (AUTH_USER, AUTH_PASSWORD, "PREFECT_API_URL")}
     base.update(
         {
-            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_HOME": str(prefect_home(home)),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "PYTHONUNBUFFERED": "1",
         }
     )
-    prefect_env, mlflow_env, mlflow_auth = {**base, "PREFECT_UI_API_URL": stack.prefect_api}, dict(base), []
+    prefect_env, mlflow_env = {**base, "PREFECT_UI_API_URL": stack.prefect_api}, dict(base)
+    # on loopback, experiments keep their artifacts in the home's folder, which a run made while the
+    # stack is down writes to directly (one store); other machines reach artifacts through the server
+    mlflow_extra = [] if auth else ["--default-artifact-root", artifact_root(home).as_uri()]
     found = credentials()
     if auth and found is not None:
         user, password = found
@@ -251,7 +253,7 @@ def up(
         allowed = (
             os.environ.get("ITM_ALLOWED_HOSTS") or f"{stack.address},{stack.address}:{mlflow_port},localhost,127.0.0.1"
         )
-        mlflow_auth = ["--app-name", "basic-auth", "--allowed-hosts", allowed]
+        mlflow_extra = ["--app-name", "basic-auth", "--allowed-hosts", allowed]
     try:
         _start(
             stack,
@@ -274,10 +276,10 @@ def up(
                 "--workers",
                 "1",
                 "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+                tracking_uri(home),
                 "--artifacts-destination",
-                str(home / "mlflow" / "artifacts"),
-                *mlflow_auth,
+                str(artifact_root(home)),
+                *mlflow_extra,
             ],
             mlflow_env,
         )

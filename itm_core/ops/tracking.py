@@ -1,7 +1,7 @@
 """MLflow: runs tagged with their Prefect flow run, the matcher as a registered model, champion promotion.
 
-The tracking store is whatever MLflow is configured with: ``MLFLOW_TRACKING_URI`` when set, else
-MLflow's default (a SQLite database in the working directory).
+The tracking store is whatever MLflow is configured with; the ``itm`` command configures the
+workbench home's store unless ``MLFLOW_TRACKING_URI`` says otherwise (see :mod:`itm_core.ops.store`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from itm_core.contract.params import check_components
 from itm_core.errors import DataError, ModelError, UserError
 from itm_core.models.matcher import Matcher
+from itm_core.ops.store import check_reachable_artifacts, experiment_location
 
 CHAMPION = "champion"
 DEFAULT_UI = "http://127.0.0.1:5000"
@@ -165,6 +166,18 @@ def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
     return decorate
 
 
+def ensure_experiment(name: str) -> Any:
+    """The MLflow experiment ``name``, made active; created with its artifacts in the workbench home
+    when the store is the home's (see :mod:`itm_core.ops.store`)."""
+    uri = mlflow.get_tracking_uri()
+    if mlflow.get_experiment_by_name(name) is None:
+        with contextlib.suppress(MlflowException):  # another process created it meanwhile
+            mlflow.create_experiment(name, artifact_location=experiment_location(name, uri))
+    exp = mlflow.set_experiment(name)
+    check_reachable_artifacts(name, exp.artifact_location, uri)
+    return exp
+
+
 @contextlib.contextmanager
 def tracked_run(
     experiment: str, run_name: str | None, params: dict[str, Any], nested: bool = False, run_id: str | None = None
@@ -172,7 +185,7 @@ def tracked_run(
     """An MLflow run with flattened params, tagged with the Prefect flow run and the process that
     holds it open; links back from Prefect. Runs left RUNNING by a dead process are closed first."""
     if not nested:
-        exp = mlflow.set_experiment(experiment)
+        exp = ensure_experiment(experiment)
         for orphan in close_orphaned_runs(exp.experiment_id):
             print(f"marked MLflow run {orphan} FAILED: the process that ran it is gone")
     # CPU, memory and disk use every few seconds (MLflow's system metrics), for top-level runs
