@@ -8,9 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli import stack
+from cli.output import console, err
+from cli.output import debug as _debug
+from cli.output import fail as _fail
+from cli.output import flows_console as _flows_console
+from cli.output import unreachable_server as _unreachable_server
 from itm_core.errors import DataError, ParamsError, PluginError, UserError
 
 # Prefect's ephemeral server needs longer than its default to start on small machines.
@@ -53,66 +58,6 @@ def main(
 
 plugins_app = typer.Typer(help="List the installed plugins and their components.")
 app.add_typer(plugins_app, name="plugins")
-console = Console()
-err = Console(stderr=True)
-
-
-def _debug() -> bool:
-    return os.environ.get("ITM_DEBUG", "0") not in ("", "0")
-
-
-def _fail(exc: BaseException | str) -> None:
-    """A mistake in the user's input: its one-line reason (the traceback only with --debug)."""
-    if _debug() and isinstance(exc, BaseException):
-        import traceback
-
-        traceback.print_exception(exc)
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line, however long
-    raise typer.Exit(2)
-
-
-def _unreachable_server(exc: BaseException) -> str | None:
-    """When ``exc`` (or its cause) is a connection to the tracking server that failed after MLflow's
-    retries, the one-line reason naming the server; else ``None``."""
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return None
-    seen, current = 0, exc
-    found: BaseException | None = exc
-    while found is not None and seen < 10:
-        current = found
-        text = f"{type(current).__name__}: {current}"
-        if any(
-            m in text
-            for m in (
-                "Max retries exceeded",
-                "Connection refused",
-                "ConnectionError",
-                "Failed to establish a new connection",
-            )
-        ):
-            return (
-                f"the MLflow tracking server {uri} did not answer (after MLflow's retries; "
-                "MLFLOW_HTTP_REQUEST_MAX_RETRIES sets how many). "
-                "Start it (`itm up`) or point MLFLOW_TRACKING_URI elsewhere; nothing was promoted"
-            )
-        found, seen = current.__cause__ or current.__context__, seen + 1
-    return None
-
-
-def _flows_console() -> None:
-    """Before a flow runs: Prefect's console keeps progress but not the traceback of an input error."""
-    if not _debug():
-        from itm_core.ops.console import hide_input_tracebacks
-
-        hide_input_tracebacks(
-            (UserError,),
-            also=lambda e: (
-                _unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e
-            ),
-        )
 
 
 def plugin_listing() -> list[dict[str, Any]]:
@@ -261,14 +206,17 @@ def run_flow(
     params: Path | None = typer.Option(
         None, "--params", "-p", help="JSON or YAML file validated by the flow's parameter model"
     ),
+    settings: list[str] = typer.Option(
+        [], "--set", "-s", help="KEY.PATH=VALUE on top of the file or the defaults (repeatable), e.g. training.epochs=5"
+    ),
 ) -> None:
-    """Run a flow locally, its parameters read from FILE (defaults otherwise)."""
+    """Run a flow here, its parameters read from FILE (defaults otherwise), changed by --set."""
     from flows import get_flow
-    from itm_core.config import load_params
+    from itm_core.contract.params import params_from
 
     try:
         fn, model = get_flow(flow)
-        values = load_params(params, model) if params else model()
+        values = params_from(model, params, settings)
     except UserError as exc:
         _fail(exc)
     _flows_console()
@@ -406,51 +354,10 @@ def search_command(
     )
 
 
-@app.command()
-def up(
-    prefect_port: int = typer.Option(4200, help="Port of the Prefect server and UI"),
-    mlflow_port: int = typer.Option(5000, help="Port of the MLflow tracking server and UI"),
-    timeout: float = typer.Option(240, help="Seconds to wait for each process to answer"),
-    host: str = typer.Option(
-        "127.0.0.1", help="Address to bind; any other than 127.0.0.1 needs ITM_AUTH_USER and ITM_AUTH_PASSWORD"
-    ),
-) -> None:
-    """Start a Prefect server, an MLflow tracking server and the served deployments, on 127.0.0.1
-    (or --host, with authentication)."""
-    from itm_core.ops.stack import up as start
-
-    try:
-        stack = start(prefect_port, mlflow_port, timeout=timeout, echo=console.print, host=host)
-    except UserError as exc:
-        _fail(exc)
-    table = Table("process", "where", "log")
-    for row in stack.describe():
-        table.add_row(*row)
-    console.print(table)
-    auth = (
-        (
-            '  export PREFECT_API_AUTH_STRING="$ITM_AUTH_USER:$ITM_AUTH_PASSWORD"\n  export '
-            'MLFLOW_TRACKING_USERNAME="$ITM_AUTH_USER" '
-            'MLFLOW_TRACKING_PASSWORD="$ITM_AUTH_PASSWORD"\n'
-        )
-        if stack.auth
-        else ""
-    )
-    console.print(
-        "Use it from a shell:\n"
-        + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
-        + auth
-        + "Stop it with: itm down"
-    )
-
-
-@app.command()
-def down() -> None:
-    """Stop the stack that ``itm up`` started here."""
-    from itm_core.ops.stack import down as stop
-
-    stop(echo=console.print)
-
+app.command()(stack.up)
+app.command()(stack.down)
+app.add_typer(stack.deployments_app, name="deployments")
+app.add_typer(stack.automations_app, name="automations")
 
 if __name__ == "__main__":
     app()

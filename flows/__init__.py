@@ -28,6 +28,7 @@ FLOWS: dict[str, tuple[str, str]] = {
     "generation-benchmark": ("flows.generation_benchmark:generation_benchmark", "GenerationBenchmarkParams"),
     "index": ("flows.index:index", "IndexParams"),
     "search": ("flows.search:search", "SearchParams"),
+    "watch-data": ("flows.watch:watch_data", "WatchParams"),
 }
 
 

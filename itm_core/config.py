@@ -3,17 +3,13 @@ Prefect UI's run forms (names, defaults, descriptions)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from itm_core.contract.datasets import DatasetParams
-from itm_core.contract.params import ComponentParams, Params, check_components, component, problems
+from itm_core.contract.params import ComponentParams, Params, component, problems
 from itm_core.encode.embed import EncodeOptions
-from itm_core.errors import OptionsError, ParamsError
 from itm_core.models.captioning import CaptioningOptions
 from itm_core.models.head_training import HeadTraining, ITMOptions
 from itm_core.models.search_index import IndexSettings
@@ -286,6 +282,16 @@ class ExplainBenchmarkParams(Params):
     _names = field_validator("explainers", mode="before")(_explainer_list)
 
 
+class WatchParams(Params):
+    """Look at datasets for new or changed data: fingerprint each, log it as a run's input, and emit
+    `itm.dataset.changed` (labelled `itm.flow: watch-data`) when it differs from the previous check's."""
+
+    datasets: list[DatasetParams] = Field(
+        default_factory=lambda: [DatasetParams()], min_length=1, description="The datasets to watch"
+    )
+    experiment: str = Field("itm-watch", description="MLflow experiment")
+
+
 class IndexParams(Params):
     """Embed every image (and optionally every caption) of a dataset with a registered matcher and
     build a FAISS index for search; logged to MLflow and registered as the `itm-search` model."""
@@ -331,34 +337,6 @@ class SearchParams(Params):
     )
     experiment: str = Field("itm-search", description="MLflow experiment")
     run_name: str | None = None
-
-
-class ParamsFileError(ParamsError):
-    """A parameters file that cannot be read or does not validate; the message names the file and fields."""
-
-
-def load_params(path: str | Path, model: type[Params]) -> Params:
-    """Read a JSON or YAML file and validate it against ``model``."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ParamsFileError(f"cannot read parameters file {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ParamsFileError(
-            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"
-        ) from None
-    try:
-        params = model.model_validate(data or {})
-    except ValidationError as exc:
-        raise ParamsFileError(f"{path}: invalid {model.__name__}: {problems(exc, model)}") from None
-    try:
-        check_components(params)
-    except OptionsError as exc:
-        raise ParamsFileError(f"{path}: invalid {model.__name__}: {exc}") from None
-    return params
 
 
 class FusionBenchmarkParams(ITMOptions):

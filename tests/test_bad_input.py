@@ -249,7 +249,8 @@ def test_a_flow_started_with_unknown_options_fails_before_its_mlflow_run(prefect
 )
 def test_parameter_files_validate_or_name_the_field(tmp_path, values):
     """Any JSON a user may write either validates or fails before anything runs, with one line naming the file."""
-    from itm_core.config import ParamsFileError, RetrainParams, load_params
+    from itm_core.config import RetrainParams
+    from itm_core.contract.params import ParamsFileError, load_params
 
     path = tmp_path / "params.json"
     path.write_text(json.dumps(values))

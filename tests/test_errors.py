@@ -10,8 +10,8 @@ from itm_core.errors import DataError, ModelError, OptionsError, ParamsError, Pl
 
 
 def test_every_user_facing_error_is_a_user_error_and_keeps_its_builtin_base():
-    from itm_core.config import ParamsFileError
     from itm_core.contract.components import ContractError
+    from itm_core.contract.params import ParamsFileError
     from itm_core.contract.registry import RegistryError
     from itm_core.contract.state import StateFormatError
     from itm_core.models.search_index import SearchIndexError

@@ -86,7 +86,9 @@ def _png_base64(image: Image.Image) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_store, tiny_shapes_options, tmp_path):
+def test_index_search_flows_cli_version_check_and_model(
+    prefect_server, mlflow_store, tiny_shapes_options, tmp_path, monkeypatch
+):
     from cli.main import app
     from flows.index import index
     from flows.retrain import retrain
@@ -151,6 +153,9 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
     assert len(Searcher.open(matcher_uri="models:/itm-matcher/1").search_texts(["a red circle"], 2)[0]) == 2
 
     # the registered search model: text or base64 image in, top k out; bad requests are MLflow 400s with the reason
+    # (loaded as a server loads it when told to follow its alias)
+    monkeypatch.setenv("ITM_SEARCH_FOLLOW", "itm-search@champion")
+    monkeypatch.setenv("ITM_SEARCH_FOLLOW_SECONDS", "0")
     model = mlflow.pyfunc.load_model("models:/itm-search@champion")
     frame = pd.DataFrame({"text": [test.captions[0], ""], "image": ["", _png_base64(Image.open(paths[0]))]})
     served = model.predict(frame, params={"k": 3})
@@ -172,3 +177,11 @@ def test_index_search_flows_cli_version_check_and_model(prefect_server, mlflow_s
         with pytest.raises(MlflowException, match=reason) as error:
             model.predict(frame, params=params)
         assert error.value.error_code == "INVALID_PARAMETER_VALUE", what
+
+    # the index of the new champion (v2) becomes itm-search's champion: the loaded model follows it
+    assert model.unwrap_python_model().version == "1"
+    rebuilt = index(IndexParams(dataset=dataset, splits=["test"]))
+    assert rebuilt["promoted"] and rebuilt["matcher"] == "itm-matcher v2"
+    model.predict(pd.DataFrame({"text": ["a red circle"]}), params={"k": 2})
+    assert model.unwrap_python_model().version == rebuilt["model_version"]
+    assert model.unwrap_python_model().bundle.images.meta["matcher_id"] == "itm-matcher v2"

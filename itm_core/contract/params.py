@@ -8,15 +8,19 @@ takes, and says which one was meant."""
 
 from __future__ import annotations
 
+import copy
 import difflib
+import json
 import types
 import typing
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from itm_core.errors import OptionsError
+from itm_core.errors import OptionsError, ParamsError
 
 
 class Params(BaseModel):
@@ -131,3 +135,114 @@ def problems(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
                 message += f" (accepted here: {', '.join(accepted)})"
         out.append(f"{where}: {message}")
     return "; ".join(out)
+
+
+class ParamsFileError(ParamsError):
+    """A parameters file that cannot be read or does not validate; the message names the file and fields."""
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a JSON or YAML parameters file holds."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ParamsFileError(f"cannot read parameters file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ParamsFileError(
+            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"
+        ) from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsFileError(f"{path}: expected a mapping of parameters, got {type(data).__name__}")
+    return data or {}
+
+
+def apply_setting(data: dict[str, Any], setting: str) -> dict[str, Any]:
+    """``data`` with one ``--set key.path=value`` applied (in place): the value is read as YAML
+    (``5``, ``true``, ``null``, ``[a, b]``, ``{name: clip}``; anything else stays a string), a
+    number in the path indexes a list (``matchers.0.label=x``)."""
+    key, sep, raw = setting.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ParamsError(f"--set expects KEY.PATH=VALUE (e.g. training.epochs=5), got {setting!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ParamsError(f"--set {key}: {where} indexes a list of {len(node)} items")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ParamsError(f"--set {key}: {'.'.join(parts[:depth])} is {node!r}, not a mapping")
+    return data
+
+
+def params_from(
+    model: type[Params],
+    path: str | Path | None = None,
+    settings: Sequence[str] = (),
+    base: dict[str, Any] | None = None,
+) -> Params:
+    """``model`` from a parameters file (or ``base``, or the defaults) with ``--set`` settings on
+    top, validated and its components checked; a mistake names its source and the setting."""
+    data = copy.deepcopy(base or {}) if path is None else read_params_file(path)
+    for setting in settings:
+        apply_setting(data, setting)
+    source = (
+        " with ".join(x for x in (str(path) if path else "", " ".join(f"--set {s}" for s in settings)) if x)
+        or "the defaults"
+    )
+    try:
+        params = model.model_validate(data)
+        check_components(params)
+    except ValidationError as exc:
+        raise ParamsFileError(f"{source}: invalid {model.__name__}: {problems(exc, model)}") from None
+    except OptionsError as exc:
+        raise ParamsFileError(f"{source}: invalid {model.__name__}: {exc}") from None
+    return params
+
+
+def load_params(path: str | Path, model: type[Params]) -> Params:
+    """Read a JSON or YAML file and validate it against ``model``."""
+    return params_from(model, path)
+
+
+def run_values(params: BaseModel) -> dict[str, Any]:
+    """``params`` as JSON values for a deployment run: every field but those left ``None`` where
+    ``None`` is the default (the run form shows such fields as plain, optional fields; see
+    ``itm_core.ops.forms``)."""
+
+    def dump(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            fields = type(value).model_fields
+            return {
+                name: dump(getattr(value, name))
+                for name in fields
+                if not (getattr(value, name) is None and fields[name].default is None)
+            }
+        if isinstance(value, list | tuple):
+            return [dump(v) for v in value]
+        if isinstance(value, dict):
+            return {k: dump(v) for k, v in value.items()}
+        return value
+
+    from pydantic_core import to_jsonable_python
+
+    return dict(to_jsonable_python(dump(params)))

@@ -59,9 +59,29 @@ def _refs(prop: dict[str, Any]) -> list[str]:
     return found
 
 
+def without_null_choice(node: Any) -> Any:
+    """Each optional field whose default is ``None`` (``anyOf: [X, {type: null}]``) as plain ``X``
+    with no default: the Prefect form then shows an empty ``X`` field, which it leaves out of the
+    run's parameters when left empty (so the default applies), instead of a type switch set to
+    "None" that reads "Property is type 'None'". Fields with another default keep their choice."""
+    if isinstance(node, list):
+        return [without_null_choice(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: without_null_choice(value) for key, value in node.items()}
+    choices = node.get("anyOf")
+    if isinstance(choices, list) and len(choices) == 2 and node.get("default") is None:
+        kept = [c for c in choices if c != {"type": "null"}]
+        if len(kept) == 1:
+            rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+            return {**kept[0], **rest}
+    return node
+
+
 def with_plugin_choices(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a Prefect parameter schema (``properties`` + ``definitions``) with plugin choices."""
-    schema = copy.deepcopy(schema)
+    """A copy of a Prefect parameter schema (``properties`` + ``definitions``) with plugin choices,
+    and optional fields shown as fields (:func:`without_null_choice`)."""
+    schema = without_null_choice(copy.deepcopy(schema))
     definitions: dict[str, Any] = schema.setdefault("definitions", {})
     for model in list(definitions.values()):
         for field, prop in model.get("properties", {}).items():

@@ -80,8 +80,14 @@ def note_dataset(data: ImageTextSet, fingerprint: str) -> str | None:
     active = mlflow.active_run()
     if active is None:
         return None
-    mlflow.set_tags({"data.name": base_name(data), "data.source": str(data.root.resolve())})
     previous = previous_fingerprint(data, active.info.run_id)
+    mlflow.set_tags(
+        {
+            "data.name": base_name(data),
+            "data.source": str(data.root.resolve()),
+            "data.previous_fingerprint": previous or "none",
+        }
+    )
     if previous != fingerprint:
         labels: dict[str, Any] = {
             "prefect.resource.name": base_name(data),

@@ -8,8 +8,10 @@ matchers do not share a space.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from itm_core.models.search_index import SearchIndex, SearchIndexError
 from itm_core.ops.tracking import bad_request_errors, check_rows, example_image_base64, load_matcher
 
 INDEX_EXPERIMENT = "itm-index"
+FOLLOW, FOLLOW_SECONDS = "ITM_SEARCH_FOLLOW", "ITM_SEARCH_FOLLOW_SECONDS"
 SEARCH_MODEL = "itm-search"
 DEFAULT_MATCHER = "models:/itm-matcher@champion"
 MAX_K = 1000
@@ -64,6 +67,15 @@ def matcher_identity(uri: str) -> MatcherIdentity:
             f"cannot resolve matcher {uri!r} in MLflow ({mlflow.get_tracking_uri()}): {exc.message}"
         ) from None
     return MatcherIdentity(f"{v.name} v{v.version}", uri, f"models:/{v.name}/{v.version}")
+
+
+def alias_version(name_at_alias: str) -> str | None:
+    """The version ``name@alias`` points to now (``None``: no such alias, or the registry is unreachable)."""
+    name, _, alias = name_at_alias.partition("@")
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
 
 
 def latest_index_run() -> Any:
@@ -176,10 +188,28 @@ class SearchModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         self.bundle = SearchBundle.load(context.artifacts["search"])
+        self.follow = os.environ.get(FOLLOW, "") or None
+        self.version = alias_version(self.follow) if self.follow else None
+        self.checked = time.monotonic()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        self.follow_alias()
         with bad_request_errors():
             return self._predict(model_input, params or {})
+
+    def follow_alias(self) -> None:
+        """With ``ITM_SEARCH_FOLLOW`` (``itm-search@champion``), at most every ``ITM_SEARCH_FOLLOW_SECONDS``
+        (30): when the alias has moved, load the version it names, so a served search answers with
+        the index of the new champion without a restart."""
+        every = float(os.environ.get(FOLLOW_SECONDS, "30"))
+        if not self.follow or time.monotonic() - self.checked < every:
+            return
+        self.checked = time.monotonic()
+        version = alias_version(self.follow)
+        if version is not None and version != self.version:
+            name = self.follow.split("@")[0]
+            self.bundle = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().bundle
+            self.version = version
 
     def _predict(self, frame: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         from itm_core.data import image_from_reference

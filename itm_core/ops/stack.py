@@ -354,20 +354,26 @@ def served_deployments(stack: Stack) -> list[str]:
 
 
 def build_deployments(path: Path | None = None) -> list[Any]:
-    """A runner deployment per entry of ``prefect.yaml``, its form listing the registered plugins."""
+    """A runner deployment per entry of ``prefect.yaml``, its form listing the registered plugins,
+    with its triggers and schedules switched as ``itm automations`` left them."""
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import ParameterSchema
 
+    from itm_core.ops.automations import declared, schedules_of, triggers_of
     from itm_core.ops.forms import with_plugin_choices
 
+    specs = deployment_specs(path)
+    declared(specs)  # names present and unique
     deployments = []
-    for spec in deployment_specs(path):
+    for spec in specs:
         flow: Any = load_flow_from_entrypoint(str(PROJECT_ROOT / spec["entrypoint"]))
         deployment: Any = flow.to_deployment(
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags"),
             parameters=spec.get("parameters") or {},
+            triggers=triggers_of(spec),
+            schedules=schedules_of(spec),
         )
         schema = with_plugin_choices(deployment._parameter_openapi_schema.model_dump())
         deployment._parameter_openapi_schema = ParameterSchema(**schema)
