@@ -187,6 +187,12 @@ def apply_setting(data: dict[str, Any], setting: str) -> dict[str, Any]:
                 node[part] = value
             else:
                 if node.get(part) is None:
+                    item = parts[depth + 1]
+                    if item.isdigit():
+                        raise ParamsError(
+                            f"--set {key}: {where} is not in the parameters given, so it has no item {item}; "
+                            f"set the whole list (e.g. {where}=[...]) or give it in a --params file"
+                        )
                     node[part] = {}
                 node = node[part]
         else:
