@@ -169,3 +169,39 @@ def test_each_split_is_a_dataset_input_and_a_changed_dataset_is_noticed(mlflow_s
         assert log_dataset(fewer, []) == tiny_shapes.fingerprint()
     assert mlflow.get_run(second.info.run_id).data.tags["data.previous_fingerprint"] == tiny_shapes.fingerprint()
     assert mlflow.get_run(second.info.run_id).data.tags["data.name"] == "shapes"
+
+
+@pytest.mark.e2e
+def test_watch_data_emits_an_event_for_new_and_changed_data(prefect_server, mlflow_store, tiny_shapes_options):
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
+
+    from flows.watch import watch_data
+    from itm_core.config import DatasetParams, WatchParams
+
+    params = WatchParams(datasets=[DatasetParams(options=tiny_shapes_options)])
+    (first,) = watch_data(params)["datasets"]
+    (again,) = watch_data(params)["datasets"]
+    changed = WatchParams(datasets=[DatasetParams(options={**tiny_shapes_options, "n_train": 40})])
+    (third,) = watch_data(changed)["datasets"]
+    assert first["changed"] and first["previous"] is None
+    assert not again["changed"] and again["previous"] == first["fingerprint"]
+    assert third["changed"] and third["previous"] == first["fingerprint"] != third["fingerprint"]
+    runs = mlflow.search_runs(experiment_names=["itm-watch"], output_format="list")
+    assert len(runs) == 3 and all(r.inputs.dataset_inputs for r in runs)
+
+    EventsWorker.drain_all()
+    deadline, seen = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(seen) < 2:
+        with get_client(sync_client=True) as client:
+            answer = client._client.post(
+                "/events/filter", json={"filter": {"event": {"name": ["itm.dataset.changed"]}}, "limit": 50}
+            )
+        seen = [e for e in answer.json()["events"] if e["resource"].get("itm.flow") == "watch-data"]
+        time.sleep(1)
+    assert sorted(e["resource"]["itm.dataset.fingerprint"] for e in seen) == sorted(
+        [first["fingerprint"], third["fingerprint"]]
+    )
+    assert {e["resource"]["itm.dataset.previous"] for e in seen} == {"none", first["fingerprint"]}

@@ -34,6 +34,19 @@ CHROMIUM_FLAGS = [
 ]
 
 
+TINY = {"n_train": 48, "n_val": 16, "n_test": 16, "seed": 3, "image_size": 64}
+TINY_RETRAIN = [
+    "--set",
+    f"dataset.options={json.dumps(TINY)}",
+    "--set",
+    "image_encoder.name=color-histogram",
+    "--set",
+    "text_encoder.name=tfidf",
+    "--set",
+    "training.epochs=2",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +66,19 @@ def api(url: str, body: dict | None = None) -> dict | list:
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack-home")
     env = {**os.environ, "ITM_HOME": str(home)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PREFECT_API_URL"):
+        env.pop(key, None)
+    # a run before the stack exists (as `make demo` before `make up`): it lands in the home's store
+    before = subprocess.run(
+        [ITM, "run", "retrain", *TINY_RETRAIN, "--set", "run_name=before the stack"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        cwd=home,
+    )
+    assert before.returncode == 0, before.stdout[-2000:] + before.stderr[-3000:]
     ports = {"prefect": free_port(), "mlflow": free_port()}
     started = subprocess.run(
         [ITM, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"])],
@@ -69,6 +94,7 @@ def stack(tmp_path_factory):
         "home": home,
         "env": env,
         "output": started.stdout,
+        "before": json.loads(before.stdout[before.stdout.index("{") :]),
         "state": state,
         "prefect": f"http://127.0.0.1:{ports['prefect']}",
         "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
@@ -227,3 +253,130 @@ def test_itm_commands_use_the_running_stack(stack, tiny_shapes_options, tmp_path
     flow_run_id = next(r.data.tags["prefect.flow_run_id"] for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert api(f"{stack['prefect']}/api/flow_runs/{flow_run_id}")["state"]["type"] == "COMPLETED"
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+
+
+def cli(stack: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """An `itm` command as a user types it while the stack runs (no PREFECT_API_URL / MLFLOW_TRACKING_URI set)."""
+    env = {k: v for k, v in stack["env"].items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    out = subprocess.run(
+        [ITM, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+    assert out.returncode == 0, f"itm {' '.join(args)}: {out.stdout[-2000:]}{out.stderr[-3000:]}"
+    return out
+
+
+def test_a_run_made_before_the_stack_is_in_it(stack):
+    """One store: what `itm run` (or `make demo`) wrote while no stack ran shows in the stack's MLflow,
+    with its champion, its artifacts and its datasets, and its flow run in the stack's Prefect."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack["mlflow"])
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("itm-retrain").experiment_id], "attributes.run_name = 'before the stack'"
+    )
+    champion = client.get_model_version_by_alias("itm-matcher", "champion")
+    assert champion.version == stack["before"]["model_version"] == "1" and champion.run_id == run.info.run_id
+    assert {"recall_at_k.png", "retrieval_examples.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"shapes:train", "shapes:val", "shapes:test"}
+    flow_run = api(f"{stack['prefect']}/api/flow_runs/{run.data.tags['prefect.flow_run_id']}")
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert champion.tags["prefect.flow_run_id"] == flow_run["id"]  # the version links to its flow run
+
+
+def test_the_run_form_shows_optional_fields(stack, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: make test installs Debian's chromium for this test")
+    deployment = api(f"{stack['prefect']}/api/deployments/name/retrain/default")
+    page = chromium_dom(
+        f"{stack['prefect']}/deployments/deployment/{deployment['id']}/run", tmp_path / "chromium", ("Run Name",)
+    )
+    assert "Run Name" in page and "Registered Model" in page and "Image Encoder" in page
+    assert "Property is type" not in page
+
+
+def test_automations_switch_on_the_running_stack(stack):
+    listed = json.loads(cli(stack, "automations", "--json").stdout)
+    assert {a["name"]: a["on"] for a in listed} == {
+        "retrain-on-new-data": False,
+        "nightly-retrain": False,
+        "leaderboard-for-new-champion": True,
+        "index-for-new-champion": True,
+        "watch-data-hourly": False,
+    }
+    schedules = lambda: api(f"{stack['prefect']}/api/deployments/name/retrain/default")["schedules"]  # noqa: E731
+    assert [(s["slug"], s["active"]) for s in schedules()] == [("nightly-retrain", False)]
+    out = cli(stack, "automations", "on", "nightly-retrain")
+    assert "on the running stack" in out.stdout
+    assert [(s["slug"], s["active"]) for s in schedules()] == [("nightly-retrain", True)]
+    cli(stack, "automations", "off", "nightly-retrain")
+    assert [(s["slug"], s["active"]) for s in schedules()] == [("nightly-retrain", False)]
+    automations = api(f"{stack['prefect']}/api/automations/filter", {})
+    assert {a["name"]: a["enabled"] for a in automations}["retrain-on-new-data"] is False
+
+
+def test_a_promotion_alone_builds_the_index_and_the_leaderboard(stack, tmp_path):
+    """The champion chain: a retrain triggered from the terminal (--set) is promoted; the index and
+    evaluate deployments run by themselves; `itm search` answers with the new champion; the events
+    are in the Event Feed and each run's data in MLflow's Datasets panel."""
+    from mlflow.tracking import MlflowClient
+
+    started = time.time()
+    out = cli(
+        stack, "deployments", "run", "retrain/default", *TINY_RETRAIN, "--set", "promotion.policy=always", "--wait"
+    )
+    assert "retrain/default: Completed" in out.stdout and f"{stack['prefect']}/runs/flow-run/" in out.stdout
+    client = MlflowClient(tracking_uri=stack["mlflow"])
+    version = client.get_model_version_by_alias("itm-matcher", "champion").version
+    assert version != "1"
+
+    chained = {}
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and len(chained) < 2:
+        for name in ("index/default", "evaluate/default"):
+            deployment = api(f"{stack['prefect']}/api/deployments/name/{name}")
+            runs = api(
+                f"{stack['prefect']}/api/flow_runs/filter",
+                {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}},
+            )
+            done = [
+                r
+                for r in runs
+                if r["state"]["type"] == "COMPLETED"
+                and r["created"] >= time.strftime("%Y-%m-%dT%H:%M", time.gmtime(started))
+            ]
+            failed = [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")]
+            assert not failed, (
+                f"{name}: {failed[0]['state']}; {Path(stack['state']['logs']['serve']).read_text()[-3000:]}"
+            )
+            if done:
+                chained[name] = done[0]
+        time.sleep(3)
+    assert set(chained) == {"index/default", "evaluate/default"}, "the chain did not run"
+
+    promoted = api(
+        f"{stack['prefect']}/api/events/filter",
+        {
+            "filter": {
+                "event": {"name": ["itm.model.promoted"]},
+                "resource": {"id": [f"itm.model.itm-matcher.{version}"]},
+            }
+        },
+    )["events"]
+    assert promoted and promoted[0]["resource"]["itm.model.version"] == version
+
+    searched = cli(stack, "search", "a red circle", "-k", "2")
+    assert f"built with itm-matcher v{version}" in searched.stdout
+
+    for experiment in ("itm-retrain", "itm-index", "itm-evaluate"):
+        (latest,) = client.search_runs(
+            [client.get_experiment_by_name(experiment).experiment_id],
+            "tags.`mlflow.parentRunId` IS NULL",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        assert latest.inputs.dataset_inputs, f"{experiment}: no datasets"
+
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: make test installs Debian's chromium for this test")
+    feed = chromium_dom(f"{stack['prefect']}/events", tmp_path / "chromium", ("itm.model.promoted",))
+    assert "itm.model.promoted" in feed and "itm.index.built" in feed

@@ -12,6 +12,7 @@ on; Prefect adds the flow run that emitted it as a related resource.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 MODEL_REGISTERED = "itm.model.registered"
@@ -22,8 +23,13 @@ DATASET_CHANGED = "itm.dataset.changed"
 
 def emit(event: str, resource_id: str, labels: dict[str, Any], payload: dict[str, Any] | None = None) -> bool:
     """Emit ``event`` about ``resource_id`` with string ``labels`` (``None`` values left out); False
-    when no Prefect API takes events (outside a flow and without a server)."""
+    when no Prefect API takes events: outside a flow run with no server configured (where Prefect
+    would start a temporary server for one event)."""
     from prefect.events import emit_event
+    from prefect.runtime import flow_run
+
+    if not flow_run.id and not os.environ.get("PREFECT_API_URL"):
+        return False
 
     resource = {"prefect.resource.id": resource_id, **{k: str(v) for k, v in labels.items() if v is not None}}
     return emit_event(event=event, resource=resource, payload=payload) is not None
