@@ -172,20 +172,30 @@ def test_each_split_is_a_dataset_input_and_a_changed_dataset_is_noticed(mlflow_s
 
 
 @pytest.mark.e2e
-def test_watch_data_emits_an_event_for_new_and_changed_data(prefect_server, mlflow_store, tiny_shapes_options):
+def test_watch_data_emits_an_event_for_new_and_changed_data(prefect_server, mlflow_store, tmp_path):
+    """A manifest watched three times: new, unchanged, then changed (a pair added)."""
     import time
 
+    import pandas as pd
+    from PIL import Image
     from prefect.client.orchestration import get_client
     from prefect.events.worker import EventsWorker
 
     from flows.watch import watch_data
     from itm_core.config import DatasetParams, WatchParams
 
-    params = WatchParams(datasets=[DatasetParams(options=tiny_shapes_options)])
+    for name, colour in (("a.png", "red"), ("b.png", "green"), ("c.png", "blue"), ("d.png", "white")):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name)
+    pairs = pd.DataFrame({"image": ["a.png", "b.png", "c.png"], "caption": ["red", "green", "blue"]})
+    pairs["split"] = ["train", "val", "test"]
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    params = WatchParams(datasets=[DatasetParams(name="manifest", options={"path": str(tmp_path / "pairs.csv")})])
     (first,) = watch_data(params)["datasets"]
     (again,) = watch_data(params)["datasets"]
-    changed = WatchParams(datasets=[DatasetParams(options={**tiny_shapes_options, "n_train": 40})])
-    (third,) = watch_data(changed)["datasets"]
+    pd.concat([pairs, pd.DataFrame({"image": ["d.png"], "caption": ["white"], "split": ["train"]})]).to_csv(
+        tmp_path / "pairs.csv", index=False
+    )
+    (third,) = watch_data(params)["datasets"]
     assert first["changed"] and first["previous"] is None
     assert not again["changed"] and again["previous"] == first["fingerprint"]
     assert third["changed"] and third["previous"] == first["fingerprint"] != third["fingerprint"]

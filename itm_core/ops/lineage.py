@@ -36,14 +36,19 @@ def base_name(data: ImageTextSet) -> str:
 
 def log_inputs(data: ImageTextSet) -> None:
     """Every split of ``data`` as an input of the active run (see the module's docstring)."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
     from mlflow.data.pandas_dataset import from_pandas
 
+    # the image folder as a local source (named so: MLflow registers its local source class twice
+    # and warns when left to resolve a path itself)
+    local: Any = next(s for s in get_registered_sources() if s._get_source_type() == "local")
+    source = local(str(data.root.resolve()))
     table = pair_table(data)
     for split in data.splits:
         part = data.split(split)
         dataset = from_pandas(
             table[table["split"] == split].reset_index(drop=True),
-            source=str(data.root.resolve()),
+            source=source,
             name=f"{base_name(data)}:{split}",
             digest=part.fingerprint(),
         )
