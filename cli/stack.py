@@ -38,6 +38,12 @@ def up(
     for row in stack.describe():
         table.add_row(*row)
     console.print(table)
+    from itm_core.ops.automations import declared, is_on
+    from itm_core.ops.stack import deployment_specs
+
+    found = declared(deployment_specs())
+    on, off = [a.name for a in found if is_on(a)], [a.name for a in found if not is_on(a)]
+    console.print(f"automations on: {', '.join(on) or 'none'}; off: {', '.join(off) or 'none'} (itm automations)")
     auth = (
         (
             '  export PREFECT_API_AUTH_STRING="$ITM_AUTH_USER:$ITM_AUTH_PASSWORD"\n  export '

@@ -137,6 +137,7 @@ def chromium_dom(url: str, profile: Path, needles: tuple[str, ...] = (), attempt
 def test_up_prints_what_runs_where(stack):
     assert stack["prefect"] in stack["output"] and stack["mlflow"] in stack["output"]
     assert "evaluate/default" in stack["output"] and "itm down" in stack["output"]
+    assert "automations on: leaderboard-for-new-champion, index-for-new-champion;" in stack["output"]
     assert api(f"{stack['prefect']}/api/health") is True
     # a second `itm up` finds the running stack instead of starting another
     again = subprocess.run([ITM, "up"], env=stack["env"], capture_output=True, text=True, timeout=120)
