@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: demo test test-fast lint bench bench-quick install browser clean up down
+.PHONY: demo test test-fast lint docs docs-serve bench bench-quick install browser clean up down
 
 install: $(STAMP)
 
@@ -42,7 +42,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint browser
+# the documentation site (MkDocs, Material): strict, so a broken link or reference fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+test: lint docs browser
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
@@ -61,4 +68,4 @@ down:
 	$(VENV)/bin/itm down
 
 clean:
-	rm -rf .itm .prefect mlruns mlflow.db
+	rm -rf .itm .prefect mlruns mlflow.db site
