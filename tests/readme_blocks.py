@@ -12,8 +12,8 @@ stacked, one directive each), invisible on the rendered page:
     <!-- readme-test: expect TEXT -->                 the block's output must contain TEXT
 
 Shell blocks run as written with ``bash -e`` (every line must succeed); YAML and JSON blocks need a
-``file`` or ``validate`` marker (else the test fails and says so); blocks without a language, or
-``text``, are not code.
+``file`` or ``validate`` marker (else the test fails and says so); blocks without a language,
+``text`` and ``mermaid`` (diagrams) are not code.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def parse(path: Path, name: str | None = None) -> list[Block]:
             elif key == "expect":
                 block.expect.append(_unquote(value))
         pending = []
-        if language and language.lower() != "text":
+        if language and language.lower() not in ("text", "mermaid"):  # a diagram is not code
             blocks.append(block)
         n = end + 1
     return blocks

@@ -1,11 +1,11 @@
-"""The READMEs run as written: every code block of README.md and of the example plugin's README, in
-order, in one fresh working folder, as a user who has run `make install` would (``itm`` and
-``pytest`` on the PATH from ``.venv``, nothing else configured: MLflow's default store in the
-folder, ``$ITM_HOME`` at its default ``./.itm``). ``ITM_SHAPES_DEFAULTS`` and
-``ITM_SCENES_DEFAULTS`` keep the built-in data small. How a block is tested is said by the
-``readme-test`` marker above it (see ``tests/readme_blocks.py``); a block that needs a network, a
-GPU, real data or a server that runs until stopped is skipped with that reason, and a README edit
-that breaks a command fails here.
+"""The manual runs as written: every code block of README.md and of the documentation site's pages
+(in the order of its navigation), then of the example plugin's README, in order, in a fresh working
+folder per document (README.md and the site share one, as one reader goes through them), as a user
+who has run `make install` would (``itm`` and ``pytest`` on the PATH from ``.venv``, nothing else
+configured: the store in ``./.itm``). ``ITM_SHAPES_DEFAULTS`` and ``ITM_SCENES_DEFAULTS`` keep the
+built-in data small. How a block is tested is said by the ``readme-test`` marker above it (see
+``tests/readme_blocks.py``); a block that needs a network, a GPU, real data or a server that runs
+until stopped is skipped with that reason, and an edit that breaks a command fails here.
 """
 
 from __future__ import annotations
@@ -23,8 +23,26 @@ from readme_blocks import Block, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+
+
+def _site_pages() -> list[str]:
+    """The documentation site's pages in the order of its navigation (mkdocs.yml)."""
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=yaml.Loader)  # the site's own config
+
+    def pages(nav: list) -> list[str]:
+        found: list[str] = []
+        for item in nav:
+            for value in item.values():
+                found += pages(value) if isinstance(value, list) else [value]
+        return found
+
+    return pages(config["nav"])
+
+
+MANUAL = "the manual"  # README.md and the site's pages: one reader, one workspace, in reading order
 DOCUMENTS = [
     (ROOT / "README.md", "README.md"),
+    *((ROOT / "docs" / page, f"docs/{page}") for page in _site_pages()),
     (ROOT / "examples" / "itm-plugin-example" / "README.md", "examples/itm-plugin-example/README.md"),
 ]
 BLOCKS = [b for path, name in DOCUMENTS for b in parse(path, name)]
@@ -86,6 +104,7 @@ def workspaces(tmp_path_factory, prefect_server):
     made: dict[str, Workspace] = {}
 
     def get(document: str) -> Workspace:
+        document = MANUAL if document == "README.md" or document.startswith("docs/") else document
         if document not in made:
             _uninstall_walkthrough_plugins()  # one document's plugin never meets another's (they share component names)
             made[document] = Workspace(tmp_path_factory.mktemp("readme"))
