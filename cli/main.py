@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from cli import stack
-from cli.output import console, err
+from cli.output import console, err, flow_session
 from cli.output import debug as _debug
 from cli.output import fail as _fail
 from cli.output import flows_console as _flows_console
@@ -219,16 +219,17 @@ def run_flow(
         values = params_from(model, params, settings)
     except UserError as exc:
         _fail(exc)
-    _flows_console()
-    try:
-        result = fn(values)
-    except UserError as exc:
-        _fail(_unreachable_server(exc) or exc)
-    except Exception as exc:
-        reason = _unreachable_server(exc)
-        if reason is None:
-            raise
-        _fail(reason)
+    with flow_session(f"the {flow} flow"):
+        _flows_console()
+        try:
+            result = fn(values)
+        except UserError as exc:
+            _fail(_unreachable_server(exc) or exc)
+        except Exception as exc:
+            reason = _unreachable_server(exc)
+            if reason is None:
+                raise
+            _fail(reason)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -252,11 +253,12 @@ def demo(
         if (train_images, eval_images) == (2000, 500)
         else {"n_train": train_images, "n_val": eval_images, "n_test": eval_images}
     )
-    _flows_console()
-    try:
-        run_demo(DatasetParams(name=dataset, options=options), console=console)
-    except UserError as exc:
-        _fail(exc)
+    with flow_session("the demo"):
+        _flows_console()
+        try:
+            run_demo(DatasetParams(name=dataset, options=options), console=console)
+        except UserError as exc:
+            _fail(exc)
 
 
 @app.command("explain")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import NoReturn
+import signal
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -70,3 +73,39 @@ def flows_console() -> None:
                 unreachable_server(e) is not None if isinstance(e, BaseException) else "Max retries exceeded" in e
             ),
         )
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (``timeout``, a scheduler, a container stop) as Ctrl-C; a second one is ignored while
+    the first is handled."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def flow_session(what: str) -> Iterator[None]:
+    """While a command runs flows: a Prefect server of its own when none is configured (see
+    ``itm_core.ops.local_server``), and Ctrl-C or SIGTERM ending it in seconds with one line. The
+    flows mark their MLflow runs KILLED and Prefect records the flow run as crashed by the interrupt
+    before the server stops; finished runs, the embedding cache and checkpoints stay."""
+    from itm_core.ops.local_server import private_prefect_server
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with private_prefect_server():
+            try:
+                yield
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                err.print(
+                    f"stopped: {what} was interrupted. Its open MLflow runs are marked KILLED and its Prefect "
+                    "flow run crashed by the interrupt; the runs it finished, the embedding cache and checkpoints "
+                    "are kept, so running it again continues where they allow",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(130) from None
+    except UserError as exc:
+        fail(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

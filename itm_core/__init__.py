@@ -14,9 +14,18 @@ __all__ = [
     "PluginError",
     "RegistryError",
     "UserError",
+    "connect",
     "create",
     "hookimpl",
     "hookspec",
     "names",
 ]
 __version__ = "0.1.0"
+
+
+def connect() -> str:
+    """Use the workbench's MLflow store (and Prefect) from Python as the ``itm`` command does: the
+    running stack's servers, else ``./.itm``; the MLflow tracking URI (see ``itm_core.ops.stack.connect``)."""
+    from itm_core.ops.stack import connect as connect_store
+
+    return connect_store()

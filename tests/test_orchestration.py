@@ -143,6 +143,14 @@ def test_one_store_in_the_workbench_home(tmp_path, monkeypatch):
             ensure_experiment("proxied")
     finally:
         mlflow.set_tracking_uri(None)
+    # from Python, as `itm` does
+    import itm_core
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        assert itm_core.connect() == tracking_uri() == mlflow.get_tracking_uri()
+    finally:
+        mlflow.set_tracking_uri(None)
     # what the user set wins
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")

@@ -43,8 +43,13 @@ class _InputErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
+            if isinstance(exc, KeyboardInterrupt):
+                return False
             return not (isinstance(exc, self.errors) or (self.also is not None and self.also(exc)))
         message = record.getMessage()
+        stopped = "interrupt signal" in message or "termination signal" in message
+        if stopped and ("Crash detected" in message or "Crashed" in message):
+            return False  # a Ctrl-C or SIGTERM: the command says what was stopped, in one line
         match = self.failed.search(message)
         if match and (match.group(1) in self.names or (self.also is not None and self.also(message))):
             return False

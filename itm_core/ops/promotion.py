@@ -20,6 +20,7 @@ from itm_core.contract.evidence import UnitScores
 from itm_core.home import itm_home
 from itm_core.judge.intervals import Interval, paired_difference
 from itm_core.ops import events
+from itm_core.ops.local_server import PRIVATE
 from itm_core.ops.tracking import CHAMPION, prefect_context
 
 
@@ -219,8 +220,8 @@ def promotion_lock(registered_model: str, timeout_s: float = 1800) -> Iterator[N
 def _prefect_slot(name: str, timeout_s: float) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value() or not os.environ.get("PREFECT_API_URL"):
-        yield  # an ephemeral server is private to this process: the file lock is what serialises
+    if not PREFECT_API_URL.value() or not os.environ.get("PREFECT_API_URL") or os.environ.get(PRIVATE):
+        yield  # a temporary or private server serves this process alone: the file lock is what serialises
         return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate

@@ -28,7 +28,7 @@ from typing import Any
 
 from itm_core.errors import StackError
 from itm_core.home import itm_home
-from itm_core.ops.store import artifact_root, prefect_home, tracking_uri
+from itm_core.ops.store import artifact_root, prefect_home, tracking_uri, use_home_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -156,6 +156,19 @@ def use_running_stack(home: Path | None = None) -> Stack | None:
     for key, value in stack.auth_env().items():
         os.environ.setdefault(key, value)
     return stack
+
+
+def connect(home: Path | None = None) -> str:
+    """Point this process (a notebook, a script) at the workbench's store as the ``itm`` command
+    uses it: the running stack's servers, else the home's files (:mod:`itm_core.ops.store`); what
+    the environment sets wins. Returns the MLflow tracking URI; call it before using MLflow."""
+    import mlflow
+
+    if use_running_stack(home) is None:
+        use_home_store(home)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def _start(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> None:

@@ -23,6 +23,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.flows import Flow
 from pydantic import BaseModel
 
@@ -127,7 +128,8 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
 def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_crashed`` / ``on_cancellation`` hook: the MLflow runs of this flow run that are
     still RUNNING become FAILED (crashed) or KILLED (cancelled)."""
-    status = "KILLED" if state.is_cancelled() or state.is_cancelling() else "FAILED"
+    interrupted = "interrupt" in (state.message or "") or "termination signal" in (state.message or "").lower()
+    status = "KILLED" if state.is_cancelled() or state.is_cancelling() or interrupted else "FAILED"
     client = MlflowClient()
     try:
         runs = mlflow.search_runs(
@@ -201,7 +203,12 @@ def tracked_run(
             mlflow.log_params(flatten(params))
         if not nested:
             _link_artifact(run)
-        yield run
+        try:
+            yield run
+        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C or SIGTERM: stopped, not failed
+            mlflow.set_tag("itm.stopped", "interrupted (Ctrl-C or SIGTERM)")
+            mlflow.end_run("KILLED")
+            raise
 
 
 def _link_artifact(run: Any) -> None:
