@@ -29,6 +29,7 @@ def test_each_flow_has_a_default_deployment_that_loads():
             "explain-benchmark",
             "index",
             "search",
+            "watch-data",
         )
     }
     from flows import FLOWS
@@ -59,7 +60,7 @@ def test_forms_offer_registered_components_by_kind():
     from itm_core.ops.stack import build_deployments
 
     schemas = [d._parameter_openapi_schema.model_dump() for d in build_deployments()]
-    assert len(schemas) == 9
+    assert len(schemas) == 10
     defs = {}
     for schema in schemas:
         defs.update(schema["definitions"])
