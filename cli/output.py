@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from itm_core.errors import UserError
+from itm_core.ops.interrupts import is_interrupt
 
 console = Console()
 err = Console(stderr=True)
@@ -95,7 +96,9 @@ def flow_session(what: str) -> Iterator[None]:
         with private_prefect_server():
             try:
                 yield
-            except KeyboardInterrupt:
+            except BaseException as exc:
+                if not is_interrupt(exc):
+                    raise
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 err.print(
                     f"stopped: {what} was interrupted. Its open MLflow runs are marked KILLED and its Prefect "

@@ -223,3 +223,24 @@ def test_watch_data_emits_an_event_for_new_and_changed_data(prefect_server, mlfl
         [first["fingerprint"], third["fingerprint"]]
     )
     assert {e["resource"]["itm.dataset.previous"] for e in seen} == {"none", first["fingerprint"]}
+
+
+def test_an_error_raised_while_handling_an_interrupt_counts_as_the_interrupt():
+    """Prefect turns SIGTERM into TerminationSignal during a flow; a library interrupted in the middle
+    of its own work may then raise an error of its own, with the signal as its context."""
+    from prefect.exceptions import TerminationSignal
+
+    from itm_core.ops.interrupts import is_interrupt
+
+    def raised(inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise ValueError("Task run is not set")  # noqa: B904 (as the library raises it)
+        except ValueError as exc:
+            return exc
+
+    assert is_interrupt(KeyboardInterrupt()) and is_interrupt(TerminationSignal(15))
+    assert is_interrupt(raised(TerminationSignal(15))) and is_interrupt(raised(KeyboardInterrupt()))
+    assert not is_interrupt(raised(RuntimeError("a bug"))) and not is_interrupt(None)

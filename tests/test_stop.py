@@ -120,7 +120,7 @@ def test_sigterm_during_an_encoding_and_a_rerun(tmp_path):
         "matchers=[{image_encoder: {name: efficientnet-lite0}, text_encoder: {name: minilm}, untrained_heads: true}]",
     ]
     process = start(home, *args)
-    out, err = stop_when(process, home, lambda found: any(s == "RUNNING" for _, s, _ in found))
+    out, err = stop_when(process, home, lambda found: any(p and s == "RUNNING" for _, s, p in found))
     assert_stopped_cleanly(process, out, err, "evaluate")
     assert {s for _, s, _ in runs(home)} == {"KILLED"}
     again = start(home, *args)

@@ -15,6 +15,8 @@ import re
 import warnings
 from typing import Any
 
+from itm_core.ops.interrupts import is_interrupt
+
 
 def quiet_libraries() -> None:
     """Set before the libraries are imported (the environment variables) and again after (the loggers)."""
@@ -43,7 +45,7 @@ class _InputErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
-            if isinstance(exc, KeyboardInterrupt):
+            if is_interrupt(exc):
                 return False
             return not (isinstance(exc, self.errors) or (self.also is not None and self.also(exc)))
         message = record.getMessage()

@@ -23,13 +23,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 from prefect import flow
-from prefect.exceptions import TerminationSignal
 from prefect.flows import Flow
 from pydantic import BaseModel
 
 from itm_core.contract.params import check_components
 from itm_core.errors import DataError, ModelError, UserError
 from itm_core.models.matcher import Matcher
+from itm_core.ops.interrupts import is_interrupt
 from itm_core.ops.store import check_reachable_artifacts, experiment_location
 
 CHAMPION = "champion"
@@ -205,9 +205,10 @@ def tracked_run(
             _link_artifact(run)
         try:
             yield run
-        except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C or SIGTERM: stopped, not failed
-            mlflow.set_tag("itm.stopped", "interrupted (Ctrl-C or SIGTERM)")
-            mlflow.end_run("KILLED")
+        except BaseException as exc:
+            if is_interrupt(exc):  # Ctrl-C or SIGTERM: stopped, not failed
+                mlflow.set_tag("itm.stopped", "interrupted (Ctrl-C or SIGTERM)")
+                mlflow.end_run("KILLED")
             raise
 
 
