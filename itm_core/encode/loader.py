@@ -86,11 +86,15 @@ def _as_list(batch: list[LoadedImage]) -> list[LoadedImage]:
 
 def _die_with(parent: int, worker_id: int) -> None:
     """Loader workers are killed with the run that started them, even by kill -9 (on Linux): a worker
-    whose read-ahead queue is full would otherwise wait on it, holding its memory, forever."""
+    whose read-ahead queue is full would otherwise wait on it, holding its memory, forever. A
+    SIGTERM sent to the whole process group (``timeout``, a container stop) is left to the run,
+    which stops its workers itself: a worker it killed would surface as an error, not as the stop."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import signal
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
