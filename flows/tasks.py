@@ -106,10 +106,11 @@ class Progress:
         update_progress_artifact(self.id, min(100.0, 100.0 * done / max(1, total)))
 
 
-def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> str | None:
+def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> tuple[str, str | None]:
     """Dataset identity and size as params, each split as an input in MLflow's Datasets panel
     (``itm.dataset.changed`` when the data differs from the previous run's); the skipped-image
-    report as an artifact. Returns the fingerprint the previous run recorded (``None``: no earlier run)."""
+    report as an artifact. Returns the data's fingerprint and the one the previous run recorded
+    (``None``: no earlier run)."""
     sizes = {f"{prefix}.{s}.images": sum(1 for x in data.image_split if x == s) for s in data.splits}
     fingerprint = data.fingerprint()
     previous = note_dataset(data, fingerprint)
@@ -124,7 +125,7 @@ def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "
     )
     if skipped:
         log_table(pd.DataFrame([vars(s) for s in skipped]), "skipped_images.csv")
-    return previous
+    return fingerprint, previous
 
 
 def encode_cache_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -19,8 +19,7 @@ def watch_data(params: WatchParams = WatchParams()) -> dict[str, Any]:
     for dataset in params.datasets:
         data, _ = load_data(dataset, check=False)
         with tracked_run(params.experiment, f"watch {data.name}", {"dataset": dataset.model_dump()}):
-            previous = log_dataset(data, [])
-            fingerprint = data.fingerprint()
+            fingerprint, previous = log_dataset(data, [])
             changed = previous != fingerprint
             state = f"changed (was {previous or 'not seen'})" if changed else "unchanged"
             print(f"{data.name}: {fingerprint}, {state}")

@@ -162,7 +162,7 @@ def test_each_split_is_a_dataset_input_and_a_changed_dataset_is_noticed(mlflow_s
 
     mlflow.set_experiment("lineage")
     with mlflow.start_run() as first:
-        assert log_dataset(tiny_shapes, []) is None  # nothing read it before
+        assert log_dataset(tiny_shapes, []) == (tiny_shapes.fingerprint(), None)  # nothing read it before
     inputs = mlflow.get_run(first.info.run_id).inputs.dataset_inputs
     by_name = {i.dataset.name: i for i in inputs}
     assert set(by_name) == {"shapes:train", "shapes:val", "shapes:test"}
@@ -174,7 +174,7 @@ def test_each_split_is_a_dataset_input_and_a_changed_dataset_is_noticed(mlflow_s
     # the next run of the experiment on other pairs of the same dataset sees what the last one read
     fewer = tiny_shapes.head(10)
     with mlflow.start_run() as second:
-        assert log_dataset(fewer, []) == tiny_shapes.fingerprint()
+        assert log_dataset(fewer, []) == (fewer.fingerprint(), tiny_shapes.fingerprint())
     assert mlflow.get_run(second.info.run_id).data.tags["data.previous_fingerprint"] == tiny_shapes.fingerprint()
     assert mlflow.get_run(second.info.run_id).data.tags["data.name"] == "shapes"
 
