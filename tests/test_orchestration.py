@@ -179,6 +179,38 @@ def test_each_split_is_a_dataset_input_and_a_changed_dataset_is_noticed(mlflow_s
     assert mlflow.get_run(second.info.run_id).data.tags["data.name"] == "shapes"
 
 
+def test_runs_that_log_the_same_dataset_at_once_all_link_it(mlflow_store, tiny_shapes):
+    """MLflow checks for a dataset, then inserts it: concurrent runs reading the same data race on
+    the store's unique constraint. Every run still ends with its three inputs, linked to one dataset
+    per split."""
+    import threading
+
+    from itm_core.ops import lineage
+
+    experiment = mlflow.set_experiment("concurrent").experiment_id
+    client = mlflow.MlflowClient()
+    runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+    start, errors = threading.Barrier(len(runs)), []
+
+    def log(run_id: str) -> None:
+        start.wait()
+        try:
+            with mlflow.start_run(run_id=run_id):
+                lineage.log_inputs(tiny_shapes)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for run_id in runs:
+        inputs = mlflow.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.dataset.name for i in inputs) == ["shapes:test", "shapes:train", "shapes:val"]
+
+
 @pytest.mark.e2e
 def test_watch_data_emits_an_event_for_new_and_changed_data(prefect_server, mlflow_store, tmp_path):
     """A manifest watched three times: new, unchanged, then changed (a pair added)."""

@@ -52,7 +52,24 @@ def log_inputs(data: ImageTextSet) -> None:
             name=f"{base_name(data)}:{split}",
             digest=part.fingerprint(),
         )
-        mlflow.log_input(dataset, context=split)
+        _log_input(dataset, split)
+
+
+def _log_input(dataset: Any, split: str, attempts: int = 5) -> None:
+    """``mlflow.log_input``, tried again when a concurrent run inserted the same dataset between
+    MLflow's check for it and its own insert (the store's unique constraint fails; on the next try
+    the dataset exists and is linked)."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=split)
+            return
+        except MlflowException as error:
+            conflict = "UNIQUE constraint" in str(error) or "IntegrityError" in str(error)
+            if not conflict or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def previous_fingerprint(data: ImageTextSet, run_id: str) -> str | None:
