@@ -28,6 +28,7 @@ from benchmarks.retrieval import bench_retrieval
 from benchmarks.scale import bench_dask, bench_flickr, bench_overhead, bench_scaling
 from benchmarks.search import bench_search
 from benchmarks.serving import bench_serving
+from benchmarks.session import bench_search_session
 from benchmarks.training import bench_generator_training, bench_training
 
 
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         "scaling": lambda: bench_scaling([64, 128] if q else [2000, 8000], home, 32 if q else 500),
         "dask": lambda: bench_dask(64 if q else 2048, home),
         "search": lambda: bench_search(20_000 if q else 1_000_000, 200 if q else 1000),
+        "session": lambda: bench_search_session(10_000 if q else 100_000, 20 if q else 200, home),
         "serving": lambda: bench_serving(40 if q else 500, 8, home, 40 if q else 1000, 16),
         "condition": lambda: bench_condition(600 if q else 12000, 2 if q else 15),
         "flickr": lambda: bench_flickr(home, q),

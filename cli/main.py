@@ -10,13 +10,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli import stack
+from cli import search, stack
 from cli.output import console, err, flow_session
 from cli.output import debug as _debug
 from cli.output import fail as _fail
 from cli.output import flows_console as _flows_console
 from cli.output import unreachable_server as _unreachable_server
-from itm_core.errors import DataError, ParamsError, PluginError, UserError
+from itm_core.errors import ParamsError, PluginError, UserError
 
 # Prefect's ephemeral server needs longer than its default to start on small machines.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -312,50 +312,7 @@ def explain_pair_command(
     console.print(f"heat maps: explanation.png in MLflow run {result['run_id']}")
 
 
-@app.command("search")
-def search_command(
-    text: str | None = typer.Argument(None, help="Text to find images for"),
-    image: Path | None = typer.Option(
-        None, "--image", "-i", help="Search with an image file instead: similar images, or captions with --captions"
-    ),
-    k: int = typer.Option(10, "-k", help="How many results"),
-    index: str | None = typer.Option(
-        None, "--index", help="An `itm run index` run id or a saved index folder (default: the newest index)"
-    ),
-    matcher: str = typer.Option(
-        "models:/itm-matcher@champion", "--matcher", "-m", help="Must be the matcher that built the index"
-    ),
-    captions: bool = typer.Option(False, "--captions", help="Search the caption index (built with captions: true)"),
-) -> None:
-    """The top k images for a text, or images (or captions) for an image, from an index built by `itm run index`."""
-    from itm_core.data import open_image
-    from itm_core.ops.search import Searcher
-
-    try:
-        if (text is None) == (image is None):
-            raise ParamsError("give a text or --image (one of the two)")
-        if text is not None and not text.strip():
-            raise ParamsError("the text to search with is empty")
-        if image is not None and not image.is_file():
-            raise DataError(f"image file not found: {image}")
-        searcher = Searcher.open(index, matcher, "captions" if captions else "images")
-        (results,) = searcher.search_images([open_image(image)], k) if image else searcher.search_texts([text or ""], k)
-    except UserError as exc:
-        _fail(exc)
-    table = Table()
-    for name in ("rank", "score", *(("caption", "image") if captions else ("image", "caption"))):
-        table.add_column(name, overflow="fold", justify="right" if name in ("rank", "score") else "left")
-    for row in results.itertuples():
-        first, second = (row.caption, row.image) if captions else (row.image, row.caption)
-        table.add_row(str(row.rank), f"{row.score:.4f}", first, second)
-    console.print(table)
-    console.print(
-        f"index: {len(searcher.index)} items ({searcher.index.kind}), built with "
-        f"{searcher.index.meta.get('matcher_id')}",
-        highlight=False,
-    )
-
-
+app.command("search")(search.search)
 app.command()(stack.up)
 app.command()(stack.down)
 app.add_typer(stack.deployments_app, name="deployments")

@@ -64,7 +64,7 @@ class MatcherText(Encoder):
 
     def get_state(self) -> Any:
         m = self.matcher
-        text = m.encoders.get("text")
+        text = m.encoder("text") if m.has_encoder("text") else None
         return {
             "config": m.config,
             "text_head": {k: v.detach().cpu().clone() for k, v in m.text_head.state_dict().items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import mlflow
 import numpy as np
@@ -133,6 +134,15 @@ def test_index_search_flows_cli_version_check_and_model(
     assert "built with itm-matcher v1" in out.output
     out = CliRunner().invoke(app, ["search", "   "])
     assert out.exit_code == 2 and "empty" in out.output
+    # a session: queries one per line (texts, image paths), a bad one answered and passed over
+    queries = f"{test.captions[0]}\n\n{paths[0]}\n{paths[0]}.missing.png\n{test.captions[1]}\n"
+    out = CliRunner().invoke(app, ["search", "--json", "-k", "3", "--index", built["run_id"]], input=queries)
+    assert out.exit_code == 0, out.output
+    answers = [json.loads(line) for line in out.output.splitlines()]
+    assert [a["query"] for a in answers] == [test.captions[0], paths[0], f"{paths[0]}.missing.png", test.captions[1]]
+    assert [r["image"] for r in answers[0]["results"]] == list(results[0]["image"][:3])
+    assert answers[1]["results"][0]["image"] == paths[0] and answers[1]["ms"] > 0
+    assert answers[2]["error"] == f"image file not found: {paths[0]}.missing.png" and len(answers[3]["results"]) == 3
     found = search(SearchParams(text=test.captions[0], k=4))
     assert [r["image"] for r in found["results"]] == list(results[0]["image"][:4])
     assert "search_results.png" in {a.path for a in MlflowClient().list_artifacts(found["run_id"])}

@@ -161,8 +161,8 @@ def names(kind: str) -> list[str]:
     return sorted(collect()[kind])
 
 
-def create(kind: str, name: str, **options: Any) -> Any:
-    """Build the component ``kind``/``name`` from keyword ``options``, wrapped in its contract checks."""
+def available(kind: str, name: str) -> Any:
+    """The spec of the component ``kind``/``name``, checked to be installed with what it needs."""
     s = spec(kind, name)
     missing = s.missing()
     if missing:
@@ -170,6 +170,12 @@ def create(kind: str, name: str, **options: Any) -> Any:
             f"{kind} {name!r} (plugin {s.plugin!r}) needs {', '.join(missing)}, which is not installed: "
             f"pip install {' '.join(missing)}"
         )
+    return s
+
+
+def create(kind: str, name: str, **options: Any) -> Any:
+    """Build the component ``kind``/``name`` from keyword ``options``, wrapped in its contract checks."""
+    s = available(kind, name)
     try:
         component = s.factory(**options)
     except UserError:

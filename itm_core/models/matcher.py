@@ -7,9 +7,10 @@ which is what the retrain flow logs to MLflow and the evaluate and generate flow
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,7 @@ class Matcher(nn.Module):
             self.image_head, self.text_head = nn.Identity(), nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.encoders: dict[str, Any] = {}
+        self._deferred: dict[str, Callable[[], Any]] = {}  # encoders created on first use (Matcher.load)
         self.similarity = JointSimilarity()
 
     # --- features -> joint space --------------------------------------------------------------
@@ -119,9 +121,21 @@ class Matcher(nn.Module):
     # --- raw inputs -> joint space ------------------------------------------------------------
     def attach_encoders(self, image_encoder: Encoder, text_encoder: Encoder) -> Matcher:
         self.encoders = {"image": image_encoder, "text": text_encoder}
+        self._deferred = {}
         return self
 
+    def has_encoder(self, modality: str) -> bool:
+        return modality in self.encoders or modality in self._deferred
+
+    def encoder(self, modality: str) -> Any:
+        """The attached ``image`` or ``text`` encoder (created now if :meth:`load` deferred it)."""
+        if modality in self._deferred:
+            self.encoders[modality] = self._deferred.pop(modality)()
+        return self._encoder(modality)
+
     def _encoder(self, modality: str) -> Any:
+        if modality in self._deferred:
+            return self.encoder(modality)
         if modality not in self.encoders:
             raise RuntimeError("this matcher has no encoders attached; use Matcher.load or attach_encoders")
         return self.encoders[modality]
@@ -149,6 +163,8 @@ class Matcher(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config, "itm_format": FORMAT}, indent=2, default=str))
         save_weights(self, folder / WEIGHTS_FILE)
+        for modality in list(self._deferred):
+            self.encoder(modality)
         for modality, enc in self.encoders.items():
             state = enc.get_state() if hasattr(enc, "get_state") else None
             if state is not None:
@@ -158,7 +174,7 @@ class Matcher(nn.Module):
     @classmethod
     def load(cls, folder: str | Path, attach: bool = True) -> Matcher:
         """Rebuild a saved matcher, with its encoders created from the registry and their fitted state."""
-        from itm_core.contract.registry import create_encoder
+        from itm_core.contract.registry import available, create_encoder
 
         folder = Path(folder)
         config_path = folder / CONFIG_FILE
@@ -170,10 +186,11 @@ class Matcher(nn.Module):
         matcher = cls(**config)
         load_weights_into(matcher, folder / WEIGHTS_FILE)
         matcher.eval()
-        if attach:
-            encoders = {
-                m: create_encoder(config[f"{m}_encoder"], load_state(folder, f"{m}_encoder_state"))
+        if attach:  # each encoder is created when first used: a text query never loads the image tower
+            for m in ("image", "text"):
+                available("encoder", config[f"{m}_encoder"]["name"])  # a missing plugin fails now, by name
+            matcher._deferred = {
+                m: functools.partial(create_encoder, config[f"{m}_encoder"], load_state(folder, f"{m}_encoder_state"))
                 for m in ("image", "text")
             }
-            matcher.attach_encoders(encoders["image"], encoders["text"])
         return matcher
