@@ -22,7 +22,7 @@ from itm_core.errors import ParamsError
 from itm_core.judge.evaluation import RetrievalReport, build_encoders, report_from_embeddings, retrieval_report
 from itm_core.judge.intervals import retrieval_scores
 from itm_core.models.distributed import train_in_processes
-from itm_core.models.loop import FitResult
+from itm_core.models.loop import FitResult, settle_precision
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import LiveTower, train_contrastive
 from itm_core.ops.checkpoints import Checkpointer, find_resumable, resume_key
@@ -103,6 +103,10 @@ def train_matcher(
 
     if resume is not None:
         print(f"resuming from the checkpoint of epoch {resume['epoch']}")
+    precision = settle_precision(t.precision, next(matcher.parameters()).device.type)
+    mlflow.set_tag("training.precision", precision)  # what `auto` settled on for this machine
+    if t.precision == "auto":
+        print(f"training.precision auto: {precision}")
     if t.processes > 1:
         print(f"training data-parallel in {t.processes} processes (torch.distributed, gloo)")
         result = train_in_processes(

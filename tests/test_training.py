@@ -8,7 +8,14 @@ import torch
 from itm_core import ModelError
 from itm_core.encode.features import FeatureSplit
 from itm_core.models.matcher import Matcher
-from itm_core.models.training import ContrastiveTraining, clip_loss, evaluate_features, train_contrastive
+from itm_core.models.process_group import Ranks
+from itm_core.models.training import (
+    ContrastiveTrainer,
+    ContrastiveTraining,
+    clip_loss,
+    evaluate_features,
+    train_contrastive,
+)
 
 
 def synthetic(n_images: int, seed: int) -> FeatureSplit:
@@ -77,8 +84,34 @@ def test_bf16_training_runs_its_steps_in_bfloat16_and_learns_as_float32_does():
 def test_an_unknown_training_precision_is_refused():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"precision\n  Input should be 'fp32' or 'bf16'"):
+    with pytest.raises(ValidationError, match=r"precision\n  Input should be 'auto', 'fp32' or 'bf16'"):
         ContrastiveTraining(epochs=1, batch_size=16, precision="fp16")
+
+
+def test_the_default_precision_is_bf16_where_it_runs_natively():
+    from itm_core.models.loop import cpu_bf16_flags
+
+    train, val = synthetic(32, 1), synthetic(16, 2)
+    trainer = ContrastiveTrainer(new_matcher(), train, val, ContrastiveTraining(), {}, Ranks())
+    assert ContrastiveTraining().precision == "auto"
+    assert trainer.precision == ("bf16" if cpu_bf16_flags() else "fp32")
+    assert trainer.autocast.fast_dtype == torch.bfloat16 and trainer.autocast._enabled == bool(cpu_bf16_flags())
+
+
+def test_an_epoch_draws_every_caption_of_small_data_and_one_per_image_of_large_data():
+    from itm_core.models.training import auto_passes
+
+    assert [auto_passes(n, 5 * n) for n in (500, 2000, 3000, 8000, 29000, 113287)] == [5, 5, 4, 2, 1, 1]
+    assert auto_passes(2000, 2000) == 1  # one caption per image: one pass whatever the size
+    train, val = synthetic(40, 1), synthetic(16, 2)  # two captions per image
+    counted, patience = [], []
+    for passes in (0, 1, 3):
+        options = ContrastiveTraining(epochs=1, batch_size=8, passes=passes, patience=6)
+        trainer = ContrastiveTrainer(new_matcher(), train, val, options, {}, Ranks())
+        counted.append(sum(len(images) for images, _ in trainer.batches()))
+        patience.append(trainer.patience)
+    assert counted == [80, 40, 120]
+    assert patience == [6, 12, 4]  # counted in epochs of every caption: a one-pass epoch is half of one here
 
 
 def test_early_stopping():

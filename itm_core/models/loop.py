@@ -38,13 +38,16 @@ def cpu_bf16_flags() -> list[str]:
     return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
 
 
-def settle_precision(precision: str) -> str:
-    """``auto`` becomes ``bf16`` on a CPU that runs bfloat16 natively (AVX512-BF16 or AMX) and ``fp32``
-    elsewhere, where emulated bfloat16 is slower; ``fp32`` and ``bf16`` stay as they are."""
+def settle_precision(precision: str, device_type: str = "cpu") -> str:
+    """``auto`` becomes ``bf16`` where bfloat16 runs natively (a CPU with AVX512-BF16 or AMX, a GPU that
+    supports it) and ``fp32`` elsewhere, where emulated bfloat16 is slower; ``fp32`` and ``bf16`` stay
+    as they are."""
     if precision not in (*PRECISIONS, "auto"):
         raise ParamsError(f"training precision must be auto, {' or '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_bf16_flags() else "fp32"
 
 

@@ -25,7 +25,16 @@ from itm_core.contract.params import Params
 from itm_core.data.pairs import captions_per_image
 from itm_core.encode.features import FeatureSplit
 from itm_core.errors import ModelError
-from itm_core.models.loop import FitResult, Trainer, fit, one_cycle, scheduler_step, seed_everything, step_autocast
+from itm_core.models.loop import (
+    FitResult,
+    Trainer,
+    fit,
+    one_cycle,
+    scheduler_step,
+    seed_everything,
+    settle_precision,
+    step_autocast,
+)
 from itm_core.models.matcher import Matcher, ProjectionHead
 from itm_core.models.process_group import (
     Ranks,
@@ -36,6 +45,7 @@ from itm_core.models.process_group import (
 )
 from itm_core.models.retrieval import ranks, recall_metrics
 
+EPOCH_PAIRS = 10_000  # an epoch of `passes: 0` draws at least this many pairs
 RecallKey = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 
 
@@ -50,9 +60,21 @@ class ContrastiveTraining(Params):
     )
     epochs: int = Field(40, ge=1, description="Maximum epochs")
     batch_size: int = Field(256, ge=2, description="Images per contrastive batch")
+    passes: int = Field(
+        0,
+        ge=0,
+        description="Passes over the training images in an epoch, each drawing one caption per image (0: enough "
+        f"for {EPOCH_PAIRS:,} pairs an epoch, at most one per caption of an image: every caption of a small "
+        "dataset each epoch, one caption per image of a large one)",
+    )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (one-cycle schedule)")
     weight_decay: float = Field(0.01, ge=0)
-    patience: int = Field(6, ge=1, description="Stop after this many epochs without validation improvement")
+    patience: int = Field(
+        6,
+        ge=1,
+        description="Stop after this many epochs without validation improvement, counted in epochs of every "
+        "caption: with one caption of five per image an epoch counts a fifth (see passes)",
+    )
     monitor: RecallKey = Field("rsum", description="Validation metric for early stopping and the best checkpoint")
     embed_dim: int = Field(256, ge=2, description="Joint embedding dimension")
     hidden_dim: int = Field(1024, ge=0, description="Hidden width of the projection heads (0: linear heads)")
@@ -69,10 +91,11 @@ class ContrastiveTraining(Params):
         description="End training after the epoch that passes this many seconds (0: no limit); "
         "the best epoch so far is kept",
     )
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32",
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
         description="bf16: training steps run under bfloat16 autocast (weights, loss and validation stay "
-        "float32); faster on GPUs and on CPUs with AVX512-BF16 or AMX, much slower on CPUs without them",
+        "float32); auto: bf16 where it runs natively (a CPU with AVX512-BF16 or AMX, a GPU that supports it), "
+        "fp32 elsewhere, where emulated bfloat16 is much slower",
     )
     resume: bool = Field(
         False,
@@ -127,6 +150,13 @@ class LiveTower:
         return torch.cat([self.features(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)])
 
 
+def auto_passes(images: int, captions: int) -> int:
+    """Passes of ``passes: 0``: as many as make an epoch of at least ``EPOCH_PAIRS`` pairs, at most one
+    per caption of an image (2,000 images with five captions each: 5; 29,000: 1)."""
+    per_image = max(1, round(captions / max(1, images)))
+    return max(1, min(per_image, math.ceil(EPOCH_PAIRS / max(1, images))))
+
+
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
     """The symmetric InfoNCE loss of CLIP: matching pairs lie on the diagonal."""
     target = torch.arange(len(logits))
@@ -177,7 +207,9 @@ class ContrastiveTrainer(Trainer):
         self.main = ranks.main
         # Weights, optimiser state, the loss and validation stay float32; only the steps' matrix products run in
         # bfloat16.
-        self.autocast = step_autocast(options.precision, next(matcher.parameters()).device.type)
+        device = next(matcher.parameters()).device.type
+        self.precision = settle_precision(options.precision, device)
+        self.autocast = step_autocast(self.precision, device)
         for head, rows in ((matcher.image_head, train.image), (matcher.text_head, train.text)):
             if not isinstance(head, ProjectionHead):
                 raise ModelError("this matcher has no projection heads to train (it was built with heads=False)")
@@ -193,7 +225,10 @@ class ContrastiveTrainer(Trainer):
         self.optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
         self.captions = captions_per_image(train.caption_image, len(train.image))
         self.usable = [i for i, c in enumerate(self.captions) if c]
-        self.passes = max(1, round(len(train.text) / max(1, len(self.usable))))
+        self.passes = options.passes or auto_passes(len(self.usable), len(train.text))
+        # patience counts epochs of every caption: epochs of fewer passes count for less
+        per_image = max(1, round(len(train.text) / max(1, len(self.usable))))
+        self.patience = math.ceil(options.patience * per_image / self.passes)
         steps_per_epoch = self.passes * max(1, len(self.usable) // options.batch_size)
         self.scheduler = one_cycle(self.optimizer, [g["lr"] for g in groups], options.epochs * steps_per_epoch, 0.1)
         self.rng = random.Random(options.seed)
@@ -310,7 +345,7 @@ def train_contrastive(
     return fit(
         trainer,
         epochs=options.epochs,
-        patience=options.patience,
+        patience=trainer.patience,
         time_limit_s=options.time_limit_s,
         monitor=f"val_{options.monitor}",
         on_epoch=on_epoch,

@@ -1,0 +1,66 @@
+"""The training recipe at Flickr30k size: variants of ``training`` on the same cached features.
+
+    python -m benchmarks.recipe '[{"passes": 1, "epochs": 40}, {"passes": 1, "epochs": 40, "precision": "fp32"}]'
+
+Builds ``shapes`` with 29,000 / 1,000 / 1,000 images (five captions each), encodes it once with the
+default towers into ``$ITM_CACHE_DIR`` (a second call reads the cache), then trains one matcher per
+variant (a JSON list of ``training`` settings) and prints, per variant, the training seconds, the
+epochs run, the best epoch, the validation rsum after each epoch and the test rsum. Training
+only: the wall time of a whole retrain is ``python -m benchmarks.run --only flickr``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from itm_core import create
+from itm_core.config import EncodingParams, RetrainParams
+from itm_core.encode.embed import EmbeddingCache, encode_split
+from itm_core.judge.evaluation import build_encoders
+from itm_core.models.matcher import Matcher
+from itm_core.models.training import ContrastiveTraining, evaluate_features, train_contrastive
+
+
+def main(variants: list[dict], n_train: int = 29000, n_eval: int = 1000) -> None:
+    data = create("dataset", "shapes", n_train=n_train, n_val=n_eval, n_test=n_eval).load()
+    splits = {s: data.split(s) for s in ("train", "val", "test")}
+    params = RetrainParams()
+    image, text = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
+    cache = EmbeddingCache()
+    features = {}
+    for name, split in splits.items():
+        started = time.perf_counter()
+        _, features[name], _ = encode_split(image, text, split, cache, EncodingParams())
+        print(f"{name} encoded in {time.perf_counter() - started:.1f} s", flush=True)
+    for variant in variants:
+        options = ContrastiveTraining(**variant)
+        torch.manual_seed(options.seed)
+        matcher = Matcher(
+            params.image_encoder.model_dump(),
+            params.text_encoder.model_dump(),
+            int(image.dim),
+            int(text.dim),
+            embed_dim=options.embed_dim,
+            hidden_dim=options.hidden_dim,
+            dropout=options.dropout,
+        )
+        started, curve = time.perf_counter(), []
+
+        def on_epoch(epoch: int, metrics: dict[str, float], curve: list = curve, started: float = started) -> None:
+            curve.append((epoch, round(time.perf_counter() - started, 1), round(metrics["val_rsum"], 1)))
+            print(curve[-1], flush=True)
+
+        result = train_contrastive(matcher, features["train"], features["val"], options, on_epoch=on_epoch)
+        seconds = time.perf_counter() - started
+        test = evaluate_features(matcher, features["test"])
+        summary = {"variant": variant, "train_s": round(seconds, 1), "epochs": len(result.history)}
+        summary |= {"best": result.best_epoch, "test_rsum": round(test["rsum"], 1), "curve": curve}
+        print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]) if len(sys.argv) > 1 else [{}])
