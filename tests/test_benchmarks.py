@@ -37,6 +37,7 @@ def test_every_benchmark_runs_and_is_reported(tmp_path):
         "scaling",
         "dask",
         "search",
+        "session",
         "serving",
         "condition",
     }

@@ -95,6 +95,7 @@ def test_retrain_in_two_processes_matches_one(prefect_server, mlflow_store, tiny
                         "patience": 10,
                         "checkpoint_every": 2,
                         "processes": processes,
+                        "precision": "fp32",  # bfloat16 rounds the slices' sums differently from the whole batch's
                     },
                 }
             )

@@ -103,7 +103,7 @@ class Matcher(nn.Module):
                 )
             self.image_head, self.text_head = nn.Identity(), nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.encoders: dict[str, Any] = {}
+        self._encoders: dict[str, Any] = {}
         self._deferred: dict[str, Callable[[], Any]] = {}  # encoders created on first use (Matcher.load)
         self.similarity = JointSimilarity()
 
@@ -121,24 +121,32 @@ class Matcher(nn.Module):
     # --- raw inputs -> joint space ------------------------------------------------------------
     def attach_encoders(self, image_encoder: Encoder, text_encoder: Encoder) -> Matcher:
         self.encoders = {"image": image_encoder, "text": text_encoder}
-        self._deferred = {}
         return self
 
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """The attached encoders by modality (any that :meth:`load` deferred are created now)."""
+        for modality in list(self._deferred):
+            self.encoder(modality)
+        return self._encoders
+
+    @encoders.setter
+    def encoders(self, encoders: dict[str, Any]) -> None:
+        self._encoders, self._deferred = dict(encoders), {}
+
     def has_encoder(self, modality: str) -> bool:
-        return modality in self.encoders or modality in self._deferred
+        return modality in self._encoders or modality in self._deferred
 
     def encoder(self, modality: str) -> Any:
         """The attached ``image`` or ``text`` encoder (created now if :meth:`load` deferred it)."""
         if modality in self._deferred:
-            self.encoders[modality] = self._deferred.pop(modality)()
-        return self._encoder(modality)
+            self._encoders[modality] = self._deferred.pop(modality)()
+        if modality not in self._encoders:
+            raise RuntimeError("this matcher has no encoders attached; use Matcher.load or attach_encoders")
+        return self._encoders[modality]
 
     def _encoder(self, modality: str) -> Any:
-        if modality in self._deferred:
-            return self.encoder(modality)
-        if modality not in self.encoders:
-            raise RuntimeError("this matcher has no encoders attached; use Matcher.load or attach_encoders")
-        return self.encoders[modality]
+        return self.encoder(modality)
 
     @torch.no_grad()
     def embed_images(self, paths: Sequence[str | Path], cache: EmbeddingCache | None = None) -> torch.Tensor:
@@ -163,8 +171,6 @@ class Matcher(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_FILE).write_text(json.dumps({**self.config, "itm_format": FORMAT}, indent=2, default=str))
         save_weights(self, folder / WEIGHTS_FILE)
-        for modality in list(self._deferred):
-            self.encoder(modality)
         for modality, enc in self.encoders.items():
             state = enc.get_state() if hasattr(enc, "get_state") else None
             if state is not None:
