@@ -150,11 +150,15 @@ class LiveTower:
         return torch.cat([self.features(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)])
 
 
+def captions_each(images: int, captions: int) -> int:
+    """Captions per image, rounded, at least one."""
+    return max(1, round(captions / max(1, images)))
+
+
 def auto_passes(images: int, captions: int) -> int:
     """Passes of ``passes: 0``: as many as make an epoch of at least ``EPOCH_PAIRS`` pairs, at most one
     per caption of an image (2,000 images with five captions each: 5; 29,000: 1)."""
-    per_image = max(1, round(captions / max(1, images)))
-    return max(1, min(per_image, math.ceil(EPOCH_PAIRS / max(1, images))))
+    return max(1, min(captions_each(images, captions), math.ceil(EPOCH_PAIRS / max(1, images))))
 
 
 def clip_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -227,8 +231,7 @@ class ContrastiveTrainer(Trainer):
         self.usable = [i for i, c in enumerate(self.captions) if c]
         self.passes = options.passes or auto_passes(len(self.usable), len(train.text))
         # patience counts epochs of every caption: epochs of fewer passes count for less
-        per_image = max(1, round(len(train.text) / max(1, len(self.usable))))
-        self.patience = math.ceil(options.patience * per_image / self.passes)
+        self.patience = math.ceil(options.patience * captions_each(len(self.usable), len(train.text)) / self.passes)
         steps_per_epoch = self.passes * max(1, len(self.usable) // options.batch_size)
         self.scheduler = one_cycle(self.optimizer, [g["lr"] for g in groups], options.epochs * steps_per_epoch, 0.1)
         self.rng = random.Random(options.seed)
