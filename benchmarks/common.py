@@ -69,6 +69,12 @@ def retrain_params_file(home: Path, options: dict[str, Any], extra: dict[str, An
 
 def run_retrain(home: Path, options: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``itm run retrain`` in a child process from a cold embedding cache: wall time and peak RSS."""
+    return run_flow(home, "retrain", options, extra)
+
+
+def run_flow(home: Path, flow: str, options: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``itm run FLOW`` in a child process from a cold embedding cache: wall time, peak RSS and the
+    JSON result it prints."""
     env = {
         **os.environ,
         "ITM_HOME": str(home),
@@ -76,11 +82,11 @@ def run_retrain(home: Path, options: dict[str, Any], extra: dict[str, Any] | Non
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
         "PREFECT_HOME": str(home / "prefect"),
     }
-    out, err = home / "retrain.out", home / "retrain.err"
+    out, err = home / f"{flow}.out", home / f"{flow}.err"
     start = time.perf_counter()
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(
-            [Path(PYTHON).parent / "itm", "run", "retrain", "--params", str(retrain_params_file(home, options, extra))],
+            [Path(PYTHON).parent / "itm", "run", flow, "--params", str(retrain_params_file(home, options, extra))],
             env=env,
             stdout=stdout,
             stderr=stderr,
@@ -88,9 +94,10 @@ def run_retrain(home: Path, options: dict[str, Any], extra: dict[str, Any] | Non
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (as /usr/bin/time -v reports it)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"itm run retrain failed:\n{err.read_text()[-3000:]}")
+        raise RuntimeError(f"itm run {flow} failed:\n{err.read_text()[-3000:]}")
     text = out.read_text()
-    return {"wall": wall, "rss": usage.ru_maxrss * 1024, "result": json.loads(text[text.index("{") :])}
+    first = min(i for i in (text.find("{"), text.find("[")) if i >= 0)
+    return {"wall": wall, "rss": usage.ru_maxrss * 1024, "result": json.loads(text[first:])}
 
 
 def fit_tfidf(data: Any) -> Any:

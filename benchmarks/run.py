@@ -5,7 +5,8 @@ per benchmark, kept across runs so the long ``--only flickr`` run can be added) 
 
     python -m benchmarks.run                 # the standard set (about 28 minutes on 2 cores)
     python -m benchmarks.run --quick         # every benchmark on tiny inputs (checks that each runs)
-    python -m benchmarks.run --only flickr   # retrain on a Flickr30k-size shapes, with a kill -9
+    python -m benchmarks.run --only flickr   # retrain on a Flickr30k-size shapes
+    python -m benchmarks.run --only fusion   # the default fusion benchmark, as a user runs it
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmarks.cache import bench_cache, bench_kill
 from benchmarks.common import HERE, Row, feature_bytes, machine
 from benchmarks.condition import bench_condition
 from benchmarks.encoding import bench_encoding
+from benchmarks.fusion import bench_fusion
 from benchmarks.retrieval import bench_retrieval
 from benchmarks.scale import bench_dask, bench_flickr, bench_overhead, bench_scaling
 from benchmarks.search import bench_search
@@ -37,7 +39,7 @@ def render(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m benchmarks.run`); each figure is a ratio against a plain reference",
-        "measured on the same machine in the same run. Re-run to refresh; `--only flickr` adds the Flickr30k-size run.",
+        "measured on the same machine in the same run. Re-run to refresh; `--only flickr fusion` adds the long runs.",
         "",
     ]
     for name, entry in results.items():
@@ -59,8 +61,6 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     return "\n".join(lines + coco_projection(results))
 
-
-COCO_IMAGES, COCO_CAPTIONS = 123_287, 616_767
 
 COCO_IMAGES, COCO_CAPTIONS = 123_287, 616_767
 
@@ -106,7 +106,7 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks that every benchmark runs")
-    parser.add_argument("--only", nargs="*", help="benchmark names to run (default: all but flickr)")
+    parser.add_argument("--only", nargs="*", help="benchmark names to run (default: all but flickr and fusion)")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.json and RESULTS.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         "serving": lambda: bench_serving(40 if q else 500, 8, home, 40 if q else 1000, 16),
         "condition": lambda: bench_condition(600 if q else 12000, 2 if q else 15),
         "flickr": lambda: bench_flickr(home, q),
+        "fusion": lambda: bench_fusion(home, q),
     }
-    chosen = args.only or [n for n in suite if n != "flickr"]
+    long = ("flickr", "fusion")  # run with --only: each takes 10 to 20 minutes
+    chosen = args.only or [n for n in suite if n not in long]
     unknown = sorted(set(chosen) - set(suite))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; known: {', '.join(suite)}")

@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.retry import transient_only
-from flows.tasks import Progress, checked_by_encoding, load_data, log_dataset
+from flows.tasks import checked_by_encoding, load_data, log_dataset
 from itm_core.config import EvaluateParams, MatcherRef
 from itm_core.data import ImageTextSet, SkippedImage, load_images
 from itm_core.data.images import OnError
@@ -21,6 +21,7 @@ from itm_core.judge.intervals import SHOWN, bounds, recall_intervals, shown
 from itm_core.ops.plots import recall_at_k_figure, retrieval_examples_figure
 from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import log_table, tracked_flow, tracked_run
+from itm_core.progress import Tracker
 
 LEADERBOARD_COLUMNS = [
     "matcher",
@@ -97,7 +98,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
     ):
         mlflow.log_param("matchers", ", ".join(m.display_name() for m in params.matchers))
         rows = []
-        progress = Progress("evaluate-progress", "matchers evaluated")
+        progress = Tracker("evaluate", len(params.matchers), "matcher")
         for n, ref in enumerate(params.matchers, 1):
             row = evaluate_matcher(
                 ref, split, train, params.experiment, cache, params.dataset.on_bad_image if n == 1 else None
@@ -106,7 +107,8 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> list[dict[str, Any]]:
                 split = row["_data"]
                 log_dataset(split, row["_skipped"])
             rows.append({k: v for k, v in row.items() if k not in ("_data", "_skipped")})
-            progress.update(n, len(params.matchers))
+            progress.advance(note=f"{row['matcher']} rsum {row['rsum']:.1f}")
+        progress.finish()
         fig = recall_at_k_figure({r["matcher"]: r.pop("_ranks") for r in rows})
         mlflow.log_figure(fig, "recall_at_k.png")
         plt.close(fig)

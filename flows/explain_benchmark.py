@@ -20,7 +20,9 @@ from itm_core.judge.explain import attributions_figure, explain_with
 from itm_core.judge.faithfulness import Faithfulness, judge, named_object, random_reference
 from itm_core.ops.scorers import build_scorer
 from itm_core.ops.tracking import tracked_flow, tracked_run
+from itm_core.progress import Tracker
 
+PROGRESS_EVERY_S = 10.0  # an explainer's pass over the pairs reports at most this often
 COLUMNS = [
     "explainer",
     "deletion_auc",
@@ -83,11 +85,14 @@ def run_explainer(
     explainer = build_explainer(p)
     with tracked_run(params.experiment, p.name, {"explainer": p.name, **p.options}, nested=True):
         results, seconds, found = [], [], []
+        progress = Tracker(f"{p.name}: explaining and judging", len(pairs), "pair", every_s=PROGRESS_EVERY_S)
         for image, text, region in pairs:
             a = explain_with(explainer, p.name, scorer, image, text)
             found.append(a)
             seconds.append(a.seconds)
             results.append(judge(scorer, image, text, a, params.grid, params.steps, region))
+            progress.advance()
+        progress.finish()
         row = summarise(p.name, results, seconds)
         mlflow.log_metrics(
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k != "pairs"}
@@ -130,19 +135,22 @@ def explain_benchmark(params: ExplainBenchmarkParams = ExplainBenchmarkParams())
     ):
         rows: list[dict[str, Any]] = []
         first: list[Any] = []
+        progress = Tracker("explain benchmark", len(chosen), "explainer")
         for p in chosen:
             reason = cannot_serve(p.name, scorer)
             if reason:
-                rows.append({"explainer": p.name, "pairs": 0, "note": reason})
+                row = {"explainer": p.name, "pairs": 0, "note": reason}
                 print(f"{p.name}: skipped: {reason}")
-                continue
-            try:
-                row, found = run_explainer(p, scorer, pairs, params)
-                first.append(found[0])
-            except ValueError as exc:  # an explainer this matcher cannot serve (no gradients through its encoder)
-                row = {"explainer": p.name, "note": str(exc), "pairs": 0}
-                print(f"{p.name}: skipped: {exc}")
+            else:
+                try:
+                    row, found = run_explainer(p, scorer, pairs, params)
+                    first.append(found[0])
+                except ValueError as exc:  # an explainer this matcher cannot serve (no gradients through its encoder)
+                    row = {"explainer": p.name, "note": str(exc), "pairs": 0}
+                    print(f"{p.name}: skipped: {exc}")
             rows.append(row)
+            progress.advance(note=f"{p.name} done")
+        progress.finish()
         reference = [
             random_reference(scorer, image, text, params.seed + n, params.grid, params.steps, region)
             for n, (image, text, region) in enumerate(pairs)

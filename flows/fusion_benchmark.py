@@ -33,6 +33,7 @@ from itm_core.judge.evaluation import build_encoders
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import train_contrastive
 from itm_core.ops.tracking import tracked_flow, tracked_run
+from itm_core.progress import Tracker, scope
 
 RETRIEVAL = [f"{d}_r1_{s}" for d in ("i2t", "t2i") for s in ("contrastive", "itm", "combined")]
 COLUMNS = [
@@ -232,8 +233,11 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
                 **{k: v for k, v in similarity.items() if k.startswith("probe_")},
             }
         ]
+        progress = Tracker("fusion benchmark", len(methods), "fusion")
         for name in methods:
-            m = run_method(name, params, shared)
+            with scope(name):
+                m = run_method(name, params, shared)
+            progress.advance(note=f"{name} done")
             rows.append(
                 {
                     "method": f"{name} + ITM",
@@ -247,6 +251,7 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
                     },
                 }
             )
+        progress.finish()
         board = pd.DataFrame(rows).reindex(columns=COLUMNS)
         log_leaderboard(
             board,

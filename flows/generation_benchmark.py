@@ -22,6 +22,7 @@ from itm_core.judge.evaluation import build_encoder
 from itm_core.judge.intervals import with_bounds
 from itm_core.ops.plots import log_grid
 from itm_core.ops.tracking import tracked_flow, tracked_run
+from itm_core.progress import Tracker, scope
 
 INTERVALS = ("r_precision", "alignment")  # per prompt, so they get bootstrap intervals over the prompts
 COLUMNS = [
@@ -106,9 +107,8 @@ def run_model(
     images = {s: images_to_tensor(data["images"][s], t.resolution) for s in ("train", "val")}
     with tracked_run(params.experiment, name, {"model": name, **t.model_dump()}, nested=True):
 
-        def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
+        def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:  # the loop prints progress
             mlflow.log_metrics(metrics, step=epoch)
-            print(f"{name} epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
 
         model, result = train_text_to_image(
             run.text_encoder.model_dump(),
@@ -256,15 +256,20 @@ def generation_benchmark(params: GenerationBenchmarkParams = GenerationBenchmark
             }
         )
         grids["real"] = real[:GRID]
+        progress = Tracker("generation benchmark", len(params.models) + len(params.captioners), "model")
         for name in params.models:
-            out = run_model(name, params, shared, encoder, cache)
+            with scope(name):
+                out = run_model(name, params, shared, encoder, cache)
             rows.append(out["row"])
             grids[name] = out["grid"]
+            progress.advance(note=f"{name} done")
         if params.captioners:
             references = test.captions_by_image()
-            captions = pd.DataFrame(
-                [run_captioner(p, params, reference, references) for p in params.captioners]
-            ).reindex(columns=CAPTION_COLUMNS)
+            scored = []
+            for p in params.captioners:
+                scored.append(run_captioner(p, params, reference, references))
+                progress.advance(note=f"{p.name} done")
+            captions = pd.DataFrame(scored).reindex(columns=CAPTION_COLUMNS)
             log_leaderboard(
                 captions,
                 "caption-leaderboard",

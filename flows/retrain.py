@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.evaluate import log_retrieval_figures
 from flows.retrain_generation import retrain_captioner, retrain_text_to_image
-from flows.tasks import Progress, encode_features, load_data, log_dataset, warn_small_splits, without_skipped
+from flows.tasks import encode_features, load_data, log_dataset, warn_small_splits, without_skipped
 from itm_core.config import RetrainParams
 from itm_core.contract.evidence import UnitScores
 from itm_core.data import ImageTextSet, SkippedImage
@@ -91,15 +91,9 @@ def train_matcher(
         hidden_dim=t.hidden_dim,
         dropout=t.dropout,
     )
-    progress = Progress("training-progress", f"epochs of {t.epochs} (early stopping may end sooner)")
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:  # the progress line is the training loop's
         mlflow.log_metrics(metrics, step=epoch)
-        progress.update(epoch, t.epochs)
-        print(
-            f"epoch {epoch}: loss {metrics['train_loss']:.4f}, "
-            f"val i2t R@1 {metrics['val_i2t_r1']:.3f}, val t2i R@1 {metrics['val_t2i_r1']:.3f}"
-        )
 
     if resume is not None:
         print(f"resuming from the checkpoint of epoch {resume['epoch']}")

@@ -12,7 +12,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import (
-    Progress,
     checked_by_encoding,
     load_data,
     log_dataset,
@@ -61,15 +60,12 @@ def _summary(key: str, title: str, metrics: dict[str, float], footer: str) -> No
     )
 
 
-def epoch_callback(total: int, sample_every: int, samples: Any) -> Any:
-    """Per epoch: the losses to MLflow, the progress artifact, and every ``sample_every`` epochs (and
+def epoch_callback(sample_every: int, samples: Any) -> Any:
+    """Per epoch: the losses to MLflow and every ``sample_every`` epochs (and
     the first) a grid of ``samples(model) -> (images, texts)`` as ``samples/epoch_NNN.png``."""
-    progress = Progress("training-progress", f"epochs of {total} (early stopping or the time limit may end sooner)")
 
-    def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:
+    def on_epoch(epoch: int, metrics: dict[str, float], model: Any) -> None:  # the training loop prints progress
         mlflow.log_metrics(metrics, step=epoch)
-        progress.update(epoch, total)
-        print(f"epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}")
         if epoch % sample_every == 0 or epoch == 1:
             images, texts = samples(model)
             log_grid(images, texts, f"samples/epoch_{epoch:03d}.png")
@@ -94,7 +90,7 @@ def train_captioner_task(
     shown_images = load_images([val.image_path(i) for i in shown])
 
     on_epoch = epoch_callback(
-        c.epochs, c.sample_every, lambda captioner: (shown_images, captioner.caption_features(features["val"][shown]))
+        c.sample_every, lambda captioner: (shown_images, captioner.caption_features(features["val"][shown]))
     )
 
     tr = splits["train"]
@@ -205,7 +201,6 @@ def train_t2i_task(
     shown_mask = None if features["val"].mask is None else features["val"].mask[rows]
 
     on_epoch = epoch_callback(
-        t.epochs,
         t.sample_every,
         lambda model: (
             tensor_to_images(model.generate_from_features(shown_text, shown_mask, seed=t.seed)),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -89,21 +88,6 @@ def read_checked(
     kept, images, skipped = read_images(data, on_bad_image, limit=limit)
     report_skipped(skipped)
     return kept, images, skipped
-
-
-class Progress:
-    """A Prefect progress artifact for a long step (training epochs), shown on the flow run page."""
-
-    def __init__(self, key: str, description: str) -> None:
-        from prefect.artifacts import create_progress_artifact
-
-        # called from a flow's (synchronous) code, it returns the artifact's id, not a coroutine
-        self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))
-
-    def update(self, done: int, total: int) -> None:
-        from prefect.artifacts import update_progress_artifact
-
-        update_progress_artifact(self.id, min(100.0, 100.0 * done / max(1, total)))
 
 
 def log_dataset(data: ImageTextSet, skipped: list[SkippedImage], prefix: str = "data") -> tuple[str, str | None]:

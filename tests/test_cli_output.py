@@ -58,7 +58,7 @@ def test_retrain_prints_progress_and_results_only(prefect_server, tmp_path, tiny
     assert run.returncode == 0, run.stderr[-3000:]
     noise = [line for line in run.stderr.splitlines() if any(n in line for n in NOISE)]
     assert noise == [], noise
-    assert "epoch 1: loss" in run.stderr and "promoted v1" in run.stderr  # progress and the decision stay
+    assert "contrastive heads: epoch 1 of 2, loss" in run.stderr and "promoted v1" in run.stderr  # progress, decision
     result = json.loads(run.stdout)
     assert result["model_version"] == "1" and result["test"]["rsum"] > 0
 

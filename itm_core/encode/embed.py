@@ -18,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from itm_core.contract.components import Encoder
 from itm_core.contract.params import Params
@@ -30,6 +29,7 @@ from itm_core.encode.features import CachedRows, FeatureSplit, ModalityFeatures
 from itm_core.encode.loader import LoadedImage, default_workers, iter_images
 from itm_core.encode.runtime import Accelerator
 from itm_core.errors import ParamsError
+from itm_core.progress import Tracker
 
 __all__ = [
     "EmbeddingCache",
@@ -41,6 +41,8 @@ __all__ = [
     "encode_tokens",
     "encoder_key",
 ]
+
+PROGRESS_EVERY_S = 10.0  # an encoding pass reports its progress at most this often
 
 
 class EncodeOptions(Params):
@@ -207,7 +209,7 @@ def _encode_pass(
     failures: list[tuple[int, str]] = []
     if todo:
         label = desc or f"encoding with {getattr(encoder, 'name', 'encoder')}"
-        bar = tqdm(total=len(todo), desc=label, unit=modality, leave=False, disable=None)
+        tracker = Tracker(label, len(todo), "image" if modality == "image" else "caption", every_s=PROGRESS_EVERY_S)
         accel = Accelerator(encoder, what, len(todo), options.compile, options.batch_size)
         try:
             with torch.inference_mode():
@@ -264,10 +266,10 @@ def _encode_pass(
                         rows.add(
                             [first[k] for k in fresh_keys], fresh_keys, {f: t.cpu().numpy() for f, t in out.items()}
                         )
-                    bar.update(len(batch))
+                    tracker.advance(len(batch))
         finally:
             rows.flush()
-            bar.close()
+            tracker.finish()
         # positions that joined a key after its row was written
         for pos in first.values():
             if len(pos) > 1 and rows.done[pos[0]]:

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from itm_core.errors import ParamsError
+from itm_core.progress import Tracker
 
 PRECISIONS = ("fp32", "bf16")
 STOPS = ("epochs", "patience", "time limit")
@@ -199,8 +199,9 @@ def fit(
         first_epoch = int(resume["epoch"]) + 1
         start -= float(resume["elapsed"])
     last = first_epoch - 1 if done else epochs
-    bar = tqdm(range(first_epoch, last + 1), desc=desc, unit="epoch", leave=False, disable=None)
-    for epoch in bar:
+    tracker = Tracker(desc, last, "epoch", at_most=bool(monitor and patience) or bool(time_limit_s))
+    tracker.step.done, tracker.step.started = first_epoch - 1, start  # a resumed run counts its earlier epochs
+    for epoch in range(first_epoch, last + 1):
         trainer.start_epoch(epoch, time.perf_counter() - start)
         for module in modules.values():
             module.train()
@@ -213,9 +214,10 @@ def fit(
         result.history.append({"epoch": epoch, **metrics})
         if on_epoch is not None and trainer.main:
             on_epoch(epoch, metrics)
+        note = f"loss {metrics['train_loss']:.4f}"
         if monitor:
             value = metrics[monitor]
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{monitor: f"{value:.3f}"})
+            note += f", {monitor} {value:.3f}"
             if sign * value > sign * result.best_value:
                 result.best_value, result.best_epoch, stale = value, epoch, 0
                 best_state = snapshot()
@@ -224,6 +226,7 @@ def fit(
         else:
             result.best_epoch = epoch
         trainer.end_epoch(epoch, metrics)
+        tracker.advance(note=note)
         stop = 0
         if monitor and patience is not None and stale >= patience:
             stop = STOPS.index("patience")
@@ -250,7 +253,8 @@ def fit(
             )
         if done:
             break
-    bar.close()
+    best = f", best epoch {result.best_epoch}" if monitor else ""
+    tracker.finish(f"stopped by {result.stopped}{best}" if result.stopped != "epochs" else best.lstrip(", "))
     if monitor:
         for name, module in modules.items():
             module.load_state_dict(best_state[name])

@@ -30,6 +30,7 @@ from itm_core.contract.params import check_components
 from itm_core.errors import DataError, ModelError, UserError
 from itm_core.models.matcher import Matcher
 from itm_core.ops.interrupts import is_interrupt
+from itm_core.ops.run_progress import showing_progress
 from itm_core.ops.store import check_reachable_artifacts, experiment_location
 
 CHAMPION = "champion"
@@ -147,8 +148,9 @@ def close_flow_run_runs(flow: Any, flow_run: Any, state: Any) -> None:
 def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
     """Prefect's ``flow`` decorator as every workbench flow uses it: the components its parameters
     name are checked before anything runs (a run from the Prefect UI fails at once, in one line, with
-    no MLflow run opened); what the flow prints goes to its run's log; and a crashed or cancelled run
-    closes the MLflow runs it left open."""
+    no MLflow run opened); what the flow prints goes to its run's log; its long steps show their
+    progress (:mod:`itm_core.ops.run_progress`); and a crashed or cancelled run closes the MLflow runs
+    it left open."""
 
     def decorate(fn: Callable[P, R]) -> Flow[P, R]:
         @functools.wraps(fn)
@@ -156,7 +158,8 @@ def tracked_flow(name: str) -> Callable[[Callable[P, R]], Flow[P, R]]:
             for value in (*args, *kwargs.values()):
                 if isinstance(value, BaseModel):
                     check_components(value)
-            return fn(*args, **kwargs)
+            with showing_progress():
+                return fn(*args, **kwargs)
 
         # the flow's parameter types, resolved where it was written: Prefect validates its runs against them
         checked.__annotations__ = typing.get_type_hints(fn)
