@@ -354,4 +354,5 @@ def train_contrastive(
         on_epoch=on_epoch,
         checkpoint=checkpoint,
         resume=resume,
+        desc="contrastive heads",
     )
