@@ -1,7 +1,9 @@
 """Built-in fusion methods, from the simplest to cross-attention.
 
 Each projects image and text features to ``dim`` and combines them; all are trainable modules.
-``image_dim`` and ``text_dim`` are the encoders' dimensions (the flows fill them in).
+``image_dim`` and ``text_dim`` are the encoders' dimensions (the flows fill them in). Each is factored
+(see :class:`itm_core.components.Fusion`): ``fuse`` is ``combine(embed_image(image), embed_text(text))``,
+so a head projects each distinct image and text of a batch once, however many pairs it is in.
 
 - ``mean``: the average of the projections
 - ``weighted``: ``w * image + (1 - w) * text``, ``w`` fixed or learned
@@ -13,7 +15,7 @@ Each projects image and text features to ``dim`` and combines them; all are trai
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,27 @@ from itm_core import hookimpl
 from itm_core.components import Fusion
 
 
-class _Projected(nn.Module, Fusion):
+class _Factored(nn.Module, Fusion):
+    """``fuse`` through the factored parts: what each input gives alone, then the pair's part."""
+
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fuse(
+        self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
+    ) -> torch.Tensor:
+        return self.combine(self.embed_image(image), self.embed_text(text), image_mask, text_mask)
+
+
+class _Projected(_Factored):
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256) -> None:
         super().__init__()
         if min(image_dim, text_dim, dim) < 1:
@@ -35,12 +57,18 @@ class _Projected(nn.Module, Fusion):
         self.image_proj = nn.Linear(image_dim, dim)
         self.text_proj = nn.Linear(text_dim, dim)
 
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(image)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(text)
+
 
 class MeanFusion(_Projected):
-    def fuse(
+    def combine(
         self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
     ) -> torch.Tensor:
-        return (self.image_proj(image) + self.text_proj(text)) / 2
+        return (image + text) / 2
 
 
 class WeightedFusion(_Projected):
@@ -60,14 +88,23 @@ class WeightedFusion(_Projected):
     def weight(self) -> float:
         return float(torch.sigmoid(self.weight_logit.detach()))
 
-    def fuse(
+    def combine(
         self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
     ) -> torch.Tensor:
         w = torch.sigmoid(self.weight_logit)
-        return w * self.image_proj(image) + (1 - w) * self.text_proj(text)
+        return w * image + (1 - w) * text
 
 
-class ConcatMLP(nn.Module, Fusion):
+def _split_linear(layer: nn.Linear, x: torch.Tensor, first: int, image: bool) -> torch.Tensor:
+    """``layer`` over ``[image; text]`` as the sum of its image part (with the bias) and its text part."""
+    if image:
+        return F.linear(x, layer.weight[:, :first], layer.bias)
+    return F.linear(x, layer.weight[:, first:])
+
+
+class ConcatMLP(_Factored):
+    """An MLP over ``[x_i; x_t]``; its first layer is the sum of an image part and a text part."""
+
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, hidden: int = 512, dropout: float = 0.1) -> None:
         super().__init__()
         self.image_dim, self.text_dim, self.dim = image_dim, text_dim, dim
@@ -75,10 +112,16 @@ class ConcatMLP(nn.Module, Fusion):
             nn.Linear(image_dim + text_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
         )
 
-    def fuse(
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        return _split_linear(cast(nn.Linear, self.net[0]), image, self.image_dim, image=True)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return _split_linear(cast(nn.Linear, self.net[0]), text, self.image_dim, image=False)
+
+    def combine(
         self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
     ) -> torch.Tensor:
-        return self.net(torch.cat([image, text], dim=-1))
+        return self.net[1:](image + text)
 
 
 class GatedFusion(_Projected):
@@ -88,14 +131,21 @@ class GatedFusion(_Projected):
         super().__init__(image_dim, text_dim, dim)
         self.gate = nn.Linear(image_dim + text_dim, dim)
 
-    def fuse(
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:  # the gate's image part, then the projection
+        return torch.cat([_split_linear(self.gate, image, self.image_dim, image=True), self.image_proj(image)], -1)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return torch.cat([_split_linear(self.gate, text, self.image_dim, image=False), self.text_proj(text)], -1)
+
+    def combine(
         self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
     ) -> torch.Tensor:
-        z = torch.sigmoid(self.gate(torch.cat([image, text], dim=-1)))
-        return z * torch.tanh(self.image_proj(image)) + (1 - z) * torch.tanh(self.text_proj(text))
+        (gate_i, image), (gate_t, text) = image.chunk(2, -1), text.chunk(2, -1)
+        z = torch.sigmoid(gate_i + gate_t)
+        return z * torch.tanh(image) + (1 - z) * torch.tanh(text)
 
 
-class BilinearFusion(nn.Module, Fusion):
+class BilinearFusion(_Factored):
     """Multi-modal factorised bilinear pooling: ``sum_k (U_i x_i * U_t x_t)[:, :, k]``, then signed sqrt and L2."""
 
     def __init__(self, image_dim: int, text_dim: int, dim: int = 256, rank: int = 4, dropout: float = 0.1) -> None:
@@ -107,10 +157,16 @@ class BilinearFusion(nn.Module, Fusion):
         self.text_proj = nn.Linear(text_dim, dim * rank)
         self.dropout = nn.Dropout(dropout)
 
-    def fuse(
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(image)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(text)
+
+    def combine(
         self, image: torch.Tensor, text: torch.Tensor, image_mask: Any = None, text_mask: Any = None
     ) -> torch.Tensor:
-        joint = self.dropout(self.image_proj(image) * self.text_proj(text)).view(-1, self.dim, self.rank).sum(-1)
+        joint = self.dropout(image * text).view(-1, self.dim, self.rank).sum(-1)
         joint = torch.sign(joint) * torch.sqrt(joint.abs() + 1e-8)
         return F.normalize(joint, dim=-1)
 
@@ -133,7 +189,7 @@ class CrossAttentionLayer(nn.Module):
         return self.norm2(text + self.ff(text))
 
 
-class CrossAttentionFusion(nn.Module, Fusion):
+class CrossAttentionFusion(_Factored):
     """Text tokens (queries) attend to image patches (keys and values) in ``layers`` blocks; the
     result is the mean of the text tokens. Learned position embeddings tell patches apart by place."""
 
@@ -182,22 +238,29 @@ class CrossAttentionFusion(nn.Module, Fusion):
         keep = torch.ones(weights.shape[:2]) if text_mask is None else text_mask.to(weights.dtype)
         return (weights * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True).clamp(min=1.0)
 
-    def fuse(
+    @staticmethod
+    def _tokens(x: torch.Tensor, what: str) -> None:
+        if x.ndim != 3:
+            raise ValueError(f"cross-attention fuses token-level features (N, L, D); got {what} {tuple(x.shape)}")
+
+    def embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        self._tokens(image, "image")
+        return self.image_proj(image) + self.image_pos[: image.shape[1]]
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        self._tokens(text, "text")
+        return self.text_proj(text) + self.text_pos[: text.shape[1]]
+
+    def combine(
         self,
         image: torch.Tensor,
         text: torch.Tensor,
         image_mask: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if image.ndim != 3 or text.ndim != 3:
-            raise ValueError(
-                f"cross-attention fuses token-level features (N, L, D); got image {tuple(image.shape)}, text "
-                f"{tuple(text.shape)}"
-            )
         if len(text) == 0:  # attention kernels reject empty batches
             return text.new_zeros(0, self.dim)
-        img = self.image_proj(image) + self.image_pos[: image.shape[1]]
-        txt = self.text_proj(text) + self.text_pos[: text.shape[1]]
+        img, txt = image, text
         image_pad = None if image_mask is None else ~image_mask.bool()
         for layer in self.layers:
             txt = layer(txt, img, image_pad, self.attention)

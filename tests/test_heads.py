@@ -219,3 +219,46 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
             create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2),
             text_reader=TokenReader(5, 8, 8),
         )
+
+
+@pytest.mark.parametrize("name", ["mean", "weighted", "concat-mlp", "gated", "bilinear", "cross-attention"])
+def test_factored_heads_embed_each_distinct_row_once_and_score_as_whole_pairs_do(name):
+    from itm_core.models.token_reader import TokenReader
+
+    torch.manual_seed(0)
+    tokens = name == "cross-attention"
+    image = ModalityFeatures(torch.randn(5, 12), torch.randn(5, 4, 6), torch.ones(5, 4, dtype=torch.bool))
+    text = ModalityFeatures(torch.randn(7, 10), torch.randn(7, 3, 5), torch.arange(3).expand(7, 3) < 2)
+    reader = None if tokens else TokenReader(5, 8, 8)
+    dims = {"image_dim": 6, "text_dim": 5} if tokens else {"image_dim": 12, "text_dim": 10 + 8}
+    head = ITMHead(create("fusion", name, dim=8, **dims), input_dropout=0.3, text_reader=reader)
+    assert head.factored
+    head.fit_statistics(image, text)
+    head.eval()
+    rows_i, rows_t = torch.tensor([0, 0, 0, 3, 4, 3, 1]), torch.tensor([2, 5, 6, 2, 2, 0, 1])  # repeats on both sides
+    embedded = []
+    head.fusion.embed_image = lambda x, f=head.fusion.embed_image: embedded.append(len(x)) or f(x)
+    with torch.no_grad():
+        factored = head(image, rows_i, text, rows_t)
+        head.factored = False
+        whole = head(image, rows_i, text, rows_t)
+    assert embedded == [4, 7]  # factored: the 4 distinct images of the 7 pairs, once each; whole: every pair's
+    assert torch.allclose(factored, whole, atol=1e-5)
+
+
+def test_token_pairs_are_scored_shortest_texts_first_and_returned_in_their_order():
+    torch.manual_seed(0)
+    image = ModalityFeatures(torch.randn(4, 12), torch.randn(4, 4, 6), torch.ones(4, 4, dtype=torch.bool))
+    lengths = torch.tensor([5, 1, 3, 2, 4, 1])
+    text = ModalityFeatures(torch.randn(6, 10), torch.randn(6, 5, 5), torch.arange(5).expand(6, 5) < lengths[:, None])
+    head = ITMHead(create("fusion", "cross-attention", image_dim=6, text_dim=5, dim=8, heads=2))
+    head.fit_statistics(image, text)
+    data = PairSet(image, text, torch.tensor([0, 1, 2, 3, 0, 1]), torch.randn(4, 3), torch.randn(6, 3))
+    rows_i, rows_t = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.tensor([0, 1, 2, 3, 4, 5, 5, 0])
+    calls = []
+    forward = head.forward
+    head.forward = lambda im, i, tx, t: calls.append(lengths[t].tolist()) or forward(im, i, tx, t)
+    in_twos = head.predict_pairs(data, rows_i, rows_t, batch=2)
+    assert calls == [[1, 1], [1, 2], [3, 4], [5, 5]]  # each batch pads to its own longest text
+    with torch.no_grad():
+        assert torch.allclose(in_twos, head.score(data, rows_i, rows_t), atol=1e-5)

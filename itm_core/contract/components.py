@@ -119,6 +119,12 @@ class Fusion(ABC):
     ``inputs = "tokens"``: ``fuse(image (N, P, image_dim), text (N, T, text_dim), image_mask (N, P),
     text_mask (N, T))`` on patch- and token-level features (masks are ``True`` for real tokens).
     Trainable fusions are ``torch.nn.Module`` subclasses as well; the flows that use them train them.
+
+    A fusion may also be *factored*: ``embed_image(image)`` and ``embed_text(text)`` compute what
+    each input gives alone (row by row) and ``combine(image_part, text_part, image_mask, text_mask)``
+    the pair's part, with ``combine(embed_image(image), embed_text(text), ...)`` equal to ``fuse``. The
+    heads then run each distinct image and text of a batch through its part once, however many pairs
+    it is in (an image scored against 16 candidate captions is projected once, not 16 times).
     """
 
     image_dim: int
@@ -242,6 +248,11 @@ def _check_fuse(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     _check_matrix(out, len(image), int(c.dim), "fuse()")
 
 
+def _check_combine(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    image = args[0] if args else kwargs["image"]
+    _check_matrix(out, len(image), int(c.dim), "combine()")
+
+
 def _check_generate(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
     inputs = args[0] if args else kwargs["inputs"]
     if not isinstance(out, list) or len(out) != len(inputs):
@@ -304,7 +315,7 @@ def _check_explain(c: Any, out: Any, args: tuple, kwargs: dict) -> None:
 _OUTPUT_CHECKS: dict[str, dict[str, Callable[[Any, Any, tuple, dict], None]]] = {
     "encoder": {"encode": _check_encode, "encode_tokens": _check_tokens},
     "similarity": {"score": _check_score, "pairwise": _check_pairwise},
-    "fusion": {"fuse": _check_fuse},
+    "fusion": {"fuse": _check_fuse, "combine": _check_combine},
     "generator": {"generate": _check_generate},
     "metric": {"compute": _check_compute, "units": _check_units},
     "dataset": {"load": _check_load},

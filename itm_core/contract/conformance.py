@@ -225,6 +225,20 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
     def empty() -> None:
         fuse(slice(0, 0))
 
+    def factored() -> str:
+        parts = ("embed_image", "embed_text", "combine")
+        if not all(callable(getattr(c.unwrapped, m, None)) for m in parts):
+            raise RuleSkipped("not factored (heads fuse every pair whole)")
+        if module is not None:
+            module.eval()
+        masks = {} if image_mask is None else {"image_mask": image_mask, "text_mask": text_mask}
+        with torch.no_grad():
+            image_part, text_part = c.embed_image(image), c.embed_text(text)
+            _close(c.combine(image_part, text_part, **masks), fuse(slice(None)), "combine of the parts vs. fuse")
+            _close(c.embed_image(image[1:3]), image_part[1:3], "embed_image of some rows vs. of all")
+            _close(c.embed_text(text[1:3]), text_part[1:3], "embed_text of some rows vs. of all")
+        return "combine(embed_image, embed_text) equals fuse; each part row by row"
+
     def trainable() -> str:
         if module is None or not any(p.requires_grad for p in module.parameters()):
             raise RuleSkipped("no trainable parameters")
@@ -256,6 +270,7 @@ def _fusion_rules(c: Any, build: Callable[..., Any]) -> dict[str, Callable[[], s
         "deterministic": deterministic,
         "batch-size independent": batch_independent,
         "empty batch": empty,
+        "factored": factored,
         "trainable": trainable,
         "device": device,
     }

@@ -60,6 +60,8 @@ class FusionHead(nn.Module):
                 f"fusion {getattr(fusion, 'name', fusion)!r} is not a torch module, so it cannot be trained"
             )
         self._fuse = fusion.fuse  # through the contract checks
+        self.factored = all(callable(getattr(self.fusion, m, None)) for m in ("embed_image", "embed_text", "combine"))
+        self._combine: Any = getattr(fusion, "combine", None)  # through the contract checks
         self.tokens = getattr(fusion, "inputs", "pooled") == "tokens"
         if text_reader is not None and self.tokens:
             raise ParamsError(
@@ -82,15 +84,39 @@ class FusionHead(nn.Module):
             self.token_norm.set_statistics(feature_rows(text, True))
 
     def forward(self, image: ModalityFeatures, image_rows: Any, text: ModalityFeatures, text_rows: Any) -> torch.Tensor:
-        img, img_mask = image.rows(image_rows, self.tokens)
-        txt, txt_mask = text.rows(text_rows, self.tokens)
+        """Logits of the aligned pairs ``(image_rows[n], text_rows[n])``. Each distinct text is read once;
+        with a factored fusion each distinct image and text is standardised, dropped out and embedded
+        once too, and only the pairs' part runs per pair."""
+        image_rows = torch.as_tensor(image_rows, dtype=torch.long)
+        text_rows = torch.as_tensor(text_rows, dtype=torch.long)
+        if not self.factored:
+            img, img_mask = image.rows(image_rows, self.tokens)
+            txt, txt_mask = self._texts(text, text_rows)
+            masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
+            return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
+        images, at_image = image_rows.unique(return_inverse=True)
+        texts, at_text = text_rows.unique(return_inverse=True)
+        img, img_mask = image.rows(images, self.tokens)
+        txt, txt_mask = self._texts(text, texts)
+        image_part = self.fusion.embed_image(self.input_dropout(self.image_norm(img)))[at_image]
+        text_part = self.fusion.embed_text(txt)[at_text]
+        masks = {}
+        if img_mask is not None and txt_mask is not None:  # token-level inputs
+            masks = {"image_mask": img_mask[at_image], "text_mask": txt_mask[at_text]}
+        return self.classifier(self._combine(image_part, text_part, **masks))
+
+    def _texts(self, text: ModalityFeatures, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The texts' standardised, dropped-out features (with the reader's vector) and their mask."""
+        txt, mask = text.rows(rows, self.tokens)
+        if mask is not None and len(mask):  # padding beyond the batch's longest text changes nothing: dropped
+            longest = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+            txt, mask = txt[:, :longest], mask[:, :longest]
         txt = self.input_dropout(self.text_norm(txt))
         if self.text_reader is not None and self.token_norm is not None:  # each distinct text is read once
-            distinct, where = torch.as_tensor(text_rows, dtype=torch.long).unique(return_inverse=True)
-            tokens, mask = text.rows(distinct, True)
-            txt = torch.cat([txt, self.text_reader(self.token_norm(tokens), mask)[where]], dim=-1)
-        masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
-        return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
+            distinct, where = rows.unique(return_inverse=True)
+            tokens, token_mask = text.rows(distinct, True)
+            txt = torch.cat([txt, self.text_reader(self.token_norm(tokens), token_mask)[where]], dim=-1)
+        return txt, mask
 
     @torch.no_grad()
     def attention_maps(
@@ -117,8 +143,23 @@ class FusionHead(nn.Module):
         """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
-        outs = [self(image, i[s : s + batch], text, t[s : s + batch]) for s in range(0, len(i), batch)]
-        return torch.cat(outs) if outs else torch.zeros(0, self.outputs)
+        return self.in_batches(text, t, batch, lambda rows: self(image, i[rows], text, t[rows]), (self.outputs,))
+
+    def in_batches(
+        self, text: ModalityFeatures, text_rows: torch.Tensor, batch: int, run: Any, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """``run(positions)`` over the pairs in batches of ``batch``, the outputs in the pairs' order. Token-level
+        texts go in order of length, so that each batch pads only to its own longest text."""
+        n = len(text_rows)
+        if n == 0:
+            return torch.zeros(0, *shape)
+        order = (
+            text.mask[text_rows].sum(1).argsort(stable=True)
+            if self.tokens and text.mask is not None
+            else torch.arange(n)
+        )
+        out = torch.cat([run(order[s : s + batch]) for s in range(0, n, batch)])
+        return torch.empty_like(out).index_copy_(0, order, out)
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -219,8 +260,7 @@ class ITMHead(FusionHead):
         """Match logits of the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
-        outs = [self.score(data, i[s : s + batch], t[s : s + batch]) for s in range(0, len(i), batch)]
-        return torch.cat(outs) if outs else torch.zeros(0)
+        return self.in_batches(data.text, t, batch, lambda rows: self.score(data, i[rows], t[rows]), ())
 
 
 def itm_pairs(data: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
