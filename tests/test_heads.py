@@ -78,8 +78,8 @@ class Oracle(ITMHead):
         super().__init__(create("fusion", "mean", image_dim=2, text_dim=2, dim=2))
         self.owner = owner
 
-    def score(self, data, image_rows, text_rows):
-        return (self.owner[text_rows] == image_rows).float()
+    def predict_pairs(self, data, image_rows, text_rows, batch=1024):
+        return (self.owner[torch.as_tensor(text_rows)] == torch.as_tensor(image_rows)).float()
 
 
 def test_rerank_moves_true_matches_inside_top_k_only():
@@ -255,10 +255,12 @@ def test_token_pairs_are_scored_shortest_texts_first_and_returned_in_their_order
     head.fit_statistics(image, text)
     data = PairSet(image, text, torch.tensor([0, 1, 2, 3, 0, 1]), torch.randn(4, 3), torch.randn(6, 3))
     rows_i, rows_t = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.tensor([0, 1, 2, 3, 4, 5, 5, 0])
-    calls = []
-    forward = head.forward
-    head.forward = lambda im, i, tx, t: calls.append(lengths[t].tolist()) or forward(im, i, tx, t)
+    calls, parts = [], []
+    from_parts, make_parts = head.from_parts, head.parts
+    head.parts = lambda *args: parts.append(len(args[3])) or make_parts(*args)
+    head.from_parts = lambda made, rows=None: calls.append(lengths[rows_t[rows]].tolist()) or from_parts(made, rows)
     in_twos = head.predict_pairs(data, rows_i, rows_t, batch=2)
+    assert parts == [8]  # every distinct image and text embedded once, before the batches
     assert calls == [[1, 1], [1, 2], [3, 4], [5, 5]]  # each batch pads to its own longest text
     with torch.no_grad():
         assert torch.allclose(in_twos, head.score(data, rows_i, rows_t), atol=1e-5)

@@ -32,6 +32,9 @@ class NoisyOracle(ITMHead):
         table = torch.randn(len(data.image_emb), len(self.owner), generator=g)
         return (self.owner[text_rows] == image_rows).float() + self.noise * table[image_rows, text_rows]
 
+    def predict_pairs(self, data, image_rows, text_rows, batch=1024):
+        return self.score(data, torch.as_tensor(image_rows), torch.as_tensor(text_rows))
+
 
 def _pairs(n_img: int, seed: int, spread: float = 0.6) -> tuple[PairSet, Ranks]:
     g = torch.Generator().manual_seed(seed)

@@ -89,28 +89,40 @@ class FusionHead(nn.Module):
         once too, and only the pairs' part runs per pair."""
         image_rows = torch.as_tensor(image_rows, dtype=torch.long)
         text_rows = torch.as_tensor(text_rows, dtype=torch.long)
-        if not self.factored:
-            img, img_mask = image.rows(image_rows, self.tokens)
-            txt, txt_mask = self._texts(text, text_rows)
-            masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
-            return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
+        if self.factored:
+            return self.from_parts(self.parts(image, image_rows, text, text_rows))
+        img, img_mask = image.rows(image_rows, self.tokens)
+        txt, txt_mask = self._texts(text, text_rows)
+        masks = {"image_mask": img_mask, "text_mask": txt_mask} if self.tokens else {}
+        return self.classifier(self._fuse(self.input_dropout(self.image_norm(img)), txt, **masks))
+
+    def parts(
+        self, image: ModalityFeatures, image_rows: torch.Tensor, text: ModalityFeatures, text_rows: torch.Tensor
+    ) -> PairParts:
+        """A factored fusion's part of each distinct image and text of the pairs, and where each pair's are."""
         images, at_image = image_rows.unique(return_inverse=True)
         texts, at_text = text_rows.unique(return_inverse=True)
         img, img_mask = image.rows(images, self.tokens)
         txt, txt_mask = self._texts(text, texts)
-        image_part = self.fusion.embed_image(self.input_dropout(self.image_norm(img)))[at_image]
-        text_part = self.fusion.embed_text(txt)[at_text]
+        image_part = self.fusion.embed_image(self.input_dropout(self.image_norm(img)))
+        return PairParts(image_part, at_image, img_mask, self.fusion.embed_text(txt), at_text, txt_mask)
+
+    def from_parts(self, parts: PairParts, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the pairs at positions ``pairs`` (all when None) from their parts."""
+        at_image = parts.at_image if pairs is None else parts.at_image[pairs]
+        at_text = parts.at_text if pairs is None else parts.at_text[pairs]
+        image_part, text_part = parts.image[at_image], parts.text[at_text]
         masks = {}
-        if img_mask is not None and txt_mask is not None:  # token-level inputs
-            masks = {"image_mask": img_mask[at_image], "text_mask": txt_mask[at_text]}
+        if parts.image_mask is not None and parts.text_mask is not None:  # token-level parts
+            text_part, text_mask = unpadded(text_part, parts.text_mask[at_text])
+            masks = {"image_mask": parts.image_mask[at_image], "text_mask": text_mask}
         return self.classifier(self._combine(image_part, text_part, **masks))
 
     def _texts(self, text: ModalityFeatures, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The texts' standardised, dropped-out features (with the reader's vector) and their mask."""
         txt, mask = text.rows(rows, self.tokens)
-        if mask is not None and len(mask):  # padding beyond the batch's longest text changes nothing: dropped
-            longest = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-            txt, mask = txt[:, :longest], mask[:, :longest]
+        if mask is not None:
+            txt, mask = unpadded(txt, mask)
         txt = self.input_dropout(self.text_norm(txt))
         if self.text_reader is not None and self.token_norm is not None:  # each distinct text is read once
             distinct, where = rows.unique(return_inverse=True)
@@ -143,12 +155,20 @@ class FusionHead(nn.Module):
         """Logits for the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
-        return self.in_batches(text, t, batch, lambda rows: self(image, i[rows], text, t[rows]), (self.outputs,))
+        return self.in_batches(image, i, text, t, batch, lambda logits, rows: logits, (self.outputs,))
 
     def in_batches(
-        self, text: ModalityFeatures, text_rows: torch.Tensor, batch: int, run: Any, shape: tuple[int, ...]
+        self,
+        image: ModalityFeatures,
+        image_rows: torch.Tensor,
+        text: ModalityFeatures,
+        text_rows: torch.Tensor,
+        batch: int,
+        then: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        shape: tuple[int, ...],
     ) -> torch.Tensor:
-        """``run(positions)`` over the pairs in batches of ``batch``, the outputs in the pairs' order. Token-level
+        """``then(logits, positions)`` of the pairs in batches of ``batch``, in the pairs' order. A factored
+        head embeds each distinct image and text of all the pairs once, before the batches. Token-level
         texts go in order of length, so that each batch pads only to its own longest text."""
         n = len(text_rows)
         if n == 0:
@@ -158,8 +178,34 @@ class FusionHead(nn.Module):
             if self.tokens and text.mask is not None
             else torch.arange(n)
         )
-        out = torch.cat([run(order[s : s + batch]) for s in range(0, n, batch)])
+        parts = self.parts(image, image_rows, text, text_rows) if self.factored else None
+
+        def logits(rows: torch.Tensor) -> torch.Tensor:
+            if parts is not None:
+                return self.from_parts(parts, rows)
+            return self(image, image_rows[rows], text, text_rows[rows])
+
+        out = torch.cat([then(logits(rows), rows) for rows in order.split(batch)])
         return torch.empty_like(out).index_copy_(0, order, out)
+
+
+@dataclass
+class PairParts:
+    """A factored head's parts of the distinct images and texts of some pairs (with their token masks)
+    and, for each pair, which of them are its own."""
+
+    image: torch.Tensor
+    at_image: torch.Tensor
+    image_mask: torch.Tensor | None
+    text: torch.Tensor
+    at_text: torch.Tensor
+    text_mask: torch.Tensor | None
+
+
+def unpadded(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows and their mask without the padding columns beyond the longest row (which change nothing)."""
+    longest = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+    return tokens[:, :longest], mask[:, :longest]
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -246,8 +292,14 @@ class ITMHead(FusionHead):
         self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
 
     def score(self, data: PairSet, image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        return self.with_prior(self(data.image, image_rows, data.text, text_rows), data, image_rows, text_rows)
+
+    def with_prior(
+        self, logits: torch.Tensor, data: PairSet, image_rows: torch.Tensor, text_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The fused pairs' ``logits`` plus the learned multiple of their contrastive similarity."""
         prior = (data.image_emb[image_rows] * data.text_emb[text_rows]).sum(-1)
-        return self(data.image, image_rows, data.text, text_rows)[:, 0] + self.prior_scale * prior
+        return logits[:, 0] + self.prior_scale * prior
 
     @torch.no_grad()
     def predict_pairs(
@@ -260,7 +312,9 @@ class ITMHead(FusionHead):
         """Match logits of the aligned pairs ``(image_rows[n], text_rows[n])``, in batches."""
         self.eval()
         i, t = torch.as_tensor(image_rows, dtype=torch.long), torch.as_tensor(text_rows, dtype=torch.long)
-        return self.in_batches(data.text, t, batch, lambda rows: self.score(data, i[rows], t[rows]), ())
+        return self.in_batches(
+            data.image, i, data.text, t, batch, lambda logits, rows: self.with_prior(logits, data, i[rows], t[rows]), ()
+        )
 
 
 def itm_pairs(data: PairSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
