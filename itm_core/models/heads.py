@@ -23,7 +23,7 @@ from itm_core.errors import ParamsError, PluginError
 from itm_core.models.rerank import candidates, itm_only
 from itm_core.models.retrieval import Ranks
 from itm_core.models.standardize import Standardizer
-from itm_core.models.token_reader import TokenReader
+from itm_core.models.token_reader import TokenReader, unpadded
 
 
 def feature_rows(features: ModalityFeatures, tokens: bool) -> torch.Tensor:
@@ -200,12 +200,6 @@ class PairParts:
     text: torch.Tensor
     at_text: torch.Tensor
     text_mask: torch.Tensor | None
-
-
-def unpadded(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows and their mask without the padding columns beyond the longest row (which change nothing)."""
-    longest = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
-    return tokens[:, :longest], mask[:, :longest]
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -35,8 +35,8 @@ class TokenReader(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if tokens.dim() != 3 or mask is None:
             raise ValueError("the token reader needs token features and their mask, (N, L, D) and (N, L)")
-        length = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # padding beyond the longest text is dropped
-        tokens, mask = tokens[:, :length], mask[:, :length].bool()
+        tokens, mask = unpadded(tokens, mask)
+        mask = mask.bool()
         h = self.proj(tokens.float())
         if self.mix is not None:
             h = self.mix(h, src_key_padding_mask=~mask)
@@ -46,3 +46,9 @@ class TokenReader(nn.Module):
             .softmax(-1)
         )
         return self.out((weights @ h).flatten(1))
+
+
+def unpadded(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows and their mask without the padding columns beyond the longest row (which change nothing)."""
+    longest = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1
+    return tokens[:, :longest], mask[:, :longest]
