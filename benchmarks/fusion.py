@@ -40,7 +40,7 @@ def bench_fusion(home: Path, quick: bool) -> list[Row]:
             "ref_value": methods,
             "ratio": got["wall"] / methods,
             "target": "reported",
-            "note": "the rest is encoding, the contrastive matcher and hard-negative pools (shared by every fusion), "
-            "MLflow and Prefect",
+            "note": "the rest is encoding, the contrastive matcher and hard-negative pools and the text reader "
+            "(shared by every fusion), MLflow and Prefect",
         },
     ]

@@ -30,6 +30,7 @@ from itm_core.judge.benchmark import (
     uses_tokens,
 )
 from itm_core.judge.evaluation import build_encoders
+from itm_core.judge.shared_reader import share_reader
 from itm_core.models.matcher import Matcher
 from itm_core.models.training import train_contrastive
 from itm_core.ops.tracking import tracked_flow, tracked_run
@@ -107,6 +108,36 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
     options = t.model_copy(update={"seed": params.seed})  # the benchmark's seed seeds every model it trains
     train_contrastive(matcher, split(features["train"]), split(features["val"]), options)
     return prepare(features, matcher, params.dataset_negatives)
+
+
+def shares_reader(params: FusionBenchmarkParams, data: BenchmarkData, methods: list[str]) -> bool:
+    """Whether the fusions get the shared text reader: ``shared``, or ``auto`` with token features, and
+    at least one fusion of pooled features."""
+    has_tokens = data.features["train"].text.tokens is not None
+    wanted = params.text_reader == "shared" or (params.text_reader == "auto" and has_tokens)
+    return wanted and any(not uses_tokens([m]) for m in methods)
+
+
+@task(name="train-text-reader", cache_policy=NO_CACHE)
+def train_reader(params: FusionBenchmarkParams, data: BenchmarkData) -> BenchmarkData:
+    """The shared text reader, trained once with the ITM head of ``reader_fusion``; every text of the data
+    is then read by it."""
+    name = params.reader_fusion
+    options = {"dim": params.dim, **params.fusion_options.get(name, {})}
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"text_reader_{k}": v for k, v in metrics.items()}, step=epoch)
+
+    with scope("text reader"):
+        read, result = share_reader(data, name, options, params.reader, params, params.seed, on_epoch)
+    mlflow.log_metrics(
+        {
+            "text_reader_best_epoch": result.best_epoch,
+            "text_reader_best_val_select": result.best_value,
+            "text_reader_seconds": result.seconds,
+        }
+    )
+    return read
 
 
 @task(name="benchmark-fusion", cache_policy=NO_CACHE)
@@ -219,6 +250,8 @@ def fusion_benchmark(params: FusionBenchmarkParams = FusionBenchmarkParams()) ->
         features, skipped = encode_all(params, splits, methods)
         log_dataset(without_skipped(data, skipped), skipped)
         shared = train_similarity(params, features)
+        if shares_reader(params, shared, methods):
+            shared = train_reader(params, shared)
         similarity = similarity_results(shared)
         mlflow.log_metrics({f"similarity_{k}": v for k, v in similarity.items()})
         contrastive = {

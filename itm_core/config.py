@@ -370,6 +370,16 @@ class FusionBenchmarkParams(ITMOptions):
     vqa: HeadTraining = Field(
         default_factory=lambda: HeadTraining(epochs=8, batch_size=128), description="VQA head training"
     )
+    reader_fusion: str = Field(
+        "mean",
+        description="With the shared text reader (text_reader shared, or auto with token features): the fusion "
+        "whose ITM head trains it",
+        json_schema_extra=component("fusion"),
+    )
+    reader: HeadTraining = Field(
+        default_factory=lambda: HeadTraining(patience=20),
+        description="Training of the shared text reader's ITM head (it keeps its best epoch on validation)",
+    )
     dataset_negatives: bool = Field(
         True,
         description="Also train ITM heads on the dataset's own hard-negative captions (swapped colours, shapes, sides) "

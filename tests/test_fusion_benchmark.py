@@ -17,6 +17,7 @@ FAST = dict(
     contrastive=ContrastiveTraining(epochs=3, batch_size=16),
     itm=HeadTraining(epochs=2, batch_size=16),
     vqa=HeadTraining(epochs=2, batch_size=32),
+    reader=HeadTraining(epochs=2, batch_size=16),
     dim=16,
     hard_pool=4,
     rerank_k=4,
@@ -79,8 +80,12 @@ def test_benchmark_on_shapes(prefect_server, mlflow_store, tiny_shapes_options):
     for key in ("itm_val_itm_auc", "itm_val_rerank_r1", "itm_val_select"):
         assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2]
     attention = next(c for c in children if c.info.run_name == "cross-attention")
-    # text_reader auto: the mean fusion also reads the caption tokens; cross-attention reads tokens itself
+    # text_reader auto: the mean fusion also gets the shared reader's vector; cross-attention reads tokens itself
     assert child.data.metrics["text_reader_tokens"] == 1.0 and attention.data.metrics["text_reader_tokens"] == 0.0
+    # the shared reader was trained once, before the fusions, with the ITM head of reader_fusion
+    assert {"text_reader_best_epoch", "text_reader_seconds"} <= set(parent[0].data.metrics)
+    history = client.get_metric_history(parent[0].info.run_id, "text_reader_val_select")
+    assert [m.step for m in history] == [1, 2]
     assert "attention_maps.png" in {a.path for a in client.list_artifacts(attention.info.run_id)}
     assert "attention_maps.png" not in {a.path for a in client.list_artifacts(child.info.run_id)}
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
@@ -128,6 +133,8 @@ def test_benchmark_on_a_dataset_without_questions_or_probe(prefect_server, mlflo
     ):
         fusion_benchmark(params.model_copy(update={"text_reader": "tokens"}))
 
+    with pytest.raises(ValueError, match="text_reader shared needs token features"):
+        fusion_benchmark(params.model_copy(update={"text_reader": "shared"}))
     with pytest.raises(ValueError, match="no token-level features"):
         fusion_benchmark(params.model_copy(update={"fusions": ["cross-attention"]}))
     with pytest.raises(OptionsError, match="fusions\\[0\\]: unknown fusion 'gatd'.*Did you mean 'gated'"):

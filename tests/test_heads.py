@@ -221,6 +221,30 @@ def test_text_reader_tells_word_order_that_the_pooled_feature_loses():
         )
 
 
+def test_the_shared_reader_reads_every_text_as_the_trained_head_did():
+    """``reader_of``: each text's pooled feature followed by the head's reader vector, the same read in
+    chunks of any size (each chunk trimmed to its own longest text) as in one batch, in eval mode."""
+    from itm_core.judge.shared_reader import reader_of
+    from itm_core.models.token_reader import TokenReader
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([1, 5, 2, 3, 5, 1, 4])
+    text = ModalityFeatures(
+        torch.randn(7, 10), torch.randn(7, 6, 5), torch.arange(6).expand(7, 6) < lengths.unsqueeze(1)
+    )
+    head = ITMHead(create("fusion", "mean", image_dim=12, text_dim=10 + 8, dim=8), text_reader=TokenReader(5, 8, 8))
+    head.fit_statistics(ModalityFeatures(torch.randn(7, 12)), text)
+    whole, chunked = reader_of(head)(text), reader_of(head, rows=2)(text)
+    assert not head.text_reader.training and whole.pooled.shape == (7, 18)
+    assert torch.equal(whole.pooled[:, :10], text.pooled) and whole.tokens is text.tokens
+    with torch.no_grad():
+        expected = head.text_reader(head.token_norm(text.tokens), text.mask)
+    torch.testing.assert_close(whole.pooled[:, 10:], expected)
+    torch.testing.assert_close(chunked.pooled, whole.pooled)
+    with pytest.raises(ValueError, match="needs token features for every text"):
+        reader_of(head)(ModalityFeatures(torch.randn(3, 10)))
+
+
 @pytest.mark.parametrize("name", ["mean", "weighted", "concat-mlp", "gated", "bilinear", "cross-attention"])
 def test_factored_heads_embed_each_distinct_row_once_and_score_as_whole_pairs_do(name):
     from itm_core.models.token_reader import TokenReader

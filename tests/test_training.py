@@ -7,6 +7,7 @@ import torch
 
 from itm_core import ModelError
 from itm_core.encode.features import FeatureSplit
+from itm_core.models.loop import Trainer, fit
 from itm_core.models.matcher import Matcher
 from itm_core.models.process_group import Ranks
 from itm_core.models.training import (
@@ -234,3 +235,38 @@ def test_saved_matcher_is_data_only_and_old_formats_name_their_version(tmp_path)
     (folder / "matcher.json").write_text(json.dumps(config))
     with pytest.raises(StateFormatError, match="saved by itm-workbench 0.1; this version reads format 2: retrain it"):
         Matcher.load(folder)
+
+
+class _Scripted(Trainer):
+    """A trainer whose validation figures are given; its one weight records the epoch it was set in."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values, self.weight, self.epoch = values, torch.nn.Linear(1, 1), 0
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"weight": self.weight}
+
+    def batches(self) -> list[int]:
+        return [0]
+
+    def step(self, batch: int) -> float:
+        self.epoch += 1
+        with torch.no_grad():
+            self.weight.bias.fill_(self.epoch)
+        return 0.0
+
+    def validate(self) -> dict[str, float]:
+        return {"score": self.values[self.epoch - 1]}
+
+
+def test_min_delta_stops_a_run_that_only_creeps_and_keeps_its_best_epoch():
+    creeping = [1.0, 1.004, 1.008, 1.012, 1.03, 1.031]
+    stopped = _Scripted(creeping)
+    result = fit(stopped, epochs=6, patience=2, min_delta=0.01, monitor="score")
+    assert (result.stopped, len(result.history), result.best_epoch) == ("patience", 3, 3)
+    assert result.best_value == 1.008 and stopped.weight.bias.item() == 3  # the best epoch's weights are back
+    unstopped = fit(_Scripted(creeping), epochs=6, patience=2, monitor="score")  # min_delta 0: every gain counts
+    assert (unstopped.stopped, unstopped.best_epoch) == ("epochs", 6)
+    # a gain above min_delta over the value that last reset the patience resets it again
+    jumps = fit(_Scripted([1.0, 1.004, 1.02, 1.025, 1.029, 1.2]), epochs=6, patience=3, min_delta=0.01, monitor="score")
+    assert (jumps.stopped, jumps.best_epoch) == ("epochs", 6)

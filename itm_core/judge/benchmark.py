@@ -170,6 +170,7 @@ class BenchmarkData:
     test_probe: PairSet | None
     base: Ranks
     val_base: Ranks | None = None
+    shared_reader: bool = False  # every text's pooled feature is followed by the shared reader's vector
 
 
 def prepare(features: dict[str, SplitFeatures], matcher: Matcher, dataset_negatives: bool = True) -> BenchmarkData:
@@ -219,10 +220,13 @@ def benchmark_fusion(
     train, val, test = (data.features[s] for s in ("train", "val", "test"))
     tokens = uses_tokens([name])
     rerank_k = options.rerank_k
-    # fusions of tokens read them themselves; auto reads them when they were encoded
-    read = not tokens and (
-        options.text_reader == "tokens" or (options.text_reader == "auto" and train.text.tokens is not None)
-    )
+    # fusions of tokens read them themselves; with text_reader tokens each head trains its own reader
+    read = not tokens and options.text_reader == "tokens"
+    if options.text_reader == "shared" and not data.shared_reader:
+        raise ParamsError(
+            "text_reader shared: train the shared reader first (itm_core.judge.shared_reader.share_reader), "
+            "or use text_reader tokens, pooled or auto"
+        )
 
     def fusion() -> Any:
         image, text = train.image.tokens if tokens else None, train.text.tokens if tokens else None
@@ -258,7 +262,7 @@ def benchmark_fusion(
     metrics: dict[str, float] = {
         "parameters": float(parameter_count(itm)),
         "itm_best_epoch": float(result.best_epoch),
-        "text_reader_tokens": float(read),
+        "text_reader_tokens": float(read or (data.shared_reader and not tokens)),
     }
     metrics.update(evaluate_itm(itm, data.test))
     choice = choose_both(candidates(itm, data.val, rerank_k, data.val_base)) if data.val_base is not None else None
@@ -292,16 +296,17 @@ def benchmark_fusion(
 
 
 def reads_text_tokens(text_reader: str, text_encoder: Encoder) -> bool:
-    """Whether the texts' token features are needed for ``text_reader``: ``tokens``, or ``auto`` with a
-    text encoder that gives them; ``tokens`` with one that does not is an error naming it."""
+    """Whether the texts' token features are needed for ``text_reader``: ``shared`` or ``tokens``, or
+    ``auto`` with a text encoder that gives them; ``shared`` or ``tokens`` with one that does not is an
+    error naming it."""
     has_tokens = hasattr(text_encoder, "encode_tokens")
-    if text_reader == "tokens" and not has_tokens:
+    if text_reader in ("shared", "tokens") and not has_tokens:
         name = getattr(text_encoder, "name", type(text_encoder).__name__)
         raise ParamsError(
-            f"text_reader tokens needs token features, and the text encoder {name!r} gives none (no encode_tokens); "
-            "use text_reader: pooled or auto, or a text encoder with tokens such as minilm"
+            f"text_reader {text_reader} needs token features, and the text encoder {name!r} gives none (no "
+            "encode_tokens); use text_reader: pooled or auto, or a text encoder with tokens such as minilm"
         )
-    return text_reader == "tokens" or (text_reader == "auto" and has_tokens)
+    return text_reader in ("shared", "tokens") or (text_reader == "auto" and has_tokens)
 
 
 def uses_tokens(names: list[str]) -> bool:

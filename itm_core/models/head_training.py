@@ -39,6 +39,12 @@ class HeadTraining(Params):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     patience: int = Field(5, ge=1, description="Stop after this many epochs without validation improvement")
+    min_delta: float = Field(
+        0.01,
+        ge=0,
+        description="An epoch counts as an improvement for patience only when it beats the last one that did by "
+        "more than this (the best epoch is kept all the same)",
+    )
     input_dropout: float = Field(0.3, ge=0, lt=1, description="Dropout on the standardised input features")
 
 
@@ -70,12 +76,14 @@ class ITMOptions(Params):
         description="Validation score that picks each ITM head's best epoch: reranked R@1 (mean of both "
         "directions), probe accuracy, their sum, or ITM AUC",
     )
-    text_reader: Literal["auto", "tokens", "pooled"] = Field(
+    text_reader: Literal["auto", "shared", "tokens", "pooled"] = Field(
         "auto",
-        description="What fusions of pooled features (all but cross-attention) get of each text: `tokens`: the "
-        "text encoder's pooled feature and its token features read into one vector by a small transformer "
-        "with attention pooling, trained with the head (which word goes with which object survives); "
-        "`pooled`: the pooled feature alone; `auto`: tokens when the text encoder gives them",
+        description="What fusions of pooled features (all but cross-attention) get of each text beside its pooled "
+        "feature: `shared`: its token features read into one vector by a small transformer with attention "
+        "pooling, trained once with one ITM head before the fusions and then frozen, so that every fusion "
+        "reads the texts alike (which word goes with which object survives); `tokens`: a reader trained with "
+        "each head (slower: every head reads every distinct text of each batch); `pooled`: the pooled "
+        "feature alone; `auto`: shared when the text encoder gives token features, else pooled",
     )
 
     @model_validator(mode="after")
@@ -168,7 +176,13 @@ class HeadTrainer(Trainer):
     def fit(self, training: HeadTraining, monitor: str, on_epoch: OnEpoch | None, desc: str) -> FitResult:
         """Train until ``training.epochs`` or ``training.patience`` epochs without a better ``monitor``."""
         return fit(
-            self, epochs=training.epochs, patience=training.patience, monitor=monitor, on_epoch=on_epoch, desc=desc
+            self,
+            epochs=training.epochs,
+            patience=training.patience,
+            min_delta=training.min_delta,
+            monitor=monitor,
+            on_epoch=on_epoch,
+            desc=desc,
         )
 
 

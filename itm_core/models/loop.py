@@ -165,6 +165,7 @@ def fit(
     *,
     epochs: int,
     patience: int | None = None,
+    min_delta: float = 0.0,
     time_limit_s: float = 0.0,
     monitor: str | None = None,
     mode: Literal["max", "min"] = "max",
@@ -178,7 +179,9 @@ def fit(
 
     With ``monitor`` (a metric name; ``mode`` says whether higher or lower is better) the weights of
     the best epoch are kept and restored at the end, and ``patience`` epochs without a better value
-    stop training; without it the last epoch's weights stay. ``time_limit_s`` above 0 ends training
+    stop training (an epoch counts against them unless it beats the value that last reset them by more
+    than ``min_delta``, so a run that only creeps stops; the best epoch is kept all the same); without
+    it the last epoch's weights stay. ``time_limit_s`` above 0 ends training
     after the epoch that passes it. ``checkpoint(state)`` is called after every epoch with what
     ``resume`` needs to go on from the next one and end as the uninterrupted run would."""
     sign = 1.0 if mode == "max" else -1.0
@@ -190,11 +193,13 @@ def fit(
         return copy.deepcopy({name: module.state_dict() for name, module in modules.items()})
 
     best_state = snapshot() if monitor else {}
+    mark = result.best_value  # the value that last reset the patience
     stale, first_epoch, done = 0, 1, False
     if resume is not None:
         trainer.load_state_dict(resume)
         best_state, stale, done = resume["best_state"], int(resume["stale"]), bool(resume["done"])
         result.best_value, result.best_epoch = float(resume["best_value"]), int(resume["best_epoch"])
+        mark = float(resume.get("mark", result.best_value))
         result.history, result.steps = list(resume["history"]), int(resume.get("steps", 0))
         first_epoch = int(resume["epoch"]) + 1
         start -= float(resume["elapsed"])
@@ -219,8 +224,10 @@ def fit(
             value = metrics[monitor]
             note += f", {monitor} {value:.3f}"
             if sign * value > sign * result.best_value:
-                result.best_value, result.best_epoch, stale = value, epoch, 0
+                result.best_value, result.best_epoch = value, epoch
                 best_state = snapshot()
+            if sign * (value - mark) > min_delta:
+                mark, stale = value, 0
             else:
                 stale += 1
         else:
@@ -246,6 +253,7 @@ def fit(
                     "best_value": result.best_value,
                     "best_epoch": result.best_epoch,
                     "stale": stale,
+                    "mark": mark,
                     "history": result.history,
                     "steps": result.steps,
                     "elapsed": time.perf_counter() - start,
