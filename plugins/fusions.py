@@ -200,7 +200,7 @@ class CrossAttentionFusion(_Factored):
         image_dim: int,
         text_dim: int,
         dim: int = 256,
-        layers: int = 2,
+        layers: int = 1,
         heads: int = 4,
         dropout: float = 0.1,
         max_patches: int = 256,

@@ -106,16 +106,23 @@ class MiniLM(Encoder):
         return F.normalize(pooled, dim=-1).float().cpu()
 
     def encode_tokens(self, items: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contextual token states padded to ``max_length``, ``(N, max_length, 384)``, and the attention mask."""
+        """Contextual token states padded to ``max_length`` with zeros, ``(N, max_length, 384)``, and the
+        attention mask."""
         import torch
 
         if len(items) == 0:
             return torch.zeros(0, self.max_length, self.token_dim), torch.zeros(0, self.max_length, dtype=torch.bool)
+        import torch.nn.functional as F
+
+        # the model runs on the batch padded to its longest text (padding is masked out, so the real tokens'
+        # states are the same); the result is padded to max_length afterwards
         batch = self.tokenizer(
-            list(items), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(items), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        tokens = self._hidden_states(batch).float().cpu()
-        return tokens, batch["attention_mask"].bool().cpu()
+        mask = batch["attention_mask"].bool().cpu()
+        tokens = self._hidden_states(batch).float().cpu() * mask.unsqueeze(-1)  # padding is zero
+        extra = self.max_length - tokens.shape[1]
+        return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra))
 
 
 @hookimpl

@@ -31,6 +31,19 @@ def test_minilm_batch_independent(minilm):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+def test_minilm_token_states_do_not_depend_on_the_batch_they_are_padded_in(minilm):
+    """Token states come padded to max_length with zeros and a False mask, each text's real tokens as when
+    it is encoded alone (the model runs on the batch padded to its longest text)."""
+    texts = ["a small blue square", "a big green star at the top of the picture", ""]
+    tokens, mask = minilm.encode_tokens(texts)
+    assert tokens.shape == (3, 64, 384) and mask.shape == (3, 64) and mask.sum(1).tolist()[-1] == 2
+    assert not tokens[~mask].any()
+    for n, text in enumerate(texts):
+        alone, alone_mask = minilm.encode_tokens([text])
+        assert torch.equal(alone_mask[0], mask[n])
+        torch.testing.assert_close(alone[0][mask[n]], tokens[n][mask[n]], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_minilm_int8_is_close_faster_variant_cached_apart(minilm):
     texts = [
