@@ -81,18 +81,25 @@ def reader_of(head: ITMHead, rows: int = 512) -> Read:
 
 def read_texts(data: BenchmarkData, read: Read) -> BenchmarkData:
     """The benchmark's data with every text feature read: the splits' captions, probe captions and
-    questions, and the texts of the pair and probe sets built from them."""
+    questions, and the texts of the pair and probe sets built from them. Features that are one object
+    in several places (a split's captions are its pair set's texts) are read once."""
+    done: dict[int, ModalityFeatures] = {}
+
+    def once(f: ModalityFeatures) -> ModalityFeatures:
+        if id(f) not in done:
+            done[id(f)] = read(f)
+        return done[id(f)]
 
     def split(f: SplitFeatures) -> SplitFeatures:
         return dataclasses.replace(
             f,
-            text=read(f.text),
-            probe={k: read(v) for k, v in f.probe.items()} if f.probe is not None else None,
-            questions=read(f.questions) if f.questions is not None else None,
+            text=once(f.text),
+            probe={k: once(v) for k, v in f.probe.items()} if f.probe is not None else None,
+            questions=once(f.questions) if f.questions is not None else None,
         )
 
     def pairs(p: PairSet | None) -> Any:
-        return dataclasses.replace(p, text=read(p.text)) if p is not None else None
+        return dataclasses.replace(p, text=once(p.text)) if p is not None else None
 
     return dataclasses.replace(
         data,
