@@ -25,6 +25,7 @@ from itm_core.errors import DataError
 from itm_core.models.loop import (
     FitResult,
     Trainer,
+    adamw,
     clipped_step,
     fit,
     one_cycle,
@@ -258,7 +259,7 @@ class CaptionerTrainer(Trainer):
         self.autocast = step_autocast(settle_precision(options.precision))
         self.ids = captioner.encode_ids(captions)
         self.owners = torch.as_tensor(list(caption_image), dtype=torch.long)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.steps_per_epoch = max(1, -(-len(self.ids) // options.batch_size))
         self.scheduler = one_cycle(self.optimizer, options.lr, options.epochs * self.steps_per_epoch, 0.1)
         self.rng = random.Random(options.seed)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from itm_core.models.loop import FitResult
+from itm_core.models.loop import FitResult, adamw
 from itm_core.models.matcher import Matcher
 from itm_core.models.process_group import (
     Ranks,
@@ -54,7 +54,7 @@ def train_steps(
     """AdamW steps over ``batches`` (row indices of one global batch each) of aligned ``image`` /
     ``text`` features, data-parallel over ``ranks``; the global loss of each step."""
     broadcast_parameters(matcher, ranks)
-    optimizer = torch.optim.AdamW(matcher.parameters(), lr=lr)
+    optimizer = adamw(matcher.parameters(), lr=lr)
     losses = []
     for rows in batches:
         mine = rows[ranks.slice(len(rows))]

@@ -24,7 +24,7 @@ from itm_core.models.heads import (
     hard_negatives,
     probe_pair_scores,
 )
-from itm_core.models.loop import FitResult, Trainer, fit, seed_everything
+from itm_core.models.loop import FitResult, Trainer, adamw, fit, seed_everything
 from itm_core.models.rerank import DIRECTIONS, candidates, choose_both, rerank_r1
 from itm_core.models.retrieval import Ranks
 
@@ -155,7 +155,7 @@ class HeadTrainer(Trainer):
 
     def __init__(self, head: FusionHead, training: HeadTraining, seed: int) -> None:
         self.head = head
-        self.optimizer = torch.optim.AdamW(head.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+        self.optimizer = adamw(head.parameters(), lr=training.lr, weight_decay=training.weight_decay)
         self.rng = random.Random(seed)
 
     def modules(self) -> dict[str, nn.Module]:

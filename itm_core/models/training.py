@@ -28,6 +28,7 @@ from itm_core.errors import ModelError
 from itm_core.models.loop import (
     FitResult,
     Trainer,
+    adamw,
     fit,
     one_cycle,
     scheduler_step,
@@ -226,7 +227,7 @@ class ContrastiveTrainer(Trainer):
             {"params": [p for p in mod.parameters() if p.requires_grad], "lr": options.tower_lr}
             for mod in self.towers.values()
         ]
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
+        self.optimizer = adamw(groups, weight_decay=options.weight_decay)
         self.captions = captions_per_image(train.caption_image, len(train.image))
         self.usable = [i for i, c in enumerate(self.captions) if c]
         self.passes = options.passes or auto_passes(len(self.usable), len(train.text))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from itm_core.data.pairs import captions_per_image
-from itm_core.models.loop import Trainer, clipped_step, one_cycle, step_autocast
+from itm_core.models.loop import Trainer, adamw, clipped_step, one_cycle, step_autocast
 from itm_core.models.text_to_image.base import TextFeatures, TextToImageBase, TextToImageModel
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -113,7 +113,7 @@ class LossTrainer(T2ITrainer):
 
     def __init__(self, model: TextToImageModel, options: TextToImageBase, *data: Any) -> None:
         super().__init__(model, options, *data)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.optimizer = adamw(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = one_cycle(self.optimizer, options.lr, options.epochs * self.steps_per_epoch, 0.05)
 
     def learn(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:

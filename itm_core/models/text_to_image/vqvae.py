@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from itm_core.models.loop import FitResult, clipped_step, one_cycle
+from itm_core.models.loop import FitResult, adamw, clipped_step, one_cycle
 from itm_core.models.text_to_image.base import (
     Precision,
     TextCondition,
@@ -245,14 +245,14 @@ class VQTrainer(T2ITrainer):
         super().__init__(model, options, *data)
         self.vq, self.vq_options = model, options
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-        self.optimizer = torch.optim.AdamW(model.autoencoder_parameters(), lr=options.lr, weight_decay=0.0)
+        self.optimizer = adamw(model.autoencoder_parameters(), lr=options.lr, weight_decay=0.0)
         self.scheduler = one_cycle(self.optimizer, options.lr, max(1, options.vq_epochs) * self.steps_per_epoch, 0.05)
 
     def start_epoch(self, epoch: int, elapsed: float) -> None:
         c = self.vq_options
         if self.vq.phase == "vq" and (epoch > c.vq_epochs or (c.time_limit_s and elapsed > c.time_limit_s / 3)):
             self.vq.phase = "prior"
-            self.optimizer = torch.optim.AdamW(self.vq.prior_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+            self.optimizer = adamw(self.vq.prior_parameters(), lr=c.lr, weight_decay=c.weight_decay)
             self.scheduler = one_cycle(self.optimizer, c.lr, (c.epochs - epoch + 1) * self.steps_per_epoch, 0.05)
 
     def learn(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
