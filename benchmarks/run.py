@@ -7,6 +7,7 @@ per benchmark, kept across runs so the long ``--only flickr`` run can be added) 
     python -m benchmarks.run --quick         # every benchmark on tiny inputs (checks that each runs)
     python -m benchmarks.run --only flickr   # retrain on a Flickr30k-size shapes
     python -m benchmarks.run --only fusion   # the default fusion benchmark, as a user runs it
+    python -m benchmarks.run --only coco     # retrain on a COCO-size shapes (about 40 minutes)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from benchmarks.condition import bench_condition
 from benchmarks.encoding import bench_encoding
 from benchmarks.fusion import bench_fusion
 from benchmarks.retrieval import bench_retrieval
-from benchmarks.scale import bench_dask, bench_flickr, bench_overhead, bench_scaling
+from benchmarks.scale import bench_coco, bench_dask, bench_flickr, bench_overhead, bench_scaling
 from benchmarks.search import bench_search
 from benchmarks.serving import bench_serving
 from benchmarks.session import bench_search_session
@@ -39,7 +40,8 @@ def render(results: dict[str, Any]) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m benchmarks.run`); each figure is a ratio against a plain reference",
-        "measured on the same machine in the same run. Re-run to refresh; `--only flickr fusion` adds the long runs.",
+        "measured on the same machine in the same run. Re-run to refresh; `--only flickr fusion coco` adds the long",
+        "runs.",
         "",
     ]
     for name, entry in results.items():
@@ -100,6 +102,9 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
             "difference as growth "
             f"and gives an upper bound of **{upper:.1f} GiB**."
         )
+    measured = [r for r in results.get("coco", {}).get("rows", []) if "rss_gib" in r]
+    if measured:
+        text.append(f"The COCO-size run itself (section coco) peaked at **{measured[0]['rss_gib']:.2f} GiB**.")
     return ["## COCO-size projection", "", " ".join(text), ""]
 
 
@@ -131,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         "condition": lambda: bench_condition(600 if q else 12000, 2 if q else 15),
         "flickr": lambda: bench_flickr(home, q),
         "fusion": lambda: bench_fusion(home, q),
+        "coco": lambda: bench_coco(home, q),
     }
-    long = ("flickr", "fusion")  # run with --only: each takes 10 to 20 minutes
+    long = ("flickr", "fusion", "coco")  # run with --only: each takes 10 to 45 minutes
     chosen = args.only or [n for n in suite if n not in long]
     unknown = sorted(set(chosen) - set(suite))
     if unknown:
