@@ -53,13 +53,24 @@ class EfficientNetLite0(Encoder):
         self.dim = CHANNELS * POOLS[pool]
         self.token_dim = CHANNELS
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1] (the
-        Lite models' preprocessing); loader workers run this beside the model."""
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """What loader workers compute per image beside the model: the resized RGB pixels,
+        ``(image_size, image_size, 3)`` uint8, a quarter of the bytes of the float input they hand over."""
         import numpy as np
 
-        size = (self.image_size, self.image_size)
-        array = np.asarray(image.convert("RGB").resize(size), dtype=np.float32).transpose(2, 0, 1)
+        return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size)), dtype=np.uint8)
+
+    def encode_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """``encode`` on a batch of :meth:`resized` outputs, ``(N, image_size, image_size, 3)`` uint8: scaled
+        to the network's input in one vectorised pass, its channels-last layout kept (no copy)."""
+        return self.encode_preprocessed(x.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1] (the
+        Lite models' preprocessing), what gradient explainers differentiate against."""
+        import numpy as np
+
+        array = self.resized(image).astype(np.float32).transpose(2, 0, 1)
         return (array / 255.0 - 0.5) / 0.5
 
     @property
@@ -138,7 +149,7 @@ class EfficientNetLite0(Encoder):
 
         if len(items) == 0:
             return torch.zeros(0, self.dim)
-        return self.encode_preprocessed(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
+        return self.encode_resized(torch.from_numpy(np.stack([self.resized(img) for img in items])))
 
     def encode_tokens(self, items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch features: the final feature map's cells, ``(N, (image_size/32)^2, 1280)``, in row-major order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -75,6 +76,17 @@ def test_efficientnet_features_and_pooling():
     assert not torch.allclose(g[0], g[1])
     with pytest.raises(ValueError, match="pool must be one of"):
         create("encoder", "efficientnet-lite0", pool="max")
+
+
+def test_efficientnet_loader_step_hands_over_uint8_pixels_and_encodes_as_the_float_input_does():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)) for _ in range(3)]
+    enc = create("encoder", "efficientnet-lite0", image_size=64).unwrapped
+    step = [enc.resized(im) for im in images]
+    assert step[0].dtype == np.uint8 and step[0].shape == (64, 64, 3)  # a quarter of the float input's bytes
+    from_pixels = enc.encode_resized(torch.from_numpy(np.stack(step)))
+    from_floats = enc.encode_preprocessed(torch.from_numpy(np.stack([enc.preprocess(im) for im in images])))
+    assert torch.equal(from_pixels, from_floats)  # what explainers differentiate is what the pipeline encodes
 
 
 def test_efficientnet_sees_position():

@@ -289,12 +289,12 @@ def _pooled_compute(
     encoder: Encoder,
 ) -> tuple[Callable[[list[Any]], dict[str, torch.Tensor]], Callable[[Any], Any] | None]:
     """The batch computation of pooled features and the per-image step loader workers run: the
-    encoder's own ``preprocess`` / ``encode_preprocessed`` split when it has one, else ``encode`` on
-    decoded images."""
-    if encoder.modality == "image" and hasattr(encoder, "preprocess") and hasattr(encoder, "encode_preprocessed"):
+    encoder's own ``resized`` / ``encode_resized`` split when it has one (a per-image array, batched by
+    stacking), else ``encode`` on decoded images."""
+    if encoder.modality == "image" and hasattr(encoder, "resized") and hasattr(encoder, "encode_resized"):
         return (
-            lambda batch: {"emb": encoder.encode_preprocessed(torch.from_numpy(np.stack(batch))).float()}
-        ), encoder.preprocess
+            lambda batch: {"emb": encoder.encode_resized(torch.from_numpy(np.stack(batch))).float()}
+        ), encoder.resized
     return (lambda batch: {"emb": encoder.encode(batch).float()}), None
 
 
