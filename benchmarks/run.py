@@ -90,7 +90,7 @@ def coco_projection(results: dict[str, Any]) -> list[str]:
         f"{slope * 2**20:.1f} KiB per image (its features: {feature_bytes(1, 5) / 1024:.1f} KiB). Along that line a "
         "COCO-size "
         f"retrain ({COCO_IMAGES:,} images, {COCO_CAPTIONS:,} captions; {features:.2f} GiB of features) peaks at about "
-        f"**{projected:.1f} GiB** ({projected / features:.2f}x its features), against the 12 GB budget."
+        f"**{projected:.1f} GiB** ({projected / features:.2f}x its features), against the 8 GB budget."
     ]
     n3, m3, settings = every[-1]
     if n3 > n2 and settings != "default":
