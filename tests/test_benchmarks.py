@@ -65,3 +65,8 @@ def test_coco_projection_uses_runs_of_the_same_settings_and_bounds_with_the_othe
     results["flickr"]["rows"][0].pop("settings")  # all default: the line through the two largest
     text = " ".join(coco_projection(results))
     assert f"**{4.0 + 2.5 / 22000 * (123287 - 31000):.1f} GiB**" in text and "upper bound" not in text
+    assert "run itself" not in text
+    results["coco"] = {"rows": [{"images": 123287, "rss_gib": 6.5, "settings": "int8"}, {"images": 1}]}
+    text = " ".join(coco_projection(results))  # the measured run is named, not used to project
+    assert "The COCO-size run itself (section coco) peaked at **6.50 GiB**." in text
+    assert f"**{4.0 + 2.5 / 22000 * (123287 - 31000):.1f} GiB**" in text
