@@ -25,7 +25,8 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
     owner = torch.arange(n_img).repeat_interleave(5)
     train = FeatureSplit(torch.randn(n_img, 6400), torch.randn(5 * n_img, 384), owner)
     val = FeatureSplit(torch.randn(200, 6400), torch.randn(1000, 384), torch.arange(200).repeat_interleave(5))
-    config = ContrastiveTraining(epochs=epochs, patience=epochs + 1)
+    # float32 and five passes an epoch, as the plain loop runs (the defaults would settle on bf16 and fewer passes)
+    config = ContrastiveTraining(epochs=epochs, patience=epochs + 1, passes=5, precision="fp32")
 
     def matcher() -> Matcher:
         torch.manual_seed(0)
@@ -65,11 +66,12 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             "ratio": t_plain / t_ours,
             "target": ">= 0.95x",
             "note": f"{n_img} images, {epochs} epochs, best of {repeats} interleaved runs each; ours also validates "
-            "every epoch (200 images) and keeps the best weights",
+            "every epoch (200 images) and keeps the best weights; its AdamW runs the fused kernel, the plain loop's "
+            "torch's default",
         },
         {
             "what": "the same training with `training.precision: bf16`, samples/s",
-            "reference": "float32 (the default)",
+            "reference": "float32",
             "value": samples / t_bf16,
             "ref_value": samples / t_ours,
             "ratio": t_ours / t_bf16,
