@@ -60,18 +60,23 @@ class EfficientNetLite0(Encoder):
 
         return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size)), dtype=np.uint8)
 
+    @staticmethod
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`resized` outputs, ``(N, image_size, image_size, 3)`` uint8, as the network's
+        input: float32 in [-1, 1] (the Lite models' preprocessing), ``(N, 3, image_size, image_size)`` in
+        channels-last layout, in one vectorised pass (no copy to another layout)."""
+        return x.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
+
     def encode_resized(self, x: torch.Tensor) -> torch.Tensor:
-        """``encode`` on a batch of :meth:`resized` outputs, ``(N, image_size, image_size, 3)`` uint8: scaled
-        to the network's input in one vectorised pass, its channels-last layout kept (no copy)."""
-        return self.encode_preprocessed(x.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5))
+        """``encode`` on a batch of :meth:`resized` outputs, stacked."""
+        return self.encode_preprocessed(self.scaled(x))
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1] (the
-        Lite models' preprocessing), what gradient explainers differentiate against."""
-        import numpy as np
+        """One image as the network's input, ``(3, image_size, image_size)`` float32 in [-1, 1], what
+        gradient explainers differentiate against."""
+        import torch
 
-        array = self.resized(image).astype(np.float32).transpose(2, 0, 1)
-        return (array / 255.0 - 0.5) / 0.5
+        return self.scaled(torch.tensor(self.resized(image))[None])[0].numpy()
 
     @property
     def runtimes(self) -> tuple[str, ...]:
@@ -112,7 +117,7 @@ class EfficientNetLite0(Encoder):
         import numpy as np
         import torch
 
-        return self._features(torch.from_numpy(np.stack([self.preprocess(img) for img in items])))
+        return self._features(self.scaled(torch.from_numpy(np.stack([self.resized(img) for img in items]))))
 
     def encode_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
         """``encode`` on a batch of :meth:`preprocess` outputs, ``(N, 3, image_size, image_size)``."""
