@@ -165,10 +165,11 @@ def large_retrain(home: Path, n_train: int, n_eval: int) -> dict[str, Any]:
     t_build, _ = timed(lambda: shapes_dataset(n_train, n_eval, home))
     got = run_retrain(home, {"n_train": n_train, "n_val": n_eval, "n_test": n_eval}, {"text_encoder": INT8_TEXT})
     images = n_train + 2 * n_eval
-    training = RetrainParams().training
+    defaults = RetrainParams()
+    training = defaults.training
     passes = training.passes or f"auto (here {auto_passes(n_train, 5 * n_train)})"
     settings = (
-        f"{RetrainParams().image_encoder.name} + minilm quantize int8, the default training recipe: "
+        f"{defaults.image_encoder.name} + minilm quantize int8, the default training recipe: "
         f"{training.epochs} epochs of {passes} pass(es), patience {training.patience}, "
         f"batch {training.batch_size}, lr {training.lr:g}, precision {training.precision}"
     )
