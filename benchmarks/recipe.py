@@ -25,7 +25,6 @@ from itm_core.config import EncodingParams, RetrainParams
 from itm_core.encode.embed import EmbeddingCache, encode_split
 from itm_core.encode.features import FeatureSplit
 from itm_core.judge.evaluation import build_encoders
-from itm_core.models.matcher import Matcher
 from itm_core.models.training import ContrastiveTraining, evaluate_features, train_contrastive
 
 
@@ -45,14 +44,12 @@ def main(variants: list[dict], n_train: int = 29000, n_eval: int = 1000) -> None
         split = whitened(features, settings.pop("components")) if "components" in settings else features
         options = ContrastiveTraining(**settings)
         torch.manual_seed(options.seed)
-        matcher = Matcher(
+        matcher = options.build_matcher(
             params.image_encoder.model_dump(),
             params.text_encoder.model_dump(),
             int(split["train"].image.shape[1]),
             int(text.dim),
-            embed_dim=options.embed_dim,
-            hidden_dim=options.hidden_dim,
-            dropout=options.dropout,
+            len(split["train"].image),
         )
         started, curve = time.perf_counter(), []
 

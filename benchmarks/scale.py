@@ -26,8 +26,7 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
     from itm_core.config import RetrainParams
     from itm_core.encode.embed import EmbeddingCache, EncodeOptions, encode_split
     from itm_core.judge.evaluation import build_encoders, report_from_embeddings
-    from itm_core.models.matcher import Matcher
-    from itm_core.models.training import ContrastiveTraining, train_contrastive
+    from itm_core.models.training import train_contrastive
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'overhead.db'}"
     rows = []
@@ -48,10 +47,15 @@ def bench_overhead(sizes: tuple[int, int], home: Path, repeats: int = 3) -> list
             image, text = build_encoders(params.image_encoder, params.text_encoder, splits["train"])
             cache = EmbeddingCache()
             feats = {s: encode_split(image, text, d, cache, EncodeOptions())[1] for s, d in splits.items()}
-            m = Matcher(
-                params.image_encoder.model_dump(), params.text_encoder.model_dump(), int(image.dim), int(text.dim)
+            training = params.training
+            m = training.build_matcher(
+                params.image_encoder.model_dump(),
+                params.text_encoder.model_dump(),
+                int(image.dim),
+                int(text.dim),
+                len(feats["train"].image),
             )
-            train_contrastive(m, feats["train"], feats["val"], ContrastiveTraining(epochs=3))
+            train_contrastive(m, feats["train"], feats["val"], training)
             report_from_embeddings(
                 m.embed_image_features(feats["test"].image),
                 m.embed_text_features(feats["test"].text),

@@ -31,7 +31,6 @@ from itm_core.judge.benchmark import (
 )
 from itm_core.judge.evaluation import build_encoders
 from itm_core.judge.shared_reader import share_reader
-from itm_core.models.matcher import Matcher
 from itm_core.models.training import train_contrastive
 from itm_core.ops.tracking import tracked_flow, tracked_run
 from itm_core.progress import Tracker, scope
@@ -96,14 +95,12 @@ def train_similarity(params: FusionBenchmarkParams, features: dict[str, SplitFea
         return FeatureSplit(f.image.pooled, f.text.pooled, torch.tensor(f.data.caption_image))
 
     torch.manual_seed(params.seed)
-    matcher = Matcher(
+    matcher = t.build_matcher(
         params.image_encoder.model_dump(),
         params.text_encoder.model_dump(),
         features["train"].image.pooled.shape[1],
         features["train"].text.pooled.shape[1],
-        embed_dim=t.embed_dim,
-        hidden_dim=t.hidden_dim,
-        dropout=t.dropout,
+        len(features["train"].image.pooled),
     )
     options = t.model_copy(update={"seed": params.seed})  # the benchmark's seed seeds every model it trains
     train_contrastive(matcher, split(features["train"]), split(features["val"]), options)

@@ -82,15 +82,9 @@ def train_matcher(
     """Fit projection heads on cached features (and fine-tune unlocked towers); per-epoch curves go to MLflow."""
     t = params.training
     torch.manual_seed(t.seed)
-    matcher = Matcher(
-        params.image_encoder.model_dump(),
-        params.text_encoder.model_dump(),
-        dims[0],
-        dims[1],
-        embed_dim=t.embed_dim,
-        hidden_dim=t.hidden_dim,
-        dropout=t.dropout,
-    )
+    encoders = params.image_encoder.model_dump(), params.text_encoder.model_dump()
+    matcher = t.build_matcher(*encoders, *dims, images=len(train.image))
+    mlflow.set_tag("training.input_rank", matcher.config["input_rank"])  # what `auto` settled on for this data
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:  # the progress line is the training loop's
         mlflow.log_metrics(metrics, step=epoch)
@@ -101,6 +95,8 @@ def train_matcher(
     mlflow.set_tag("training.precision", precision)  # what `auto` settled on for this machine
     if t.precision == "auto":
         print(f"training.precision auto: {precision}")
+    if t.input_rank == "auto":
+        print(f"training.input_rank auto: {matcher.config['input_rank']} ({len(train.image):,} training images)")
     if t.processes > 1:
         print(f"training data-parallel in {t.processes} processes (torch.distributed, gloo)")
         result = train_in_processes(

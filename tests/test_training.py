@@ -123,7 +123,8 @@ def test_adamw_uses_the_fused_kernel_where_it_can_and_makes_the_same_update():
 def test_an_epoch_draws_every_caption_of_small_data_and_one_per_image_of_large_data():
     from itm_core.models.training import auto_passes
 
-    assert [auto_passes(n, 5 * n) for n in (500, 2000, 3000, 8000, 29000, 113287)] == [5, 5, 4, 2, 1, 1]
+    sizes = (500, 2000, 29000, 30000, 40000, 60000, 113287, 200000)
+    assert [auto_passes(n, 5 * n) for n in sizes] == [5, 5, 5, 5, 4, 3, 2, 1]
     assert auto_passes(2000, 2000) == 1  # one caption per image: one pass whatever the size
     train, val = synthetic(40, 1), synthetic(16, 2)  # two captions per image
     counted, patience = [], []
@@ -256,6 +257,50 @@ def test_saved_matcher_is_data_only_and_old_formats_name_their_version(tmp_path)
     (folder / "matcher.json").write_text(json.dumps(config))
     with pytest.raises(StateFormatError, match="saved by itm-workbench 0.1; this version reads format 2: retrain it"):
         Matcher.load(folder)
+
+
+def test_a_low_rank_first_layer_serves_features_wider_than_the_hidden_layer_and_is_saved(tmp_path):
+    import json
+
+    options = ContrastiveTraining(embed_dim=8, hidden_dim=32, input_rank=4, dropout=0.0)
+    towers = ({"name": "img"}, {"name": "txt"}, 64, 10)  # 64-d image features, 10-d text features
+    torch.manual_seed(0)
+    wide = options.build_matcher(*towers, images=100)
+    shapes = [tuple(p.shape) for p in wide.image_head.net.parameters()]
+    assert shapes == [(4, 64), (32, 4), (32,), (8, 32), (8,)]  # 64 -> 4 (no bias) -> 32 -> 8
+    assert [tuple(p.shape) for p in wide.text_head.net.parameters()][0] == (32, 10)  # 10 < 32: a full layer
+    for rank, hidden in ((32, 32), (48, 32), (4, 0)):  # a rank that saves nothing, or no hidden layer: no factor
+        full = options.model_copy(update={"input_rank": rank, "hidden_dim": hidden})
+        first = next(full.build_matcher(*towers, images=100).image_head.net.parameters())
+        assert first.shape[1] == 64
+
+    g = torch.Generator().manual_seed(3)
+    lift = torch.randn(12, 64, generator=g)
+    train, val = synthetic(200, 1), synthetic(50, 2)
+    train, val = (FeatureSplit(s.image @ lift, s.text, s.caption_image) for s in (train, val))
+    before = evaluate_features(wide, val)["rsum"]
+    train_contrastive(wide, train, val, options.model_copy(update={"epochs": 20, "batch_size": 32, "lr": 3e-3}))
+    assert evaluate_features(wide, val)["rsum"] > before + 200
+
+    folder = wide.save(tmp_path / "wide")
+    assert json.loads((folder / "matcher.json").read_text())["input_rank"] == 4
+    loaded = Matcher.load(folder, attach=False)
+    assert torch.equal(loaded.embed_image_features(val.image), wide.eval().embed_image_features(val.image))
+
+    # auto: a full first layer on small data, where a low rank costs a few rsum; the low rank on large data
+    assert [ContrastiveTraining().rank_for(n) for n in (2000, 19_999, 20_000, 113_287)] == [0, 0, 256, 256]
+    assert ContrastiveTraining(input_rank=4).rank_for(2000) == 4
+    with pytest.raises(ValueError, match="input_rank"):
+        ContrastiveTraining(input_rank=-1)
+
+    # a matcher saved before the setting existed has full first layers, and loads as one
+    old = options.model_copy(update={"input_rank": 0}).build_matcher(*towers, images=100)
+    folder = old.save(tmp_path / "old")
+    config = json.loads((folder / "matcher.json").read_text())
+    del config["input_rank"]
+    (folder / "matcher.json").write_text(json.dumps(config))
+    reloaded = Matcher.load(folder, attach=False)
+    assert torch.equal(reloaded.embed_image_features(val.image), old.eval().embed_image_features(val.image))
 
 
 class _Scripted(Trainer):

@@ -42,14 +42,29 @@ class JointSimilarity:
         return (a * b).sum(-1)
 
 
-class ProjectionHead(Standardizer):
-    """Standardise features with training statistics, then an MLP (or a linear map when ``hidden`` is 0)."""
+def low_rank(in_dim: int, hidden: int, input_rank: int) -> bool:
+    """Whether a head factors its first layer: features wider than its hidden layer, a rank set below both."""
+    return 0 < input_rank < hidden < in_dim
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.1) -> None:
+
+class ProjectionHead(Standardizer):
+    """Standardise features with training statistics, then an MLP (or a linear map when ``hidden`` is 0).
+
+    With ``input_rank`` above 0, features wider than ``hidden`` first pass through a linear map (no bias)
+    to ``input_rank`` dimensions: the MLP's first layer factored through a low rank, which makes a step
+    on wide features (efficientnet's 6,400) several times cheaper.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int = 1024, dropout: float = 0.1, input_rank: int = 0
+    ) -> None:
         super().__init__(in_dim, min_std=1e-6)
+        factored = low_rank(in_dim, hidden, input_rank)
+        first: list[nn.Module] = [nn.Linear(in_dim, input_rank, bias=False)] if factored else []
+        width = input_rank if factored else in_dim
         if hidden > 0:
             self.net: nn.Module = nn.Sequential(
-                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+                *first, nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
             )
         else:
             self.net = nn.Linear(in_dim, out_dim)
@@ -77,6 +92,7 @@ class Matcher(nn.Module):
         dropout: float = 0.1,
         init_temperature: float = 0.07,
         heads: bool = True,
+        input_rank: int = 0,
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -89,12 +105,13 @@ class Matcher(nn.Module):
             dropout=dropout,
             init_temperature=init_temperature,
             heads=heads,
+            input_rank=input_rank,
         )
         self.image_head: nn.Module
         self.text_head: nn.Module
         if heads:
-            self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout)
-            self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout)
+            self.image_head = ProjectionHead(image_dim, embed_dim, hidden_dim, dropout, input_rank)
+            self.text_head = ProjectionHead(text_dim, embed_dim, hidden_dim, dropout, input_rank)
         else:  # a pretrained pair: the towers' own joint space
             if image_dim != text_dim:
                 raise ModelError(
