@@ -290,8 +290,9 @@ def test_a_low_rank_first_layer_serves_features_wider_than_the_hidden_layer_and_
     # auto: a full first layer on small data, where a low rank costs a few rsum; the low rank on large data
     assert [ContrastiveTraining().rank_for(n) for n in (2000, 19_999, 20_000, 113_287)] == [0, 0, 256, 256]
     assert ContrastiveTraining(input_rank=4).rank_for(2000) == 4
-    with pytest.raises(ValueError, match="input_rank"):
-        ContrastiveTraining(input_rank=-1)
+    for wrong in (-1, "big", 2.5):
+        with pytest.raises(ValueError, match="input_rank\n.*expected 'auto' or a number of dimensions"):
+            ContrastiveTraining(input_rank=wrong)
 
     # a matcher saved before the setting existed has full first layers, and loads as one
     old = options.model_copy(update={"input_rank": 0}).build_matcher(*towers, images=100)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from itm_core.contract.components import TrainableEncoder
@@ -125,6 +125,15 @@ class ContrastiveTraining(Params):
         description="Train data-parallel in this many processes on this machine (torch.distributed, gloo): "
         "each embeds its slice of every global batch and the loss spans the whole batch, as in one process",
     )
+
+    @field_validator("input_rank", mode="before")
+    @classmethod
+    def _rank(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError(f"expected 'auto' or a number of dimensions, 0 or more (0: a full first layer), got {value!r}")
 
     @model_validator(mode="after")
     def _batch_splits(self) -> ContrastiveTraining:
