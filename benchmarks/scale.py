@@ -172,9 +172,10 @@ def large_retrain(home: Path, n_train: int, n_eval: int) -> dict[str, Any]:
     defaults = RetrainParams()
     training = defaults.training
     passes = training.passes or f"auto (here {auto_passes(n_train, 5 * n_train)})"
+    rank = training.input_rank if training.input_rank != "auto" else f"auto (here {training.rank_for(n_train)})"
     settings = (
         f"{defaults.image_encoder.name} + minilm quantize int8, the default training recipe: "
-        f"{training.epochs} epochs of {passes} pass(es), patience {training.patience}, "
+        f"{training.epochs} epochs of {passes} pass(es), input rank {rank}, patience {training.patience}, "
         f"batch {training.batch_size}, lr {training.lr:g}, precision {training.precision}"
     )
     result = got["result"]

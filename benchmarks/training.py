@@ -19,7 +19,7 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
     from itm_core.encode.features import FeatureSplit
     from itm_core.models.distributed import train_in_processes
     from itm_core.models.matcher import Matcher
-    from itm_core.models.training import ContrastiveTraining, clip_loss, train_contrastive
+    from itm_core.models.training import LOW_RANK, LOW_RANK_IMAGES, ContrastiveTraining, clip_loss, train_contrastive
 
     torch.manual_seed(0)
     owner = torch.arange(n_img).repeat_interleave(5)
@@ -28,9 +28,9 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
     # float32 and five passes an epoch, as the plain loop runs (the defaults would settle on bf16 and fewer passes)
     config = ContrastiveTraining(epochs=epochs, patience=epochs + 1, passes=5, precision="fp32")
 
-    def matcher() -> Matcher:
+    def matcher(options: ContrastiveTraining = config) -> Matcher:
         torch.manual_seed(0)
-        return Matcher({"name": "x"}, {"name": "y"}, 6400, 384)
+        return options.build_matcher({"name": "x"}, {"name": "y"}, 6400, 384, images=n_img)
 
     steps_per_epoch = 5 * (n_img // config.batch_size)
 
@@ -50,11 +50,13 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             opt.step()
 
     bf16 = config.model_copy(update={"precision": "bf16"})
-    t_ours, t_plain, t_bf16 = float("inf"), float("inf"), float("inf")
+    low_rank = bf16.model_copy(update={"input_rank": LOW_RANK})
+    t_ours, t_plain, t_bf16, t_rank = float("inf"), float("inf"), float("inf"), float("inf")
     for _ in range(repeats):
         t_ours = min(t_ours, timed(lambda: train_contrastive(matcher(), train, val, config))[0])
         t_plain = min(t_plain, timed(plain)[0])
         t_bf16 = min(t_bf16, timed(lambda: train_contrastive(matcher(), train, val, bf16))[0])
+        t_rank = min(t_rank, timed(lambda: train_contrastive(matcher(low_rank), train, val, low_rank))[0])
     t_two, _ = timed(lambda: train_in_processes(2, matcher(), train, val, config))
     samples = epochs * steps_per_epoch * config.batch_size
     return [
@@ -78,6 +80,16 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
             "target": "reported",
             "note": f"bfloat16 autocast on the training steps (validation in float32); CPU bf16 support: "
             f"{cpu_bf16_note()}",
+        },
+        {
+            "what": f"the same bf16 training with `training.input_rank: {LOW_RANK}`, samples/s",
+            "reference": "bf16 with a full first layer",
+            "value": samples / t_rank,
+            "ref_value": samples / t_bf16,
+            "ratio": t_bf16 / t_rank,
+            "target": "reported",
+            "note": f"the image head's first layer factored through rank {LOW_RANK} (6,400 -> {LOW_RANK} -> 1,024): "
+            f"what `input_rank: auto` settles on from {LOW_RANK_IMAGES:,} training images up",
         },
         {
             "what": "the same training data-parallel in 2 processes x 1 thread (`training.processes: 2`), samples/s",

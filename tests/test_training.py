@@ -7,7 +7,7 @@ import torch
 
 from itm_core import ModelError
 from itm_core.encode.features import FeatureSplit
-from itm_core.models.loop import Trainer, adamw, fit
+from itm_core.models.loop import Trainer, adam, adamw, fit
 from itm_core.models.matcher import Matcher
 from itm_core.models.process_group import Ranks
 from itm_core.models.training import (
@@ -99,13 +99,18 @@ def test_the_default_precision_is_bf16_where_it_runs_natively():
     assert trainer.autocast.fast_dtype == torch.bfloat16 and trainer.autocast._enabled == bool(cpu_bf16_flags())
 
 
-def test_adamw_uses_the_fused_kernel_where_it_can_and_makes_the_same_update():
+@pytest.mark.parametrize(
+    ("build", "plain_class", "options"),
+    [(adamw, torch.optim.AdamW, {"weight_decay": 0.01}), (adam, torch.optim.Adam, {"betas": (0.0, 0.9)})],
+    ids=["adamw", "adam"],
+)
+def test_adam_and_adamw_use_the_fused_kernel_where_they_can_and_make_the_same_update(build, plain_class, options):
     torch.manual_seed(0)
     weights = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
     start = [w.detach().clone() for w in weights]
     twins = [torch.nn.Parameter(w.clone()) for w in start]
-    fused = adamw([{"params": iter(weights), "lr": 1e-2}], weight_decay=0.01)
-    plain = torch.optim.AdamW([{"params": twins, "lr": 1e-2}], weight_decay=0.01, fused=False)
+    fused = build([{"params": iter(weights), "lr": 1e-2}], **options)
+    plain = plain_class([{"params": twins, "lr": 1e-2}], fused=False, **options)
     assert fused.param_groups[0]["fused"] is True
     for _ in range(5):
         grads = [torch.randn_like(w) for w in weights]
@@ -116,7 +121,7 @@ def test_adamw_uses_the_fused_kernel_where_it_can_and_makes_the_same_update():
     for w, t, s in zip(weights, twins, start, strict=True):
         assert torch.allclose(w, t, atol=1e-6)
         assert (w - s).abs().max() > 1e-2  # five steps of lr 1e-2 moved them
-    elsewhere = adamw([torch.nn.Parameter(torch.zeros(3, device="meta"))], lr=1e-3)
+    elsewhere = build([torch.nn.Parameter(torch.zeros(3, device="meta"))], lr=1e-3)
     assert not elsewhere.param_groups[0]["fused"]  # a device without the fused kernel: the plain update
 
 

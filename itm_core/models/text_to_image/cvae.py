@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from itm_core.models.loop import adamw, clipped_step, one_cycle
+from itm_core.models.loop import adam, adamw, clipped_step, one_cycle
 from itm_core.models.text_to_image.base import (
     Precision,
     TextToImageModel,
@@ -282,7 +282,7 @@ class AdversarialVAETrainer(T2ITrainer):
         super().__init__(model, options, *data)
         self.vae, self.weight = model, options.adv_weight
         self.d_params, self.g_params = model.discriminator_parameters(), model.generator_parameters()
-        self.d_opt = torch.optim.Adam(self.d_params, lr=options.lr, betas=(0.0, 0.9))
+        self.d_opt = adam(self.d_params, lr=options.lr, betas=(0.0, 0.9))
         self.optimizer = adamw(self.g_params, lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = one_cycle(self.optimizer, options.lr, options.epochs * self.steps_per_epoch, 0.05)
 

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from itm_core.models.loop import adam
 from itm_core.models.text_to_image.base import (
     Precision,
     TextToImageModel,
@@ -152,8 +153,8 @@ class GanTrainer(T2ITrainer):
     def __init__(self, model: TextGAN, options: GANOptions, *data: Any) -> None:
         super().__init__(model, options, *data)
         self.gan = model
-        self.d_opt = torch.optim.Adam(model.discriminator_parameters(), lr=options.lr, betas=(0.0, 0.9))
-        self.g_opt = torch.optim.Adam(model.generator_parameters(), lr=options.lr, betas=(0.0, 0.9))
+        self.d_opt = adam(model.discriminator_parameters(), lr=options.lr, betas=(0.0, 0.9))
+        self.g_opt = adam(model.generator_parameters(), lr=options.lr, betas=(0.0, 0.9))
 
     def learn(self, images: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> float:
         with self.autocast:
