@@ -309,7 +309,8 @@ def test_bf16_precision_runs_each_training_forward_under_autocast_and_auto_settl
             assert result.history[-1]["val_loss"] < result.history[0]["val_loss"] / 2
             asked = ["a red square", "a green square", "a blue square"] * 10
             drawn = model.generate(asked, seed=5)
-            assert sum(mean_colour(img) == p.split()[1] for img, p in zip(drawn, asked)) >= 27
+            # chance is 10 of 30; bfloat16 kernels differ between CPUs (AMX, AVX512-BF16), and so does the last draw
+            assert sum(mean_colour(img) == p.split()[1] for img, p in zip(drawn, asked)) >= 24
             assert TextToImage.load(model.save(tmp_path / name)).config.precision == "bf16"
 
     for flags, settled in (([], "fp32"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")):
