@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks.common import (
     Row,
+    cpu_bf16_note,
     feature_bytes,
     fit_tfidf,
     run_retrain,
@@ -176,7 +177,8 @@ def large_retrain(home: Path, n_train: int, n_eval: int) -> dict[str, Any]:
     settings = (
         f"{defaults.image_encoder.name} + minilm quantize int8, the default training recipe: "
         f"{training.epochs} epochs of {passes} pass(es), input rank {rank}, patience {training.patience}, "
-        f"batch {training.batch_size}, lr {training.lr:g}, precision {training.precision}"
+        f"batch {training.batch_size}, lr {training.lr:g}, precision {training.precision} "
+        f"(CPU bf16 support: {cpu_bf16_note()})"
     )
     result = got["result"]
     return got | {

@@ -85,7 +85,7 @@ class ContrastiveTraining(Params):
     input_rank: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
         "auto",
         description="A head over features wider than hidden_dim (efficientnet's 6,400) first maps them linearly "
-        "to this many dimensions: its first layer factored through a low rank, a step about three times cheaper "
+        "to this many dimensions: its first layer factored through a low rank, a step 1.6 to 2 times cheaper "
         f"(0: a full first layer; auto: {LOW_RANK} from {LOW_RANK_IMAGES:,} training images up, where the steps "
         "it saves buy more passes, a full first layer below, where it costs a few rsum)",
     )
