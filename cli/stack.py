@@ -98,7 +98,8 @@ def deployments_run(
         run, url = trigger(name, {"params": run_values(values)}, wait)
     except UserError as exc:
         fail(exc)
-    console.print(f"flow run {run.name} ({run.id}) of {name}: {run.state.name if run.state else 'scheduled'}")
+    state = run.state.name if run.state else "scheduled"
+    console.print(f"flow run {run.name} ({run.id}) of {name}: {state}", soft_wrap=True)  # one line, however long
     console.print(url, highlight=False, soft_wrap=True)
 
 
