@@ -51,12 +51,17 @@ def bench_training(n_img: int, epochs: int, repeats: int = 3) -> list[Row]:
 
     bf16 = config.model_copy(update={"precision": "bf16"})
     low_rank = bf16.model_copy(update={"input_rank": LOW_RANK})
-    t_ours, t_plain, t_bf16, t_rank = float("inf"), float("inf"), float("inf"), float("inf")
-    for _ in range(repeats):
-        t_ours = min(t_ours, timed(lambda: train_contrastive(matcher(), train, val, config))[0])
-        t_plain = min(t_plain, timed(plain)[0])
-        t_bf16 = min(t_bf16, timed(lambda: train_contrastive(matcher(), train, val, bf16))[0])
-        t_rank = min(t_rank, timed(lambda: train_contrastive(matcher(low_rank), train, val, low_rank))[0])
+    runs = {
+        "ours": lambda: train_contrastive(matcher(), train, val, config),
+        "plain": plain,
+        "bf16": lambda: train_contrastive(matcher(), train, val, bf16),
+        "rank": lambda: train_contrastive(matcher(low_rank), train, val, low_rank),
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):  # interleaved: drift in the machine's speed touches every run alike
+        for name, run in runs.items():
+            best[name] = min(best[name], timed(run)[0])
+    t_ours, t_plain, t_bf16, t_rank = (best[name] for name in runs)
     t_two, _ = timed(lambda: train_in_processes(2, matcher(), train, val, config))
     samples = epochs * steps_per_epoch * config.batch_size
     return [
